@@ -1,0 +1,129 @@
+"""The only place in lrm that imports a kernel package.
+
+Kernel packages (all optional, CUDA only):
+
+- ``mamba_ssm``: selective scan (Mamba-1), SSD chunk scan (Mamba-2), selective state update;
+- ``causal_conv1d``: depthwise causal conv1d and its one-token update;
+- ``fla`` (flash-linear-attention): gated delta rule, forgetting attention.
+
+Imports are lazy and guarded: nothing is imported until a CUDA tensor asks for a kernel, and
+any failure at import (released ``mamba_ssm`` raises without its compiled CUDA extension,
+``fla`` needs triton) means "fall back to the pure-PyTorch reference", never a crash.
+
+The backend rule, used by every op's dispatch function::
+
+    backend="ref"     always the pure-PyTorch reference
+    backend="kernel"  the kernel, or a RuntimeError that says why it cannot serve
+    backend="auto"    the kernel when it imports, every tensor is on CUDA and the op says the
+                      dtype/shape is supported; otherwise the reference
+
+The environment variable ``LRM_BACKEND=ref`` (or ``kernel``) overrides ``auto`` everywhere,
+which is how one runs a whole model on the references on a GPU machine.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+BACKENDS = ("auto", "ref", "kernel")
+
+# name -> (package, module, attribute). One line per kernel function lrm can use.
+_KERNELS: dict[str, tuple[str, str, str]] = {
+    "selective_scan_fn": (
+        "mamba_ssm", "mamba_ssm.ops.selective_scan_interface", "selective_scan_fn"),
+    "selective_state_update": (
+        "mamba_ssm", "mamba_ssm.ops.triton.selective_state_update", "selective_state_update"),
+    "mamba_chunk_scan_combined": (
+        "mamba_ssm", "mamba_ssm.ops.triton.ssd_combined", "mamba_chunk_scan_combined"),
+    "causal_conv1d_fn": ("causal_conv1d", "causal_conv1d", "causal_conv1d_fn"),
+    "causal_conv1d_update": ("causal_conv1d", "causal_conv1d", "causal_conv1d_update"),
+    "chunk_gated_delta_rule": (
+        "fla", "fla.ops.gated_delta_rule", "chunk_gated_delta_rule"),
+    "fused_recurrent_gated_delta_rule": (
+        "fla", "fla.ops.gated_delta_rule", "fused_recurrent_gated_delta_rule"),
+    "parallel_forgetting_attn": (
+        "fla", "fla.ops.forgetting_attn", "parallel_forgetting_attn"),
+}
+
+_IMPORT_ERRORS: dict[str, str] = {}
+
+
+@functools.cache
+def get(name: str) -> Callable[..., Any] | None:
+    """The kernel function called ``name``, or None if its package does not import."""
+    if name not in _KERNELS:
+        raise KeyError(f"unknown kernel {name!r}; known: {sorted(_KERNELS)}")
+    _, module, attr = _KERNELS[name]
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except Exception as err:  # ImportError, OSError (missing .so), RuntimeError (no CUDA)...
+        _IMPORT_ERRORS[name] = f"{type(err).__name__}: {err}"
+        return None
+
+
+def has(package: str) -> bool:
+    """True if every kernel lrm uses from ``package`` imports."""
+    names = [n for n, (pkg, _, _) in _KERNELS.items() if pkg == package]
+    if not names:
+        raise KeyError(f"unknown kernel package {package!r}")
+    return all(get(n) is not None for n in names)
+
+
+def __getattr__(attr: str) -> bool:
+    # HAS_MAMBA_SSM, HAS_CAUSAL_CONV1D, HAS_FLA: computed on first access, so that importing
+    # lrm never imports triton or a CUDA extension.
+    flags = {"HAS_MAMBA_SSM": "mamba_ssm", "HAS_CAUSAL_CONV1D": "causal_conv1d", "HAS_FLA": "fla"}
+    if attr in flags:
+        return has(flags[attr])
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
+
+
+def resolve_backend(backend: str) -> str:
+    """Check ``backend`` and apply the ``LRM_BACKEND`` override to ``auto``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    env = os.environ.get("LRM_BACKEND", "").strip().lower()
+    if env and env not in BACKENDS:
+        raise ValueError(f"LRM_BACKEND must be one of {BACKENDS}, got {env!r}")
+    if backend == "auto" and env:
+        return env
+    return backend
+
+
+def use_kernel(
+    op: str,
+    backend: str,
+    kernel: str,
+    *tensors: torch.Tensor | None,
+    supported: bool = True,
+    why_unsupported: str = "",
+) -> bool:
+    """Decide whether ``op`` runs on the kernel ``kernel``; see the module docstring.
+
+    ``supported`` is the op's own check of dtype/shape/options; ``why_unsupported`` is the
+    reason shown when ``backend="kernel"`` was asked for and the check failed.
+    """
+    backend = resolve_backend(backend)
+    if backend == "ref":
+        return False
+    reason = ""
+    if not all(t.is_cuda for t in tensors if t is not None):
+        reason = "its inputs are not all CUDA tensors"
+    elif not supported:
+        reason = why_unsupported or "these inputs are not supported by the kernel"
+    elif get(kernel) is None:
+        package = _KERNELS[kernel][0]
+        reason = (f"{package} does not import ({_IMPORT_ERRORS.get(kernel, '?')}); "
+                  f"install it with `pip install lrm[kernels]` on a CUDA machine")
+    if reason:
+        if backend == "kernel":
+            raise RuntimeError(f"{op}: backend='kernel' was requested but {reason}. "
+                               f"Use backend='auto' to fall back to the PyTorch reference.")
+        return False
+    return True

@@ -1,0 +1,93 @@
+"""The registry: one explicit table from mixer name to class.
+
+Entries are ``"module:Class"`` paths resolved on first use, so ``import lrm`` stays cheap and a
+mixer's module is imported only when someone builds it. To add a mixer, write
+``lrm/mixers/<name>.py`` following the contract in DESIGN.md and add one line here; the
+conformance suite in ``tests/`` then checks it with no new test code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from typing import Any
+
+from torch import nn
+
+MIXERS: dict[str, str] = {
+    "attention": "lrm.mixers.attention:Attention",
+    "s4": "lrm.mixers.s4:S4",
+    "s4d": "lrm.mixers.s4:S4D",
+    "mamba": "lrm.mixers.mamba:Mamba",
+    "mamba2": "lrm.mixers.mamba2:Mamba2",
+    "fox": "lrm.mixers.fox:ForgettingAttention",
+    "gdn": "lrm.mixers.gated_deltanet:GatedDeltaNet",
+}
+
+ALIASES: dict[str, str] = {
+    "gated_deltanet": "gdn",
+    "forgetting_transformer": "fox",
+    "mha": "attention",
+}
+
+
+def available() -> list[str]:
+    """Names accepted by :func:`build` and :func:`mixer` (aliases not included)."""
+    return sorted(MIXERS)
+
+
+def canonical(name: str) -> str:
+    """Resolve an alias; raise a ValueError listing the valid names for an unknown one."""
+    if not isinstance(name, str):
+        raise TypeError(f"mixer name must be a string, got {type(name).__name__}")
+    key = name.strip().lower()
+    key = ALIASES.get(key, key)
+    if key not in MIXERS:
+        close = difflib.get_close_matches(key, list(MIXERS) + list(ALIASES), n=3)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(f"unknown mixer {name!r}.{hint} Valid names: {', '.join(available())}"
+                         f" (aliases: {', '.join(sorted(ALIASES))}).")
+    return key
+
+
+def mixer_class(name: str) -> type[nn.Module]:
+    module, cls = MIXERS[canonical(name)].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def check_kwargs(cls: type, kwargs: dict[str, Any], what: str) -> None:
+    """Raise a TypeError naming the valid keyword arguments when ``kwargs`` has unknown ones."""
+    params = inspect.signature(cls.__init__).parameters
+    valid = [p for p, v in params.items()
+             if p not in ("self", "d") and v.kind in (v.KEYWORD_ONLY, v.POSITIONAL_OR_KEYWORD)]
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        hints = {u: difflib.get_close_matches(u, valid, n=1) for u in unknown}
+        said = ", ".join(f"{u!r}" + (f" (did you mean {h[0]!r}?)" if h else "")
+                         for u, h in hints.items())
+        raise TypeError(f"{what} got unknown option(s) {said}. Valid options: "
+                        f"{', '.join(valid) or '(none)'}.")
+
+
+def mixer(name: str, d: int, **kwargs: Any) -> nn.Module:
+    """The bare mixer ``name`` of width ``d``: (B, L, d) -> ((B, L, d), state)."""
+    cls = mixer_class(name)
+    check_kwargs(cls, kwargs, f"mixer {canonical(name)!r}")
+    return cls(d, **kwargs)
+
+
+def build(name: str, d: int, *, norm: str = "rmsnorm", prenorm: bool = True,
+          mlp_ratio: float | None = None, dropout: float = 0.0, **kwargs: Any) -> nn.Module:
+    """A residual :class:`lrm.model.Block` around the mixer ``name``.
+
+    Block options are ``norm``, ``prenorm``, ``mlp_ratio`` (None: the mixer's customary
+    value, e.g. 4 for attention and 0 for Mamba) and ``dropout``; every other keyword goes to
+    the mixer.
+    """
+    from lrm.model import Block
+
+    m = mixer(name, d, **kwargs)
+    if mlp_ratio is None:
+        mlp_ratio = float(getattr(m, "default_mlp_ratio", 4.0))
+    return Block(d, m, norm=norm, prenorm=prenorm, mlp_ratio=mlp_ratio, dropout=dropout)
