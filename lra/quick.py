@@ -1,0 +1,83 @@
+"""A minimal training loop for CPU-sized experiments (claim checks, notebooks, tests).
+
+The Lightning harness (``lra fit``) is the way to train for real; this loop exists so that a
+claim check is twenty readable lines and runs in seconds. Same optimizer recipe as the harness:
+AdamW over :func:`lrm.optim.param_groups`, linear warmup then cosine decay.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+from lrm.optim import param_groups
+
+IGNORE = -100
+
+
+def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float = 0.0) -> float:
+    """The learning-rate multiplier at ``step``: linear warmup, then cosine down to min_ratio."""
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def fit(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, steps: int,
+        batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 0.1,
+        warmup: int | None = None, seed: int = 0, log_every: int = 0,
+        grad_clip: float = 1.0) -> list[float]:
+    """Train an LM-head model on (inputs, targets) for ``steps`` steps; returns the losses.
+
+    Batches are drawn by seeded shuffling, epoch after epoch. ``log_every`` > 0 prints the loss.
+    """
+    if inputs.shape != targets.shape:
+        raise ValueError(f"inputs {tuple(inputs.shape)} and targets {tuple(targets.shape)} differ")
+    warmup = max(1, steps // 10) if warmup is None else warmup
+    opt = torch.optim.AdamW(param_groups(model, lr=lr, weight_decay=weight_decay),
+                            betas=(0.9, 0.98))
+    base = [grp["lr"] for grp in opt.param_groups]
+    g = torch.Generator().manual_seed(seed)
+    order, pos, losses = torch.randperm(len(inputs), generator=g), 0, []
+    model.train()
+    t0 = time.time()
+    for step in range(steps):
+        if pos + batch_size > len(order):
+            order, pos = torch.randperm(len(inputs), generator=g), 0
+        idx = order[pos:pos + batch_size]
+        pos += batch_size
+        scale = warmup_cosine(step, steps, warmup)
+        for grp, b in zip(opt.param_groups, base, strict=True):
+            grp["lr"] = b * scale
+        logits = model(inputs[idx])
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets[idx].flatten(),
+                               ignore_index=IGNORE)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+        losses.append(loss.item())
+        if log_every and (step % log_every == 0 or step == steps - 1):
+            print(f"step {step:5d}  loss {loss.item():.4f}  {time.time() - t0:6.1f}s", flush=True)
+    return losses
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *,
+             batch_size: int = 64) -> float:
+    """Accuracy of argmax predictions on the positions where targets != -100."""
+    model.eval()
+    correct = total = 0
+    for i in range(0, len(inputs), batch_size):
+        logits = model(inputs[i:i + batch_size])
+        t = targets[i:i + batch_size]
+        mask = t != IGNORE
+        correct += (logits.argmax(-1)[mask] == t[mask]).sum().item()
+        total += mask.sum().item()
+    if total == 0:
+        raise ValueError("no scored positions (every target is -100)")
+    return correct / total
