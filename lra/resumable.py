@@ -1,0 +1,81 @@
+"""A DataLoader that resumes mid-epoch exactly where a killed run stopped.
+
+Lightning saves the ``state_dict()`` of every train dataloader that has one in its checkpoints
+and hands it back through ``load_state_dict()`` on resume. This loader's order is a pure
+function of (seed, epoch), and its state is the number of batches of the current epoch that
+were used for training, so after a resume the next batch is the one the killed run would have
+seen next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """Batches of indices in a seeded order per epoch; can start part-way into an epoch.
+
+    It counts epochs itself (each new pass over it is the next epoch): Lightning's
+    ``set_epoch`` reaches samplers, not batch samplers.
+    """
+
+    def __init__(self, n: int, batch_size: int, *, shuffle: bool = True, seed: int = 0,
+                 drop_last: bool = False) -> None:
+        if n <= 0 or batch_size <= 0 or (drop_last and n < batch_size):
+            raise ValueError(f"need at least one batch: {n} examples, batch_size {batch_size}")
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.drop_last = drop_last
+        self.epoch = -1  # the epoch of the pass in progress (or last finished)
+        self.yielded = 0  # batches handed out in that pass
+        self._resume: tuple[int, int] | None = None
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self._resume is not None:
+            self.epoch, start = self._resume
+            self._resume = None
+        else:
+            self.epoch, start = self.epoch + 1, 0
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g)
+        else:
+            order = torch.arange(self.n)
+        self.yielded = start
+        for b in range(start, len(self)):
+            self.yielded = b + 1
+            yield order[b * self.batch_size:(b + 1) * self.batch_size].tolist()
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batches_used": self.yielded}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        epoch, used = int(state["epoch"]), int(state["batches_used"])
+        # a pass that was complete resumes at the start of the next epoch
+        self._resume = (epoch + 1, 0) if used >= len(self) else (max(epoch, 0), used)
+
+
+class ResumableLoader(DataLoader):
+    """``DataLoader(dataset, batch_sampler=EpochBatchSampler(...))`` with a resumable state.
+
+    Lightning takes a train batch only when it trains on it (no look-ahead for sized loaders,
+    checked in tests/test_harness.py), so the batches handed out are the batches used.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool = True,
+                 seed: int = 0, drop_last: bool = False, **kwargs: Any) -> None:
+        sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed,
+                                    drop_last=drop_last)
+        super().__init__(dataset, batch_sampler=sampler, **kwargs)
+
+    def state_dict(self) -> dict[str, int]:
+        return self.batch_sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.batch_sampler.load_state_dict(state)
