@@ -32,9 +32,19 @@ DEFAULT_DATA = {
 }
 
 
+class Checkpoint(ModelCheckpoint):
+    """ModelCheckpoint that also writes ``last.ckpt`` when training stops between two saves
+    (``max_steps`` reached mid-interval), so the final weights are never lost."""
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        super().on_train_end(trainer, pl_module)
+        if self.save_last and trainer.global_step != self._last_global_step_saved:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
 class LRACLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(Checkpoint, "checkpoint")
         parser.link_arguments("data", "model.hints", compute_fn=_hints,
                               apply_on="instantiate")
         parser.set_defaults({
@@ -88,6 +98,7 @@ def _hints(datamodule) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from_shell = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "generate":
         from lra.data.generate import main as generate
@@ -97,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
         from lra.leaderboard import main as leaderboard
 
         return leaderboard(argv[1:])
-    LRACLI(LRAModule, None, subclass_mode_data=True, seed_everything_default=0, args=argv,
+    LRACLI(LRAModule, None, subclass_mode_data=True, seed_everything_default=0,
+           args=None if from_shell else argv,
            save_config_kwargs={"overwrite": True},
            parser_kwargs={"description": __doc__})
     return None

@@ -166,12 +166,13 @@ def test_bidirectional_ignores_padding(name, variant, kw):
     assert state is None and y.shape == x.shape
     torch.testing.assert_close(y[1, :23], y_noise[1, :23], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(y[1:, :23], y_alone, atol=2e-4, rtol=1e-3)
-    # the backward copy really sees the future: the first output depends on the last input
-    x_last = x.clone()
-    x_last[0, -1] += 1.0
-    with torch.no_grad():
-        y_last, _ = bi(x_last, lengths=lengths)
-    assert not torch.allclose(y_last[0, 0], y[0, 0])
+    # the backward copy really sees the future: the first output depends on the last input.
+    # A gradient, not a perturbation: a decaying mixer (FoX, Mamba) may forget a token 36
+    # steps away below fp32 resolution, yet the dependency must exist.
+    x_req = x.clone().requires_grad_(True)
+    y_req, _ = bi(x_req, lengths=lengths)
+    (grad,) = torch.autograd.grad(y_req[0, 0].sum(), x_req)
+    assert grad[0, -1].abs().sum() > 0, "the first output ignores the last input"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

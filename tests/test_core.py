@@ -1,0 +1,154 @@
+"""The core of lrm: registry and config errors, model heads, optimizer groups, kernel dispatch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import lrm
+from lrm.ops import _kernels
+from lrm.ops.causal_conv import causal_conv1d, causal_conv1d_recurrent_ref, causal_conv1d_ref
+from lrm.optim import param_groups
+
+
+def test_lrm_imports_and_builds_without_lightning():
+    code = ("import sys; sys.modules['lightning'] = None; sys.modules['torchmetrics'] = None\n"
+            "import lrm; b = lrm.build('attention', d=512)\n"
+            "assert type(b).__name__ == 'Block'\n"
+            "bad = [m for m in sys.modules if m.startswith(('lightning', 'lra', 'mamba_ssm',"
+            " 'fla', 'causal_conv1d', 'triton')) and sys.modules[m] is not None]\n"
+            "assert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_unknown_mixer_lists_valid_names():
+    with pytest.raises(ValueError, match="Did you mean 'attention'") as err:
+        lrm.build("atention", d=64)
+    for name in lrm.available():
+        assert name in str(err.value)
+
+
+def test_unknown_mixer_option_lists_valid_options():
+    with pytest.raises(TypeError, match="n_heads"):
+        lrm.mixer("attention", d=64, nheads=2)
+
+
+def test_unknown_config_key_lists_valid_keys():
+    with pytest.raises(ValueError, match="did you mean 'd_model'") as err:
+        lrm.ModelConfig.from_dict({"d_modle": 64})
+    assert "n_layers" in str(err.value)
+
+
+@pytest.mark.parametrize("bad", [
+    {"head": "regress"}, {"pooling": "max"}, {"norm": "batchnorm"}, {"n_layers": 0},
+    {"pattern": ["attention", "attention", "attention"], "n_layers": 4},
+    {"pattern": ["attention"], "mixer_kwargs": {"rope": True}},
+])
+def test_bad_config_values_raise(bad):
+    with pytest.raises(ValueError):
+        lrm.ModelConfig(**bad)
+
+
+def test_pattern_builds_per_layer_mixers():
+    cfg = lrm.ModelConfig(pattern=["attention", "gdn"], n_layers=4, d_model=64, vocab_size=10,
+                          n_classes=3, mixer_kwargs={"attention": {"rope": False}})
+    model = lrm.LRModel(cfg)
+    names = [type(b.mixer).__name__ for b in model.blocks]
+    assert names == ["Attention", "GatedDeltaNet", "Attention", "GatedDeltaNet"]
+    assert model.blocks[0].mixer.rope is False
+    assert model(torch.randint(0, 10, (2, 9))).shape == (2, 3)
+
+
+def test_classify_mean_pooling_ignores_padding():
+    torch.manual_seed(0)
+    model = lrm.LRModel(lrm.ModelConfig(d_model=32, vocab_size=10, n_classes=4,
+                                        bidirectional=True)).eval()
+    tokens = torch.randint(1, 10, (2, 12))
+    lengths = torch.tensor([12, 7])
+    other = tokens.clone()
+    other[1, 7:] = torch.randint(1, 10, (5,))
+    with torch.no_grad():
+        a, b = model(tokens, lengths), model(other, lengths)
+        alone = model(tokens[1:, :7])
+    torch.testing.assert_close(a[1], b[1])
+    torch.testing.assert_close(a[1:], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_retrieval_head_and_input_checks():
+    model = lrm.LRModel(lrm.ModelConfig(d_model=32, vocab_size=10, n_classes=2,
+                                        head="retrieval"))
+    x = torch.randint(0, 10, (3, 8))
+    assert model(x, tokens2=x).shape == (3, 2)
+    with pytest.raises(ValueError, match="tokens2"):
+        model(x)
+    with pytest.raises(ValueError, match="integer tokens"):
+        model(x.float())
+    with pytest.raises(ValueError, match="stream"):
+        lrm.LRModel(lrm.ModelConfig(vocab_size=10, head="lm", bidirectional=True)).init_state(1)
+
+
+def test_param_groups_follow_tags_and_skip_decay_on_vectors():
+    model = lrm.LRModel(lrm.ModelConfig(d_model=32, vocab_size=10, n_classes=2))
+    special = model.blocks[0].mixer.q_proj.weight
+    lrm.nn.tag(special, weight_decay=0.0, lr=1e-4)
+    groups = param_groups(model, lr=1e-3, weight_decay=0.1)
+    by_id = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    assert by_id[id(special)] == (1e-4, 0.0)
+    assert by_id[id(model.embed.weight)] == (1e-3, 0.0)
+    assert by_id[id(model.norm.weight)] == (1e-3, 0.0)
+    assert by_id[id(model.blocks[0].mixer.k_proj.weight)] == (1e-3, 0.1)
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_backend_rule(monkeypatch):
+    x = torch.randn(2, 3)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        _kernels.use_kernel("op", "fast", "causal_conv1d_fn", x)
+    assert _kernels.use_kernel("op", "auto", "causal_conv1d_fn", x) is False
+    assert _kernels.use_kernel("op", "ref", "causal_conv1d_fn", x) is False
+    with pytest.raises(RuntimeError, match="not all CUDA"):
+        _kernels.use_kernel("op", "kernel", "causal_conv1d_fn", x)
+    monkeypatch.setenv("LRM_BACKEND", "kernel")
+    with pytest.raises(RuntimeError, match="backend='kernel'"):
+        causal_conv1d(torch.randn(1, 4, 5), torch.randn(4, 3))
+    monkeypatch.setenv("LRM_BACKEND", "turbo")
+    with pytest.raises(ValueError, match="LRM_BACKEND"):
+        _kernels.resolve_backend("auto")
+
+
+def test_kernel_flags_are_booleans_and_never_crash():
+    for flag in ("HAS_MAMBA_SSM", "HAS_CAUSAL_CONV1D", "HAS_FLA"):
+        assert isinstance(getattr(_kernels, flag), bool)
+
+
+@pytest.mark.parametrize("width", [1, 2, 4, 5])
+def test_causal_conv_ref_equals_loop(width):
+    torch.manual_seed(width)
+    x, w, b = torch.randn(2, 6, 11), torch.randn(6, width), torch.randn(6)
+    state = torch.randn(2, 6, width - 1)
+    for st in (None, state):
+        y, s = causal_conv1d_ref(x, w, b, "silu", st)
+        y2, s2 = causal_conv1d_recurrent_ref(x, w, b, "silu", st)
+        torch.testing.assert_close(y, y2, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(s, s2)
+    # streaming in two pieces equals one call
+    y_full, s_full = causal_conv1d_ref(x, w, b, None)
+    y_a, s_a = causal_conv1d_ref(x[..., :1], w, b, None)
+    y_b, s_b = causal_conv1d_ref(x[..., 1:], w, b, None, s_a)
+    torch.testing.assert_close(torch.cat([y_a, y_b], -1), y_full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(s_b, s_full)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_causal_conv_kernel_matches_ref():
+    if not _kernels.HAS_CAUSAL_CONV1D:
+        pytest.skip("causal-conv1d is not installed")
+    x, w, b = (t.cuda() for t in (torch.randn(2, 64, 300), torch.randn(64, 4), torch.randn(64)))
+    y_k, s_k = causal_conv1d(x, w, b, "silu", backend="kernel")
+    y_r, s_r = causal_conv1d(x, w, b, "silu", backend="ref")
+    torch.testing.assert_close(y_k, y_r, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(s_k, s_r)
