@@ -47,6 +47,8 @@ _KERNELS: dict[str, tuple[str, str, str]] = {
         "fla", "fla.ops.gated_delta_rule", "chunk_gated_delta_rule"),
     "fused_recurrent_gated_delta_rule": (
         "fla", "fla.ops.gated_delta_rule", "fused_recurrent_gated_delta_rule"),
+    "chunk_gdn2": ("fla", "fla.ops.gdn2", "chunk_gdn2"),
+    "fused_recurrent_gdn2": ("fla", "fla.ops.gdn2", "fused_recurrent_gdn2"),
     "parallel_forgetting_attn": (
         "fla", "fla.ops.forgetting_attn", "parallel_forgetting_attn"),
 }

@@ -1,0 +1,176 @@
+"""Mamba-2 (Dao & Gu, 2024): the SSD block, a scalar-decay SSM per head.
+
+    [z; xBC; dt] = W_in u_t                              z ∈ R^{d_in}, dt ∈ R^H
+    [x_t; B_t; C_t] = silu(causal depthwise conv_{d_conv}(xBC)_t)    x ∈ R^{H×P}, B, C ∈ R^{G×N}
+    Δ_t    = softplus(dt_t + dt_bias)                    one step size per head
+    H_t^h  = exp(Δ_t^h a_h) H_{t-1}^h + Δ_t^h x_t^h B_t^{g(h)ᵀ}       a_h = -exp(A_log_h)
+    y_t^h  = H_t^h C_t^{g(h)} + D_h x_t^h
+    out_t  = W_out RMSNorm(y_t ⊙ silu(z_t))              (gated RMSNorm, per group of heads)
+
+Symbols: B batch, L length, d model width, d_in = expand · d, H = d_in / P heads of P =
+``headdim`` channels, G = ``ngroups`` groups of heads sharing B and C (head h uses group
+g(h) = h // (H/G)), N = ``d_state``, W = ``d_conv``, Q = ``chunk_size`` (SSD chunk).
+
+Parameter names and initialisation follow mamba-ssm's ``modules/mamba2.Mamba2``: ``in_proj``
+(order z, x, B, C, dt), ``conv1d`` over [x, B, C], ``dt_bias`` = softplus⁻¹(Δ₀) with Δ₀
+log-uniform in [dt_min, dt_max], ``A_log`` = log(U(A_init_range)), ``D`` (per head, or per
+channel with ``D_has_hdim``), ``norm.weight`` and ``out_proj``; A_log, D and dt_bias take no
+weight decay (tagged).
+
+State: the last W-1 conv inputs (B, d_in + 2GN, W-1) and the SSM state (B, H, P, N) in fp32.
+
+Kernels: SSD runs on mamba-ssm's Triton ``mamba_chunk_scan_combined`` on CUDA (with the state
+as ``initial_states``, so streaming uses it too), the conv on causal-conv1d's
+``causal_conv1d_fn`` for stateless calls; otherwise on the pure-PyTorch chunked SSD of
+:mod:`lrm.ops.ssd`. Δ is computed here, before the scan, so that the optional LongMamba filter
+(:mod:`lrm.ops.longmamba`, option ``longmamba``) can act on it, as the LongMamba code does.
+
+Simplified vs mamba-ssm: no ``d_ssm`` (every inner channel goes through the SSM; no extra gated
+MLP part), no fused ``mamba_split_conv1d_scan_combined`` path, no tensor/sequence parallelism,
+no packed variable-length batches (``seq_idx``/``cu_seqlens``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from lrm.nn import GatedRMSNorm, init_dt, inv_softplus, tag
+from lrm.ops.causal_conv import causal_conv1d
+from lrm.ops.longmamba import LongMambaConfig, LongMambaFilter
+from lrm.ops.ssd import ssd
+
+
+class Mamba2State(NamedTuple):
+    conv: torch.Tensor  # (B, d_inner + 2 * ngroups * d_state, d_conv - 1), oldest first
+    ssm: torch.Tensor  # (B, nheads, headdim, d_state), fp32
+
+
+class GroupedGatedRMSNorm(GatedRMSNorm):
+    """mamba-ssm's RMSNormGated with ``group_size``: the RMS is taken over each group of
+    ``d / ngroups`` channels (the heads that share B and C) instead of all d."""
+
+    def __init__(self, d: int, ngroups: int = 1, eps: float = 1e-5,
+                 norm_before_gate: bool = False) -> None:
+        super().__init__(d, eps, norm_before_gate)
+        self.ngroups = ngroups
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        if self.ngroups == 1:
+            return super().forward(x, z)
+        xf = x.float()
+        if z is not None and not self.norm_before_gate:
+            xf = xf * F.silu(z.float())
+        xg = rearrange(xf, "... (g c) -> ... g c", g=self.ngroups)
+        xg = xg * torch.rsqrt(xg.pow(2).mean(-1, keepdim=True) + self.eps)
+        y = rearrange(xg, "... g c -> ... (g c)") * self.weight.float()
+        if z is not None and self.norm_before_gate:
+            y = y * F.silu(z.float())
+        return y.to(x.dtype)
+
+
+class Mamba2(nn.Module):
+    """The Mamba-2 mixer: (B, L, d) -> (B, L, d), with a constant-size recurrent state."""
+
+    default_mlp_ratio: ClassVar[float] = 0.0
+    variants: ClassVar[dict[str, dict]] = {
+        "default": {},
+        # small and fast: 8 heads of 16, two groups, SSD chunks of 16 (37 = 2·16 + 5)
+        "small": {"d_state": 8, "headdim": 16, "ngroups": 2, "chunk_size": 16},
+        "no_norm_dhdim": {"d_state": 8, "headdim": 16, "chunk_size": 16, "rmsnorm": False,
+                          "D_has_hdim": True},
+        # uncalibrated, the filter is the identity: checks the plumbing keeps the contract
+        "longmamba": {"d_state": 8, "headdim": 16, "chunk_size": 16, "longmamba": {}},
+    }
+
+    def __init__(self, d: int, *, d_state: int = 128, d_conv: int = 4, expand: float = 2,
+                 headdim: int = 64, ngroups: int = 1,
+                 A_init_range: tuple[float, float] = (1.0, 16.0), D_has_hdim: bool = False,
+                 rmsnorm: bool = True, norm_before_gate: bool = False, dt_min: float = 1e-3,
+                 dt_max: float = 0.1, dt_init_floor: float = 1e-4,
+                 dt_limit: tuple[float, float] = (0.0, math.inf), bias: bool = False,
+                 conv_bias: bool = True, chunk_size: int = 256,
+                 longmamba: LongMambaConfig | dict | bool | None = None) -> None:
+        super().__init__()
+        self.d, self.d_state, self.d_conv = d, d_state, d_conv
+        self.d_inner = int(expand * d)
+        if self.d_inner % headdim:
+            raise ValueError(f"expand * d = {self.d_inner} is not divisible by "
+                             f"headdim={headdim}")
+        self.headdim, self.nheads, self.ngroups = headdim, self.d_inner // headdim, ngroups
+        if self.nheads % ngroups:
+            raise ValueError(f"nheads={self.nheads} is not divisible by ngroups={ngroups}")
+        if not 0 < A_init_range[0] <= A_init_range[1]:
+            raise ValueError(f"A_init_range must satisfy 0 < lo <= hi, got {A_init_range}")
+        self.D_has_hdim, self.rmsnorm = D_has_hdim, rmsnorm
+        self.dt_limit, self.chunk_size = tuple(dt_limit), chunk_size
+        self.conv_dim = self.d_inner + 2 * ngroups * d_state
+
+        self.in_proj = nn.Linear(d, self.d_inner + self.conv_dim + self.nheads, bias=bias)
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, d_conv, groups=self.conv_dim,
+                                bias=conv_bias, padding=d_conv - 1)
+        self.dt_bias = tag(nn.Parameter(inv_softplus(
+            init_dt(self.nheads, dt_min, dt_max, floor=dt_init_floor))), weight_decay=0.0)
+        A = torch.empty(self.nheads).uniform_(*A_init_range)
+        self.A_log = tag(nn.Parameter(torch.log(A)), weight_decay=0.0)
+        self.D = tag(nn.Parameter(torch.ones(self.d_inner if D_has_hdim else self.nheads)),
+                     weight_decay=0.0)
+        if rmsnorm:
+            self.norm = GroupedGatedRMSNorm(self.d_inner, ngroups, eps=1e-5,
+                                            norm_before_gate=norm_before_gate)
+        self.out_proj = nn.Linear(self.d_inner, d, bias=bias)
+
+        cfg = LongMambaConfig.from_option(longmamba)
+        self.longmamba = None if cfg is None else LongMambaFilter(self.nheads, cfg)
+
+    def forward(self, x: torch.Tensor, state: Mamba2State | None = None
+                ) -> tuple[torch.Tensor, Mamba2State | None]:
+        if x.dim() != 3 or x.shape[-1] != self.d:
+            raise ValueError(f"expected x of shape (B, L, {self.d}), got {tuple(x.shape)}")
+        z, xBC, dt = self.in_proj(x).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        xBC, conv_state = causal_conv1d(
+            rearrange(xBC, "b l c -> b c l"), self.conv1d.weight[:, 0], self.conv1d.bias,
+            "silu", None if state is None else state.conv)
+        xs, B, C = rearrange(xBC, "b c l -> b l c").split(
+            [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+        # Δ (B, L, H) in fp32, limited, then (optionally) LongMamba-filtered before the scan
+        delta = F.softplus(dt.float() + self.dt_bias.float())
+        if self.dt_limit != (0.0, math.inf):
+            delta = delta.clamp(min=self.dt_limit[0], max=self.dt_limit[1])
+        A = -torch.exp(self.A_log.float())  # (H,)
+        if self.longmamba is not None:
+            delta = rearrange(self.longmamba(rearrange(delta, "b l h -> b h l"), A),
+                              "b h l -> b l h")
+        y = ssd(
+            rearrange(xs, "b l (h p) -> b l h p", p=self.headdim), delta, A,
+            rearrange(B, "b l (g n) -> b l g n", g=self.ngroups),
+            rearrange(C, "b l (g n) -> b l g n", g=self.ngroups),
+            self.chunk_size,
+            D=rearrange(self.D, "(h p) -> h p", p=self.headdim) if self.D_has_hdim else self.D,
+            z=None if self.rmsnorm else rearrange(z, "b l (h p) -> b l h p", p=self.headdim),
+            initial_states=None if state is None else state.ssm,
+            return_final_states=state is not None)
+        if state is not None:
+            y, ssm_state = y
+        y = rearrange(y, "b l h p -> b l (h p)")
+        if self.rmsnorm:
+            y = self.norm(y, z)
+        out = self.out_proj(y)
+        if state is None:
+            return out, None
+        return out, Mamba2State(conv_state, ssm_state.float())
+
+    def init_state(self, batch_size: int, *, device=None, dtype=None) -> Mamba2State:
+        return Mamba2State(
+            torch.zeros(batch_size, self.conv_dim, self.d_conv - 1, device=device,
+                        dtype=dtype or torch.float32),
+            torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=device,
+                        dtype=torch.float32))
+
+    def state_size(self, seq_len: int) -> int:
+        return self.conv_dim * (self.d_conv - 1) + self.nheads * self.headdim * self.d_state

@@ -1,0 +1,333 @@
+"""The gated delta rule (Gated DeltaNet) and its GDN-2 generalisation.
+
+Gated delta rule (Yang, Kautz & Hatamizadeh, ICLR 2025), per head, with the state stored as
+fla stores it, h ∈ ℝ^{K×V} (the transpose of the paper's S ∈ ℝ^{V×K}):
+
+    h_t = α_t (I − β_t k_t k_tᵀ) h_{t−1} + β_t k_t v_tᵀ
+    o_t = h_tᵀ (scale · q_t)
+
+(the paper's S_t = α_t S_{t−1} (I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ, o_t = S_t q_t, with S = hᵀ).
+
+α_t = exp(g_t) ∈ (0, 1] forgets; β_t ∈ (0, 1) is the learning rate of one step of online
+regression on ‖h_{t−1}ᵀ k_t − v_t‖² (the delta rule). α ≡ 1 is DeltaNet; dropping the
+−β k kᵀ term is Mamba-2-style gated linear attention.
+
+Gated DeltaNet-2 (GDN-2; fla ``ops/gdn2/naive.py`` and NVlabs/GatedDeltaNet-2) splits β into a
+channel-wise erase gate b_t ∈ [0,1]^K on the key side and a write gate w_t ∈ [0,1]^V on the value
+side, and makes the decay channel-wise, g_t ∈ ℝ^K (log space):
+
+    h_t = (I − k_t (b_t ⊙ k_t)ᵀ) Diag(exp(g_t)) h_{t−1} + k_t (w_t ⊙ v_t)ᵀ
+
+b = w = β·1 and g = g·1 give the gated delta rule back (tested); b = β·1 = w alone is KDA.
+
+Symbols: B batch, T length, H heads, K key head dim, V value head dim, C chunk size,
+N = ⌈T/C⌉ chunks, gc the cumulative log-decay inside a chunk.
+
+Chunkwise algorithm (the paper's §3 / fla's chunk kernels). Write h₀ for the state entering a
+chunk and v_newᵢ for the value actually written at step i (v_new = β(v − h'ᵀk) with h' the
+decayed state before step i). Unrolling the recurrence inside the chunk gives
+
+    (I + A) V_new = B_v − W_k h₀,   A_ij = β_i Γ_ij k_iᵀk_j (j < i),  Γ_ij = exp(gc_i − gc_j)
+
+with B_v = diag(β) V and W_k = diag(β) (exp(gc) ⊙ K). Solving the unit-lower-triangular system
+once per chunk (the "UT transform", giving the WY representation U = (I+A)⁻¹ B_v,
+W = (I+A)⁻¹ W_k) leaves V_new = U − W h₀, and then
+
+    O  = (exp(gc) ⊙ Q) h₀ + tril(Γ ⊙ Q Kᵀ) V_new
+    h_C = exp(gc_C) h₀ + (exp(gc_C − gc) ⊙ K)ᵀ V_new
+
+Everything inside chunks is batched over all chunks at once; only the last three lines run in
+a Python loop over the N chunks (the state recurrence). Every exponent is a difference
+gc_i − gc_j with i ≥ j, so it is ≤ 0 and never overflows (entries with i < j are masked to −∞
+*before* exp, so their gradients are 0, not NaN). GDN-2 is the same with K-channel decays:
+A_ij = Σ_c b_ic k_ic k_jc exp(gc_ic − gc_jc); to keep every exponent ≤ 0 without forming a
+(C, C, K) tensor per chunk, its columns are built in a loop over j ∈ [0, C) (chunk size, not T).
+
+Kernels (CUDA, flash-linear-attention): ``chunk_gated_delta_rule`` for training/prefill,
+``fused_recurrent_gated_delta_rule`` for short no-grad calls (decoding; it has no backward);
+``chunk_gdn2``/``fused_recurrent_gdn2`` for GDN-2. Both take q/k already normalised here
+(``use_qk_l2norm_in_kernel`` stays False: normalisation is the mixer's job), g in natural-log
+space, scale defaulting to K^-1/2, states (B, H, K, V) in fp32: the same contract as the refs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lrm.ops import _kernels
+
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _check(q, k, v, gates: dict[str, tuple[torch.Tensor, tuple[int, ...]]],
+           initial_state: torch.Tensor | None, op: str) -> None:
+    if q.dim() != 4 or q.shape != k.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"{op}: expected q, k (B, T, H, K) and v (B, T, H, V); got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    for name, (t, shape) in gates.items():
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{op}: expected {name} of shape {shape}, got {tuple(t.shape)}")
+    B, _, H, K = q.shape
+    if initial_state is not None and tuple(initial_state.shape) != (B, H, K, v.shape[-1]):
+        raise ValueError(f"{op}: expected initial_state (B, H, K, V) = "
+                         f"{(B, H, K, v.shape[-1])}, got {tuple(initial_state.shape)}")
+
+
+def _to_chunks(x: torch.Tensor, C: int) -> torch.Tensor:
+    """(B, T, H, ...) -> (B, H, N, C, ...) in fp32, zero-padded to N·C steps.
+
+    A padded step has k = 0 (and β = 0, g = 0, b = w = 0), so it leaves the state unchanged.
+    """
+    x = x.float().movedim(2, 1)  # (B, H, T, ...)
+    T = x.shape[2]
+    pad = (-T) % C
+    if pad:
+        x = F.pad(x, (0, 0) * (x.dim() - 3) + (0, pad))
+    return x.reshape(*x.shape[:2], -1, C, *x.shape[3:])
+
+
+def _from_chunks(o: torch.Tensor, T: int) -> torch.Tensor:
+    """(B, H, N, C, V) -> (B, T, H, V)."""
+    return o.flatten(2, 3)[:, :, :T].movedim(1, 2)
+
+
+def _across_chunks(qg, kd, w, u, attn, decay_last, h):
+    """The state recurrence over chunks (the only loop).
+
+    qg (B,H,N,C,K) = q ⊙ exp(gc); kd = k ⊙ exp(gc_C − gc); w (B,H,N,C,K), u (B,H,N,C,V): the
+    WY factors; attn (B,H,N,C,C): the causal intra-chunk scores; decay_last (B,H,N,K or 1):
+    exp(gc_C); h (B,H,K,V): the state entering the first chunk.
+    """
+    outs = []
+    # unbind, not u[:, :, n]: the backward of one unbind is one stack, whereas each indexing
+    # would allocate a zero gradient the size of the whole tensor (O(N²) in the backward)
+    for q_n, k_n, w_n, u_n, a_n, d_n in zip(*(t.unbind(2) for t in (qg, kd, w, u, attn,
+                                                                     decay_last)),
+                                            strict=True):
+        v_new = u_n - w_n @ h  # (B, H, C, V): what the chunk really writes
+        outs.append(q_n @ h + a_n @ v_new)
+        h = d_n[..., None] * h + k_n.transpose(-1, -2) @ v_new
+    return torch.stack(outs, dim=2), h
+
+
+def _ut_solve(A: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """(I + A)⁻¹ rhs for strictly lower-triangular A (B,H,N,C,C): the UT transform."""
+    eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+    return torch.linalg.solve_triangular(A + eye, rhs, upper=False, unitriangular=True)
+
+
+# ----------------------------------------------------------------------------- gated delta rule
+
+
+def gated_delta_rule_recurrent_ref(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, *,
+    scale: float | None = None, initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The paper's recurrence, token by token, in fp32. The oracle for tests.
+
+    q, k (B, T, H, K); v (B, T, H, V); g = log α and beta (B, T, H); initial_state
+    (B, H, K, V). Returns o (B, T, H, V) in v's dtype and the final state (fp32) or None.
+    """
+    _check(q, k, v, {"g": (g, q.shape[:3]), "beta": (beta, q.shape[:3])}, initial_state,
+           "gated_delta_rule_recurrent_ref")
+    B, T, H, K = q.shape
+    scale = K ** -0.5 if scale is None else scale
+    qf, kf, vf, gf, bf = (t.float() for t in (q, k, v, g, beta))
+    h = (qf.new_zeros(B, H, K, v.shape[-1]) if initial_state is None
+         else initial_state.float())
+    outs = []
+    for t in range(T):
+        k_t, b_t = kf[:, t], bf[:, t, :, None]  # (B, H, K), (B, H, 1)
+        h = gf[:, t].exp()[..., None, None] * h  # forget
+        v_new = b_t * (vf[:, t] - torch.einsum("bhk,bhkv->bhv", k_t, h))  # delta: β(v − hᵀk)
+        h = h + k_t[..., None] * v_new[..., None, :]
+        outs.append(torch.einsum("bhk,bhkv->bhv", qf[:, t] * scale, h))
+    o = torch.stack(outs, dim=1) if outs else vf.new_zeros(v.shape)
+    return o.to(v.dtype), (h if output_final_state else None)
+
+
+def chunk_gated_delta_rule_ref(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, *,
+    scale: float | None = None, initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False, chunk_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The chunkwise (WY / UT-transform) gated delta rule; same contract as the recurrent ref.
+
+    Memory is O(T·C) for the intra-chunk scores, never O(T²).
+    """
+    _check(q, k, v, {"g": (g, q.shape[:3]), "beta": (beta, q.shape[:3])}, initial_state,
+           "chunk_gated_delta_rule_ref")
+    B, T, H, K = q.shape
+    scale = K ** -0.5 if scale is None else scale
+    C = max(1, min(chunk_size, T))  # a decode step (T = 1) is a chunk of one, not 64
+    qc, kc, vc = (_to_chunks(t, C) for t in (q, k, v))  # (B, H, N, C, K|V), fp32
+    qc = qc * scale
+    gc = _to_chunks(g, C).cumsum(-1)  # (B, H, N, C): log decay from the chunk start
+    bc = _to_chunks(beta, C)  # (B, H, N, C)
+
+    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    # Γ_ij = exp(gc_i − gc_j) for j ≤ i; masked before exp so the exponent is always ≤ 0
+    gamma = (gc[..., :, None] - gc[..., None, :]).masked_fill(~causal, float("-inf")).exp()
+    kk = kc @ kc.transpose(-1, -2)  # (B, H, N, C, C)
+    A = (bc[..., None] * gamma * kk).tril(-1)  # A_ij = β_i Γ_ij k_iᵀk_j, j < i
+    rhs = torch.cat([bc[..., None] * gc.exp()[..., None] * kc, bc[..., None] * vc], dim=-1)
+    w, u = _ut_solve(A, rhs).split([K, v.shape[-1]], dim=-1)  # WY factors W (..K), U (..V)
+
+    attn = gamma * (qc @ kc.transpose(-1, -2))  # tril(Γ ⊙ Q Kᵀ), diagonal included
+    qg = qc * gc.exp()[..., None]
+    kd = kc * (gc[..., -1:] - gc).exp()[..., None]
+    h0 = (qc.new_zeros(B, H, K, v.shape[-1]) if initial_state is None
+          else initial_state.float())
+    o, h = _across_chunks(qg, kd, w, u, attn, gc[..., -1:].exp(), h0)
+    return _from_chunks(o, T).to(v.dtype), (h if output_final_state else None)
+
+
+gated_delta_rule_ref = chunk_gated_delta_rule_ref
+
+
+def gated_delta_rule(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, *,
+    scale: float | None = None, initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False, backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Dispatching gated delta rule; same contract as :func:`chunk_gated_delta_rule_ref`.
+
+    On CUDA with fla: ``fused_recurrent_gated_delta_rule`` when no gradient is needed and
+    T ≤ 64 (decoding, as fla's layer does), else ``chunk_gated_delta_rule``.
+    """
+    _check(q, k, v, {"g": (g, q.shape[:3]), "beta": (beta, q.shape[:3])}, initial_state,
+           "gated_delta_rule")
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, g, beta, initial_state))
+    name = ("fused_recurrent_gated_delta_rule" if not needs_grad and q.shape[1] <= 64
+            else "chunk_gated_delta_rule")
+    ok = q.dtype in _KERNEL_DTYPES and q.shape[-1] <= 256 and q.dtype == k.dtype == v.dtype
+    if _kernels.use_kernel("gated_delta_rule", backend, name, q, k, v, g, beta, initial_state,
+                           supported=ok, why_unsupported="fla needs K <= 256 and q, k, v of "
+                           "one dtype among fp32/fp16/bf16"):
+        fn = _kernels.get(name)
+        h0 = None if initial_state is None else initial_state.float()
+        # by keyword: fused_recurrent's positional order is (q, k, v, g, gk, gv, beta, ...)
+        o, h = fn(q=q, k=k, v=v, g=g.float(), beta=beta.to(q.dtype), scale=scale,
+                  initial_state=h0, output_final_state=output_final_state)
+        return o.to(v.dtype), h
+    return chunk_gated_delta_rule_ref(q, k, v, g, beta, scale=scale, initial_state=initial_state,
+                                      output_final_state=output_final_state)
+
+
+# ----------------------------------------------------------------------------- GDN-2
+
+
+def _gdn2_shapes(q, v) -> dict[str, tuple[int, ...]]:
+    return {"g": tuple(q.shape), "b": tuple(q.shape), "w": tuple(v.shape)}
+
+
+def gdn2_recurrent_ref(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, b: torch.Tensor,
+    w: torch.Tensor, *, scale: float | None = None, initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """GDN-2 token by token in fp32: the oracle.
+
+    q, k, g (log decay), b (erase gate) (B, T, H, K); v, w (write gate) (B, T, H, V).
+    """
+    shapes = _gdn2_shapes(q, v)
+    _check(q, k, v, {n: (t, shapes[n]) for n, t in (("g", g), ("b", b), ("w", w))},
+           initial_state, "gdn2_recurrent_ref")
+    B, T, H, K = q.shape
+    scale = K ** -0.5 if scale is None else scale
+    qf, kf, vf, gf, bf, wf = (t.float() for t in (q, k, v, g, b, w))
+    h = (qf.new_zeros(B, H, K, v.shape[-1]) if initial_state is None
+         else initial_state.float())
+    outs = []
+    for t in range(T):
+        k_t = kf[:, t]
+        h = gf[:, t].exp()[..., None] * h  # channel-wise decay along K
+        erase = torch.einsum("bhk,bhkv->bhv", bf[:, t] * k_t, h)  # read at the gated key
+        h = h + k_t[..., None] * (wf[:, t] * vf[:, t] - erase)[..., None, :]
+        outs.append(torch.einsum("bhk,bhkv->bhv", qf[:, t] * scale, h))
+    o = torch.stack(outs, dim=1) if outs else vf.new_zeros(v.shape)
+    return o.to(v.dtype), (h if output_final_state else None)
+
+
+def chunk_gdn2_ref(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, b: torch.Tensor,
+    w: torch.Tensor, *, scale: float | None = None, initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False, chunk_size: int = 16,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Chunkwise GDN-2 (WY / UT transform with channel-wise decay); same contract as the
+    recurrent ref.
+
+    The decayed key products are built column by column (a loop over the C positions of a
+    chunk, batched over all chunks), so every exponent stays ≤ 0 and no (C, C, K) tensor per
+    chunk is formed in the forward pass; autograd still saves O(T·C·K) for the backward, which
+    is why the default chunk is 16 rather than 64 (the work of the column loop grows as T·C·K).
+    """
+    shapes = _gdn2_shapes(q, v)
+    _check(q, k, v, {n: (t, shapes[n]) for n, t in (("g", g), ("b", b), ("w", w))},
+           initial_state, "chunk_gdn2_ref")
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    scale = K ** -0.5 if scale is None else scale
+    C = max(1, min(chunk_size, T))
+    qc, kc, vc, bc, wc = (_to_chunks(t, C) for t in (q, k, v, b, w))
+    qc = qc * scale
+    gc = _to_chunks(g, C).cumsum(-2)  # (B, H, N, C, K)
+    bk = bc * kc
+
+    pos = torch.arange(C, device=q.device)
+    a_cols, s_cols = [], []
+    for j in range(C):
+        # row i: k_j ⊙ exp(gc_i − gc_j), zero for i < j (masked to −∞ before exp)
+        diff = (gc - gc[..., j:j + 1, :]).masked_fill((pos < j)[:, None], float("-inf"))
+        k_j = kc[..., j:j + 1, :] * diff.exp()  # (B, H, N, C, K)
+        a_cols.append((bk * k_j).sum(-1))  # A_ij = (b_i ⊙ k_i)ᵀ Diag(exp(gc_i − gc_j)) k_j
+        s_cols.append((qc * k_j).sum(-1))  # score_ij = q_iᵀ Diag(exp(gc_i − gc_j)) k_j
+    A = torch.stack(a_cols, dim=-1).tril(-1)  # (B, H, N, C, C), strictly lower
+    attn = torch.stack(s_cols, dim=-1)  # causal, diagonal included
+
+    rhs = torch.cat([bk * gc.exp(), wc * vc], dim=-1)
+    wk, u = _ut_solve(A, rhs).split([K, V], dim=-1)
+    qg = qc * gc.exp()
+    kd = kc * (gc[..., -1:, :] - gc).exp()
+    h0 = qc.new_zeros(B, H, K, V) if initial_state is None else initial_state.float()
+    o, h = _across_chunks(qg, kd, wk, u, attn, gc[..., -1, :].exp(), h0)
+    return _from_chunks(o, T).to(v.dtype), (h if output_final_state else None)
+
+
+gdn2_ref = chunk_gdn2_ref
+
+
+def gdn2(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, b: torch.Tensor,
+    w: torch.Tensor, *, scale: float | None = None, initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False, backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Dispatching GDN-2; same contract as :func:`chunk_gdn2_ref`.
+
+    On CUDA with fla: ``fused_recurrent_gdn2`` for no-grad calls with T ≤ 64, else
+    ``chunk_gdn2``.
+    """
+    shapes = _gdn2_shapes(q, v)
+    _check(q, k, v, {n: (t, shapes[n]) for n, t in (("g", g), ("b", b), ("w", w))},
+           initial_state, "gdn2")
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, g, b, w, initial_state))
+    name = "fused_recurrent_gdn2" if not needs_grad and q.shape[1] <= 64 else "chunk_gdn2"
+    ok = q.dtype in _KERNEL_DTYPES and q.shape[-1] <= 256 and q.dtype == k.dtype == v.dtype
+    if _kernels.use_kernel("gdn2", backend, name, q, k, v, g, b, w, initial_state,
+                           supported=ok, why_unsupported="fla needs K <= 256 and q, k, v of "
+                           "one dtype among fp32/fp16/bf16"):
+        fn = _kernels.get(name)
+        h0 = None if initial_state is None else initial_state.float()
+        # by keyword: fused_recurrent_gdn2 takes (A_log, dt_bias) positionally after w
+        o, h = fn(q=q, k=k, v=v, g=g.float(), b=b.to(q.dtype), w=w.to(q.dtype), scale=scale,
+                  initial_state=h0, output_final_state=output_final_state)
+        return o.to(v.dtype), h
+    return chunk_gdn2_ref(q, k, v, g, b, w, scale=scale, initial_state=initial_state,
+                          output_final_state=output_final_state)

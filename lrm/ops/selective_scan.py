@@ -1,0 +1,209 @@
+"""The selective scan of Mamba-1 (Gu & Dao, 2023): a diagonal, input-dependent linear recurrence.
+
+For every batch b, channel d and state index n:
+
+    h_t[d, n] = exp(Δ_t[d] · A[d, n]) · h_{t-1}[d, n] + Δ_t[d] · u_t[d] · B_t[n]
+    y_t[d]    = Σ_n h_t[d, n] · C_t[n]  +  D[d] · u_t[d]
+    out_t[d]  = y_t[d] · silu(z_t[d])                                  (when z is given)
+
+with Δ = softplus(delta + delta_bias) when ``delta_softplus`` (else delta + delta_bias).
+This is zero-order hold for A and the simplified Euler step Δ·B for B, exactly as mamba-ssm's
+kernel and its ``selective_scan_ref`` compute it.
+
+Symbols and shapes (mamba-ssm's argument order and layout, channels before length):
+    u, delta, z : (B, D, L)   input, step size, gate          B batch, D channels, L length
+    A           : (D, N)      real, negative diagonal state matrix  N state size
+    B, C        : (B, N, L) input-dependent, (B, G, N, L) grouped (channel d uses group
+                  d // (D / G)), or (D, N) time-invariant
+    D, delta_bias : (D,)
+    h           : (B, D, N)   the state; ``return_last_state`` returns h_L (fp32)
+
+Three implementations:
+
+- :func:`selective_scan_recurrent_ref`: the loop over t above, fp32. The oracle.
+- :func:`selective_scan_ref`: a chunked scan. The sequence is cut into chunks of Q tokens; inside
+  a chunk all Q states come from a Hillis–Steele parallel prefix scan of the affine maps
+  h ↦ a_t·h + b_t (log2 Q vectorised steps, only products of decays ≤ 1, so no overflow where
+  exp(-cumsum) tricks would overflow); across chunks a Python loop carries h. Only one chunk's
+  (B, D, Q, N) tensors exist at a time, and with autograd each chunk is checkpointed, so the
+  backward recomputes it instead of storing (B, L, D, N) — the same trade the CUDA kernel makes.
+- :func:`selective_scan`: the dispatch. ``selective_scan_fn`` from mamba-ssm (CUDA, fp32/fp16/
+  bf16, real A, N ≤ 256, no initial state) when it imports, else the reference.
+
+Simplified vs mamba-ssm: complex A is not supported (Mamba uses the real S4D init); the
+reference additionally accepts ``initial_state`` so that a stream can be scanned chunk by chunk.
+As in mamba-ssm's kernel, the kernel path gives no gradient through the returned last state.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch.utils.checkpoint import checkpoint
+
+from lrm.ops import _kernels
+
+CHUNK_SIZE = 64  # tokens per chunk of the reference scan: log2(64) = 6 scan steps per chunk
+
+
+def _prepare(u, delta, A, B, C, delta_bias, delta_softplus, initial_state):
+    """Validate, cast to fp32 and apply bias/softplus. Returns the time-major grouped views."""
+    if u.dim() != 3 or delta.shape != u.shape:
+        raise ValueError(f"u and delta must both be (B, D, L); got {tuple(u.shape)} and "
+                         f"{tuple(delta.shape)}")
+    if A.is_complex():
+        raise NotImplementedError("lrm's selective scan supports real A only (Mamba's S4D-real)")
+    batch, dim, _ = u.shape
+    if A.dim() != 2 or A.shape[0] != dim:
+        raise ValueError(f"A must be (D, N) = ({dim}, N), got {tuple(A.shape)}")
+    n = A.shape[1]
+    delta = delta.float()
+    if delta_bias is not None:
+        delta = delta + delta_bias.float()[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+
+    def group_count(M: torch.Tensor, name: str) -> int:
+        if M.dim() == 2:
+            if M.shape != (dim, n):
+                raise ValueError(f"time-invariant {name} must be (D, N), got {tuple(M.shape)}")
+            return 1
+        if M.dim() == 3 and M.shape[:2] == (batch, n):
+            return 1
+        if M.dim() == 4 and M.shape[0] == batch and M.shape[2] == n and dim % M.shape[1] == 0:
+            return M.shape[1]
+        raise ValueError(f"{name} must be (D, N), (B, N, L) or (B, G, N, L) with G dividing D; "
+                         f"got {tuple(M.shape)}")
+
+    g_b, g_c = group_count(B, "B"), group_count(C, "C")
+    groups = max(g_b, g_c)
+    if {g_b, g_c} - {1, groups}:
+        raise ValueError(f"B and C have incompatible group counts {g_b} and {g_c}")
+
+    def grouped(M: torch.Tensor) -> torch.Tensor:
+        # every form becomes (b|1, G|1, e|1, L|1, N), broadcastable to (B, G, D/G, L, N)
+        M = M.float()
+        if M.dim() == 2:  # (D, N): one (e, N) block per group, constant over time
+            return rearrange(M, "(g e) n -> 1 g e 1 n", g=groups)
+        if M.dim() == 3:  # (B, N, L): shared by every channel
+            return rearrange(M, "b n l -> b 1 1 l n")
+        return rearrange(M, "b g n l -> b g 1 l n")
+
+    u_g = rearrange(u.float(), "b (g e) l -> b g e l", g=groups)
+    d_g = rearrange(delta, "b (g e) l -> b g e l", g=groups)
+    A_g = rearrange(A.float(), "(g e) n -> g e n", g=groups)
+    h0 = (u.new_zeros(batch, dim, n, dtype=torch.float32) if initial_state is None
+          else initial_state.float())
+    if h0.shape != (batch, dim, n):
+        raise ValueError(f"initial_state must be (B, D, N) = ({batch}, {dim}, {n}), "
+                         f"got {tuple(h0.shape)}")
+    h0 = rearrange(h0, "b (g e) n -> b g e n", g=groups)
+    return u_g, d_g, A_g, grouped(B), grouped(C), h0
+
+
+def _finish(y, u, D, z, dtype_in):
+    """y (B, D, L) fp32 -> + D·u, gate with silu(z), cast back like mamba-ssm does."""
+    if D is not None:
+        y = y + u.float() * D.float()[:, None]
+    if z is not None:
+        y = y * F.silu(z.float())
+    return y.to(dtype_in)
+
+
+def _scan_chunk(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                C: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One chunk. u, delta: (b, g, e, q); A: (g, e, n); B, C: broadcastable to (b, g, e, q, n);
+    h0: (b, g, e, n). Returns y (b, g, e, q) and the state after the chunk (b, g, e, n)."""
+    q = u.shape[-1]
+    a = torch.exp(delta[..., None] * A[:, :, None, :])  # decay of each step, (b, g, e, q, n)
+    b = (delta * u)[..., None] * B  # what each step writes, (b, g, e, q, n)
+    # Hillis–Steele inclusive scan of the maps h -> a_t h + b_t: after the step with offset k,
+    # (a_t, b_t) composes the 2k maps ending at t; prefixes shorter than 2k are already final.
+    k = 1
+    while k < q:
+        b = torch.cat([b[..., :k, :], b[..., k:, :] + a[..., k:, :] * b[..., :-k, :]], dim=-2)
+        a = torch.cat([a[..., :k, :], a[..., k:, :] * a[..., :-k, :]], dim=-2)
+        k *= 2
+    h = a * h0[..., None, :] + b  # every state of the chunk, (b, g, e, q, n)
+    y = (h * C).sum(-1)
+    # a copy, not a view: a view of the last state would keep all q states of the chunk alive
+    return y, h[..., -1, :].clone()
+
+
+def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                       return_last_state=False, initial_state=None, *,
+                       chunk_size: int = CHUNK_SIZE):
+    """The chunked, vectorised selective scan; same contract as mamba-ssm's ``selective_scan_fn``.
+
+    ``initial_state`` (B, D, N) is the state before the first token (zeros if None).
+    Returns out (B, D, L) in u's dtype, and the last state (B, D, N) in fp32 when
+    ``return_last_state``.
+    """
+    dtype_in = u.dtype
+    u_g, d_g, A_g, B_g, C_g, h = _prepare(u, delta, A, B, C, delta_bias, delta_softplus,
+                                           initial_state)
+    L = u.shape[-1]
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, delta_bias, initial_state))
+    ys = []
+    for s in range(0, L, chunk_size):
+        e = min(s + chunk_size, L)
+        args = (u_g[..., s:e], d_g[..., s:e], A_g,
+                B_g if B_g.shape[-2] == 1 else B_g[..., s:e, :],
+                C_g if C_g.shape[-2] == 1 else C_g[..., s:e, :], h)
+        if needs_grad:  # keep only chunk inputs for backward; recompute the chunk's states
+            y, h = checkpoint(_scan_chunk, *args, use_reentrant=False)
+        else:
+            y, h = _scan_chunk(*args)
+        ys.append(y)
+    y = rearrange(torch.cat(ys, dim=-1), "b g e l -> b (g e) l")
+    out = _finish(y, u, D, z, dtype_in)
+    if return_last_state:
+        return out, rearrange(h, "b g e n -> b (g e) n")
+    return out
+
+
+def selective_scan_recurrent_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                                 delta_softplus=False, return_last_state=False,
+                                 initial_state=None):
+    """The recurrence token by token in fp32: the oracle for tests. Same contract as
+    :func:`selective_scan_ref`."""
+    dtype_in = u.dtype
+    u_g, d_g, A_g, B_g, C_g, h = _prepare(u, delta, A, B, C, delta_bias, delta_softplus,
+                                           initial_state)
+    ys = []
+    for t in range(u.shape[-1]):
+        Bt = B_g[..., 0 if B_g.shape[-2] == 1 else t, :]  # (b|1, g|1, e|1, n)
+        Ct = C_g[..., 0 if C_g.shape[-2] == 1 else t, :]
+        dt = d_g[..., t, None]  # (b, g, e, 1)
+        h = torch.exp(dt * A_g) * h + dt * u_g[..., t, None] * Bt
+        ys.append((h * Ct).sum(-1))
+    y = rearrange(torch.stack(ys, dim=-1), "b g e l -> b (g e) l")
+    out = _finish(y, u, D, z, dtype_in)
+    if return_last_state:
+        return out, rearrange(h, "b g e n -> b (g e) n")
+    return out
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False, initial_state=None, *, backend: str = "auto",
+                   chunk_size: int = CHUNK_SIZE):
+    """Dispatching selective scan: mamba-ssm's CUDA ``selective_scan_fn`` where it can serve,
+    else :func:`selective_scan_ref` (with ``chunk_size``). Same arguments and results."""
+    ok = (initial_state is None and not A.is_complex() and A.shape[-1] <= 256
+          and u.dtype in (torch.float32, torch.float16, torch.bfloat16))
+    if _kernels.use_kernel("selective_scan", backend, "selective_scan_fn", u, delta, A, B, C, D,
+                           z, delta_bias, supported=ok,
+                           why_unsupported="the kernel takes no initial state, needs real A with "
+                                           "N <= 256 and fp32/fp16/bf16 inputs"):
+        fn = _kernels.get("selective_scan_fn")
+        dt = u.dtype
+        # the kernel's dtype rules: delta, z and time-varying B/C in u's dtype; A, D, bias fp32
+        return fn(u, delta.to(dt), A.float(), B.float() if B.dim() == 2 else B.to(dt),
+                  C.float() if C.dim() == 2 else C.to(dt), None if D is None else D.float(),
+                  None if z is None else z.to(dt),
+                  None if delta_bias is None else delta_bias.float(), delta_softplus,
+                  return_last_state)
+    return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                              return_last_state, initial_state, chunk_size=chunk_size)

@@ -1,0 +1,184 @@
+"""SSD, the state space dual of Mamba-2 (Dao & Gu, 2024): a scalar-decay SSM per head.
+
+For every batch b and head h (headdim P, state size N):
+
+    H_t = exp(Δ_t · a_h) · H_{t-1} + Δ_t · x_t B_tᵀ          H_t: (P, N)
+    y_t = H_t C_t + D_h · x_t
+    out_t = y_t · silu(z_t)                                     (when z is given)
+
+with Δ = softplus(dt + dt_bias) when ``dt_softplus`` (else dt + dt_bias), clamped to ``dt_limit``.
+Unrolled, y = M x with M[t, s] = C_tᵀB_s · exp(Σ_{s<k≤t} Δ_k a) · Δ_s for s ≤ t: masked (decayed)
+linear attention with C as query, B as key, x as value. That duality is what the chunked
+algorithm uses:
+
+1. intra-chunk (diagonal blocks): the quadratic, attention-like form inside each chunk of Q
+   tokens, with L = exp(segsum(Δa)) the (Q, Q) decay mask;
+2. chunk states: the state each chunk would leave behind if it started from zero;
+3. inter-chunk recurrence: a loop over chunks, H_c = exp(Σ_chunk Δa) H_{c-1} + state_c;
+4. output: the off-diagonal blocks, C_t · exp(cumsum Δa)_t · H_{c-1}, added to step 1.
+
+Memory is O(L·Q) for the decay masks and O(L/Q · P·N) for the chunk states; nothing is (L, L).
+
+Symbols and shapes (mamba-ssm's ``mamba_chunk_scan_combined`` conventions):
+    x : (B, L, H, P)   dt : (B, L, H)   A : (H,) negative   B, C : (B, L, G, N), head h uses
+    group h // (H / G)   D : (H,) or (H, P)   z : (B, L, H, P)   dt_bias : (H,)
+    initial_states / final states : (B, H, P, N)
+
+Implementations: :func:`ssd_recurrent_ref` (the loop, the oracle), :func:`ssd_ref` (the chunked
+algorithm above, pure PyTorch, fp32) and :func:`ssd` (dispatch to mamba-ssm's Triton
+``mamba_chunk_scan_combined`` on CUDA, else the reference). Not supported here: ``seq_idx`` /
+``cu_seqlens`` (packed variable-length batches).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+
+from lrm.ops import _kernels
+
+NO_LIMIT = (0.0, math.inf)
+
+
+def _check(x, dt, A, B, C):
+    if x.dim() != 4:
+        raise ValueError(f"x must be (B, L, H, P), got {tuple(x.shape)}")
+    batch, L, H, _ = x.shape
+    if dt.shape != (batch, L, H) or A.shape != (H,):
+        raise ValueError(f"dt must be (B, L, H) = {(batch, L, H)} and A ({H},); got "
+                         f"{tuple(dt.shape)} and {tuple(A.shape)}")
+    if B.dim() != 4 or B.shape[:2] != (batch, L) or C.shape != B.shape or H % B.shape[2]:
+        raise ValueError(f"B and C must be (B, L, G, N) with G dividing H={H}; got "
+                         f"{tuple(B.shape)} and {tuple(C.shape)}")
+
+
+def _discretise_dt(dt, dt_bias, dt_softplus, dt_limit):
+    dt = dt.float()
+    if dt_bias is not None:
+        dt = dt + dt_bias.float()
+    if dt_softplus:
+        dt = F.softplus(dt)
+    if tuple(dt_limit) != NO_LIMIT:
+        dt = dt.clamp(min=dt_limit[0], max=dt_limit[1])
+    return dt
+
+
+def _finish(y, x, D, z, dtype_in):
+    """y (B, L, H, P) fp32 -> + D·x, gate with silu(z), back to the input dtype."""
+    if D is not None:
+        Df = D.float()
+        y = y + x.float() * (Df[:, None] if Df.dim() == 1 else Df)
+    if z is not None:
+        y = y * F.silu(z.float())
+    return y.to(dtype_in)
+
+
+def segsum(a: torch.Tensor) -> torch.Tensor:
+    """(..., T) -> (..., T, T) with out[i, j] = a[j+1] + ... + a[i] for j <= i, and -inf above
+    the diagonal, so that exp(segsum(Δa)) is the causal decay mask. Built as a masked cumsum
+    rather than a difference of cumsums, which would lose precision when the sums are large."""
+    T = a.shape[-1]
+    a = repeat(a, "... k -> ... k j", j=T)  # entry [k, j] = a[k]
+    strictly_below = torch.ones(T, T, dtype=torch.bool, device=a.device).tril(-1)
+    out = a.masked_fill(~strictly_below, 0.0).cumsum(dim=-2)  # [i, j] = Σ_{j<k<=i} a[k]
+    causal = torch.ones(T, T, dtype=torch.bool, device=a.device).tril()
+    return out.masked_fill(~causal, -math.inf)
+
+
+def ssd_ref(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None,
+            dt_softplus=False, dt_limit=NO_LIMIT, return_final_states=False):
+    """The chunked SSD algorithm in pure PyTorch (fp32 inside); the contract of mamba-ssm's
+    ``mamba_chunk_scan_combined``. Returns out (B, L, H, P) in x's dtype [, final states
+    (B, H, P, N) fp32]."""
+    _check(x, dt, A, B, C)
+    batch, L, H, P = x.shape
+    G, N = B.shape[2], B.shape[3]
+    dtype_in = x.dtype
+    dt = _discretise_dt(dt, dt_bias, dt_softplus, dt_limit)
+    # Chunks longer than the input only cost padding; Δ = 0 on the padding means "no decay and
+    # no write", so the final state is unaffected.
+    Q = max(1, min(int(chunk_size), L))
+    pad = (-L) % Q
+    xf, Bf, Cf = (F.pad(t.float(), (0, 0, 0, 0, 0, pad)) for t in (x, B, C))
+    dt = F.pad(dt, (0, 0, 0, pad))
+
+    xc = rearrange(xf, "b (c q) (g h) p -> b c q g h p", q=Q, g=G)
+    Bc = rearrange(Bf, "b (c q) g n -> b c q g n", q=Q)
+    Cc = rearrange(Cf, "b (c q) g n -> b c q g n", q=Q)
+    dtc = rearrange(dt, "b (c q) (g h) -> b g h c q", q=Q, g=G)
+    dA = dtc * rearrange(A.float(), "(g h) -> g h 1 1", g=G)  # log-decay per step
+    A_cum = dA.cumsum(dim=-1)  # (b, g, h, c, q)
+
+    # 1. intra-chunk: y_t = Σ_{s<=t in chunk} (C_t·B_s) exp(Σ_{s<k<=t} Δa) Δ_s x_s
+    CB = torch.einsum("bclgn,bcsgn->bgcls", Cc, Bc)
+    W = CB[:, :, None] * torch.exp(segsum(dA)) * dtc[..., None, :]  # (b, g, h, c, l, s)
+    y_diag = torch.einsum("bghcls,bcsghp->bclghp", W, xc)
+
+    # 2. the state each chunk leaves behind when started from zero
+    decay_to_end = torch.exp(A_cum[..., -1:] - A_cum) * dtc  # (b, g, h, c, q)
+    states = torch.einsum("bcqgn,bghcq,bcqghp->bcghpn", Bc, decay_to_end, xc)
+
+    # 3. inter-chunk recurrence (a loop over L/Q chunks, linear in L)
+    if initial_states is None:
+        h = xf.new_zeros(batch, G, H // G, P, N)
+    else:
+        h = rearrange(initial_states.float(), "b (g h) p n -> b g h p n", g=G)
+    chunk_decay = torch.exp(A_cum[..., -1])  # (b, g, h, c)
+    entering = []
+    for c in range(xc.shape[1]):
+        entering.append(h)
+        h = chunk_decay[..., c, None, None] * h + states[:, c]
+    entering = torch.stack(entering, dim=1)  # state before each chunk, (b, c, g, h, p, n)
+
+    # 4. the contribution of the state entering the chunk, decayed to each position
+    y_off = torch.einsum("bcqgn,bcghpn,bghcq->bcqghp", Cc, entering, torch.exp(A_cum))
+
+    y = rearrange(y_diag + y_off, "b c q g h p -> b (c q) (g h) p")[:, :L]
+    out = _finish(y, x, D, z, dtype_in)
+    if return_final_states:
+        return out, rearrange(h, "b g h p n -> b (g h) p n")
+    return out
+
+
+def ssd_recurrent_ref(x, dt, A, B, C, chunk_size=None, D=None, z=None, dt_bias=None,
+                      initial_states=None, dt_softplus=False, dt_limit=NO_LIMIT,
+                      return_final_states=False):
+    """The recurrence token by token in fp32: the oracle. ``chunk_size`` is accepted for a
+    uniform signature and ignored."""
+    _check(x, dt, A, B, C)
+    batch, L, H, P = x.shape
+    G, N = B.shape[2], B.shape[3]
+    dt = _discretise_dt(dt, dt_bias, dt_softplus, dt_limit)
+    Bh = repeat(B.float(), "b l g n -> b l (g h) n", h=H // G)
+    Ch = repeat(C.float(), "b l g n -> b l (g h) n", h=H // G)
+    xf = x.float()
+    h = (xf.new_zeros(batch, H, P, N) if initial_states is None
+         else initial_states.float())
+    ys = []
+    for t in range(L):
+        decay = torch.exp(dt[:, t] * A.float())  # (b, H)
+        h = decay[..., None, None] * h + torch.einsum(
+            "bh,bhp,bhn->bhpn", dt[:, t], xf[:, t], Bh[:, t])
+        ys.append(torch.einsum("bhpn,bhn->bhp", h, Ch[:, t]))
+    out = _finish(torch.stack(ys, dim=1), x, D, z, x.dtype)
+    return (out, h) if return_final_states else out
+
+
+def ssd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None,
+        dt_softplus=False, dt_limit=NO_LIMIT, return_final_states=False, *,
+        backend: str = "auto"):
+    """Dispatching SSD: mamba-ssm's Triton ``mamba_chunk_scan_combined`` on CUDA where it
+    imports, else :func:`ssd_ref`. Same arguments and results."""
+    ok = x.dtype in (torch.float32, torch.float16, torch.bfloat16)
+    if _kernels.use_kernel("ssd", backend, "mamba_chunk_scan_combined", x, dt, A, B, C, D, z,
+                           dt_bias, initial_states, supported=ok,
+                           why_unsupported="the kernel needs fp32/fp16/bf16 inputs"):
+        fn = _kernels.get("mamba_chunk_scan_combined")
+        return fn(x, dt, A.float(), B, C, chunk_size, D=D, z=z, dt_bias=dt_bias,
+                  initial_states=initial_states, dt_softplus=dt_softplus,
+                  dt_limit=tuple(dt_limit), return_final_states=return_final_states)
+    return ssd_ref(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus,
+                   dt_limit, return_final_states)

@@ -1,0 +1,109 @@
+"""`lra leaderboard`: the run store, the page, and a tiny grid end to end (on fixtures)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from lra import leaderboard as lb
+from lra.data.fixtures import write_listops
+
+
+def _rec(mixer, task, setting="quick", date="2026-01-01T00:00:00", test=0.5, **kw):
+    base = {"mixer": mixer, "task": task, "setting": setting, "date": date, "status": "ok",
+            "error": None, "test": test, "best_val": test, "majority": 0.2, "steps": 100,
+            "max_steps": 100, "max_time": "00:00:01:30", "model": {"d_model": 64, "n_layers": 2,
+                                                                 "bidirectional": True},
+            "batch_size": 32, "lr": 0.003, "device": "CPU: test", "wall_s": 60.0,
+            "data": "generated"}
+    base.update(kw)
+    return base
+
+
+def test_store_merges_without_losing_rows(tmp_path):
+    store = tmp_path / "runs.json"
+    old = _rec("attention", "listops", test=0.30, date="2026-01-01T00:00:00")
+    other = _rec("s4d", "pathfinder", test=0.55)
+    lb.add_runs(store, [old, other])
+    newer = _rec("attention", "listops", test=0.40, date="2026-01-02T00:00:00")
+    full = _rec("attention", "listops", setting="full", test=0.36)
+    runs = lb.add_runs(store, [newer, full, other])  # `other` again: not duplicated
+    assert lb.load_store(store) == runs
+    assert len(runs) == 4
+    assert old in runs and newer in runs and other in runs and full in runs
+    newest = lb.latest(runs)
+    assert newest[("attention", "listops", "quick")]["test"] == 0.40  # newest wins its key
+    assert newest[("attention", "listops", "full")]["test"] == 0.36  # other setting: own key
+    assert len(newest) == 3
+    # the file is a versioned JSON object, readable without lrm
+    assert json.loads(store.read_text())["schema"] == lb.STORE_SCHEMA
+
+
+def test_markdown_has_published_rows_and_ours(tmp_path):
+    runs = [_rec("attention", "listops", test=0.412),
+            _rec("s4d", "listops", test=0.300, date="2026-01-01T00:00:00"),
+            _rec("s4d", "listops", test=0.333, date="2026-01-03T00:00:00"),
+            _rec("mamba", "listops", status="error", test=None, best_val=None,
+                 error="ImportError: no module named x")]
+    text = lb.render_markdown(runs, notes="hand-written note")
+    for row in lb.PUBLISHED:  # every published model with its numbers and source
+        line = next(ln for ln in text.splitlines() if ln.startswith(f"| {row['model']} |"))
+        assert row["source"] in line
+        assert all(f"{v:.2f}" in line for v in row["acc"].values() if v is not None)
+    assert "| Transformer | 36.37 |" in text and "FAIL" in text
+    ours = {ln.split("|")[1].strip(): ln for ln in text.splitlines() if ln.startswith("| ")}
+    assert "41.2" in ours["attention"]
+    assert "33.3" in ours["s4d"] and "30.0" not in ours["s4d"]  # the newest run is shown
+    assert "error: ImportError" in ours["mamba"]
+    assert "20.0" in ours["*majority class (test set)*"]
+    assert "short CPU run" in text and "100 training steps" in text and "d=64" in text
+    assert "CPU: test" in text
+    # hand-written notes survive regeneration
+    out = tmp_path / "lb.md"
+    store = tmp_path / "lb_runs.json"
+    lb.save_store(store, runs)
+    lb.write_outputs(store, out, None)
+    out.write_text(out.read_text().replace(f"{lb.NOTES_BEGIN}\n", f"{lb.NOTES_BEGIN}\nkeep me"))
+    lb.write_outputs(store, out, None)
+    assert "keep me" in out.read_text()
+
+
+def test_failed_worker_becomes_an_error_row(tmp_path, monkeypatch):
+    write_listops(tmp_path / "data", n=(8, 4, 4))
+    monkeypatch.setattr(lb, "WORKER", [sys.executable, "-c",
+                                       "import sys; print('RuntimeError: boom'); sys.exit(3)"])
+    rec = lb.run_one("attention", "listops", setting="t", quick=True,
+                     data_dir=tmp_path / "data", max_steps=2, budget_minutes=None,
+                     runs_dir=tmp_path / "runs", overrides={"model": {"model": {"d_model": 16}}},
+                     timeout=60, config_dir=lb.REPO / "configs")
+    assert rec["status"] == "error"
+    assert "worker exited 3" in rec["error"] and "boom" in rec["error"]
+    assert rec["test"] is None and rec["params"] > 0
+
+
+@pytest.mark.slow
+def test_tiny_grid_end_to_end(tmp_path, monkeypatch):
+    """One real mixer and one that cannot import, on the ListOps fixture, 2 steps."""
+    data = tmp_path / "data"
+    write_listops(data)
+    import lrm.registry
+
+    monkeypatch.setitem(lrm.registry.MIXERS, "broken", "lrm.mixers.no_such_module:Broken")
+    out = tmp_path / "docs" / "lb.md"
+    lb.main(["--quick", "--mixers", "attention", "broken", "--tasks", "listops",
+             "--max-steps", "2", "--data-dir", str(data), "--out", str(out),
+             "--runs-dir", str(tmp_path / "runs"), "--set", "model.model.d_model=16",
+             "--set", "data.init_args.batch_size=8"])
+    runs = {r["mixer"]: r for r in lb.load_store(tmp_path / "docs" / "lb_runs.json")}
+    ok, bad = runs["attention"], runs["broken"]
+    assert ok["status"] == "ok", ok["error"]
+    assert 0.0 <= ok["test"] <= 1.0 and 0.0 <= ok["best_val"] <= 1.0
+    assert ok["steps"] == 2 and ok["n_test"] == 8 and ok["params"] > 0
+    assert (tmp_path / "runs" / "quick").is_dir()
+    assert bad["status"] == "error" and "ModuleNotFoundError" in bad["error"]
+    text = out.read_text()
+    assert "| broken | error: ModuleNotFoundError" in text
+    assert "| attention |" in text and "| Mega |" in text
+    assert (tmp_path / "docs" / "lb.png").stat().st_size > 1000
