@@ -70,11 +70,15 @@ def get(name: str) -> Callable[..., Any] | None:
 
 
 def has(package: str) -> bool:
-    """True if every kernel lrm uses from ``package`` imports."""
+    """True if ``package`` is usable: at least one kernel lrm takes from it imports.
+
+    Each op still asks for its own kernel (an older fla may lack ``gdn2``, say), so a
+    package that serves some ops and not others falls back only where it must.
+    """
     names = [n for n, (pkg, _, _) in _KERNELS.items() if pkg == package]
     if not names:
         raise KeyError(f"unknown kernel package {package!r}")
-    return all(get(n) is not None for n in names)
+    return any(get(n) is not None for n in names)
 
 
 def __getattr__(attr: str) -> bool:
