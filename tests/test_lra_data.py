@@ -50,11 +50,13 @@ def _check_contract(batch, vocab_size, n_classes, seq_len, pair=False):
     keys = {"inputs", "lengths", "targets"} | ({"inputs2", "lengths2"} if pair else set())
     assert set(batch) == keys
     sides = [("inputs", "lengths")] + ([("inputs2", "lengths2")] if pair else [])
+    # a pair is padded to one common width: the longest document on either side
+    width = max(int(batch[lk].max()) for _, lk in sides)
     for ik, lk in sides:
         x, n = batch[ik], batch[lk]
         assert x.dtype == torch.long and n.dtype == torch.long and x.dim() == 2
         assert x.shape[0] == n.shape[0] == batch["targets"].shape[0]
-        assert x.shape[1] == int(n.max()) <= seq_len
+        assert x.shape[1] == width <= seq_len
         assert int(x.min()) >= 0 and int(x.max()) < vocab_size
         pad = torch.arange(x.shape[1])[None] >= n[:, None]
         assert (x[pad] == 0).all(), "padding must be id 0, on the right"

@@ -30,6 +30,8 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lra.resumable import ResumableLoader
+
 PAD_ID = 0
 LRA_RELEASE_URL = "https://storage.googleapis.com/long-range-arena/lra_release.gz"
 RELEASE_HINT = (
@@ -259,18 +261,15 @@ class LRADataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if not self.datasets:
             self.setup()
-        gen = torch.Generator().manual_seed(self.seed) if shuffle else None
         fixed = self.seq_len if self.fixed_length else None
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=gen,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            collate_fn=_Collate(fixed),
-        )
+        common = dict(num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                      pin_memory=torch.cuda.is_available(), collate_fn=_Collate(fixed))
+        if shuffle:
+            # a seeded order per epoch whose position is saved in checkpoints, so that a killed
+            # run resumes mid-epoch on the very next batch (lra/resumable.py)
+            return ResumableLoader(self.datasets[split], self.batch_size, shuffle=True,
+                                   seed=self.seed, **common)
+        return DataLoader(self.datasets[split], batch_size=self.batch_size, **common)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
