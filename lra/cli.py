@@ -24,12 +24,11 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lra.module import LRAModule
 
-DEFAULT_DATA = {
-    "class_path": "lra.data.recall.RecallDataModule",
-    "init_args": {"task": "mqar", "seq_len": 128,
-                  "task_kwargs": {"vocab_size": 256, "num_kv_pairs": 16},
-                  "train_size": 20_000, "val_size": 1_000, "batch_size": 64},
-}
+# The built-in task when neither the command line nor a config file names one: the class's own
+# defaults are the README's main job. It is added to the arguments only then, not set as a
+# parser default: jsonargparse carries a default's init_args into any other data class that
+# shares an argument name (seq_len), which would silently shorten a Path-X run to 128 tokens.
+DEFAULT_DATA = "lra.data.recall.RecallDataModule"
 
 
 class Checkpoint(ModelCheckpoint):
@@ -48,7 +47,6 @@ class LRACLI(LightningCLI):
         parser.link_arguments("data", "model.hints", compute_fn=_hints,
                               apply_on="instantiate")
         parser.set_defaults({
-            "data": DEFAULT_DATA,
             "model.model": {"mixer": "attention", "d_model": 64, "n_layers": 2},
             "model.lr": 3e-3,
             "model.weight_decay": 0.1,
@@ -89,6 +87,24 @@ class LRACLI(LightningCLI):
             a["version"] = version
 
 
+def _names_data(argv: list[str]) -> bool:
+    """True if the arguments choose a data module (``--data X`` or a config with ``data:``);
+    ``--data.init_args.*`` overrides alone keep the built-in task."""
+    import yaml
+
+    for i, arg in enumerate(argv):
+        if arg in ("--data", "--data.class_path") or arg.startswith(("--data=",
+                                                                      "--data.class_path=")):
+            return True
+        path = arg.split("=", 1)[1] if arg.startswith("--config=") else (
+            argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None)
+        if path and Path(path).is_file():
+            cfg = yaml.safe_load(Path(path).read_text()) or {}
+            if "data" in cfg or any(isinstance(v, dict) and "data" in v for v in cfg.values()):
+                return True
+    return False
+
+
 def _hints(datamodule) -> dict:
     hints = getattr(datamodule, "model_hints", None)
     if hints is None:
@@ -108,6 +124,9 @@ def main(argv: list[str] | None = None) -> None:
         from lra.leaderboard import main as leaderboard
 
         return leaderboard(argv[1:])
+    if argv and argv[0] in ("fit", "validate", "test", "predict") and not _names_data(argv):
+        argv[1:1] = ["--data", DEFAULT_DATA]
+        from_shell = False
     LRACLI(LRAModule, None, subclass_mode_data=True, seed_everything_default=0,
            args=None if from_shell else argv,
            save_config_kwargs={"overwrite": True},

@@ -360,7 +360,7 @@ def test_model_config_yaml_builds(name):
     from pathlib import Path
 
     path = Path(__file__).parents[1] / "configs" / "model" / f"{name}.yaml"
-    cfg = yaml.safe_load(path.read_text())
+    cfg = yaml.safe_load(path.read_text())["model"]["model"]  # an `lra fit` config fragment
     cfg.update(d_model=64, n_layers=1, vocab_size=11, head="lm")  # small, same options
     model = lrm.LRModel(lrm.ModelConfig.from_dict(cfg))
     assert model(torch.randint(0, 11, (1, 9))).shape == (1, 9, 11)

@@ -34,7 +34,9 @@ class RecallDataModule(pl.LightningDataModule):
     Args:
         task: ``mqar`` | ``selective_copying`` | ``induction_heads`` | ``passkey``.
         seq_len: the training length L.
-        task_kwargs: the generator's options, e.g. ``{vocab_size: 8192, num_kv_pairs: 16}``.
+        task_kwargs: the generator's options. The default, ``{vocab_size: 256,
+            num_kv_pairs: 16}`` for MQAR, is the README's main job; other tasks use their
+            generator's defaults when ``task_kwargs`` is left out.
         train_size, val_size: examples generated for training and for each validation length.
         eval_lengths: extra validation (and test) lengths for length extrapolation.
         batch_size, eval_batch_size: per step; eval defaults to batch_size.
@@ -50,7 +52,9 @@ class RecallDataModule(pl.LightningDataModule):
         super().__init__()
         if task not in recall.TASKS:
             raise ValueError(f"unknown recall task {task!r}; valid: {', '.join(recall.TASKS)}")
-        self.task, self.seq_len, self.task_kwargs = task, seq_len, dict(task_kwargs or {})
+        if task_kwargs is None:
+            task_kwargs = {"vocab_size": 256, "num_kv_pairs": 16} if task == "mqar" else {}
+        self.task, self.seq_len, self.task_kwargs = task, seq_len, dict(task_kwargs)
         self.train_size, self.val_size, self.seed = train_size, val_size, seed
         self.lengths = [seq_len, *(eval_lengths or [])]
         self.batch_size, self.num_workers = batch_size, num_workers
