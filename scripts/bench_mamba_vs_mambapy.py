@@ -15,13 +15,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-BEGIN, END = "<!-- mambapy-comparison:begin -->", "<!-- mambapy-comparison:end -->"
+# With MALLOC_MMAP_THRESHOLD_ set, glibc returns large blocks to the OS at once, so the peak RSS
+# is the live peak rather than what the heap kept; such a run gets its own section.
+MMAP = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+TAG = "mambapy-comparison" + ("-mmap" if MMAP else "")
+BEGIN, END = f"<!-- {TAG}:begin -->", f"<!-- {TAG}:end -->"
 
 CASE = r"""
 import json, resource, statistics, sys, time
@@ -110,8 +115,12 @@ def main() -> None:
         lines.append(f"| {L} | {ms(a)} | {ms(b)} | {tr} | {mb(a)} | {mb(b)} | {mr} |")
     wall = time.time() - t0
     cmd = "python scripts/bench_mamba_vs_mambapy.py " + " ".join(sys.argv[1:])
+    if MMAP:
+        cmd = f"MALLOC_MMAP_THRESHOLD_={MMAP} {cmd}"
+    title = "## lrm `mamba` vs mambapy (same run, same sizes)" + (
+        ", live memory (glibc mmap threshold set; times not comparable)" if MMAP else "")
     section = "\n".join([
-        BEGIN, "", "## lrm `mamba` vs mambapy (same run, same sizes)", "",
+        BEGIN, "", title, "",
         f"Command: `{cmd}`  ",
         f"Device: {args.device} ({platform.machine()}); fp32; d={args.d}, d_state="
         f"{args.d_state}, batch={args.batch}; median of {args.repeats} forward+backward "

@@ -143,19 +143,24 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     dtype_in = u.dtype
     u_g, d_g, A_g, B_g, C_g, h = _prepare(u, delta, A, B, C, delta_bias, delta_softplus,
                                            initial_state)
-    L = u.shape[-1]
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, delta_bias, initial_state))
+
+    # One split per input, not a slice per chunk: autograd then gathers the chunk gradients
+    # once (a slice per chunk would build a full-length zero gradient per chunk: O(L²) work).
+    def chunks(M: torch.Tensor, dim: int) -> list[torch.Tensor]:
+        if M.shape[dim] == 1:  # time-invariant B/C
+            return [M] * n_chunks
+        return list(M.split(chunk_size, dim=dim))
+
+    n_chunks = -(-u.shape[-1] // chunk_size)
     ys = []
-    for s in range(0, L, chunk_size):
-        e = min(s + chunk_size, L)
-        args = (u_g[..., s:e], d_g[..., s:e], A_g,
-                B_g if B_g.shape[-2] == 1 else B_g[..., s:e, :],
-                C_g if C_g.shape[-2] == 1 else C_g[..., s:e, :], h)
+    for u_c, d_c, B_c, C_c in zip(chunks(u_g, -1), chunks(d_g, -1), chunks(B_g, -2),
+                                  chunks(C_g, -2), strict=True):
         if needs_grad:  # keep only chunk inputs for backward; recompute the chunk's states
-            y, h = checkpoint(_scan_chunk, *args, use_reentrant=False)
+            y, h = checkpoint(_scan_chunk, u_c, d_c, A_g, B_c, C_c, h, use_reentrant=False)
         else:
-            y, h = _scan_chunk(*args)
+            y, h = _scan_chunk(u_c, d_c, A_g, B_c, C_c, h)
         ys.append(y)
     y = rearrange(torch.cat(ys, dim=-1), "b g e l -> b (g e) l")
     out = _finish(y, u, D, z, dtype_in)
