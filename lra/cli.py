@@ -57,7 +57,7 @@ class LRACLI(LightningCLI):
             "checkpoint.mode": "max",
             "checkpoint.save_top_k": 1,
             "checkpoint.filename": "best-{step}",
-            "trainer.max_steps": 2000,
+            "trainer.max_steps": 3000,
             "trainer.gradient_clip_val": 1.0,
             "trainer.log_every_n_steps": 25,
             "trainer.logger": [
