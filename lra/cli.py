@@ -61,7 +61,7 @@ class LRACLI(LightningCLI):
             "trainer.gradient_clip_val": 1.0,
             "trainer.log_every_n_steps": 25,
             "trainer.logger": [
-                {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                {"class_path": "lra.csv_logger.CSVLogger",
                  "init_args": {"save_dir": "runs", "name": "lra"}},
                 {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                  "init_args": {"save_dir": "runs", "name": "lra"}},

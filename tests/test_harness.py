@@ -129,8 +129,13 @@ def test_cli_fit_writes_logs_and_loadable_checkpoints(tmp_path, monkeypatch):
     metrics = (run / "metrics.csv").read_text()
     assert "val/acc" in metrics and "val_L256/acc" in metrics
     assert list(run.glob("events.out.tfevents*")), "no TensorBoard log"
+    # resuming into the same folder appends to metrics.csv instead of replacing it
+    lra_main(["fit", "--config", str(run / "config.yaml"), "--trainer.max_steps", "16",
+              "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    resumed = (run / "metrics.csv").read_text()
+    assert resumed.startswith(metrics.rstrip("\n")) and len(resumed) > len(metrics)
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    assert ckpt["global_step"] == 12 and ckpt["hyper_parameters"]["model"]["vocab_size"] == 256
+    assert ckpt["global_step"] == 16 and ckpt["hyper_parameters"]["model"]["vocab_size"] == 256
     lra_main(["validate", "--config", str(run / "config.yaml"), "--ckpt_path",
               str(run / "checkpoints" / "last.ckpt"), "--trainer.logger", "false"])
 
