@@ -31,6 +31,8 @@ comes on top), then the test, and a kill after 4 minutes of wall time. Measured 
 
 Without ``--quick`` (setting ``full``) a run uses the LRA recipe of
 ``configs/lra/<task>.yaml`` and the real data in ``--data-dir`` (default ``data/lra_release``).
+``--recipe s4`` layers a mixer's own recipe, ``configs/lra/s4/<task>.yaml``, over the task
+config (its mixer becomes the default of ``--mixers``).
 ``--setting NAME`` files runs under another name (e.g. a longer CPU run); ``--set key=value``
 overrides any config entry (``--set model.model.d_model=128``).
 """
@@ -193,11 +195,33 @@ def _max_time(minutes: float) -> str:
     return f"{s // 86400:02d}:{s % 86400 // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
+def recipe_config(recipe: str, task: str, config_dir: Path) -> dict[str, Any]:
+    """``configs/lra/<recipe>/<task>.yaml``: a mixer's own recipe, layered over the task's."""
+    path = config_dir / "lra" / recipe / f"{task}.yaml"
+    if not path.is_file():
+        have = sorted(p.name for p in (config_dir / "lra").iterdir()
+                      if p.is_dir() and p.name != "quick")
+        raise FileNotFoundError(f"no {recipe!r} recipe for task {task!r} at {path}; recipes: "
+                                f"{have}")
+    cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data = cfg.get("data")
+    if isinstance(data, dict):
+        # a recipe says `data: {batch_size: 32}` (jsonargparse applies it to the data class's
+        # init_args when configs are layered on the command line); spell that out here
+        loose = {k: v for k, v in data.items() if k not in ("class_path", "init_args")}
+        cfg["data"] = {k: v for k, v in data.items() if k in ("class_path", "init_args")}
+        cfg["data"]["init_args"] = {**cfg["data"].get("init_args", {}), **loose}
+    return cfg
+
+
 def run_config(task: str, mixer: str, *, quick: bool, data_dir: str | None,
                max_steps: int | None, budget_minutes: float | None, run_dir: Path,
-               overrides: dict[str, Any], config_dir: Path, n_evals: int = 4) -> dict[str, Any]:
+               overrides: dict[str, Any], config_dir: Path, n_evals: int = 4,
+               recipe: str | None = None) -> dict[str, Any]:
     """The complete ``lra fit`` config of one run (written to ``run_dir/fit.yaml``)."""
     cfg = task_config(task, quick, config_dir)
+    if recipe:
+        cfg = deep_merge(cfg, recipe_config(recipe, task, config_dir))
     cfg = deep_merge(cfg, {"model": {"model": {"mixer": mixer}}})
     if data_dir is not None:
         cfg = deep_merge(cfg, {"data": {"init_args": {"data_dir": str(data_dir)}}})
@@ -410,8 +434,8 @@ def _record_base(mixer: str, task: str, setting: str, cfg: dict[str, Any] | None
 def run_one(mixer: str, task: str, *, setting: str, quick: bool, data_dir: Path,
             max_steps: int | None, budget_minutes: float | None, runs_dir: Path,
             overrides: dict[str, Any], timeout: float, config_dir: Path,
-            threads: int | None = None, extra: dict[str, Any] | None = None
-            ) -> dict[str, Any]:
+            threads: int | None = None, extra: dict[str, Any] | None = None,
+            recipe: str | None = None) -> dict[str, Any]:
     """Train and test one mixer on one task; always returns a record (status ok or error)."""
     extra = dict(extra or {})
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -420,7 +444,7 @@ def run_one(mixer: str, task: str, *, setting: str, quick: bool, data_dir: Path,
     try:
         cfg = run_config(task, mixer, quick=quick, data_dir=str(data_dir), max_steps=max_steps,
                          budget_minutes=budget_minutes, run_dir=run_dir, overrides=overrides,
-                         config_dir=config_dir)
+                         config_dir=config_dir, recipe=recipe)
         rec = _record_base(mixer, task, setting, cfg, extra)
         facts = task_facts(cfg["data"])
         rec.update(majority=facts["majority"], majority_class=facts["majority_class"],
@@ -481,7 +505,7 @@ def run_grid(mixers: Sequence[str], tasks: Sequence[str], *, setting: str, quick
              runs_dir: Path, store: Path, overrides: dict[str, Any] | None = None,
              timeout: float = QUICK_TIMEOUT_S, config_dir: Path = REPO / "configs",
              command: str | None = None, note: str | None = None,
-             threads: int | None = None) -> list[dict[str, Any]]:
+             threads: int | None = None, recipe: str | None = None) -> list[dict[str, Any]]:
     """Run every mixer x task; each finished record is added to the store at once."""
     data: dict[str, str] = {}
     for task in tasks:
@@ -493,7 +517,7 @@ def run_grid(mixers: Sequence[str], tasks: Sequence[str], *, setting: str, quick
         else:
             data[task] = f"files in {data_dir}"
     extra = {"device": device_name(), "commit": git_commit(), "grid_command": command,
-             "note": note, "threads": threads or _threads()}
+             "note": note, "threads": threads or _threads(), "recipe": recipe}
     records = []
     for task in tasks:
         for mixer in mixers:
@@ -501,7 +525,7 @@ def run_grid(mixers: Sequence[str], tasks: Sequence[str], *, setting: str, quick
                           max_steps=max_steps, budget_minutes=budget_minutes,
                           runs_dir=runs_dir, overrides=overrides or {}, timeout=timeout,
                           config_dir=config_dir, threads=threads,
-                          extra={**extra, "data": data[task]})
+                          extra={**extra, "data": data[task]}, recipe=recipe)
             records.append(rec)
             add_runs(store, [rec])
     return records
@@ -733,6 +757,16 @@ def _mixer_names() -> list[str]:
     return lrm.available()
 
 
+def _recipe_mixer(recipe: str, config_dir: Path) -> str:
+    """The mixer a recipe names (the same in each of its task files)."""
+    for f in sorted((config_dir / "lra" / recipe).glob("*.yaml")):
+        mixer = (yaml.safe_load(f.read_text()) or {}).get("model", {}).get("model", {}).get(
+            "mixer")
+        if mixer:
+            return mixer
+    raise SystemExit(f"no recipe files naming a mixer in {config_dir / 'lra' / recipe}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lra leaderboard", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -742,6 +776,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--mixers", nargs="+", default=None, help="default: every registered mixer")
     ap.add_argument("--tasks", nargs="+", default=None, choices=TASK_ORDER,
                     help="default: listops pathfinder with --quick, all six otherwise")
+    ap.add_argument("--recipe", default=None,
+                    help="layer configs/lra/RECIPE/<task>.yaml over the task config (e.g. s4)")
     ap.add_argument("--max-steps", type=int, default=None,
                     help="training steps per run (quick default: the quick config's 100)")
     ap.add_argument("--budget-minutes", type=float, default=None,
@@ -781,7 +817,10 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.plot) if args.plot else out.with_suffix(".png"))
     if not args.render:
         quick = args.quick
-        mixers = args.mixers or _mixer_names()
+        if args.recipe and args.quick:
+            raise SystemExit("--recipe layers a full recipe; it does not combine with --quick")
+        mixers = args.mixers or ([_recipe_mixer(args.recipe, Path(args.config_dir))]
+                                 if args.recipe else _mixer_names())
         tasks = args.tasks or (list(GENERATED) if quick else list(TASK_ORDER))
         data_dir = Path(args.data_dir or ("data/lra_quick" if quick else "data/lra_release"))
         budget = args.budget_minutes if args.budget_minutes is not None else (
@@ -794,7 +833,8 @@ def main(argv: list[str] | None = None) -> None:
                  overrides=parse_set(args.overrides), timeout=timeout,
                  config_dir=Path(args.config_dir), note=args.note,
                  command="lra leaderboard " + shlex.join(argv),
-                 threads=(1 if quick else 0) if args.threads is None else args.threads)
+                 threads=(1 if quick else 0) if args.threads is None else args.threads,
+                 recipe=args.recipe)
     write_outputs(store, out, plot_path)
     return None
 

@@ -10,6 +10,7 @@ from typing import Any
 from lrm import registry
 
 HEADS = ("classify", "lm", "retrieval")
+ENCODERS = ("embedding", "linear")
 POOLINGS = ("mean", "last")
 
 
@@ -30,6 +31,9 @@ class ModelConfig:
         head: ``classify`` (pooled sequence -> classes), ``lm`` (a prediction per position),
             ``retrieval`` (LRA's two-tower matching head over two sequences).
         pooling: ``mean`` over valid tokens or the ``last`` valid token (classify/retrieval).
+        encoder: ``embedding`` (a learned vector per token id) or ``linear``: the id is read as
+            an intensity, scaled to [-1, 1] by ``2 * id / (vocab_size - 1) - 1`` and mapped by
+            a linear layer (S4's encoder for pixel tasks, where 200 and 201 should be close).
         bidirectional: wrap every mixer in :class:`lrm.model.Bidirectional` (LRA encoders).
         norm: ``rmsnorm`` or ``layernorm``. prenorm: pre- (True) or post-norm residuals.
         mlp_ratio: width of the MLP after each mixer as a multiple of d; 0 for no MLP;
@@ -46,6 +50,7 @@ class ModelConfig:
     n_classes: int | None = None
     head: str = "classify"
     pooling: str = "mean"
+    encoder: str = "embedding"
     bidirectional: bool = False
     norm: str = "rmsnorm"
     prenorm: bool = True
@@ -73,6 +78,8 @@ class ModelConfig:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
         if self.norm not in ("rmsnorm", "layernorm"):
             raise ValueError(f"norm must be 'rmsnorm' or 'layernorm', got {self.norm!r}")
         if not 0.0 <= self.dropout < 1.0:

@@ -4,6 +4,9 @@ Mixers only mix (DESIGN.md). The residual stream, norms, MLP and dropout live in
 ``LRModel`` stacks blocks between a token embedding and a task head:
 
     tokens (B, L) -> embed -> [Block] x n_layers -> norm -> head
+
+``embed`` is a token embedding, or for pixel tasks (``encoder="linear"``) a linear map of the
+intensity.
 """
 
 from __future__ import annotations
@@ -84,6 +87,25 @@ class Bidirectional(nn.Module):
         return y_f + reverse_padded(y_b, lengths), None
 
 
+class IntensityEncoder(nn.Module):
+    """Token ids read as intensities: id -> W (2 id / (V - 1) - 1) + b, a (B, L) -> (B, L, d) map.
+
+    S4's encoder for pixel tasks (images normalised to [-1, 1], then a linear layer): unlike
+    an embedding table, nearby intensities get nearby vectors from the first step.
+    """
+
+    def __init__(self, vocab_size: int, d: int) -> None:
+        super().__init__()
+        if vocab_size < 2:
+            raise ValueError(f"encoder='linear' needs vocab_size >= 2, got {vocab_size}")
+        self.scale = 2.0 / (vocab_size - 1)
+        self.proj = nn.Linear(1, d)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = tokens.to(self.proj.weight.dtype) * self.scale - 1.0
+        return self.proj(x[..., None])  # (B, L, 1) -> (B, L, d)
+
+
 class LRModel(nn.Module):
     """Embedding -> blocks -> final norm -> head, as configured by a :class:`ModelConfig`.
 
@@ -104,7 +126,8 @@ class LRModel(nn.Module):
             raise ValueError(f"ModelConfig.n_classes must be set for head={cfg.head!r}")
         self.cfg = cfg
         d = cfg.d_model
-        self.embed = nn.Embedding(cfg.vocab_size, d)
+        self.embed = (nn.Embedding(cfg.vocab_size, d) if cfg.encoder == "embedding"
+                      else IntensityEncoder(cfg.vocab_size, d))
         self.drop = nn.Dropout(cfg.dropout)
         blocks = []
         for name, kw in cfg.layer_mixers():

@@ -1,0 +1,194 @@
+"""Kernel vs pure-PyTorch reference on a CUDA GPU: parity and speed of every dispatching op.
+
+    python scripts/kernel_bench.py --out kernel_bench.json      # needs a CUDA GPU
+
+For each op that lrm dispatches to a kernel package (``lrm/ops/_kernels.py``) and each
+sequence length T, it draws fresh random inputs and reports
+
+- parity: ``||kernel - ref|| / ||ref||`` of the output and of every input gradient (fp32
+  inputs; TF32 off for the reference during this check, so the error is the kernel's), and
+- speed: the median time of forward + backward (events, after warm-up) of ``backend="ref"``
+  and ``backend="kernel"`` on the same inputs, with TF32 allowed for both.
+
+An op whose kernel does not import is listed with the reason and skipped; nothing is faked.
+The numbers of a run are in ``docs/kernels.md`` with the device named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lrm.ops import _kernels  # noqa: E402
+from lrm.ops.causal_conv import causal_conv1d  # noqa: E402
+from lrm.ops.delta_rule import gated_delta_rule, gdn2  # noqa: E402
+from lrm.ops.forgetting_attn import forgetting_attn  # noqa: E402
+from lrm.ops.selective_scan import selective_scan  # noqa: E402
+from lrm.ops.ssd import ssd  # noqa: E402
+
+B, H, D = 2, 8, 64  # batch, heads, head width of the attention-like ops
+
+
+def inputs(op: str, T: int, gen: torch.Generator) -> tuple[list[torch.Tensor], dict]:
+    """Fresh fp32 CUDA inputs (the differentiable ones first) and fixed keyword options."""
+    r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    if op == "gated_delta_rule":
+        t = [r(B, T, H, D), F.normalize(r(B, T, H, D), dim=-1), r(B, T, H, D),
+             F.logsigmoid(r(B, T, H) + 2.0), torch.rand(B, T, H, generator=gen)]
+        kw = {}
+    elif op == "gdn2":
+        t = [r(B, T, H, D), F.normalize(r(B, T, H, D), dim=-1), r(B, T, H, D),
+             F.logsigmoid(r(B, T, H, D) + 2.0), torch.rand(B, T, H, D, generator=gen),
+             torch.rand(B, T, H, D, generator=gen)]
+        kw = {}
+    elif op == "forgetting_attn":
+        t = [r(B, T, H, D), r(B, T, H, D), r(B, T, H, D), F.logsigmoid(r(B, T, H) + 3.0)]
+        kw = {}
+    elif op == "ssd":  # Mamba-2 at d_model 512: 16 heads of 64, N = 64, one group
+        Hs, P, N = 16, 64, 64
+        t = [r(B, T, Hs, P), F.softplus(r(B, T, Hs) - 3.0), -torch.rand(Hs, generator=gen) - 0.5,
+             r(B, T, 1, N), r(B, T, 1, N)]
+        kw = {"chunk_size": 256}
+    elif op == "selective_scan":  # Mamba-1 at d_model 512: d_inner 1024, N = 16
+        Di, N = 1024, 16
+        t = [r(B, Di, T), F.softplus(r(B, Di, T) - 3.0), -torch.rand(Di, N, generator=gen) - 0.5,
+             r(B, N, T), r(B, N, T)]
+        kw = {}
+    elif op == "causal_conv1d":
+        t = [r(B, 1024, T), r(1024, 4) / 2, r(1024)]
+        kw = {"activation": "silu"}
+    else:
+        raise KeyError(op)
+    return [x.cuda().requires_grad_() for x in t], kw
+
+
+def call(op: str, args: list[torch.Tensor], kw: dict, backend: str) -> torch.Tensor:
+    if op == "gated_delta_rule":
+        return gated_delta_rule(*args, backend=backend)[0]
+    if op == "gdn2":
+        return gdn2(*args, backend=backend)[0]
+    if op == "forgetting_attn":
+        return forgetting_attn(*args, backend=backend)
+    if op == "ssd":
+        x, dt, A, Bm, Cm = args
+        return ssd(x, dt, A, Bm, Cm, kw["chunk_size"], backend=backend)
+    if op == "selective_scan":
+        return selective_scan(*args, backend=backend)
+    if op == "causal_conv1d":
+        return causal_conv1d(*args, kw["activation"], backend=backend)[0]
+    raise KeyError(op)
+
+
+KERNEL_OF = {"gated_delta_rule": "chunk_gated_delta_rule", "gdn2": "chunk_gdn2",
+             "forgetting_attn": "parallel_forgetting_attn", "ssd": "mamba_chunk_scan_combined",
+             "selective_scan": "selective_scan_fn", "causal_conv1d": "causal_conv1d_fn"}
+
+
+def fwd_bwd(op: str, args: list[torch.Tensor], kw: dict, backend: str, gout: torch.Tensor
+            ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    out = call(op, args, kw, backend)
+    grads = torch.autograd.grad(out, args, gout, allow_unused=True)
+    return out, grads
+
+
+def rel(a: torch.Tensor | None, b: torch.Tensor | None) -> float:
+    if a is None or b is None:
+        return float("nan")
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def median_ms(fn: Callable[[], object], reps: int) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        torch.cuda.synchronize()
+        times.append(s.elapsed_time(e))
+    return statistics.median(times)
+
+
+def bench(op: str, T: int, reps: int, seed: int) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    args, kw = inputs(op, T, gen)
+    with torch.no_grad():
+        gout = torch.randn(call(op, args, kw, "ref").shape, generator=gen).cuda()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    o_r, g_r = fwd_bwd(op, args, kw, "ref", gout)
+    o_k, g_k = fwd_bwd(op, args, kw, "kernel", gout)
+    finite = bool(torch.isfinite(o_k).all()) and all(
+        g is None or bool(torch.isfinite(g).all()) for g in g_k)
+    errs = [rel(o_k, o_r)] + [rel(a, b) for a, b in zip(g_k, g_r, strict=True)]
+    del o_r, g_r, o_k, g_k
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    row = {"op": op, "T": T, "finite": finite, "out_rel_err": errs[0],
+           "max_grad_rel_err": max((e for e in errs[1:] if not math.isnan(e)), default=None)}
+    for backend in ("ref", "kernel"):
+        torch.cuda.reset_peak_memory_stats()
+        row[f"{backend}_ms"] = median_ms(lambda b=backend: fwd_bwd(op, args, kw, b, gout), reps)
+        row[f"{backend}_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    row["speedup"] = row["ref_ms"] / row["kernel_ms"]
+    return row
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ops", nargs="+", default=list(KERNEL_OF))
+    ap.add_argument("--lengths", nargs="+", type=int, default=[1024, 4096, 16384])
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="write the rows as JSON here")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("kernel_bench.py needs a CUDA GPU (the kernels are CUDA/Triton only)")
+    rows, skipped = [], {}
+    for op in args.ops:
+        if _kernels.get(KERNEL_OF[op]) is None:
+            skipped[op] = _kernels._IMPORT_ERRORS.get(KERNEL_OF[op], "?")
+            print(f"{op}: kernel unavailable ({skipped[op]})", flush=True)
+            continue
+        for i, T in enumerate(args.lengths):
+            try:
+                row = bench(op, T, args.reps, args.seed + i)
+            except Exception as err:  # one failing op must not hide the others
+                row = {"op": op, "T": T, "error": f"{type(err).__name__}: {err}"[:400]}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            torch.cuda.empty_cache()
+    dev = torch.cuda.get_device_name(0)
+    print(f"\n{dev}, torch {torch.__version__}, fp32 inputs, fwd+bwd, median of {args.reps}\n")
+    print("| op | T | out rel err | max grad rel err | ref ms | kernel ms | speedup "
+          "| ref / kernel peak MiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['op']} | {r['T']} | error: {r['error'][:80]} | | | | | |")
+            continue
+        print(f"| {r['op']} | {r['T']} | {r['out_rel_err']:.1e} | {r['max_grad_rel_err']:.1e} "
+              f"| {r['ref_ms']:.2f} | {r['kernel_ms']:.2f} | {r['speedup']:.1f}x "
+              f"| {r['ref_peak_mb']:.0f} / {r['kernel_peak_mb']:.0f} |")
+    for op, why in skipped.items():
+        print(f"| {op} | – | kernel unavailable: {why[:100]} | | | | | |")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"device": dev, "torch": torch.__version__,
+                                              "rows": rows, "skipped": skipped}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
