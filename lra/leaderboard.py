@@ -262,7 +262,8 @@ def ensure_generated(task: str, data_dir: Path, spec: Sequence[str] | None = Non
     if task == "listops":
         present = (data_dir / "listops-1000" / "basic_test.tsv").is_file()
     else:
-        present = (data_dir / "pathfinder32" / "curv_contour_length_14" / "metadata").is_dir()
+        # any difficulty counts: a run may ask for another contour length than 14
+        present = any((data_dir / "pathfinder32").glob("curv_*/metadata"))
     if not present:
         print(f"[leaderboard] generating {task} into {data_dir}: lra generate {task} "
               f"--out {data_dir} {' '.join(args)}", flush=True)

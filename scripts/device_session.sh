@@ -30,7 +30,7 @@ python3 -c "import torch, triton, lightning; print('torch', torch.__version__, '
 
 echo "== [$SECONDS s] background: causal-conv1d build, ListOps generation"
 MAX_JOBS=4 python3 .kern/build_cc.py /tmp/ccbuild > "$O/ccbuild.log" 2>&1 &
-CC=$!
+CONV_BUILD=$!
 python3 -m lra.cli generate listops --out "$D" --n-train 48000 --n-val 2000 --n-test 2000 \
     --workers 8 --quiet > "$O/gen.log" 2>&1 &
 GEN=$!
@@ -60,8 +60,8 @@ lb s4d-pf-quick --quick --mixers s4d --tasks pathfinder --max-steps 4000 --setti
     --set model.model.encoder=linear --note "the --quick model (d 64, 2 layers) with the linear pixel encoder, on the GPU" &
 
 echo "== [$SECONDS s] CUDA tests (parity only; the GPU is shared now)"
-while kill -0 $CC 2>/dev/null && [ $SECONDS -lt 400 ]; do sleep 5; done
-if ! kill -0 $CC 2>/dev/null && wait $CC; then
+while kill -0 $CONV_BUILD 2>/dev/null && [ $SECONDS -lt 400 ]; do sleep 5; done
+if ! kill -0 $CONV_BUILD 2>/dev/null && wait $CONV_BUILD; then
     export PYTHONPATH=/tmp/ccbuild:$PWD/.kern/causal_conv1d-1.7.0:$PYTHONPATH; fi
 tail -n 2 "$O/ccbuild.log"
 # mamba-ssm's selective scan is a compiled extension with no wheel: its test cannot run here

@@ -77,12 +77,18 @@ def causal_conv1d(
         raise ValueError(f"causal_conv1d expects x (B, C, L) and weight (C, W); "
                          f"got {tuple(x.shape)} and {tuple(weight.shape)}")
     width = weight.shape[-1]
-    ok = state is None and 2 <= width <= 4 and x.dtype in (torch.float32, torch.float16,
-                                                             torch.bfloat16)
+    ok = (state is None and 2 <= width <= 4 and activation in (None, "silu", "swish")
+          and x.dtype in (torch.float32, torch.float16, torch.bfloat16))
     if _kernels.use_kernel("causal_conv1d", backend, "causal_conv1d_fn", x, weight, bias,
                            supported=ok,
-                           why_unsupported="the kernel serves widths 2..4 without a state"):
+                           why_unsupported="the kernel serves widths 2..4, activation None or "
+                                           "silu, without a state"):
         fn = _kernels.get("causal_conv1d_fn")
+        channel_last_ok = x.stride(1) == 1 and x.stride(0) % 8 == 0 and x.stride(2) % 8 == 0
+        if x.stride(-1) != 1 and not channel_last_ok:
+            # a (B, L, C) view sliced out of a wider projection: the kernel reads a
+            # channel-last layout only with 8-aligned strides (seen on an H200: it raises)
+            x = x.contiguous()
         y = fn(x, weight, bias, activation="silu" if activation in ("silu", "swish") else None)
         pad = max(0, width - 1 - x.shape[-1])
         new_state = F.pad(x[..., -(width - 1):], (pad, 0))
