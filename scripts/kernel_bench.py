@@ -29,12 +29,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lrm.ops import _kernels  # noqa: E402
-from lrm.ops.causal_conv import causal_conv1d  # noqa: E402
-from lrm.ops.delta_rule import gated_delta_rule, gdn2  # noqa: E402
-from lrm.ops.forgetting_attn import forgetting_attn  # noqa: E402
-from lrm.ops.selective_scan import selective_scan  # noqa: E402
-from lrm.ops.ssd import ssd  # noqa: E402
+from lrm.ops import _kernels
+from lrm.ops.causal_conv import causal_conv1d
+from lrm.ops.delta_rule import gated_delta_rule, gdn2
+from lrm.ops.forgetting_attn import forgetting_attn
+from lrm.ops.selective_scan import selective_scan
+from lrm.ops.ssd import ssd
 
 B, H, D = 2, 8, 64  # batch, heads, head width of the attention-like ops
 

@@ -90,6 +90,47 @@ def __getattr__(attr: str) -> bool:
     raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 
 
+def _version_tuple(v: str) -> tuple[int, ...]:
+    out = []
+    for part in v.split("+")[0].split(".")[:3]:
+        digits = "".join(ch for ch in part if ch.isdigit())
+        out.append(int(digits or 0))
+    return tuple(out)
+
+
+def gated_bwd_blocked_reason(capability: tuple[int, int], triton_version: str,
+                             has_tilelang: bool) -> str | None:
+    """Why fla's gated chunk backward refuses to run here, or None.
+
+    fla 0.6 raises in ``chunk_bwd_dqkwg`` (the backward of ``chunk_gated_delta_rule``) on
+    Hopper GPUs with Triton >= 3.4.0 and < 3.7.1, which compute wrong gradients there (fla
+    issue #640), unless tilelang is installed (fla then uses its tilelang backward). Seen on
+    an H200 with Triton 3.6.0 (docs/kernels.md). Knowing it up front lets the dispatcher fall
+    back to the reference instead of failing in the middle of a backward pass.
+    """
+    if capability[0] != 9 or has_tilelang:
+        return None
+    if (3, 4, 0) <= _version_tuple(triton_version) < (3, 7, 1):
+        return (f"fla's gated chunk backward is disabled on Hopper with Triton {triton_version}"
+                f" (wrong gradients, fla issue #640); install tilelang or Triton >= 3.7.1")
+    return None
+
+
+@functools.cache
+def fla_gated_bwd_blocked(device_index: int = 0) -> str | None:
+    """:func:`gated_bwd_blocked_reason` for this machine (None when fla/triton are absent)."""
+    try:
+        import importlib.util
+
+        import triton
+
+        return gated_bwd_blocked_reason(torch.cuda.get_device_capability(device_index),
+                                        triton.__version__,
+                                        importlib.util.find_spec("tilelang") is not None)
+    except Exception:
+        return None
+
+
 def resolve_backend(backend: str) -> str:
     """Check ``backend`` and apply the ``LRM_BACKEND`` override to ``auto``."""
     if backend not in BACKENDS:

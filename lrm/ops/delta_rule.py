@@ -52,6 +52,8 @@ space, scale defaulting to K^-1/2, states (B, H, K, V) in fp32: the same contrac
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -207,9 +209,15 @@ def gated_delta_rule(
     name = ("fused_recurrent_gated_delta_rule" if not needs_grad and q.shape[1] <= 64
             else "chunk_gated_delta_rule")
     ok = q.dtype in _KERNEL_DTYPES and q.shape[-1] <= 256 and q.dtype == k.dtype == v.dtype
+    why = "fla needs K <= 256 and q, k, v of one dtype among fp32/fp16/bf16"
+    blocked = needs_grad and q.is_cuda and _kernels.fla_gated_bwd_blocked(q.device.index or 0)
+    if ok and blocked:
+        ok, why = False, blocked
+        if _kernels.resolve_backend(backend) == "auto":
+            warnings.warn(f"gated_delta_rule runs on the PyTorch reference: {blocked}",
+                          stacklevel=2)
     if _kernels.use_kernel("gated_delta_rule", backend, name, q, k, v, g, beta, initial_state,
-                           supported=ok, why_unsupported="fla needs K <= 256 and q, k, v of "
-                           "one dtype among fp32/fp16/bf16"):
+                           supported=ok, why_unsupported=why):
         fn = _kernels.get(name)
         h0 = None if initial_state is None else initial_state.float()
         # by keyword: fused_recurrent's positional order is (q, k, v, g, gk, gv, beta, ...)
