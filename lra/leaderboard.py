@@ -432,6 +432,20 @@ def _record_base(mixer: str, task: str, setting: str, cfg: dict[str, Any] | None
     }
 
 
+def _reserve_dir(parent: Path, name: str) -> Path:
+    """Create and return ``parent/name`` (or ``name-2``, ``name-3``...): two grids started in the
+    same second, in parallel, never share a run folder."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 1000):
+        path = parent / (name if i == 1 else f"{name}-{i}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a fresh run folder {parent / name}-N")
+
+
 def run_one(mixer: str, task: str, *, setting: str, quick: bool, data_dir: Path,
             max_steps: int | None, budget_minutes: float | None, runs_dir: Path,
             overrides: dict[str, Any], timeout: float, config_dir: Path,
@@ -440,7 +454,7 @@ def run_one(mixer: str, task: str, *, setting: str, quick: bool, data_dir: Path,
     """Train and test one mixer on one task; always returns a record (status ok or error)."""
     extra = dict(extra or {})
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = (runs_dir / setting / f"{mixer}-{task}-{stamp}").resolve()
+    run_dir = _reserve_dir((runs_dir / setting).resolve(), f"{mixer}-{task}-{stamp}")
     cfg = None
     try:
         cfg = run_config(task, mixer, quick=quick, data_dir=str(data_dir), max_steps=max_steps,
@@ -463,6 +477,7 @@ def run_one(mixer: str, task: str, *, setting: str, quick: bool, data_dir: Path,
         rec["error"] = f"{type(err).__name__}: {err}"[:600]
         print(f"[leaderboard] {mixer} x {task}: error before training: {rec['error']}",
               flush=True)
+        run_dir.rmdir()
         return rec
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "fit.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))

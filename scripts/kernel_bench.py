@@ -147,6 +147,13 @@ def bench(op: str, T: int, reps: int, seed: int) -> dict:
     return row
 
 
+def save(path: str | None, rows: list[dict], skipped: dict[str, str]) -> None:
+    if path:
+        Path(path).write_text(json.dumps({"device": torch.cuda.get_device_name(0),
+                                          "torch": torch.__version__, "rows": rows,
+                                          "skipped": skipped}, indent=1))
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ops", nargs="+", default=list(KERNEL_OF))
@@ -170,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
                 row = {"op": op, "T": T, "error": f"{type(err).__name__}: {err}"[:400]}
             rows.append(row)
             print(json.dumps(row), flush=True)
+            save(args.out, rows, skipped)  # after every row: a killed run keeps what it measured
             torch.cuda.empty_cache()
     dev = torch.cuda.get_device_name(0)
     print(f"\n{dev}, torch {torch.__version__}, fp32 inputs, fwd+bwd, median of {args.reps}\n")
@@ -185,9 +193,7 @@ def main(argv: list[str] | None = None) -> None:
               f"| {r['ref_peak_mb']:.0f} / {r['kernel_peak_mb']:.0f} |")
     for op, why in skipped.items():
         print(f"| {op} | – | kernel unavailable: {why[:100]} | | | | | |")
-    if args.out:
-        Path(args.out).write_text(json.dumps({"device": dev, "torch": torch.__version__,
-                                              "rows": rows, "skipped": skipped}, indent=1))
+    save(args.out, rows, skipped)
 
 
 if __name__ == "__main__":
