@@ -44,6 +44,7 @@ def test_unknown_config_key_lists_valid_keys():
 
 @pytest.mark.parametrize("bad", [
     {"head": "regress"}, {"pooling": "max"}, {"norm": "batchnorm"}, {"n_layers": 0},
+    {"encoder": "conv"},
     {"pattern": ["attention", "attention", "attention"], "n_layers": 4},
     {"pattern": ["attention"], "mixer_kwargs": {"rope": True}},
 ])
@@ -60,6 +61,21 @@ def test_pattern_builds_per_layer_mixers():
     assert names == ["Attention", "GatedDeltaNet", "Attention", "GatedDeltaNet"]
     assert model.blocks[0].mixer.rope is False
     assert model(torch.randint(0, 10, (2, 9))).shape == (2, 3)
+
+
+def test_linear_encoder_reads_tokens_as_intensities():
+    model = lrm.LRModel(lrm.ModelConfig(d_model=8, vocab_size=256, n_classes=2,
+                                        encoder="linear"))
+    proj = model.embed.proj
+    x = model.embed(torch.tensor([[0, 255, 51]]))
+    # 0 -> -1 and 255 -> +1 (S4's [-1, 1] pixels), then one linear map shared by all
+    torch.testing.assert_close(x[0, 0], proj.bias - proj.weight[:, 0])
+    torch.testing.assert_close(x[0, 1], proj.bias + proj.weight[:, 0])
+    torch.testing.assert_close(x[0, 2], proj.bias - 0.6 * proj.weight[:, 0])
+    assert sum(p.numel() for p in model.embed.parameters()) == 16  # not 256 x 8
+    assert model(torch.randint(0, 256, (2, 30))).shape == (2, 2)
+    with pytest.raises(ValueError, match="vocab_size >= 2"):
+        lrm.LRModel(lrm.ModelConfig(vocab_size=1, n_classes=2, encoder="linear"))
 
 
 def test_classify_mean_pooling_ignores_padding():

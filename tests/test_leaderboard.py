@@ -107,3 +107,28 @@ def test_tiny_grid_end_to_end(tmp_path, monkeypatch):
     assert "| broken | error: ModuleNotFoundError" in text
     assert "| attention |" in text and "| Mega |" in text
     assert (tmp_path / "docs" / "lb.png").stat().st_size > 1000
+
+
+def test_recipe_layers_over_the_task_config(tmp_path):
+    from pathlib import Path
+
+    configs = Path(lb.REPO) / "configs"
+    cfg = lb.run_config("pathfinder", "s4", quick=False, data_dir="/d", max_steps=1000,
+                        budget_minutes=None, run_dir=tmp_path, overrides={}, config_dir=configs,
+                        recipe="s4")
+    m = cfg["model"]["model"]
+    assert m["mixer"] == "s4" and m["encoder"] == "linear" and m["mixer_kwargs"]["d_state"] == 64
+    assert cfg["model"]["lr"] == 0.004 and cfg["model"]["warmup_steps"] == 100  # <= 10 %
+    # the recipe's `data: {batch_size: 64}` lands in init_args, where LightningCLI reads it
+    assert set(cfg["data"]) == {"class_path", "init_args"}
+    assert cfg["data"]["init_args"]["batch_size"] == 64
+    assert cfg["data"]["init_args"]["data_dir"] == "/d"
+    assert lb._recipe_mixer("s4", configs) == "s4"
+    with pytest.raises(FileNotFoundError, match=r"recipes: .*'s4'"):
+        lb.recipe_config("s5", "listops", configs)
+
+
+def test_parallel_grids_get_their_own_run_folders(tmp_path):
+    a = lb._reserve_dir(tmp_path / "quick", "s4d-pathfinder-20261126-063952")
+    b = lb._reserve_dir(tmp_path / "quick", "s4d-pathfinder-20261126-063952")
+    assert a != b and a.is_dir() and b.name.endswith("-2")
