@@ -1,20 +1,19 @@
 #!/usr/bin/env bash
 # One lent-GPU session, as run for docs/kernels.md and the gpu-* settings of docs/leaderboard.md.
 #
-#   bash scripts/device_session.sh OUT_DIR
+#   bash scripts/device/session1.sh OUT_DIR
 #
-# Expects, beside the repository (all ignored by git, carried to the GPU machine):
-#   .whl/   wheels the GPU image lacks: fla-core, jsonargparse (+ docstring-parser,
-#           typeshed-client for LightningCLI)
-#   .kern/  mamba_ssm's Python package (mamba/mamba_ssm) and causal-conv1d's sdist, unpacked
-#           from PyPI's sdists, with sitecustomize.py and build_cc.py (see those files)
-#   .kern/pf.tgz  optional: a generated Pathfinder-32 set (lra generate pathfinder ...)
+# Expects .whl/ and .kern/ in the repository root, made by scripts/device/prepare.sh and
+# carried with the call (device tool: carry [".whl", ".kern"]).
+# As run on 2026-11-26 the background build's PID sat in a variable named CC, which the GPU
+# image exports and Triton compiles with: every Triton kernel then failed (docs/kernels.md).
+# It is CONV_BUILD now.
 # Steps: install; JIT-build causal-conv1d for sm_90 in the background; generate ListOps;
 # kernel-vs-reference parity and speed (scripts/kernel_bench.py, GPU alone); then the S4 and
 # attention LRA recipes, shortened to a time budget, on the generated ListOps and Pathfinder,
 # side by side on the one GPU, with the CUDA tests run meanwhile; everything lands in OUT_DIR.
 set -u
-O=${1:?usage: device_session.sh OUT_DIR}
+O=${1:?usage: device/session1.sh OUT_DIR}
 BUDGET_MIN=${BUDGET_MIN:-3.5}   # training minutes per LRA run
 mkdir -p "$O"
 R=/tmp/lb

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The second lent-GPU call of 2026-11-26 (after scripts/device_session.sh): the fla and
+# The second lent-GPU call of 2026-11-26 (after scripts/device/session1.sh): the fla and
 # mamba-ssm Triton kernels again (the first call had CC overwritten, which broke Triton's
 # launcher build), then a Pathfinder-32 learnability probe at contour length 6 with the small
-# `--quick` models, to size a CPU run. Same carried .whl/ and .kern/ as device_session.sh.
+# `--quick` models, to size a CPU run. Same carried .whl/ and .kern/ as device/session1.sh.
 #
-#   bash scripts/device_session2.sh OUT_DIR
+#   bash scripts/device/session2.sh OUT_DIR
 set -u
-O=${1:?usage: device_session2.sh OUT_DIR}
+O=${1:?usage: device/session2.sh OUT_DIR}
 R=/tmp/lb
 D=/tmp/data6
 mkdir -p "$O" "$R" "$D"
