@@ -479,7 +479,6 @@ def run_one(mixer: str, task: str, *, setting: str, quick: bool, data_dir: Path,
               flush=True)
         run_dir.rmdir()
         return rec
-    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "fit.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     test_cfg = copy.deepcopy(cfg)
     test_cfg["trainer"]["logger"][0]["init_args"]["version"] = "test"

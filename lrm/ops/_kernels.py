@@ -119,6 +119,8 @@ def gated_bwd_blocked_reason(capability: tuple[int, int], triton_version: str,
 @functools.cache
 def fla_gated_bwd_blocked(device_index: int = 0) -> str | None:
     """:func:`gated_bwd_blocked_reason` for this machine (None when fla/triton are absent)."""
+    if get("chunk_gated_delta_rule") is None:  # no fla here: nothing for it to refuse
+        return None
     try:
         import importlib.util
 

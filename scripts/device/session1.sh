@@ -19,10 +19,7 @@ mkdir -p "$O"
 R=/tmp/lb
 D=/tmp/data
 mkdir -p "$R" "$D"
-export PYTHONUNBUFFERED=1 TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=$PWD/.kern:/tmp/site:$PWD MAMBA_TRITON_SRC=$PWD/.kern/mamba
+source scripts/device/env.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$O/gpu.txt"
 python3 -c "import torch, triton, lightning; print('torch', torch.__version__, 'triton',
   triton.__version__, 'lightning', lightning.__version__)" | tee -a "$O/gpu.txt"

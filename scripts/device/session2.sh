@@ -10,10 +10,7 @@ O=${1:?usage: device/session2.sh OUT_DIR}
 R=/tmp/lb
 D=/tmp/data6
 mkdir -p "$O" "$R" "$D"
-export PYTHONUNBUFFERED=1 TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=$PWD/.kern:/tmp/site:$PWD MAMBA_TRITON_SRC=$PWD/.kern/mamba
+source scripts/device/env.sh
 echo "== [$SECONDS s] background: Pathfinder-32 generation at contour length 6"
 python3 -m lra.cli generate pathfinder --out "$D" --resolution 32 --contour-length 6 \
     --n-images 24000 --workers 12 --quiet > "$O/gen.log" 2>&1 &
