@@ -1,6 +1,6 @@
 """Block, Bidirectional and LRModel: the generic parts around every mixer.
 
-Mixers only mix (DESIGN.md). The residual stream, norms, MLP and dropout live in ``Block``;
+Mixers only mix (docs/design.md). The residual stream, norms, MLP and dropout live in ``Block``;
 ``LRModel`` stacks blocks between a token embedding and a task head:
 
     tokens (B, L) -> embed -> [Block] x n_layers -> norm -> head

@@ -2,7 +2,7 @@
 
 Entries are ``"module:Class"`` paths resolved on first use, so ``import lrm`` stays cheap and a
 mixer's module is imported only when someone builds it. To add a mixer, write
-``lrm/mixers/<name>.py`` following the contract in DESIGN.md and add one line here; the
+``lrm/mixers/<name>.py`` following the contract in docs/design.md and add one line here; the
 conformance suite in ``tests/`` then checks it with no new test code.
 """
 

@@ -1,4 +1,4 @@
-"""The mixer contract (DESIGN.md), checked for every registry entry and each of its variants.
+"""The mixer contract (docs/design.md), checked for every registry entry and each of its variants.
 
 A mixer declares named example configurations in its class attribute ``variants``
 (``{"default": {}, "no_pro": {"pro": False}}``); each one is checked here with no new test code.
