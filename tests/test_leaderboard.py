@@ -72,7 +72,7 @@ def test_markdown_has_published_rows_and_ours(tmp_path):
 
 def test_failed_worker_becomes_an_error_row(tmp_path, monkeypatch):
     write_listops(tmp_path / "data", n=(8, 4, 4))
-    monkeypatch.setattr(lb, "WORKER", [sys.executable, "-c",
+    monkeypatch.setattr(lb.runner, "WORKER", [sys.executable, "-c",
                                        "import sys; print('RuntimeError: boom'); sys.exit(3)"])
     rec = lb.run_one("attention", "listops", setting="t", quick=True,
                      data_dir=tmp_path / "data", max_steps=2, budget_minutes=None,

@@ -1,0 +1,171 @@
+"""``lra leaderboard``: train a grid of mixers x LRA tasks and write the leaderboard.
+
+    lra leaderboard --quick                                  every mixer, generated tasks, CPU-sized
+    lra leaderboard --quick --mixers s4d --tasks listops --max-steps 600 --setting cpu-10min
+    lra leaderboard --mixers attention s4 --tasks listops text --data-dir data/lra_release
+    lra leaderboard --render                                 only rewrite the table and plot
+
+Each run of the grid is ``lra fit`` then ``lra test`` on the best checkpoint, both in one child
+process (``python -m lra.leaderboard --worker RUN_DIR``) started for that run alone, so a mixer
+that crashes, runs out of memory or hangs (killed after ``--timeout`` seconds) becomes an
+``error`` cell and the grid goes on. A mixer that fails to import or build is caught before a
+process is started. The run folder ``<runs-dir>/<setting>/<mixer>-<task>-<time>/`` keeps the
+exact configs (``fit.yaml``, ``test.yaml``: ``lra fit --config fit.yaml`` reruns it), the CSV
+metrics and the checkpoints.
+
+Results go to a JSON store (``docs/leaderboard_runs.json``): one record per run, keyed by
+mixer x task x setting. Re-running appends; nothing is deleted. The table shows the newest
+record of each key; older ones stay in the store. ``docs/leaderboard.md`` is then regenerated
+from the store: the published numbers (with their sources), one table per setting with our
+test and best-validation accuracy beside the majority-class baseline of the same test set, the
+run details (steps, wall time, device, command), and ``docs/leaderboard.png``. Text between
+``<!-- notes -->`` and ``<!-- /notes -->`` in an existing leaderboard.md is kept.
+
+Settings. ``--quick`` (setting ``quick``) uses ``configs/lra/quick/<task>.yaml``: a 2-layer,
+d=64 bidirectional model, 100 steps and at most 1.5 minutes of training per run, on small sets
+generated into ``--data-dir`` (default ``data/lra_quick``) with ``lra generate`` when missing
+(sizes in :data:`QUICK_DATA`), one torch thread per run (``--threads``). A quick run is thus
+bounded: 1.5 minutes of training (checked after every step; the validation at the stop
+comes on top), then the test, and a kill after 4 minutes of wall time. Measured on a shared
+2-core CPU: 19 s to 186 s per run, 25 minutes for the 7 mixers x 2 tasks grid.
+
+Without ``--quick`` (setting ``full``) a run uses the LRA recipe of
+``configs/lra/<task>.yaml`` and the real data in ``--data-dir`` (default ``data/lra_release``).
+``--recipe s4`` layers a mixer's own recipe, ``configs/lra/s4/<task>.yaml``, over the task
+config (its mixer becomes the default of ``--mixers``).
+``--setting NAME`` files runs under another name (e.g. a longer CPU run); ``--set key=value``
+overrides any config entry (``--set model.model.d_model=128``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+import yaml
+
+from lra.leaderboard.render import (  # noqa: F401  (re-exported)
+    NOTES_BEGIN,
+    NOTES_END,
+    PUBLISHED,
+    read_notes,
+    render_markdown,
+    write_outputs,
+)
+from lra.leaderboard.runner import (  # noqa: F401  (re-exported)
+    QUICK_BUDGET_MINUTES,
+    QUICK_DATA,
+    QUICK_TIMEOUT_S,
+    _reserve_dir,
+    parse_set,
+    recipe_config,
+    run_config,
+    run_grid,
+    run_one,
+    worker,
+)
+from lra.leaderboard.store import (  # noqa: F401  (re-exported)
+    GENERATED,
+    REPO,
+    STORE_SCHEMA,
+    TASK_ORDER,
+    add_runs,
+    latest,
+    load_store,
+    save_store,
+)
+
+
+# ================================================================================== CLI
+def _mixer_names() -> list[str]:
+    import lrm
+
+    return lrm.available()
+
+
+def _recipe_mixer(recipe: str, config_dir: Path) -> str:
+    """The mixer a recipe names (the same in each of its task files)."""
+    for f in sorted((config_dir / "lra" / recipe).glob("*.yaml")):
+        mixer = (yaml.safe_load(f.read_text()) or {}).get("model", {}).get("model", {}).get(
+            "mixer")
+        if mixer:
+            return mixer
+    raise SystemExit(f"no recipe files naming a mixer in {config_dir / 'lra' / recipe}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="lra leaderboard", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__.split("\n\n", 1)[1])
+    ap.add_argument("--quick", action="store_true",
+                    help="tiny models, generated data, few steps (setting 'quick')")
+    ap.add_argument("--mixers", nargs="+", default=None, help="default: every registered mixer")
+    ap.add_argument("--tasks", nargs="+", default=None, choices=TASK_ORDER,
+                    help="default: listops pathfinder with --quick, all six otherwise")
+    ap.add_argument("--recipe", default=None,
+                    help="layer configs/lra/RECIPE/<task>.yaml over the task config (e.g. s4)")
+    ap.add_argument("--max-steps", type=int, default=None,
+                    help="training steps per run (quick default: the quick config's 100)")
+    ap.add_argument("--budget-minutes", type=float, default=None,
+                    help=f"training-time cap per run (quick default {QUICK_BUDGET_MINUTES})")
+    ap.add_argument("--timeout", type=float, default=None,
+                    help=f"kill a run's process after this many seconds (quick default "
+                         f"{QUICK_TIMEOUT_S}; else 2 x budget + 5 min, or none)")
+    ap.add_argument("--data-dir", default=None,
+                    help="data root (quick default data/lra_quick, generated when missing; "
+                         "else data/lra_release)")
+    ap.add_argument("--setting", default=None, help="name runs are filed under "
+                    "(default quick / full)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    metavar="KEY=VALUE", help="override a config entry, e.g. "
+                    "model.model.d_model=128 (repeatable)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads per run (quick default 1: on a shared CPU box one "
+                         "thread per process avoids oversubscription; 0 = torch's default)")
+    ap.add_argument("--note", default=None, help="a sentence stored with the runs and shown")
+    ap.add_argument("--out", default="docs/leaderboard.md")
+    ap.add_argument("--store", default=None, help="default: <out stem>_runs.json")
+    ap.add_argument("--plot", default=None, help="default: <out stem>.png; 'none' for no plot")
+    ap.add_argument("--runs-dir", default="runs/leaderboard")
+    ap.add_argument("--config-dir", default=str(REPO / "configs"))
+    ap.add_argument("--render", action="store_true", help="only rewrite the page from the store")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "--worker":
+        return worker(argv[1])
+    args = build_parser().parse_args(argv)
+    out = Path(args.out)
+    store = Path(args.store) if args.store else out.with_name(out.stem + "_runs.json")
+    plot_path = None if args.plot == "none" else (
+        Path(args.plot) if args.plot else out.with_suffix(".png"))
+    if not args.render:
+        quick = args.quick
+        if args.recipe and args.quick:
+            raise SystemExit("--recipe layers a full recipe; it does not combine with --quick")
+        mixers = args.mixers or ([_recipe_mixer(args.recipe, Path(args.config_dir))]
+                                 if args.recipe else _mixer_names())
+        tasks = args.tasks or (list(GENERATED) if quick else list(TASK_ORDER))
+        data_dir = Path(args.data_dir or ("data/lra_quick" if quick else "data/lra_release"))
+        budget = args.budget_minutes if args.budget_minutes is not None else (
+            QUICK_BUDGET_MINUTES if quick else None)
+        timeout = args.timeout or (QUICK_TIMEOUT_S if quick and args.budget_minutes is None
+                                   else (2 * 60 * budget + 300 if budget else 10 ** 9))
+        run_grid(mixers, tasks, setting=args.setting or ("quick" if quick else "full"),
+                 quick=quick, data_dir=data_dir.resolve(), max_steps=args.max_steps,
+                 budget_minutes=budget, runs_dir=Path(args.runs_dir), store=store,
+                 overrides=parse_set(args.overrides), timeout=timeout,
+                 config_dir=Path(args.config_dir), note=args.note,
+                 command="lra leaderboard " + shlex.join(argv),
+                 threads=(1 if quick else 0) if args.threads is None else args.threads,
+                 recipe=args.recipe)
+    write_outputs(store, out, plot_path)
+    return None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""The leaderboard page: published numbers, our newest runs per setting, details, the plot."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from lra.leaderboard.store import REPO, TASK_NAMES, TASK_ORDER, latest, load_store
+
+NOTES_BEGIN, NOTES_END = "<!-- notes -->", "<!-- /notes -->"
+
+# Published test accuracy (%); None is FAIL (chance). avg over six tasks counts FAIL as 50.
+# Numbers and sources as collected in the project's reference notes on LRA.
+PUBLISHED: list[dict[str, Any]] = [
+    {"model": "Transformer", "source": "Tay et al., Long Range Arena (ICLR 2021), Table 1",
+     "acc": {"listops": 36.37, "text": 64.27, "retrieval": 57.46, "image": 42.44,
+             "pathfinder": 71.40, "pathx": None}, "avg": 53.66},
+    {"model": "S4 (v2)", "source": "Gu et al., S4 (ICLR 2022), Table 4",
+     "acc": {"listops": 59.60, "text": 86.82, "retrieval": 90.90, "image": 88.65,
+             "pathfinder": 94.20, "pathx": 96.35}, "avg": 86.09},
+    {"model": "S4D-LegS", "source": "Gu et al., S4D (NeurIPS 2022)",
+     "acc": {"listops": 60.47, "text": 86.18, "retrieval": 89.46, "image": 88.19,
+             "pathfinder": 93.06, "pathx": 91.95}, "avg": 84.89},
+    {"model": "S5", "source": "Smith et al., S5 (ICLR 2023), Table 1",
+     "acc": {"listops": 62.15, "text": 89.31, "retrieval": 91.40, "image": 88.00,
+             "pathfinder": 95.33, "pathx": 98.58}, "avg": 87.46},
+    {"model": "Mega", "source": "Ma et al., Mega (ICLR 2023), Table 2",
+     "acc": {"listops": 63.14, "text": 90.43, "retrieval": 91.25, "image": 90.44,
+             "pathfinder": 96.01, "pathx": 97.98}, "avg": 88.21},
+]
+
+
+# ============================================================================ the markdown
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else \
+        f"{100 * x:.{digits}f}"
+
+
+def _minutes(max_time: Any) -> Any:
+    """``"DD:HH:MM:SS"`` -> ``"8.5 min"`` (anything else unchanged)."""
+    try:
+        d, h, m, sec = (int(x) for x in str(max_time).split(":"))
+    except ValueError:
+        return max_time
+    return f"{(d * 86400 + h * 3600 + m * 60 + sec) / 60:g} min"
+
+
+def _range(values: Iterable[Any]) -> str:
+    vals = sorted({v for v in values if v is not None}, key=str)
+    if not vals:
+        return "?"
+    if all(isinstance(v, (int, float)) for v in vals) and len(vals) > 1:
+        return f"{min(vals)}–{max(vals)}"
+    return ", ".join(str(v) for v in vals)
+
+
+def published_table(tasks: Sequence[str] = TASK_ORDER) -> str:
+    head = "| model | " + " | ".join(TASK_NAMES[t] for t in tasks) + " | avg | source |"
+    lines = [head, "|" + "---|" * (len(tasks) + 3)]
+    for row in PUBLISHED:
+        cells = ["FAIL" if row["acc"].get(t) is None else f"{row['acc'][t]:.2f}" for t in tasks]
+        lines.append(f"| {row['model']} | " + " | ".join(cells)
+                     + f" | {row['avg']:.2f} | {row['source']} |")
+    return "\n".join(lines)
+
+
+def setting_caption(setting: str, recs: list[dict[str, Any]]) -> str:
+    steps = _range(r.get("steps") for r in recs if r.get("status") == "ok")
+    d = _range(r.get("model", {}).get("d_model") for r in recs)
+    layers = _range(r.get("model", {}).get("n_layers") for r in recs)
+    bi = _range(r.get("model", {}).get("bidirectional") for r in recs)
+    devices = _range(r.get("device") for r in recs)
+    threads = _range(r.get("threads") for r in recs)
+    budget = _range(_minutes(r.get("max_time")) for r in recs if r.get("max_time"))
+    max_steps = _range(r.get("max_steps") for r in recs)
+    batch = _range(r.get("batch_size") for r in recs)
+    lr = _range(r.get("lr") for r in recs)
+    commits = _range(f"{r['commit']}" + (" + uncommitted changes" if r.get("dirty") else "")
+                     for r in recs if r.get("commit"))
+    kind = "short CPU run" if all(str(r.get("device", "")).startswith("CPU") for r in recs) \
+        else "run"
+    return (f"**{setting}** — {kind}: {steps} training steps (max_steps {max_steps}, time cap "
+            f"{budget} per run), d={d}, {layers} layers, bidirectional={bi}, batch {batch}, "
+            f"lr {lr}; device: {devices}, {threads} torch thread(s) per run; code: "
+            f"commit {commits}.")
+
+
+def ours_table(recs: list[dict[str, Any]]) -> str:
+    tasks = [t for t in TASK_ORDER if any(r["task"] == t for r in recs)]
+    tasks += sorted({r["task"] for r in recs} - set(tasks))
+    mixers = sorted({r["mixer"] for r in recs})
+    by = {(r["mixer"], r["task"]): r for r in recs}
+    lines = ["| mixer | " + " | ".join(f"{TASK_NAMES.get(t, t)} test / best val"
+                                        for t in tasks) + " |",
+             "|" + "---|" * (len(tasks) + 1)]
+    for m in mixers:
+        cells = []
+        for t in tasks:
+            r = by.get((m, t))
+            if r is None:
+                cells.append("")
+            elif r.get("status") != "ok":
+                cells.append("error: " + str(r.get("error", "?")).split(":")[0][:40])
+            else:
+                cells.append(f"{_pct(r['test'])} / {_pct(r.get('best_val'))}")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    maj = []
+    for t in tasks:
+        vals = {round(r["majority"], 4) for r in recs if r["task"] == t and r.get("majority")}
+        maj.append(" / ".join(_pct(v) for v in sorted(vals)) or "–")
+    lines.append("| *majority class (test set)* | " + " | ".join(maj) + " |")
+    return "\n".join(lines)
+
+
+def details_table(recs: list[dict[str, Any]]) -> str:
+    lines = ["| mixer | task | status | steps | lr | wall s (fit / test) | params "
+             "| best val (step) | test | majority | data (train/val/test) | date |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(recs, key=lambda r: (TASK_ORDER.index(r["task"])
+                                         if r["task"] in TASK_ORDER else 99, r["mixer"])):
+        status = "ok" if r.get("status") == "ok" else \
+            "error: " + str(r.get("error")).replace("|", "\\|").replace("\n", " ")[:300]
+        wall = "–" if r.get("wall_s") is None else \
+            f"{r['wall_s']:.0f} ({r.get('fit_s') or '–'} / {r.get('test_s') or '–'})"
+        sizes = r.get("sizes") or {}
+        size = "/".join(str(sizes.get(s, "?")) for s in ("train", "val", "test"))
+        best = "–" if r.get("best_val") is None else \
+            f"{_pct(r['best_val'])} ({r.get('best_val_step')})"
+        lines.append(
+            f"| {r['mixer']} | {r['task']} | {status} | {r.get('steps') or '–'} | "
+            f"{r.get('lr') or '–'} | {wall} | "
+            f"{r.get('params') or '–'} | {best} | {_pct(r.get('test'))} | "
+            f"{_pct(r.get('majority'))} | {r.get('data', '')} ({size}) | {r.get('date', '')} |")
+    return "\n".join(lines)
+
+
+def render_markdown(runs: list[dict[str, Any]], notes: str | None = None,
+                    plot_name: str | None = "leaderboard.png", store_name: str = "") -> str:
+    """The whole leaderboard page from the store's records (newest per key)."""
+    newest = list(latest(runs).values())
+    settings = sorted({r["setting"] for r in newest})
+    out = ["# LRA leaderboard", "",
+           "Generated by `lra leaderboard` (lra/leaderboard/) from the run store"
+           + (f" `{store_name}`" if store_name else "")
+           + "; the newest run of each mixer × task × setting is shown, older runs stay in the "
+           "store. Accuracy in %. **Our numbers are short runs with tiny models and small "
+           "generated data sets unless the setting says otherwise: they show that a mixer "
+           "trains on the task, not its LRA accuracy.** They are not comparable to the "
+           "published rows, which are full LRA training runs.", "",
+           "## Published results (test accuracy, %)", "",
+           "Full LRA runs as published; FAIL = chance; avg over six tasks counts FAIL as 50.",
+           "", published_table(), ""]
+    out += ["## Our runs", ""]
+    if not newest:
+        out += ["No runs yet: `lra leaderboard --quick`.", ""]
+    for s in settings:
+        recs = [r for r in newest if r["setting"] == s]
+        out += [f"### Setting `{s}`", "", setting_caption(s, recs), ""]
+        cmds = sorted({r.get("grid_command") for r in recs if r.get("grid_command")})
+        if cmds:
+            out += ["Command" + ("s" if len(cmds) > 1 else "") + ": "
+                    + "; ".join(f"`{c}`" for c in cmds), ""]
+        notes_s = sorted({r.get("note") for r in recs if r.get("note")})
+        out += [f"Note: {n}" for n in notes_s] + ([""] if notes_s else [])
+        out += [ours_table(recs), "", "<details><summary>run details</summary>", "",
+                details_table(recs), "", "</details>", ""]
+    if plot_name:
+        out += [f"![leaderboard]({plot_name})", ""]
+    out += [NOTES_BEGIN, notes.strip() if notes else "", NOTES_END, ""]
+    return "\n".join(out)
+
+
+def read_notes(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8")
+    if NOTES_BEGIN in text and NOTES_END in text:
+        return text.split(NOTES_BEGIN, 1)[1].split(NOTES_END, 1)[0]
+    return None
+
+
+def plot(runs: list[dict[str, Any]], path: Path) -> None:
+    """Test accuracy per task: published models (grey) beside our newest runs per setting, with
+    the majority-class baseline of our test set as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    newest = [r for r in latest(runs).values() if r.get("status") == "ok"]
+    tasks = [t for t in TASK_ORDER if any(r["task"] == t for r in newest)] or list(TASK_ORDER)
+    settings = sorted({r["setting"] for r in newest})
+    n_bars = len(PUBLISHED) + max([sum(r["task"] == t for r in newest) for t in tasks] or [0])
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 1.6 + 0.3 * n_bars),
+                             squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, t in zip(axes[0], tasks, strict=True):
+        labels, values, cols = [], [], []
+        for row in PUBLISHED:
+            v = row["acc"].get(t)
+            labels.append(f"{row['model']} (paper)")
+            values.append(50.0 if v is None else v)
+            cols.append("0.7")
+        maj = []
+        for i, s in enumerate(settings):
+            for r in sorted((r for r in newest if r["task"] == t and r["setting"] == s),
+                            key=lambda r: r["mixer"]):
+                labels.append(f"{r['mixer']} [{s}]")
+                values.append(100 * r["test"])
+                cols.append(colours[i % len(colours)])
+                if r.get("majority"):
+                    maj.append(100 * r["majority"])
+        y = range(len(values))
+        ax.barh(list(y), values, color=cols)
+        for yi, v in zip(y, values, strict=True):
+            ax.text(v + 1, yi, f"{v:.1f}", va="center", fontsize=7)
+        ax.set_yticks(list(y), labels, fontsize=7)
+        ax.invert_yaxis()
+        for m in sorted(set(round(v, 1) for v in maj)):
+            ax.axvline(m, ls="--", color="k", lw=1)
+        if maj:
+            ax.text(min(maj), len(values) - 0.4, " majority class (our test set)", fontsize=7,
+                    va="bottom")
+        ax.set_xlim(0, 100)
+        ax.set_title(TASK_NAMES.get(t, t))
+        ax.set_xlabel("test accuracy (%)")
+    fig.suptitle("LRA: published (grey, full training) vs lrm runs (colour; see setting)",
+                 fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(store: Path, out: Path, plot_path: Path | None) -> None:
+    runs = load_store(store)
+    rel_plot = None
+    if plot_path is not None:
+        plot(runs, plot_path)
+        rel_plot = os.path.relpath(plot_path, out.parent)
+    store_name = str(store.resolve().relative_to(REPO)) if store.resolve().is_relative_to(REPO) \
+        else str(store)
+    text = render_markdown(runs, read_notes(out), rel_plot, store_name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    print(f"[leaderboard] wrote {out}" + (f" and {plot_path}" if plot_path else ""), flush=True)

@@ -1,0 +1,422 @@
+"""Running a leaderboard grid: one child process per run, each run's record into the store.
+
+Each run is ``lra fit`` then ``lra test`` on the best checkpoint, both in one child process
+(``python -m lra.leaderboard --worker RUN_DIR``) started for that run alone, so a mixer that
+crashes, runs out of memory or hangs (killed after ``timeout`` seconds) becomes an ``error``
+record and the grid goes on. A mixer that fails to import or build is caught before a process
+is started. The run folder keeps the exact configs (``fit.yaml``, ``test.yaml``), the CSV
+metrics and the checkpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import datetime as _dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lra.leaderboard.store import (
+    GENERATED,
+    REPO,
+    add_runs,
+    device_name,
+    git_commit,
+    git_dirty,
+    repo_relative,
+)
+
+# What `--quick` generates (with `lra generate`) when the data is missing. Short ListOps
+# expressions (LRA: 500-2000 tokens) keep a CPU step cheap; Pathfinder keeps LRA's settings.
+QUICK_DATA: dict[str, list[str]] = {
+    "listops": ["--n-train", "4000", "--n-val", "500", "--n-test", "500",
+                "--min-length", "20", "--max-length", "200"],
+    "pathfinder": ["--resolution", "32", "--contour-length", "14", "--n-images", "2500",
+                   "--per-batch", "500"],
+}
+QUICK_BUDGET_MINUTES = 1.5  # training time cap per quick run (Lightning max_time)
+QUICK_TIMEOUT_S = 240  # hard kill of a quick run's process (start + fit + test)
+
+
+# ============================================================================ configuration
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged into a copy of ``base``; nested dicts merge, anything else replaces."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def parse_set(items: Sequence[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=[x, y]"]`` -> ``{"a": {"b": 1}, "c": ["x", "y"]}`` (values as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set expects key.path=value, got {item!r}")
+        key, value = item.split("=", 1)
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
+def task_config(task: str, quick: bool, config_dir: Path) -> dict[str, Any]:
+    folder = config_dir / "lra" / ("quick" if quick else "")
+    path = folder / f"{task}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"no config for task {task!r} at {path}")
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def _max_time(minutes: float) -> str:
+    s = max(1, round(minutes * 60))
+    return f"{s // 86400:02d}:{s % 86400 // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def recipe_config(recipe: str, task: str, config_dir: Path) -> dict[str, Any]:
+    """``configs/lra/<recipe>/<task>.yaml``: a mixer's own recipe, layered over the task's."""
+    path = config_dir / "lra" / recipe / f"{task}.yaml"
+    if not path.is_file():
+        have = sorted(p.name for p in (config_dir / "lra").iterdir()
+                      if p.is_dir() and p.name != "quick")
+        raise FileNotFoundError(f"no {recipe!r} recipe for task {task!r} at {path}; recipes: "
+                                f"{have}")
+    cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data = cfg.get("data")
+    if isinstance(data, dict):
+        # a recipe says `data: {batch_size: 32}` (jsonargparse applies it to the data class's
+        # init_args when configs are layered on the command line); spell that out here
+        loose = {k: v for k, v in data.items() if k not in ("class_path", "init_args")}
+        cfg["data"] = {k: v for k, v in data.items() if k in ("class_path", "init_args")}
+        cfg["data"]["init_args"] = {**cfg["data"].get("init_args", {}), **loose}
+    return cfg
+
+
+def run_config(task: str, mixer: str, *, quick: bool, data_dir: str | None,
+               max_steps: int | None, budget_minutes: float | None, run_dir: Path,
+               overrides: dict[str, Any], config_dir: Path, n_evals: int = 4,
+               recipe: str | None = None) -> dict[str, Any]:
+    """The complete ``lra fit`` config of one run (written to ``run_dir/fit.yaml``)."""
+    cfg = task_config(task, quick, config_dir)
+    if recipe:
+        cfg = deep_merge(cfg, recipe_config(recipe, task, config_dir))
+    cfg = deep_merge(cfg, {"model": {"model": {"mixer": mixer}}})
+    if data_dir is not None:
+        cfg = deep_merge(cfg, {"data": {"init_args": {"data_dir": str(data_dir)}}})
+    trainer: dict[str, Any] = {}
+    if max_steps is not None:
+        trainer.update(max_steps=int(max_steps), max_epochs=-1)
+    if budget_minutes is not None:
+        trainer["max_time"] = _max_time(budget_minutes)
+    cfg = deep_merge(cfg, {"trainer": trainer})
+    cfg = deep_merge(cfg, overrides)
+    steps = int(cfg.get("trainer", {}).get("max_steps", -1) or -1)
+    if steps > 0:
+        # validate n_evals times, on global steps (epochs of small sets are short), the last
+        # validation at the last step; warmup at most a tenth of the run
+        every = max(1, steps // n_evals)
+        cfg["trainer"].update(val_check_interval=every, check_val_every_n_epoch=None)
+        model = cfg.setdefault("model", {})
+        model["warmup_steps"] = min(int(model.get("warmup_steps", 1000)), max(1, steps // 10))
+    cfg["trainer"]["logger"] = [{"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                 "init_args": {"save_dir": str(run_dir), "name": "",
+                                               "version": "fit"}}]
+    cfg["checkpoint"] = {"dirpath": str(run_dir / "checkpoints"), "monitor": "val/acc",
+                         "mode": "max", "save_top_k": 1, "save_last": True,
+                         "every_n_train_steps": None, "filename": "best-{step}"}
+    return cfg
+
+
+# ================================================================================ data
+def ensure_generated(task: str, data_dir: Path, spec: Sequence[str] | None = None) -> str:
+    """Generate a small ``task`` set into ``data_dir`` with ``lra generate`` unless it is there.
+
+    Returns a one-line description of the data for the leaderboard.
+    """
+    from lra.data.generate import main as generate
+
+    args = list(spec if spec is not None else QUICK_DATA[task])
+    stamp = data_dir / f".generated-{task}.json"
+    if task == "listops":
+        present = (data_dir / "listops-1000" / "basic_test.tsv").is_file()
+    else:
+        # any difficulty counts: a run may ask for another contour length than 14
+        present = any((data_dir / "pathfinder32").glob("curv_*/metadata"))
+    if not present:
+        print(f"[leaderboard] generating {task} into {data_dir}: lra generate {task} "
+              f"--out {data_dir} {' '.join(args)}", flush=True)
+        t0 = time.time()
+        generate([task, "--out", str(data_dir), *args, "--quiet"])
+        stamp.write_text(json.dumps({"args": args, "seconds": round(time.time() - t0, 1)}))
+    if stamp.is_file():
+        args = json.loads(stamp.read_text())["args"]
+        return f"generated: lra generate {task} {' '.join(args)}"
+    return f"files in {repo_relative(data_dir)}"
+
+
+def task_facts(data_cfg: dict[str, Any]) -> dict[str, Any]:
+    """Instantiate the run's DataModule (same arguments, so the child reuses its cache) and
+    return its model hints and the majority-class baseline of its test split."""
+    import importlib
+
+    module, cls = data_cfg["class_path"].rsplit(".", 1)
+    dm = getattr(importlib.import_module(module), cls)(**data_cfg.get("init_args", {}))
+    dm.setup("test")
+
+    def class_counts(split: str) -> dict[int, int]:
+        vals, cnt = dm.datasets[split].targets.unique(return_counts=True)
+        return {int(v): int(n) for v, n in zip(vals, cnt, strict=True)}
+
+    counts, train_counts = class_counts("test"), class_counts("train")
+    train_major = max(train_counts, key=train_counts.get)
+    n_test = sum(counts.values())
+    major = max(counts, key=counts.get)
+    return {"hints": dm.model_hints(), "n_test": n_test,
+            "sizes": {s: len(dm.datasets[s]) for s in ("train", "val", "test")},
+            "majority": counts[major] / n_test, "majority_class": major,
+            # what always answering the *training* set's most frequent class scores on test
+            "train_majority_on_test": counts.get(train_major, 0) / n_test}
+
+
+# =========================================================================== one run (child)
+def _read_metrics(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _column(rows: list[dict[str, str]], name: str) -> list[tuple[int, float]]:
+    """(training steps done, value) of every row that has ``name``.
+
+    Lightning's CSVLogger writes a metric logged after optimizer step n (counting from 1) with
+    ``step`` n - 1, so the steps done are the logged step + 1.
+    """
+    out = []
+    for r in rows:
+        v = r.get(name, "")
+        if v not in ("", None):
+            out.append((int(float(r.get("step") or 0)) + 1, float(v)))
+    return out
+
+
+def _steps_done(rows: list[dict[str, str]]) -> int | None:
+    steps = [int(float(r["step"])) + 1 for r in rows if r.get("step") not in ("", None)]
+    return max(steps) if steps else None
+
+
+def worker(run_dir: str | Path) -> None:
+    """Child process: ``lra fit --config fit.yaml``, then ``lra test`` on the best checkpoint."""
+    import torch
+
+    from lra.cli import main as lra
+
+    if os.environ.get("LRA_THREADS"):
+        torch.set_num_threads(int(os.environ["LRA_THREADS"]))
+    run_dir = Path(run_dir)
+    info: dict[str, Any] = {}
+    t0 = time.time()
+    lra(["fit", "--config", str(run_dir / "fit.yaml")])
+    info["fit_s"] = round(time.time() - t0, 1)
+    ckpts = run_dir / "checkpoints"
+    best = sorted(ckpts.glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
+    last = ckpts / "last.ckpt"
+    if not best and not last.is_file():
+        raise RuntimeError(f"fit wrote no checkpoint to {ckpts} (did validation ever run?)")
+    ckpt = best[-1] if best else last
+    info["ckpt"] = str(ckpt)
+    t0 = time.time()
+    lra(["test", "--config", str(run_dir / "test.yaml"), "--ckpt_path", str(ckpt)])
+    info["test_s"] = round(time.time() - t0, 1)
+    (run_dir / "worker.json").write_text(json.dumps(info, indent=1))
+
+
+# ========================================================================== one run (parent)
+WORKER: list[str] = [sys.executable, "-m", "lra.leaderboard", "--worker"]
+
+
+def _tail(text: str, n: int = 600) -> str:
+    """The last exception of a log (its ``SomeError: ...`` line and what follows), else the
+    last lines."""
+    import re
+
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    for i in range(len(lines) - 1, -1, -1):
+        if re.match(r"^[\w.]*(Error|Exception|Interrupt|Exit)\b", lines[i]):
+            return " | ".join(lines[i:])[:n]
+    return " | ".join(lines[-3:])[-n:]
+
+
+def _launch(run_dir: Path, timeout: float, threads: int | None = None
+            ) -> tuple[int | None, str, float]:
+    """Run the worker in its own process group; kill the whole group on timeout."""
+    log = run_dir / "worker.log"
+    t0 = time.time()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if threads:
+        env.update(LRA_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
+                   MKL_NUM_THREADS=str(threads))
+    with open(log, "w", encoding="utf-8") as out:
+        proc = subprocess.Popen([*WORKER, str(run_dir)], stdout=out, stderr=subprocess.STDOUT,
+                                cwd=str(REPO), env=env, start_new_session=True)
+        try:
+            rc: int | None = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            rc = None
+    return rc, log.read_text(encoding="utf-8", errors="replace"), time.time() - t0
+
+
+def _record_base(mixer: str, task: str, setting: str, cfg: dict[str, Any] | None,
+                 extra: dict[str, Any]) -> dict[str, Any]:
+    m = (cfg or {}).get("model", {}).get("model", {})
+    tr = (cfg or {}).get("trainer", {})
+    return {
+        "mixer": mixer, "task": task, "setting": setting,
+        "date": _dt.datetime.now().isoformat(timespec="seconds"),
+        "status": "error", "error": None, "best_val": None, "test": None,
+        "model": {k: m.get(k) for k in ("d_model", "n_layers", "bidirectional", "mixer_kwargs")
+                  if k in m},
+        "lr": (cfg or {}).get("model", {}).get("lr"),
+        "batch_size": (cfg or {}).get("data", {}).get("init_args", {}).get("batch_size"),
+        "max_steps": tr.get("max_steps"), "max_time": tr.get("max_time"),
+        **extra,
+    }
+
+
+def _reserve_dir(parent: Path, name: str) -> Path:
+    """Create and return ``parent/name`` (or ``name-2``, ``name-3``...): two grids started in the
+    same second, in parallel, never share a run folder."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 1000):
+        path = parent / (name if i == 1 else f"{name}-{i}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a fresh run folder {parent / name}-N")
+
+
+def run_one(mixer: str, task: str, *, setting: str, quick: bool, data_dir: Path,
+            max_steps: int | None, budget_minutes: float | None, runs_dir: Path,
+            overrides: dict[str, Any], timeout: float, config_dir: Path,
+            threads: int | None = None, extra: dict[str, Any] | None = None,
+            recipe: str | None = None) -> dict[str, Any]:
+    """Train and test one mixer on one task; always returns a record (status ok or error)."""
+    extra = dict(extra or {})
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = _reserve_dir((runs_dir / setting).resolve(), f"{mixer}-{task}-{stamp}")
+    cfg = None
+    try:
+        cfg = run_config(task, mixer, quick=quick, data_dir=str(data_dir), max_steps=max_steps,
+                         budget_minutes=budget_minutes, run_dir=run_dir, overrides=overrides,
+                         config_dir=config_dir, recipe=recipe)
+        rec = _record_base(mixer, task, setting, cfg, extra)
+        facts = task_facts(cfg["data"])
+        rec.update(majority=facts["majority"], majority_class=facts["majority_class"],
+                   n_test=facts["n_test"], sizes=facts["sizes"],
+                   train_majority_on_test=facts["train_majority_on_test"])
+        # build the model here first: a mixer that does not import or build fails in a second
+        from lra.module import merge_hints
+        from lrm import LRModel, ModelConfig
+
+        model_cfg = merge_hints(ModelConfig.from_dict(cfg["model"].get("model", {})),
+                                facts["hints"])
+        rec["params"] = sum(p.numel() for p in LRModel(model_cfg).parameters())
+    except Exception as err:  # any failure is this run's error row
+        rec = _record_base(mixer, task, setting, cfg, extra)
+        rec["error"] = f"{type(err).__name__}: {err}"[:600]
+        print(f"[leaderboard] {mixer} x {task}: error before training: {rec['error']}",
+              flush=True)
+        run_dir.rmdir()
+        return rec
+    (run_dir / "fit.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    test_cfg = copy.deepcopy(cfg)
+    test_cfg["trainer"]["logger"][0]["init_args"]["version"] = "test"
+    (run_dir / "test.yaml").write_text(yaml.safe_dump(test_cfg, sort_keys=False))
+    rel = repo_relative(run_dir)
+    rec["run_dir"] = rel
+    rec["command"] = (f"lra fit --config {rel}/fit.yaml && lra test --config "
+                      f"{rel}/test.yaml --ckpt_path <best checkpoint>")
+    print(f"[leaderboard] {mixer} x {task} ({setting}): training in {run_dir}", flush=True)
+    rc, log, wall = _launch(run_dir, timeout, threads)
+    rec["wall_s"] = round(wall, 1)
+    info = {}
+    if (run_dir / "worker.json").is_file():
+        info = json.loads((run_dir / "worker.json").read_text())
+    rec.update({k: info.get(k) for k in ("fit_s", "test_s")})
+    fit_rows = _read_metrics(run_dir / "fit" / "metrics.csv")
+    rec["steps"] = _steps_done(fit_rows)
+    val = _column(fit_rows, "val/acc")
+    test = _column(_read_metrics(run_dir / "test" / "metrics.csv"), "test/acc")
+    if val:
+        step, acc = max(val, key=lambda sv: (sv[1], -sv[0]))
+        rec.update(best_val=acc, best_val_step=step, val_curve=val)
+    if test:
+        rec["test"] = test[-1][1]
+    if rc is None:
+        rec["error"] = f"timeout: killed after {timeout:.0f} s"
+    elif rc != 0:
+        rec["error"] = f"worker exited {rc}: {_tail(log)}"
+    elif rec["test"] is None:
+        rec["error"] = "no test/acc in the test metrics"
+    else:
+        rec["status"] = "ok"
+    msg = rec["error"] or f"test {rec['test']:.4f}, best val {rec['best_val']}"
+    print(f"[leaderboard] {mixer} x {task}: {msg} ({wall:.0f} s)", flush=True)
+    return rec
+
+
+def run_grid(mixers: Sequence[str], tasks: Sequence[str], *, setting: str, quick: bool,
+             data_dir: Path, max_steps: int | None, budget_minutes: float | None,
+             runs_dir: Path, store: Path, overrides: dict[str, Any] | None = None,
+             timeout: float = QUICK_TIMEOUT_S, config_dir: Path = REPO / "configs",
+             command: str | None = None, note: str | None = None,
+             threads: int | None = None, recipe: str | None = None) -> list[dict[str, Any]]:
+    """Run every mixer x task; each finished record is added to the store at once."""
+    data: dict[str, str] = {}
+    for task in tasks:
+        if quick and task in GENERATED:
+            try:
+                data[task] = ensure_generated(task, data_dir)
+            except Exception as err:  # the runs report the missing data
+                data[task] = f"generation failed: {type(err).__name__}: {err}"
+        else:
+            data[task] = f"files in {repo_relative(data_dir)}"
+    extra = {"device": device_name(), "commit": git_commit(), "dirty": git_dirty(),
+             "grid_command": command,
+             "note": note, "threads": threads or _threads(), "recipe": recipe}
+    records = []
+    for task in tasks:
+        for mixer in mixers:
+            rec = run_one(mixer, task, setting=setting, quick=quick, data_dir=data_dir,
+                          max_steps=max_steps, budget_minutes=budget_minutes,
+                          runs_dir=runs_dir, overrides=overrides or {}, timeout=timeout,
+                          config_dir=config_dir, threads=threads,
+                          extra={**extra, "data": data[task]}, recipe=recipe)
+            records.append(rec)
+            add_runs(store, [rec])
+    return records
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+

@@ -1,0 +1,125 @@
+"""The leaderboards' run store: one JSON file of run records, appended to and never pruned.
+
+A record is a plain dict (mixer, task, setting, date, status, metrics, model size, the command
+and the provenance: commit, whether the tree was dirty, device). Writes are atomic and re-read
+the file first, so a killed grid loses at most the run in flight, and grids that share a store
+never drop each other's records. Paths inside the repository are stored relative to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+STORE_SCHEMA = 1
+TASK_ORDER = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
+TASK_NAMES = {"listops": "ListOps", "text": "Text", "retrieval": "Retrieval", "image": "Image",
+              "pathfinder": "Pathfinder", "pathx": "Path-X"}
+GENERATED = ("listops", "pathfinder")  # the LRA tasks `lra generate` can make
+
+def load_store(path: str | Path) -> list[dict[str, Any]]:
+    """All run records in the store (oldest first); an absent file is an empty store."""
+    p = Path(path)
+    if not p.is_file():
+        return []
+    data = json.loads(p.read_text(encoding="utf-8"))
+    if isinstance(data, list):  # tolerate a bare list
+        return data
+    return list(data.get("runs", []))
+
+
+def merge_runs(old: Iterable[dict[str, Any]], new: Iterable[dict[str, Any]]
+               ) -> list[dict[str, Any]]:
+    """``old`` then ``new``: nothing is dropped (an identical record is not added twice)."""
+    out = list(old)
+    seen = {json.dumps(r, sort_keys=True, default=str) for r in out}
+    for r in new:
+        s = json.dumps(r, sort_keys=True, default=str)
+        if s not in seen:
+            out.append(r)
+            seen.add(s)
+    return out
+
+
+def save_store(path: str | Path, runs: list[dict[str, Any]]) -> None:
+    """Write the store atomically (a killed write never leaves half a file)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(p.suffix + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"schema": STORE_SCHEMA, "runs": runs}, indent=1, default=str)
+                   + "\n", encoding="utf-8")
+    tmp.replace(p)
+
+
+def add_runs(path: str | Path, new: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Merge ``new`` into the store at ``path`` (re-read just before writing) and return it."""
+    runs = merge_runs(load_store(path), new)
+    save_store(path, runs)
+    return runs
+
+
+def run_key(r: dict[str, Any]) -> tuple[str, str, str]:
+    return (r["mixer"], r["task"], r["setting"])
+
+
+def latest(runs: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """The newest record of every mixer x task x setting (by ``date``; later in the list wins
+    a tie)."""
+    best: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for r in runs:
+        k = run_key(r)
+        if k not in best or str(r.get("date", "")) >= str(best[k].get("date", "")):
+            best[k] = r
+    return best
+
+
+
+# ============================================================================ provenance
+def repo_relative(path: str | Path) -> str:
+    """``path`` relative to the repository when it lies inside it (so that a store written on
+    one machine reads the same on another), else as given."""
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(path)
+
+
+def device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"GPU: {torch.cuda.get_device_name(0)}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU: {cpu}, {os.cpu_count()} cores"
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def git_dirty() -> bool | None:
+    """True when the working tree has uncommitted changes to tracked files (the record then
+    does not match its commit exactly); None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain",
+                              "--untracked-files=no"], capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
