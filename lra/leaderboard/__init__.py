@@ -4,6 +4,7 @@
     lra leaderboard --quick --mixers s4d --tasks listops --max-steps 600 --setting cpu-10min
     lra leaderboard --mixers attention s4 --tasks listops text --data-dir data/lra_release
     lra leaderboard --render                                 only rewrite the table and plot
+    lra leaderboard --suite recall [--quick]                 the recall arena (docs/recall.md)
 
 Each run of the grid is ``lra fit`` then ``lra test`` on the best checkpoint, both in one child
 process (``python -m lra.leaderboard --worker RUN_DIR``) started for that run alone, so a mixer
@@ -99,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lra leaderboard", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n", 1)[1])
+    ap.add_argument("--suite", choices=("lra", "recall"), default="lra",
+                    help="lra: the LRA grid (default); recall: the recall arena, see "
+                         "`lra leaderboard --suite recall --help`")
     ap.add_argument("--quick", action="store_true",
                     help="tiny models, generated data, few steps (setting 'quick')")
     ap.add_argument("--mixers", nargs="+", default=None, help="default: every registered mixer")
@@ -138,6 +142,17 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "--worker":
         return worker(argv[1])
+    if "--suite" in argv:
+        i = argv.index("--suite")
+        suite = argv[i + 1] if i + 1 < len(argv) else ""
+        rest = argv[:i] + argv[i + 2:]
+        if suite == "recall":
+            from lra.leaderboard.recall import main as recall
+
+            return recall(rest)
+        if suite != "lra":
+            raise SystemExit(f"--suite must be 'lra' (the default) or 'recall', got {suite!r}")
+        argv = rest
     args = build_parser().parse_args(argv)
     out = Path(args.out)
     store = Path(args.store) if args.store else out.with_name(out.stem + "_runs.json")

@@ -1,0 +1,65 @@
+"""The recall arena (`lra leaderboard --suite recall`): a killed sweep resumes without redoing
+finished cells, a failing cell is an error record that a rerun retries, and the page says which
+cells are missing."""
+
+from __future__ import annotations
+
+import pytest
+
+from lra.leaderboard import recall as arena
+from lra.leaderboard.store import load_store
+
+TINY = {"mqar": {"L_kv": [(16, 2)], "d": [8], "lr": [3e-3]},
+        "extrapolation": {"cells": [("mqar", 16, 2)], "d": 8, "lr": [3e-3]},
+        "steps": 2, "n_test": 4}
+
+
+def test_grid_has_every_cell_and_gdn_state_follows_d():
+    cells = arena.grid(arena.FULL, ["attention", "gdn"])
+    n_state = len(arena.FULL["mqar"]["L_kv"]) * 3 * 3
+    assert len([c for c in cells if c["kind"] == "state"]) == 2 * n_state
+    gdn = [c for c in cells if c["mixer"] == "gdn" and c["kind"] == "state"]
+    assert {c["mixer_kwargs"]["head_dim"] for c in gdn} == {32, 64, 128}
+    assert len({arena.cell_key(c) for c in cells}) == len(cells), "two cells share a key"
+
+
+def test_killed_sweep_resumes_without_redoing_finished_cells(tmp_path, monkeypatch):
+    store = tmp_path / "runs.json"
+    cells = arena.grid(TINY, ["attention"])
+    assert len(cells) == 2
+    # the first sweep is "killed" after one cell: only that cell's record is in the store
+    arena.run(cells[:1], store, jobs=1, progress=False)
+    (first,) = load_store(store)
+    assert first["status"] == "ok", first["error"]
+    assert first["state_size"] == [2 * 8 * 16] * 2  # attention's KV cache after L=16, 2 layers
+    assert "commit" in first and "dirty" in first
+    launched = []
+    real = arena._launch
+    monkeypatch.setattr(arena, "_launch", lambda c, t: launched.append(c) or real(c, t))
+    new = arena.run(cells, store, jobs=2, progress=False)
+    assert [arena.cell_key(c) for c in launched] == [arena.cell_key(cells[1])]
+    assert len(new) == 1 and new[0]["status"] == "ok"
+    assert set(new[0]["acc_by_length"]) == {str(n) for n in (16, 32, 64, 128, 256)}
+    assert len(load_store(store)) == 2
+    # nothing left: a third run launches nothing
+    launched.clear()
+    assert arena.run(cells, store, jobs=2, progress=False) == [] and launched == []
+
+
+def test_failed_cell_is_recorded_retried_and_listed_missing(tmp_path):
+    store = tmp_path / "runs.json"
+    # a cell whose child process fails (an option the mixer does not have)
+    cells = [{**c, "mixer_kwargs": {"no_such_option": 1}}
+             for c in arena.grid(TINY, ["attention"]) if c["kind"] == "state"]
+    (rec,) = arena.run(cells, store, jobs=1, progress=False)
+    assert rec["status"] == "error" and "no_such_option" in rec["error"]
+    (again,) = arena.run(cells, store, jobs=1, progress=False)  # errors are retried
+    assert again["status"] == "error"
+    page = arena.render(load_store(store), cells, store_name="runs.json",
+                        plots=("a.png", "b.png"), notes=None)
+    assert "attention mqar L=16 kv=2 d=8" in page and "no_such_option" in page
+
+
+def test_unknown_mixer_is_refused_before_any_run(tmp_path):
+    with pytest.raises(ValueError, match="unknown mixer 'atention'"):
+        arena.main(["--mixers", "atention", "--out", str(tmp_path / "r.md")])
