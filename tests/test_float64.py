@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch.autograd import gradcheck
 
 from lrm.dtypes import compute_dtype, promote
+from lrm.nn import RMSNorm, apply_rope
 from lrm.ops import ssm_conv as sc
 from lrm.ops.causal_conv import causal_conv1d_recurrent_ref, causal_conv1d_ref
 from lrm.ops.delta_rule import (
@@ -300,8 +301,11 @@ def test_ssm_conv_ref_equals_recurrent_ref(kind):
     assert_f64_close(x, x_ref, tol=1e-11)
 
 
-def test_ssm_filters_gradcheck():
-    """Gradients through discretisation, both filters and the state path, from real leaves."""
+def test_ssm_filters_gradcheck(monkeypatch):
+    """Gradients through discretisation, both filters and both state paths (diagonal, dense in
+    time blocks of 3), from real leaves. The Cauchy sum runs in chunks of 2 frequency nodes
+    (4 nodes at L = 7), so its recomputing backward is checked too."""
+    monkeypatch.setattr(sc, "CHUNK_ELEMENTS", 2 * H * N)
     dt, A, B, C, _ = _diag_system("zoh")
     _, _, P, _, _ = _dplr_system()
     L = 7
@@ -313,12 +317,56 @@ def test_ssm_filters_gradcheck():
         k_dplr = sc.s4_filter(dt, A, P, B, C, L)
         dA, dB = discretize_diag(dt, A, B)
         y, x = sc.ssm_conv_ref(u, dA, dB, 2 * C, torch.complex(x0_re, x0_im))
-        return k_diag, k_dplr, y, torch.view_as_real(x)
+        dA, dB = discretize_dplr(dt, A, P, B)
+        x0 = to_real(torch.complex(x0_re, x0_im))
+        y_dense, x_dense = sc.ssm_conv_ref(u, dA, dB, to_real(2 * C.conj()), x0, block=3)
+        return k_diag, k_dplr, y, torch.view_as_real(x), y_dense, x_dense
 
     x0 = _cplx(2, H, N // 2, seed=6)
     leaves = (dt, A.real, A.imag, B.real, B.imag, C.real, C.imag, P.real, P.imag,
               rand(2, H, L, seed=7), x0.real, x0.imag)
     check_grad(fn, *leaves)
+
+
+# ----------------------------------------------------------------------------- lrm.nn
+
+
+def test_rope_in_float64_is_the_exact_rotation():
+    """RoPE at a large offset: angles formed in fp32 would be off by ~1e-3 rad there."""
+    x, offset, base = rand(1, 2, 5, 8, seed=1), 1_000_003, 10000.0
+    y = apply_rope(x, offset, base)
+    ref = torch.empty_like(x)
+    for t in range(5):
+        for i in range(4):
+            ang = (offset + t) * base ** (-2 * i / 8)
+            c, s = math.cos(ang), math.sin(ang)
+            ref[..., t, i] = x[..., t, i] * c - x[..., t, i + 4] * s
+            ref[..., t, i + 4] = x[..., t, i] * s + x[..., t, i + 4] * c
+    assert_f64_close(y, ref, tol=1e-9)  # math.cos of an angle ~1e6 is itself good to ~1e-10
+
+
+@pytest.mark.parametrize("norm_before_gate", [True, False])
+def test_grouped_gated_rmsnorm_in_float64(norm_before_gate):
+    x, z = rand(2, 3, 12, seed=1), rand(2, 3, 12, seed=2)
+    norm = RMSNorm(12, eps=1e-5, group_size=4, norm_before_gate=norm_before_gate).double()
+    with torch.no_grad():
+        norm.weight.copy_(rand(12, seed=3))
+    y = norm(x, z)
+    ref, w = torch.empty_like(x), norm.weight.detach().tolist()
+    for b in range(2):
+        for t in range(3):
+            gate = [v / (1 + math.exp(-v)) for v in z[b, t].tolist()]
+            xs = x[b, t].tolist()
+            if not norm_before_gate:
+                xs = [a * g for a, g in zip(xs, gate, strict=True)]
+            for g0 in range(0, 12, 4):
+                rms = math.sqrt(math.fsum(v * v for v in xs[g0:g0 + 4]) / 4 + 1e-5)
+                for c in range(g0, g0 + 4):
+                    out = xs[c] / rms * w[c]
+                    ref[b, t, c] = out * gate[c] if norm_before_gate else out
+    assert y.dtype == F64
+    assert_f64_close(y, ref)
+    check_grad(lambda x, z: norm(x, z), x, z)
 
 
 # ----------------------------------------------------------------------------- LongMamba
