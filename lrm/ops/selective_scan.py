@@ -52,8 +52,11 @@ from lrm.ops import _kernels
 CHUNK_SIZE = 64  # tokens per chunk of the reference scan: log2(64) = 6 scan steps per chunk
 
 
-def _prepare(u, delta, A, B, C, delta_bias, delta_softplus, initial_state, dtype):
-    """Validate, cast to the compute dtype and apply bias/softplus. Returns the grouped views."""
+def _prepare(u, delta, A, B, C, delta_bias, delta_softplus, initial_state, dtype=None):
+    """Validate, cast to the compute dtype (default: that of these inputs) and apply
+    bias/softplus. Returns the grouped views."""
+    if dtype is None:
+        dtype = compute_dtype(u, delta, A, B, C, delta_bias, initial_state)
     if u.dim() != 3 or delta.shape != u.shape:
         raise ValueError(f"u and delta must both be (B, D, L); got {tuple(u.shape)} and "
                          f"{tuple(delta.shape)}")

@@ -57,8 +57,8 @@ def _check(x, dt, A, B, C):
                          f"{tuple(B.shape)} and {tuple(C.shape)}")
 
 
-def _discretise_dt(dt, dt_bias, dt_softplus, dt_limit, dtype):
-    dt = upcast(dt, dtype)
+def _discretise_dt(dt, dt_bias, dt_softplus, dt_limit, dtype=None):
+    dt = upcast(dt, compute_dtype(dt, dt_bias) if dtype is None else dtype)
     if dt_bias is not None:
         dt = dt + upcast(dt_bias, dtype)
     if dt_softplus:
