@@ -29,3 +29,14 @@ def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
 def upcast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     """``t`` in the compute dtype (a no-op when it is already there); ``None`` passes."""
     return None if t is None else t.to(dtype)
+
+
+def promote(dtype: torch.dtype | None) -> torch.dtype:
+    """The compute dtype for data of ``dtype`` (None: the default float32): what a mixer's
+    ``init_state(dtype=...)`` uses for its recurrent state."""
+    return torch.promote_types(dtype or torch.float32, torch.float32)
+
+
+def complex_of(dtype: torch.dtype) -> torch.dtype:
+    """The complex dtype with ``dtype``'s precision: float64 -> complex128, else complex64."""
+    return torch.complex128 if dtype == torch.float64 else torch.complex64

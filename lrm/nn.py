@@ -10,8 +10,10 @@ import math
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
+from lrm.dtypes import compute_dtype, upcast
 from lrm.ops.causal_conv import causal_conv1d
 
 # ----------------------------------------------------------------------------- parameter tags
@@ -37,36 +39,42 @@ def tag(param: nn.Parameter, *, weight_decay: float | None = None,
 
 
 class RMSNorm(nn.Module):
-    """y = x / sqrt(mean(x²) + eps) · weight, computed in fp32 for stability."""
+    """RMSNorm, optionally per group of channels and gated: the one norm of lrm's mixers.
 
-    def __init__(self, d: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(d))
+        RMSNorm(x) = x / sqrt(mean_group(x²) + eps) · weight
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight.float()).to(x.dtype)
+    with the mean taken over each group of ``group_size`` consecutive channels (all d channels
+    when ``group_size`` is None). Called with a gate z it is the gated norm of Mamba-2 and
+    Gated DeltaNet:
 
+        norm_before_gate=True:  y = RMSNorm(x) · silu(z)   (Gated DeltaNet; fla's FusedRMSNormGated)
+        norm_before_gate=False: y = RMSNorm(x · silu(z))   (Mamba-2's RMSNormGated)
 
-class GatedRMSNorm(RMSNorm):
-    """RMSNorm with a SiLU gate, as in Mamba-2 and Gated DeltaNet's output.
-
-    ``norm_before_gate=True``: y = RMSNorm(x) · silu(z)   (Gated DeltaNet, fla's FusedRMSNormGated)
-    ``norm_before_gate=False``: y = RMSNorm(x · silu(z))  (Mamba-2's RMSNormGated default)
+    Uses: ``RMSNorm(d)`` in the block; per head (``group_size`` = head width) for FoX's QK- and
+    output norms and Gated DeltaNet's output norm; per group of heads sharing B and C for
+    Mamba-2 (mamba-ssm's ``group_size``). Computed in promote(x dtype, float32)
+    (:mod:`lrm.dtypes`), returned in x's dtype.
     """
 
-    def __init__(self, d: int, eps: float = 1e-5, norm_before_gate: bool = True) -> None:
-        super().__init__(d, eps)
-        self.norm_before_gate = norm_before_gate
+    def __init__(self, d: int, eps: float = 1e-5, *, group_size: int | None = None,
+                 norm_before_gate: bool = True) -> None:
+        super().__init__()
+        if group_size is not None and (group_size < 1 or d % group_size):
+            raise ValueError(f"group_size={group_size} must divide d={d}")
+        self.eps, self.group_size, self.norm_before_gate = eps, group_size or d, norm_before_gate
+        self.weight = nn.Parameter(torch.ones(d))
 
-    def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
-        if z is None:
-            return super().forward(x)
-        if self.norm_before_gate:
-            return (super().forward(x).float() * F.silu(z.float())).to(x.dtype)
-        return super().forward((x.float() * F.silu(z.float())).to(x.dtype))
+    def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        dtype = compute_dtype(x, z)
+        xf = upcast(x, dtype)
+        if z is not None and not self.norm_before_gate:
+            xf = xf * F.silu(upcast(z, dtype))
+        xg = rearrange(xf, "... (g c) -> ... g c", c=self.group_size)  # one row per group
+        xg = xg * torch.rsqrt(xg.pow(2).mean(-1, keepdim=True) + self.eps)
+        y = rearrange(xg, "... g c -> ... (g c)") * upcast(self.weight, dtype)
+        if z is not None and self.norm_before_gate:
+            y = y * F.silu(upcast(z, dtype))
+        return y.to(x.dtype)
 
 
 def make_norm(kind: str, d: int) -> nn.Module:
@@ -81,29 +89,39 @@ def make_norm(kind: str, d: int) -> nn.Module:
 # ----------------------------------------------------------------------------- short conv
 
 
-class ShortConv(nn.Module):
+class ShortConv(nn.Conv1d):
     """Depthwise causal conv over (B, L, C) with a streaming state of the last W-1 inputs.
 
-    Parameter names follow mamba-ssm (``conv1d.weight`` of shape (C, 1, W)), so reference
-    weights copy straight in.
+    An ``nn.Conv1d`` (C -> C, groups C, kernel W), so a mixer attribute named as upstream names
+    it (mamba-ssm's ``conv1d``, fla's ``q_conv1d``) has upstream's parameter names and shapes
+    (``conv1d.weight`` (C, 1, W), ``conv1d.bias`` (C,)) and reference weights copy straight in.
+    ``forward`` is the causal conv of :func:`lrm.ops.causal_conv.causal_conv1d` (with the
+    activation), not ``nn.Conv1d``'s padded one.
     """
 
     def __init__(self, channels: int, width: int = 4, *, bias: bool = True,
                  activation: str | None = "silu") -> None:
-        super().__init__()
         if width < 1:
             raise ValueError(f"conv width must be >= 1, got {width}")
-        self.channels, self.width, self.activation = channels, width, activation
-        self.conv1d = nn.Conv1d(channels, channels, width, groups=channels, bias=bias,
-                                padding=width - 1)
+        super().__init__(channels, channels, width, groups=channels, bias=bias,
+                         padding=width - 1)
+        self.activation = activation
 
-    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None,
+    @property
+    def channels(self) -> int:
+        return self.in_channels
+
+    @property
+    def width(self) -> int:
+        return self.kernel_size[0]
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None,  # type: ignore[override]
                 backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, L, C), state: (B, C, W-1) -> y (B, L, C), new state (B, C, W-1)."""
         y, new_state = causal_conv1d(
-            x.transpose(1, 2), self.conv1d.weight.squeeze(1), self.conv1d.bias,
-            self.activation, state, backend=backend)
-        return y.transpose(1, 2), new_state
+            rearrange(x, "b l c -> b c l"), self.weight[:, 0], self.bias, self.activation,
+            state, backend=backend)
+        return rearrange(y, "b c l -> b l c"), new_state
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> torch.Tensor:
         return torch.zeros(batch_size, self.channels, self.width - 1, device=device, dtype=dtype)
@@ -164,14 +182,18 @@ def apply_rope(x: torch.Tensor, offset: int = 0, base: float = 10000.0) -> torch
     """Rotary position embedding (Su et al., 2021) on x: (B, H, L, Dh), positions offset..+L-1.
 
     Pairs are (i, i + Dh/2) ("rotate half", as in GPT-NeoX/LLaMA); Dh must be even. Computed
-    on the fly in fp32: it is cheap next to attention and needs no length limit.
+    on the fly in promote(x dtype, float32): it is cheap next to attention and needs no length
+    limit; the angles are formed in float64 (positions times frequencies lose digits in fp32
+    at large offsets) and rounded once to the compute dtype.
     """
     Dh, L = x.shape[-1], x.shape[-2]
     if Dh % 2:
         raise ValueError(f"RoPE needs an even head dimension, got {Dh}")
-    inv_freq = base ** (-torch.arange(0, Dh, 2, device=x.device, dtype=torch.float32) / Dh)
-    pos = torch.arange(offset, offset + L, device=x.device, dtype=torch.float32)
+    dtype = compute_dtype(x)
+    f64 = torch.float32 if x.device.type == "mps" else torch.float64  # no fp64 on MPS
+    inv_freq = base ** (-torch.arange(0, Dh, 2, device=x.device, dtype=f64) / Dh)
+    pos = torch.arange(offset, offset + L, device=x.device, dtype=f64)
     angles = pos[:, None] * inv_freq[None, :]  # (L, Dh/2)
-    cos, sin = angles.cos(), angles.sin()
-    x1, x2 = x.float().chunk(2, dim=-1)
+    cos, sin = upcast(angles.cos(), dtype), upcast(angles.sin(), dtype)
+    x1, x2 = upcast(x, dtype).chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)

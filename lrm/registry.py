@@ -18,7 +18,7 @@ from torch import nn
 MIXERS: dict[str, str] = {
     "attention": "lrm.mixers.attention:Attention",
     "s4": "lrm.mixers.s4:S4",
-    "s4d": "lrm.mixers.s4:S4D",
+    "s4d": "lrm.mixers.s4d:S4D",
     "mamba": "lrm.mixers.mamba:Mamba",
     "mamba2": "lrm.mixers.mamba2:Mamba2",
     "fox": "lrm.mixers.fox:ForgettingAttention",

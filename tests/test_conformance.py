@@ -36,16 +36,26 @@ def _cases() -> list:
 CASES = _cases()
 
 
-def make(name: str, kw: dict, seed: int = 0) -> torch.nn.Module:
+# The contract's numerical checks run in float32 and in float64. In float64 every mixer computes
+# in float64 (docs/design.md, the compute-dtype rule), so the only differences left are round-off:
+# a causality leak must be <= 1e-12 and full, chunked and token-by-token must agree to 1e-10.
+# (The fp32 tolerances are loose enough to hide a wrong term of size 1e-6; these are not.)
+DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float64, id="fp64")]
+CAUSAL_TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float64: dict(atol=1e-12, rtol=0)}
+STREAM_TOL = {torch.float32: dict(atol=2e-4, rtol=1e-3), torch.float64: dict(atol=1e-10, rtol=0)}
+
+
+def make(name: str, kw: dict, seed: int = 0, dtype: torch.dtype = torch.float32
+         ) -> torch.nn.Module:
     if "__error__" in kw:
         pytest.fail(f"mixer {name!r} does not import: {kw['__error__']}")
     torch.manual_seed(seed)
-    return registry.mixer(name, D, **kw).eval()
+    return registry.mixer(name, D, **kw).to(dtype).eval()
 
 
-def inputs(seed: int = 1, length: int = L) -> torch.Tensor:
+def inputs(seed: int = 1, length: int = L, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(B, length, D, generator=g)
+    return torch.randn(B, length, D, generator=g).to(dtype)
 
 
 def state_numel(state) -> int:
@@ -80,25 +90,28 @@ def test_rejects_wrong_width(name, variant, kw):
         m(torch.randn(B, 5, D + 1))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("name", "variant", "kw"), CASES)
-def test_causality(name, variant, kw):
-    m = make(name, kw)
-    x = inputs()
+def test_causality(name, variant, kw, dtype):
+    m = make(name, kw, dtype=dtype)
+    x = inputs(dtype=dtype)
     t0 = 19
     x2 = x.clone()
     x2[:, t0:] += torch.randn_like(x2[:, t0:])
     with torch.no_grad():
         y1, _ = m(x)
         y2, _ = m(x2)
-    torch.testing.assert_close(y1[:, :t0], y2[:, :t0], atol=1e-5, rtol=1e-5,
+    assert y1.dtype == dtype
+    torch.testing.assert_close(y1[:, :t0], y2[:, :t0], **CAUSAL_TOL[dtype],
                                msg=lambda s: f"output before t={t0} depends on the future: {s}")
     assert not torch.allclose(y1[:, t0:], y2[:, t0:]), "output ignores its input"
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("name", "variant", "kw"), CASES)
-def test_full_equals_chunked_equals_token_by_token(name, variant, kw):
-    m = make(name, kw)
-    x = inputs()
+def test_full_equals_chunked_equals_token_by_token(name, variant, kw, dtype):
+    m = make(name, kw, dtype=dtype)
+    x = inputs(dtype=dtype)
     with torch.no_grad():
         y_full, _ = m(x)
         state = m.init_state(B, dtype=x.dtype)
@@ -118,7 +131,8 @@ def test_full_equals_chunked_equals_token_by_token(name, variant, kw):
             y, state_tok = m(x[:, t:t + 1], state_tok)
             ys.append(y)
         y_tok = torch.cat(ys, dim=1)
-    tol = dict(atol=2e-4, rtol=1e-3)
+    assert y_full.dtype == y_chunked.dtype == y_tok.dtype == dtype
+    tol = STREAM_TOL[dtype]
     torch.testing.assert_close(y_chunked, y_full, **tol, msg=lambda s: f"chunked != full: {s}")
     torch.testing.assert_close(y_tok, y_full, **tol, msg=lambda s: f"token != full: {s}")
     for a, b in zip(flat(state), flat(state_tok), strict=True):

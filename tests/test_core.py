@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -133,6 +134,14 @@ def test_backend_rule(monkeypatch):
     monkeypatch.setenv("LRM_BACKEND", "turbo")
     with pytest.raises(ValueError, match="LRM_BACKEND"):
         _kernels.resolve_backend("auto")
+
+
+def test_every_kernel_entry_is_dispatched_by_an_op():
+    """_kernels.py lists only kernels that some op in lrm/ops/ asks for by name."""
+    ops = Path(_kernels.__file__).parent
+    sources = "".join(p.read_text() for p in ops.glob("*.py") if p.name != "_kernels.py")
+    unused = [name for name in _kernels._KERNELS if f'"{name}"' not in sources]
+    assert not unused, f"kernel entries no op dispatches to: {unused}"
 
 
 def test_kernel_flags_are_booleans_and_never_crash():

@@ -196,8 +196,8 @@ def test_parameter_names_follow_fla_and_gates_are_not_decayed():
     names = {n for n, _ in m.named_parameters()}
     assert names == {
         "q_proj.weight", "k_proj.weight", "v_proj.weight", "a_proj.weight", "b_proj.weight",
-        "g_proj.weight", "A_log", "dt_bias", "q_conv1d.conv1d.weight",
-        "k_conv1d.conv1d.weight", "v_conv1d.conv1d.weight", "o_norm.weight", "o_proj.weight"}
+        "g_proj.weight", "A_log", "dt_bias", "q_conv1d.weight",
+        "k_conv1d.weight", "v_conv1d.weight", "o_norm.weight", "o_proj.weight"}
     groups = param_groups(m, lr=1e-3, weight_decay=0.1)
     no_wd = {id(p) for grp in groups if grp["weight_decay"] == 0.0 for p in grp["params"]}
     assert id(m.A_log) in no_wd and id(m.dt_bias) in no_wd

@@ -245,7 +245,9 @@ def test_mamba2_block_matches_a_direct_recurrence():
     with torch.no_grad():
         y, _ = m(x)
         z, xBC, dt = m.in_proj(x).split([64, 64 + 8, 8], dim=-1)
-        xBC = torch.nn.functional.silu(m.conv1d(xBC.transpose(1, 2))[..., :11]).transpose(1, 2)
+        conv = torch.nn.functional.conv1d(xBC.transpose(1, 2), m.conv1d.weight, m.conv1d.bias,
+                                          padding=3, groups=64 + 8)[..., :11]  # causal: 3 pads
+        xBC = torch.nn.functional.silu(conv).transpose(1, 2)
         xs, B, C = xBC.split([64, 4, 4], dim=-1)
         delta = torch.nn.functional.softplus(dt + m.dt_bias)
         a = -torch.exp(m.A_log)

@@ -1,4 +1,4 @@
-"""S4 / S4D: the kernels against the recurrence, the op against its oracle, the mixers' extras.
+"""S4 / S4D: the SSM filters against the recurrence, the op against its oracle, the mixers' extras.
 
 The mixer contract itself (shapes, causality, full == chunked == token by token, ...) is checked
 by tests/test_conformance.py through the variants of ``S4`` and ``S4D``.
@@ -13,8 +13,10 @@ import pytest
 import torch
 
 import lrm
-from lrm.mixers.s4 import S4, S4D
-from lrm.ops import ssm_kernel as sk
+from lrm.mixers.s4 import S4
+from lrm.mixers.s4d import S4D
+from lrm.ops import hippo as hp
+from lrm.ops import ssm_conv as sc
 from lrm.optim import param_groups
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +51,7 @@ def _impulse(L: int, h: int = H) -> torch.Tensor:
 
 def _dplr(N: int, seed: int = 0, perturb: float = 0.0):
     """HiPPO-LegS DPLR parameters for H channels (optionally perturbed, as after training)."""
-    Lam, P, B, _ = sk.nplr_legs(N)
+    Lam, P, B, _ = hp.nplr_legs(N)
     Lam, P, B = (t.to(torch.complex64).expand(H, -1).clone() for t in (Lam, P, B))
     if perturb:
         Lam = Lam + perturb * _cplx(H, N // 2, seed=seed + 1).real.abs().neg()
@@ -62,64 +64,64 @@ def _dplr(N: int, seed: int = 0, perturb: float = 0.0):
 
 @pytest.mark.parametrize("N", [4, 16, 64])
 def test_nplr_reconstructs_hippo_legs(N):
-    A, B = sk.hippo_legs(N)
+    A, B = hp.hippo_legs(N)
     assert torch.allclose(torch.linalg.eigvals(A).real.sort().values,
                           -torch.arange(N, 0, -1, dtype=torch.float64))
-    Lam, P, Bt, V = sk.nplr_legs(N, B_clip=None)
+    Lam, P, Bt, V = hp.nplr_legs(N, B_clip=None)
     assert torch.allclose(Lam.real, torch.full_like(Lam.real, -0.5)) and (Lam.imag < 0).all()
     Vf = torch.cat([V, V.conj()], dim=1)
     assert torch.allclose(Vf.conj().T @ Vf, torch.eye(N, dtype=Vf.dtype), atol=1e-10)
-    A_rec = Vf @ sk.dplr_dense(Lam[None], P[None])[0] @ Vf.conj().T
+    A_rec = Vf @ hp.dplr_dense(Lam[None], P[None])[0] @ Vf.conj().T
     torch.testing.assert_close(A_rec, A.to(A_rec.dtype), atol=1e-9, rtol=0)
-    torch.testing.assert_close(Vf @ sk.conj_full(Bt), B.to(Vf.dtype), atol=1e-9, rtol=0)
+    torch.testing.assert_close(Vf @ hp.conj_full(Bt), B.to(Vf.dtype), atol=1e-9, rtol=0)
     # B_clip only touches Im B
-    _, _, Bc, _ = sk.nplr_legs(N, B_clip=2.0)
+    _, _, Bc, _ = hp.nplr_legs(N, B_clip=2.0)
     assert torch.equal(Bc.real, Bt.real) and Bc.imag.abs().max() <= 2.0
 
 
 def test_diag_inits():
     N = 8
-    A, _ = sk.diag_init("lin", N)
+    A, _ = hp.diag_init("lin", N)
     torch.testing.assert_close(A.imag, -math.pi * torch.arange(N // 2, dtype=torch.float64))
-    A, _ = sk.diag_init("real", N)
+    A, _ = hp.diag_init("real", N)
     torch.testing.assert_close(A.real, -torch.arange(1, N // 2 + 1, dtype=torch.float64))
-    A, _ = sk.diag_init("inv", N)
+    A, _ = hp.diag_init("inv", N)
     torch.testing.assert_close(A.imag[0], torch.tensor(-(N / math.pi) * (N - 1),
                                                        dtype=torch.float64))
-    A, B = sk.diag_init("legs", N)
-    Lam, _, Bn, _ = sk.nplr_legs(N)
+    A, B = hp.diag_init("legs", N)
+    Lam, _, Bn, _ = hp.nplr_legs(N)
     assert torch.equal(A, Lam) and torch.equal(B, Bn)
     with pytest.raises(ValueError, match="init"):
-        sk.diag_init("nope", N)
+        hp.diag_init("nope", N)
 
 
-# ----------------------------------------------------------------------------- kernels
+# ----------------------------------------------------------------------------- SSM filters
 
 
-@pytest.mark.parametrize("init", sk.DIAG_INITS)
+@pytest.mark.parametrize("init", hp.DIAG_INITS)
 @pytest.mark.parametrize("method", ["zoh", "bilinear"])
 @pytest.mark.parametrize(("N", "L"), [(4, 1), (16, 37), (64, 129)])
-def test_vandermonde_kernel_equals_recurrence(init, method, N, L):
-    A, B = (t.to(torch.complex64).expand(H, -1) for t in sk.diag_init(init, N))
+def test_vandermonde_filter_equals_recurrence(init, method, N, L):
+    A, B = (t.to(torch.complex64).expand(H, -1) for t in hp.diag_init(init, N))
     C, dt = _cplx(H, N // 2), _dt()
-    K = sk.s4d_kernel(dt, A, B, C, L, method)
-    dA, dB = sk.discretize_diag(dt, A, B, method)
-    y, _ = sk.ssm_conv_recurrent_ref(_impulse(L), dA, dB, 2 * C)
+    K = sc.s4d_filter(dt, A, B, C, L, method)
+    dA, dB = hp.discretize_diag(dt, A, B, method)
+    y, _ = sc.ssm_conv_recurrent_ref(_impulse(L), dA, dB, 2 * C)
     torch.testing.assert_close(K, y[0], atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize(("N", "L"), [(4, 37), (16, 101), (64, 129), (16, 64)])  # 64: ω = −1
 @pytest.mark.parametrize("perturb", [0.0, 0.3])
-def test_cauchy_kernel_equals_recurrence(N, L, perturb):
+def test_cauchy_filter_equals_recurrence(N, L, perturb):
     Lam, P, B = _dplr(N, perturb=perturb)
     C, dt = _cplx(H, N // 2), _dt()
-    dA, dB = sk.discretize_dplr(dt.double(), *(t.to(torch.complex128) for t in (Lam, P, B)))
-    c = sk.to_real(2 * C.conj()).double()  # y = 2 Re(Cᵀx) = c·[Re x, Im x]
+    dA, dB = hp.discretize_dplr(dt.double(), *(t.to(torch.complex128) for t in (Lam, P, B)))
+    c = hp.to_real(2 * C.conj()).double()  # y = 2 Re(Cᵀx) = c·[Re x, Im x]
     # C̃ᵀ = Cᵀ (I − Ā^L): the truncation of the generating function to L taps
     c_tilde = c - torch.einsum("hn,hnm->hm", c, torch.linalg.matrix_power(dA, L))
-    Ct = sk.from_real(c_tilde / 2).conj().to(torch.complex64)
-    K = sk.s4_kernel(dt, Lam, P, B, Ct, L)
-    y, _ = sk.ssm_conv_recurrent_ref(_impulse(L).double(), dA, dB, c)
+    Ct = hp.from_real(c_tilde / 2).conj().to(torch.complex64)
+    K = sc.s4_filter(dt, Lam, P, B, Ct, L)
+    y, _ = sc.ssm_conv_recurrent_ref(_impulse(L).double(), dA, dB, c)
     torch.testing.assert_close(K, y[0].float(), atol=1e-5, rtol=1e-4)
 
 
@@ -128,25 +130,25 @@ def test_dplr_real_form_is_the_full_basis_matrix():
     N = 8
     Lam, P, _ = _dplr(N, perturb=0.3)
     x = _cplx(H, N // 2, seed=9)
-    full = torch.einsum("hmn,hn->hm", sk.dplr_dense(Lam, P), sk.conj_full(x))[:, : N // 2]
-    real = torch.einsum("hmn,hn->hm", sk.dplr_real(Lam, P), sk.to_real(x))
-    torch.testing.assert_close(sk.from_real(real), full, atol=1e-5, rtol=1e-5)
+    full = torch.einsum("hmn,hn->hm", hp.dplr_dense(Lam, P), hp.conj_full(x))[:, : N // 2]
+    real = torch.einsum("hmn,hn->hm", hp.dplr_real(Lam, P), hp.to_real(x))
+    torch.testing.assert_close(hp.from_real(real), full, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("L", [37, 64])
-def test_dplr_kernel_equals_diagonal_kernel_without_low_rank(L):
+def test_dplr_filter_equals_diagonal_filter_without_low_rank(L):
     N = 16
     A = _cplx(H, N // 2, seed=3)
     A = torch.complex(-A.real.abs() - 0.1, A.imag)
     B, C, dt = _cplx(H, N // 2, seed=4), _cplx(H, N // 2, seed=5), _dt()
-    dA, _ = sk.discretize_diag(dt, A, B, "bilinear")
+    dA, _ = hp.discretize_diag(dt, A, B, "bilinear")
     Ct = (1 - dA**L) * C  # C̃ for a diagonal Ā
-    K_dplr = sk.s4_kernel(dt, A, torch.zeros_like(A), B, Ct, L)
-    K_diag = sk.s4d_kernel(dt, A, B, C, L, "bilinear")
+    K_dplr = sc.s4_filter(dt, A, torch.zeros_like(A), B, Ct, L)
+    K_diag = sc.s4d_filter(dt, A, B, C, L, "bilinear")
     torch.testing.assert_close(K_dplr, K_diag, atol=1e-5, rtol=1e-4)
 
 
-def test_kernels_chunked_equal_unchunked_with_gradients(monkeypatch):
+def test_filters_chunked_equal_unchunked_with_gradients(monkeypatch):
     """The chunked sums (with recomputation in backward) give the same values and gradients."""
     N, L = 8, 50
     Lam, P, B = _dplr(N, perturb=0.2)
@@ -154,13 +156,13 @@ def test_kernels_chunked_equal_unchunked_with_gradients(monkeypatch):
 
     def run():
         leaves = [t.clone().requires_grad_(True) for t in (dt, Lam, P, B, C)]
-        k = sk.s4_kernel(*leaves, L) + sk.s4d_kernel(leaves[0], leaves[1], leaves[3],
+        k = sc.s4_filter(*leaves, L) + sc.s4d_filter(leaves[0], leaves[1], leaves[3],
                                                      leaves[4], L)
         (k * torch.linspace(-1, 1, L)).sum().backward()
         return k.detach(), [t.grad for t in leaves]
 
     k_one, g_one = run()
-    monkeypatch.setattr(sk, "CHUNK_ELEMENTS", 7 * H * N)  # many chunks of 7 taps/nodes
+    monkeypatch.setattr(sc, "CHUNK_ELEMENTS", 7 * H * N)  # many chunks of 7 taps/nodes
     k_many, g_many = run()
     torch.testing.assert_close(k_many, k_one, atol=1e-6, rtol=1e-5)
     for a, b in zip(g_many, g_one, strict=True):
@@ -172,16 +174,16 @@ def test_fft_conv_is_causal_convolution_without_wrap():
     u, k = torch.randn(2, H, 23, generator=g), torch.randn(H, 23, generator=g)
     direct = torch.stack([(k[:, : t + 1].flip(-1) * u[..., : t + 1]).sum(-1)
                           for t in range(23)], dim=-1)
-    torch.testing.assert_close(sk.fft_conv(u, k), direct, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sc.fft_conv(u, k), direct, atol=1e-5, rtol=1e-5)
 
 
 def test_dplr_step_is_the_bilinear_step():
     N = 16
     Lam, P, B = _dplr(N, perturb=0.3)
     dt, x, u = _dt(), _cplx(2, H, N // 2), torch.randn(2, H)
-    dA, dB = sk.discretize_dplr(dt, Lam, P, B)
-    dense = torch.einsum("hmn,bhn->bhm", dA, sk.to_real(x)) + dB * u[..., None]
-    torch.testing.assert_close(sk.dplr_step(x, u, dt, Lam, P, B), sk.from_real(dense),
+    dA, dB = hp.discretize_dplr(dt, Lam, P, B)
+    dense = torch.einsum("hmn,bhn->bhm", dA, hp.to_real(x)) + dB * u[..., None]
+    torch.testing.assert_close(hp.dplr_step(x, u, dt, Lam, P, B), hp.from_real(dense),
                                atol=1e-5, rtol=1e-5)
 
 
@@ -192,16 +194,16 @@ def _system(kind: str, N: int):
     """Leaf parameters and a function building (dA, dB, dC) from them."""
     dt = _dt()
     if kind == "diag":
-        A, B = (t.to(torch.complex64).expand(H, -1).clone() for t in sk.diag_init("lin", N))
+        A, B = (t.to(torch.complex64).expand(H, -1).clone() for t in hp.diag_init("lin", N))
         leaves = [dt, A, B, _cplx(H, N // 2)]
 
         def build(dt, A, B, C):
-            return (*sk.discretize_diag(dt, A, B, "zoh"), 2 * C)
+            return (*hp.discretize_diag(dt, A, B, "zoh"), 2 * C)
     else:
         leaves = [dt, *_dplr(N, perturb=0.2), _cplx(H, N // 2)]
 
         def build(dt, Lam, P, B, C):
-            return (*sk.discretize_dplr(dt, Lam, P, B), sk.to_real(2 * C.conj()))
+            return (*hp.discretize_dplr(dt, Lam, P, B), hp.to_real(2 * C.conj()))
     return leaves, build
 
 
@@ -215,7 +217,7 @@ def test_ssm_conv_ref_equals_recurrent_ref(kind, L, with_state):
     u = torch.randn(2, H, L, generator=g)
     x0 = 0.5 * _cplx(2, H, N // 2, seed=8) if with_state else None
     if x0 is not None and kind == "dense":
-        x0 = sk.to_real(x0)  # the dense form runs on real coordinates
+        x0 = hp.to_real(x0)  # the dense form runs on real coordinates
 
     def run(fn):
         ps = [t.clone().requires_grad_(True) for t in leaves]
@@ -228,8 +230,8 @@ def test_ssm_conv_ref_equals_recurrent_ref(kind, L, with_state):
         grads = [ui.grad, *(p.grad for p in ps)] + ([xi.grad] if xi is not None else [])
         return y.detach(), x.detach(), grads
 
-    y_ref, x_ref, g_ref = run(sk.ssm_conv_recurrent_ref)
-    y, x, grads = run(sk.ssm_conv_ref)
+    y_ref, x_ref, g_ref = run(sc.ssm_conv_recurrent_ref)
+    y, x, grads = run(sc.ssm_conv_ref)
     torch.testing.assert_close(y, y_ref, atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(x, x_ref, atol=2e-5, rtol=1e-4)
     for a, b in zip(grads, g_ref, strict=True):
@@ -239,25 +241,25 @@ def test_ssm_conv_ref_equals_recurrent_ref(kind, L, with_state):
 def test_ssm_conv_dispatch():
     leaves, build = _system("diag", 4)
     u = torch.randn(1, H, 5)
-    y, _ = sk.ssm_conv(u, *build(*leaves))
-    torch.testing.assert_close(y, sk.ssm_conv_ref(u, *build(*leaves))[0])
+    y, _ = sc.ssm_conv(u, *build(*leaves))
+    torch.testing.assert_close(y, sc.ssm_conv_ref(u, *build(*leaves))[0])
     with pytest.raises(RuntimeError, match="no kernel"):
-        sk.ssm_conv(u, *build(*leaves), backend="kernel")
+        sc.ssm_conv(u, *build(*leaves), backend="kernel")
     with pytest.raises(ValueError, match="state must be"):
-        sk.ssm_conv(u, *build(*leaves), torch.zeros(1, H, 3, dtype=torch.complex64))
+        sc.ssm_conv(u, *build(*leaves), torch.zeros(1, H, 3, dtype=torch.complex64))
 
 
 # ----------------------------------------------------------------------------- the mixers
 
 
-def test_s4_kernel_longer_than_l_max_continues_the_recurrence():
-    """L > l_max: C̃ is extended by doubling; the kernel still equals C Ā^ℓ B̄ (true C)."""
+def test_s4_filter_longer_than_l_max_continues_the_recurrence():
+    """L > l_max: C̃ is extended by doubling; the filter still equals C Ā^ℓ B̄ (true C)."""
     torch.manual_seed(0)
     m = S4(4, d_state=8, l_max=8, n_ssm=None)
     with torch.no_grad():
-        k = m.kernel(50)  # 8 -> 16 -> 32 -> 64 taps
+        k = m.filter(50)  # 8 -> 16 -> 32 -> 64 taps
         dA, dB, dC = m._recurrent_form()
-        y, _ = sk.ssm_conv_recurrent_ref(_impulse(50, 4), dA, dB, dC)
+        y, _ = sc.ssm_conv_recurrent_ref(_impulse(50, 4), dA, dB, dC)
     torch.testing.assert_close(k, y[0], atol=1e-5, rtol=1e-4)
 
 
@@ -312,10 +314,10 @@ def test_ssm_parameters_are_tagged(cls):
 def test_s4_initial_system_is_hippo_legs():
     """At init Λ − P P* is HiPPO-LegS in the NPLR basis, and B̃ is HiPPO's B (Im clipped)."""
     m = S4(2, d_state=8)
-    A = sk.dplr_dense(m._A()[:1].to(torch.complex128), m._P()[:1].to(torch.complex128))[0]
-    _, _, B, V = sk.nplr_legs(8)
+    A = hp.dplr_dense(m._A()[:1].to(torch.complex128), m._P()[:1].to(torch.complex128))[0]
+    _, _, B, V = hp.nplr_legs(8)
     Vf = torch.cat([V, V.conj()], dim=1)
-    A_legs, _ = sk.hippo_legs(8)
+    A_legs, _ = hp.hippo_legs(8)
     torch.testing.assert_close(Vf @ A @ Vf.conj().T, A_legs.to(A.dtype), atol=1e-5, rtol=0)
     torch.testing.assert_close(m._B()[0].to(torch.complex128), B, atol=1e-6, rtol=0)
 
@@ -339,7 +341,7 @@ UPSTREAM = {
 
 
 @pytest.mark.parametrize(("name", "disc"), list(UPSTREAM))
-def test_kernel_matches_state_spaces_s4(name, disc):
+def test_filter_matches_state_spaces_s4(name, disc):
     """Same parameter names and shapes as the S4 code, so its weights load and agree."""
     m = S4(2, d_state=4, l_max=8) if name == "s4" else S4D(2, d_state=4, disc=disc)
     params = {"inv_dt": [[-3.0], [-1.0]], "A_real": [[-0.7, 0.2]], "A_imag": [[0.5, 3.0]],
@@ -349,7 +351,7 @@ def test_kernel_matches_state_spaces_s4(name, disc):
         params["P"] = [[[[0.6, 0.1], [-0.4, 0.5]]]]
     m.load_state_dict({k: torch.tensor(v) for k, v in params.items()}, strict=False)
     with torch.no_grad():
-        torch.testing.assert_close(m.kernel(8), torch.tensor(UPSTREAM[name, disc]), atol=2e-6,
+        torch.testing.assert_close(m.filter(8), torch.tensor(UPSTREAM[name, disc]), atol=2e-6,
                                    rtol=1e-5)
 
 

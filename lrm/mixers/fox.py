@@ -58,30 +58,17 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from lrm.dtypes import compute_dtype, promote, upcast
+from lrm.nn import RMSNorm
 from lrm.ops.forgetting_attn import forgetting_attn
 
 
 class FoXState(NamedTuple):
     k: torch.Tensor  # (B, T, H, Dh), after the shift and QK-norm
     v: torch.Tensor  # (B, T, H, Dh), after the shift
-    log_fgate: torch.Tensor  # (B, T, H), fp32: log f of every cached token
+    log_fgate: torch.Tensor  # (B, T, H), compute dtype (fp32/fp64): log f of every cached token
     k_prev: torch.Tensor | None  # (B, H·Dh), raw k projection of the last token (k_shift)
     v_prev: torch.Tensor | None  # (B, H·Dh), raw v projection of the last token (v_shift)
-
-
-class GroupRMSNorm(nn.Module):
-    """RMSNorm over each group (head) of ``group`` channels, with a scale per channel (d)."""
-
-    def __init__(self, d: int, group: int, eps: float) -> None:
-        super().__init__()
-        self.group, self.eps = group, eps
-        self.weight = nn.Parameter(torch.ones(d))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = rearrange(x.float(), "... (h e) -> ... h e", e=self.group)
-        y = rearrange(xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps),
-                      "... h e -> ... (h e)")
-        return (y * self.weight.float()).to(x.dtype)
 
 
 class ShiftLinear(nn.Module):
@@ -104,8 +91,9 @@ class ShiftLinear(nn.Module):
         if prev is None:
             prev = z.new_zeros(z.shape[0], z.shape[-1])
         z_prev = torch.cat([prev[:, None].to(z.dtype), z[:, :-1]], dim=1)  # z_{t-1}
-        alpha = torch.sigmoid(self.shift_proj(x).float())[..., None]  # (B, L, H, 1)
-        zh, zh_prev = (rearrange(t.float(), "b l (h e) -> b l h e", h=self.n_heads)
+        dtype = compute_dtype(z)
+        alpha = torch.sigmoid(upcast(self.shift_proj(x), dtype))[..., None]  # (B, L, H, 1)
+        zh, zh_prev = (rearrange(upcast(t, dtype), "b l (h e) -> b l h e", h=self.n_heads)
                        for t in (z, z_prev))
         out = alpha * zh_prev + (1 - alpha) * zh
         return rearrange(out, "b l h e -> b l (h e)").to(z.dtype), z[:, -1]
@@ -152,9 +140,11 @@ class ForgettingAttention(nn.Module):
         # and must learn to remember; b_f > 0 starts with memory of ~1/(1 - σ(b_f)) tokens
         nn.init.constant_(self.fgate_proj.bias, fgate_bias_init)
         self.ogate_proj = nn.Linear(d, d, bias=False) if self.use_output_gate else None
-        self.q_norm = GroupRMSNorm(d, self.head_dim, 1e-5) if self.use_qk_norm else None
-        self.k_norm = GroupRMSNorm(d, self.head_dim, 1e-5) if self.use_qk_norm else None
-        self.output_norm = GroupRMSNorm(d, self.head_dim, 1e-6) if self.use_output_norm else None
+        # per-head RMSNorms with a scale per channel (upstream: not shared across heads)
+        per_head = dict(group_size=self.head_dim)
+        self.q_norm = RMSNorm(d, 1e-5, **per_head) if self.use_qk_norm else None
+        self.k_norm = RMSNorm(d, 1e-5, **per_head) if self.use_qk_norm else None
+        self.output_norm = RMSNorm(d, 1e-6, **per_head) if self.use_output_norm else None
 
     def forward(self, x: torch.Tensor, state: FoXState | None = None
                 ) -> tuple[torch.Tensor, FoXState | None]:
@@ -173,12 +163,13 @@ class ForgettingAttention(nn.Module):
         if self.use_qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (rearrange(t, "b l (h e) -> b l h e", h=self.n_heads) for t in (q, k, v))
-        log_f = F.logsigmoid(self.fgate_proj(x).float())  # (B, L, H), log f_t < 0
+        dtype = compute_dtype(x)
+        log_f = F.logsigmoid(upcast(self.fgate_proj(x), dtype))  # (B, L, H), log f_t < 0
 
         if state is not None:  # queries are the last L of the T + L keys
             k = torch.cat([state.k.to(k.dtype), k], dim=1)
             v = torch.cat([state.v.to(v.dtype), v], dim=1)
-            log_f = torch.cat([state.log_fgate.float(), log_f], dim=1)
+            log_f = torch.cat([upcast(state.log_fgate, dtype), log_f], dim=1)
         o = forgetting_attn(q, k, v, log_f)  # (B, L, H, Dh)
         o = rearrange(o, "b l h e -> b l (h e)")
 
@@ -198,7 +189,7 @@ class ForgettingAttention(nn.Module):
         prev = torch.zeros(batch_size, self.d, device=device, dtype=dtype)
         return FoXState(
             empty, empty.clone(),
-            torch.zeros(batch_size, 0, H, device=device, dtype=torch.float32),
+            torch.zeros(batch_size, 0, H, device=device, dtype=promote(dtype)),
             prev if self.k_shift else None, prev.clone() if self.v_shift else None)
 
     def state_size(self, seq_len: int) -> int:

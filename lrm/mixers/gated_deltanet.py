@@ -49,7 +49,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from lrm.nn import GatedRMSNorm, RMSNorm, ShortConv, init_dt, inv_softplus, tag
+from lrm.dtypes import compute_dtype, promote, upcast
+from lrm.nn import RMSNorm, ShortConv, init_dt, inv_softplus, tag
 from lrm.ops.delta_rule import gated_delta_rule, gdn2
 
 GATES = ("gdn", "gdn2")
@@ -59,12 +60,12 @@ class GatedDeltaNetState(NamedTuple):
     conv_q: torch.Tensor  # (B, H·K, W−1): the last W−1 inputs of the q conv
     conv_k: torch.Tensor  # (B, H·K, W−1)
     conv_v: torch.Tensor  # (B, H·V, W−1)
-    recurrent: torch.Tensor  # (B, H, K, V), fp32 (the kernels keep the state in fp32)
+    recurrent: torch.Tensor  # (B, H, K, V), in the compute dtype (fp32 unless float64)
 
 
 def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """x / sqrt(Σx² + eps) over the last axis, in fp32 (fla's l2norm)."""
-    xf = x.float()
+    """x / sqrt(Σx² + eps) over the last axis, in the compute dtype (fla's l2norm)."""
+    xf = upcast(x, compute_dtype(x))
     return (xf * torch.rsqrt(xf.square().sum(-1, keepdim=True) + eps)).to(x.dtype)
 
 
@@ -128,7 +129,7 @@ class GatedDeltaNet(nn.Module):
 
         if use_gate:
             self.g_proj = nn.Linear(d, self.value_dim, bias=False)
-            self.o_norm: nn.Module = GatedRMSNorm(head_v_dim, eps=norm_eps, norm_before_gate=True)
+            self.o_norm = RMSNorm(head_v_dim, eps=norm_eps, norm_before_gate=True)
         else:
             self.o_norm = RMSNorm(head_v_dim, eps=norm_eps)
         self.o_proj = nn.Linear(self.value_dim, d, bias=False)
@@ -139,10 +140,11 @@ class GatedDeltaNet(nn.Module):
         """g = log α: (B, L, H) for GDN, (B, L, H, K) for GDN-2; None when α ≡ 1."""
         if not self.use_forget_gate:
             return None
-        A = self.A_log.float().exp()  # (H,)
+        dtype = compute_dtype(x, self.A_log)
+        A = upcast(self.A_log, dtype).exp()  # (H,)
         if self.gates == "gdn":
-            return -A * F.softplus(self.a_proj(x).float() + self.dt_bias)
-        f = F.softplus(self.f_proj(x).float() + self.dt_bias)  # (B, L, H·K)
+            return -A * F.softplus(upcast(self.a_proj(x), dtype) + upcast(self.dt_bias, dtype))
+        f = F.softplus(upcast(self.f_proj(x), dtype) + upcast(self.dt_bias, dtype))  # (B, L, H·K)
         return -A[:, None] * rearrange(f, "b l (h k) -> b l h k", h=self.n_heads)
 
     # -------------------------------------------------------------------------------- forward
@@ -165,23 +167,23 @@ class GatedDeltaNet(nn.Module):
         h0 = None if s is None else s.recurrent
         out_state = s is not None
         if self.gates == "gdn" and self.delta_rule:
-            beta = torch.sigmoid(self.b_proj(x).float())  # (B, L, H)
+            beta = torch.sigmoid(upcast(self.b_proj(x), compute_dtype(x)))  # (B, L, H)
             if g is None:
                 g = beta.new_zeros(B, L, H)
             o, h = gated_delta_rule(q, k, v, g, beta, initial_state=h0,
                                     output_final_state=out_state)
         else:
             if self.gates == "gdn":  # delta_rule=False: no erase (b = 0), write β v
-                beta = torch.sigmoid(self.b_proj(x).float())[..., None]  # (B, L, H, 1)
+                beta = torch.sigmoid(upcast(self.b_proj(x), compute_dtype(x)))[..., None]
                 b = beta.new_zeros(()).expand(q.shape)
                 w = beta.expand(v.shape)
                 if g is not None:
                     g = g[..., None]
             else:
-                b = rearrange(torch.sigmoid(self.b_proj(x).float()), "b l (h k) -> b l h k",
-                              h=H)
-                w = rearrange(torch.sigmoid(self.w_proj(x).float()), "b l (h v) -> b l h v",
-                              h=H)
+                b = rearrange(torch.sigmoid(upcast(self.b_proj(x), compute_dtype(x))),
+                              "b l (h k) -> b l h k", h=H)
+                w = rearrange(torch.sigmoid(upcast(self.w_proj(x), compute_dtype(x))),
+                              "b l (h v) -> b l h v", h=H)
             g = b.new_zeros(()).expand(q.shape) if g is None else g.expand(q.shape)
             o, h = gdn2(q, k, v, g, b, w, initial_state=h0, output_final_state=out_state)
 
@@ -198,14 +200,13 @@ class GatedDeltaNet(nn.Module):
     # -------------------------------------------------------------------------------- state
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> GatedDeltaNetState:
-        w = self.q_conv1d.width - 1
         conv = dict(device=device, dtype=dtype or torch.float32)
         return GatedDeltaNetState(
-            torch.zeros(batch_size, self.key_dim, w, **conv),
-            torch.zeros(batch_size, self.key_dim, w, **conv),
-            torch.zeros(batch_size, self.value_dim, w, **conv),
+            self.q_conv1d.init_state(batch_size, **conv),
+            self.k_conv1d.init_state(batch_size, **conv),
+            self.v_conv1d.init_state(batch_size, **conv),
             torch.zeros(batch_size, self.n_heads, self.head_k_dim, self.head_v_dim,
-                        device=device, dtype=torch.float32))
+                        device=device, dtype=promote(dtype)))
 
     def state_size(self, seq_len: int) -> int:
         """Constant in seq_len: H·K·V for the matrix memory + the conv windows."""

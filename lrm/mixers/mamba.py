@@ -15,7 +15,8 @@ log(1..N) per channel (S4D-real), ``dt_proj.bias`` = softplus⁻¹(Δ₀) with �
 [dt_min, dt_max] (floored at dt_init_floor), ``dt_proj.weight`` ~ U(±dt_scale/√R); A_log and D
 take no weight decay (tagged). Weights of mamba-ssm or ``mambapy`` load with the same names.
 
-State: the last W-1 conv inputs (B, d_in, W-1) and the SSM state h (B, d_in, N), kept in fp32.
+State: the last W-1 conv inputs (B, d_in, W-1) and the SSM state h (B, d_in, N), kept in the
+compute dtype (fp32 for half precision, float64 for float64; :mod:`lrm.dtypes`).
 
 Kernels: the scan runs on mamba-ssm's CUDA ``selective_scan_fn`` when a full sequence is
 processed without a state on CUDA, the conv on causal-conv1d's ``causal_conv1d_fn``; otherwise
@@ -37,15 +38,15 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
-from lrm.nn import init_dt, inv_softplus, tag
-from lrm.ops.causal_conv import causal_conv1d
+from lrm.dtypes import compute_dtype, promote, upcast
+from lrm.nn import ShortConv, init_dt, inv_softplus, tag
 from lrm.ops.longmamba import LongMambaConfig, LongMambaFilter, decay_rate_per_channel
 from lrm.ops.selective_scan import CHUNK_SIZE, selective_scan
 
 
 class MambaState(NamedTuple):
     conv: torch.Tensor  # (B, d_inner, d_conv - 1), the last conv inputs, oldest first
-    ssm: torch.Tensor  # (B, d_inner, d_state), fp32
+    ssm: torch.Tensor  # (B, d_inner, d_state), in the compute dtype
 
 
 class Mamba(nn.Module):
@@ -72,8 +73,7 @@ class Mamba(nn.Module):
         self.chunk_size = chunk_size
 
         self.in_proj = nn.Linear(d, 2 * self.d_inner, bias=bias)
-        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner,
-                                bias=conv_bias, padding=d_conv - 1)
+        self.conv1d = ShortConv(self.d_inner, d_conv, bias=conv_bias, activation="silu")
         self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
         # Δ starts log-uniform in [dt_min, dt_max] whatever δ is: the weight is small and the
@@ -89,7 +89,8 @@ class Mamba(nn.Module):
             self.dt_proj.bias.copy_(inv_softplus(init_dt(self.d_inner, dt_min, dt_max,
                                                          floor=dt_init_floor)))
         # S4D-real: A[:, n] = -(n + 1), stored as its log so that A stays negative
-        A = repeat(torch.arange(1, d_state + 1, dtype=torch.float32), "n -> e n", e=self.d_inner)
+        A = repeat(torch.arange(1, d_state + 1, dtype=torch.get_default_dtype()), "n -> e n",
+                   e=self.d_inner)
         self.A_log = tag(nn.Parameter(torch.log(A)), weight_decay=0.0)
         self.D = tag(nn.Parameter(torch.ones(self.d_inner)), weight_decay=0.0)
         self.out_proj = nn.Linear(self.d_inner, d, bias=bias)
@@ -102,20 +103,21 @@ class Mamba(nn.Module):
         if x.dim() != 3 or x.shape[-1] != self.d:
             raise ValueError(f"expected x of shape (B, L, {self.d}), got {tuple(x.shape)}")
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, d_in) each
-        xs, conv_state = causal_conv1d(
-            rearrange(xs, "b l e -> b e l"), self.conv1d.weight[:, 0], self.conv1d.bias,
-            "silu", None if state is None else state.conv)  # xs: (B, d_in, L)
-        dt, B, C = self.x_proj(rearrange(xs, "b e l -> b l e")).split(
-            [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        # Δ in fp32 with the bias added after the low-rank projection, as the kernel does
-        delta = F.softplus(F.linear(dt, self.dt_proj.weight).float() + self.dt_proj.bias.float())
+        xs, conv_state = self.conv1d(xs, None if state is None else state.conv)
+        dt, B, C = self.x_proj(xs).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        xs = rearrange(xs, "b l e -> b e l")  # the scan's layout, channels before length
+        # Δ in the compute dtype (fp32 for half precision) with the bias added after the
+        # low-rank projection, as the kernel does
+        dtype = compute_dtype(x, self.A_log)
+        delta = F.softplus(upcast(F.linear(dt, self.dt_proj.weight), dtype)
+                           + upcast(self.dt_proj.bias, dtype))
         delta = rearrange(delta, "b l e -> b e l")
-        A = -torch.exp(self.A_log.float())  # (d_in, N)
+        A = -torch.exp(upcast(self.A_log, dtype))  # (d_in, N)
         if self.longmamba is not None:
             delta = self.longmamba(delta, decay_rate_per_channel(A))
         y = selective_scan(
             xs, delta, A, rearrange(B, "b l n -> b n l"), rearrange(C, "b l n -> b n l"),
-            self.D.float(), z=rearrange(z, "b l e -> b e l"),
+            upcast(self.D, dtype), z=rearrange(z, "b l e -> b e l"),
             return_last_state=state is not None,
             initial_state=None if state is None else state.ssm, chunk_size=self.chunk_size)
         if state is not None:
@@ -123,14 +125,13 @@ class Mamba(nn.Module):
         out = self.out_proj(rearrange(y, "b e l -> b l e"))
         if state is None:
             return out, None
-        return out, MambaState(conv_state, ssm_state.float())
+        return out, MambaState(conv_state, ssm_state)
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> MambaState:
         return MambaState(
-            torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device,
-                        dtype=dtype or torch.float32),
+            self.conv1d.init_state(batch_size, device=device, dtype=dtype or torch.float32),
             torch.zeros(batch_size, self.d_inner, self.d_state, device=device,
-                        dtype=torch.float32))
+                        dtype=promote(dtype)))
 
     def state_size(self, seq_len: int) -> int:
         return self.d_inner * (self.d_conv - 1 + self.d_state)

@@ -17,7 +17,8 @@ log-uniform in [dt_min, dt_max], ``A_log`` = log(U(A_init_range)), ``D`` (per he
 channel with ``D_has_hdim``), ``norm.weight`` and ``out_proj``; A_log, D and dt_bias take no
 weight decay (tagged).
 
-State: the last W-1 conv inputs (B, d_in + 2GN, W-1) and the SSM state (B, H, P, N) in fp32.
+State: the last W-1 conv inputs (B, d_in + 2GN, W-1) and the SSM state (B, H, P, N) in the
+compute dtype (fp32 for half precision, float64 for float64; :mod:`lrm.dtypes`).
 
 Kernels: SSD runs on mamba-ssm's Triton ``mamba_chunk_scan_combined`` on CUDA (with the state
 as ``initial_states``, so streaming uses it too), the conv on causal-conv1d's
@@ -40,38 +41,15 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from lrm.nn import GatedRMSNorm, init_dt, inv_softplus, tag
-from lrm.ops.causal_conv import causal_conv1d
+from lrm.dtypes import compute_dtype, promote, upcast
+from lrm.nn import RMSNorm, ShortConv, init_dt, inv_softplus, tag
 from lrm.ops.longmamba import LongMambaConfig, LongMambaFilter
 from lrm.ops.ssd import ssd
 
 
 class Mamba2State(NamedTuple):
     conv: torch.Tensor  # (B, d_inner + 2 * ngroups * d_state, d_conv - 1), oldest first
-    ssm: torch.Tensor  # (B, nheads, headdim, d_state), fp32
-
-
-class GroupedGatedRMSNorm(GatedRMSNorm):
-    """mamba-ssm's RMSNormGated with ``group_size``: the RMS is taken over each group of
-    ``d / ngroups`` channels (the heads that share B and C) instead of all d."""
-
-    def __init__(self, d: int, ngroups: int = 1, eps: float = 1e-5,
-                 norm_before_gate: bool = False) -> None:
-        super().__init__(d, eps, norm_before_gate)
-        self.ngroups = ngroups
-
-    def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
-        if self.ngroups == 1:
-            return super().forward(x, z)
-        xf = x.float()
-        if z is not None and not self.norm_before_gate:
-            xf = xf * F.silu(z.float())
-        xg = rearrange(xf, "... (g c) -> ... g c", g=self.ngroups)
-        xg = xg * torch.rsqrt(xg.pow(2).mean(-1, keepdim=True) + self.eps)
-        y = rearrange(xg, "... g c -> ... (g c)") * self.weight.float()
-        if z is not None and self.norm_before_gate:
-            y = y * F.silu(z.float())
-        return y.to(x.dtype)
+    ssm: torch.Tensor  # (B, nheads, headdim, d_state), in the compute dtype
 
 
 class Mamba2(nn.Module):
@@ -112,8 +90,7 @@ class Mamba2(nn.Module):
         self.conv_dim = self.d_inner + 2 * ngroups * d_state
 
         self.in_proj = nn.Linear(d, self.d_inner + self.conv_dim + self.nheads, bias=bias)
-        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, d_conv, groups=self.conv_dim,
-                                bias=conv_bias, padding=d_conv - 1)
+        self.conv1d = ShortConv(self.conv_dim, d_conv, bias=conv_bias, activation="silu")
         self.dt_bias = tag(nn.Parameter(inv_softplus(
             init_dt(self.nheads, dt_min, dt_max, floor=dt_init_floor))), weight_decay=0.0)
         A = torch.empty(self.nheads).uniform_(*A_init_range)
@@ -121,8 +98,9 @@ class Mamba2(nn.Module):
         self.D = tag(nn.Parameter(torch.ones(self.d_inner if D_has_hdim else self.nheads)),
                      weight_decay=0.0)
         if rmsnorm:
-            self.norm = GroupedGatedRMSNorm(self.d_inner, ngroups, eps=1e-5,
-                                            norm_before_gate=norm_before_gate)
+            # mamba-ssm's RMSNormGated with group_size: the RMS of each group of heads
+            self.norm = RMSNorm(self.d_inner, eps=1e-5, group_size=self.d_inner // ngroups,
+                                norm_before_gate=norm_before_gate)
         self.out_proj = nn.Linear(self.d_inner, d, bias=bias)
 
         cfg = LongMambaConfig.from_option(longmamba)
@@ -133,16 +111,16 @@ class Mamba2(nn.Module):
         if x.dim() != 3 or x.shape[-1] != self.d:
             raise ValueError(f"expected x of shape (B, L, {self.d}), got {tuple(x.shape)}")
         z, xBC, dt = self.in_proj(x).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
-        xBC, conv_state = causal_conv1d(
-            rearrange(xBC, "b l c -> b c l"), self.conv1d.weight[:, 0], self.conv1d.bias,
-            "silu", None if state is None else state.conv)
-        xs, B, C = rearrange(xBC, "b c l -> b l c").split(
+        xBC, conv_state = self.conv1d(xBC, None if state is None else state.conv)
+        xs, B, C = xBC.split(
             [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
-        # Δ (B, L, H) in fp32, limited, then (optionally) LongMamba-filtered before the scan
-        delta = F.softplus(dt.float() + self.dt_bias.float())
+        # Δ (B, L, H) in the compute dtype (fp32 for half precision), limited, then
+        # (optionally) LongMamba-filtered before the scan
+        dtype = compute_dtype(x, self.A_log)
+        delta = F.softplus(upcast(dt, dtype) + upcast(self.dt_bias, dtype))
         if self.dt_limit != (0.0, math.inf):
             delta = delta.clamp(min=self.dt_limit[0], max=self.dt_limit[1])
-        A = -torch.exp(self.A_log.float())  # (H,)
+        A = -torch.exp(upcast(self.A_log, dtype))  # (H,)
         if self.longmamba is not None:
             delta = rearrange(self.longmamba(rearrange(delta, "b l h -> b h l"), A),
                               "b h l -> b l h")
@@ -163,14 +141,13 @@ class Mamba2(nn.Module):
         out = self.out_proj(y)
         if state is None:
             return out, None
-        return out, Mamba2State(conv_state, ssm_state.float())
+        return out, Mamba2State(conv_state, ssm_state)
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> Mamba2State:
         return Mamba2State(
-            torch.zeros(batch_size, self.conv_dim, self.d_conv - 1, device=device,
-                        dtype=dtype or torch.float32),
+            self.conv1d.init_state(batch_size, device=device, dtype=dtype or torch.float32),
             torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=device,
-                        dtype=torch.float32))
+                        dtype=promote(dtype)))
 
     def state_size(self, seq_len: int) -> int:
         return self.conv_dim * (self.d_conv - 1) + self.nheads * self.headdim * self.d_state

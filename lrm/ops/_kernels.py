@@ -2,8 +2,8 @@
 
 Kernel packages (all optional, CUDA only):
 
-- ``mamba_ssm``: selective scan (Mamba-1), SSD chunk scan (Mamba-2), selective state update;
-- ``causal_conv1d``: depthwise causal conv1d and its one-token update;
+- ``mamba_ssm``: selective scan (Mamba-1), SSD chunk scan (Mamba-2);
+- ``causal_conv1d``: depthwise causal conv1d (full sequences; streaming uses the reference);
 - ``fla`` (flash-linear-attention): gated delta rule, forgetting attention.
 
 Imports are lazy and guarded: nothing is imported until a CUDA tensor asks for a kernel, and
@@ -33,16 +33,14 @@ import torch
 
 BACKENDS = ("auto", "ref", "kernel")
 
-# name -> (package, module, attribute). One line per kernel function lrm can use.
+# name -> (package, module, attribute). One line per kernel function an op dispatches to; every
+# entry is used (decoding runs on the references: one token costs less than a kernel launch).
 _KERNELS: dict[str, tuple[str, str, str]] = {
     "selective_scan_fn": (
         "mamba_ssm", "mamba_ssm.ops.selective_scan_interface", "selective_scan_fn"),
-    "selective_state_update": (
-        "mamba_ssm", "mamba_ssm.ops.triton.selective_state_update", "selective_state_update"),
     "mamba_chunk_scan_combined": (
         "mamba_ssm", "mamba_ssm.ops.triton.ssd_combined", "mamba_chunk_scan_combined"),
     "causal_conv1d_fn": ("causal_conv1d", "causal_conv1d", "causal_conv1d_fn"),
-    "causal_conv1d_update": ("causal_conv1d", "causal_conv1d", "causal_conv1d_update"),
     "chunk_gated_delta_rule": (
         "fla", "fla.ops.gated_delta_rule", "chunk_gated_delta_rule"),
     "fused_recurrent_gated_delta_rule": (

@@ -5,7 +5,8 @@
 with x[b, c, t] = 0 for t < 0 (or taken from the carried ``state`` when streaming).
 
 Symbols: B batch, C channels, L length, W kernel width.
-The state is the last W-1 inputs, ``(B, C, W-1)``, oldest first.
+The state is the last W-1 inputs, ``(B, C, W-1)``, oldest first, in x's dtype. The sum is
+taken in promote(x dtype, float32) (:mod:`lrm.dtypes`) and y is returned in x's dtype.
 
 Kernel: ``causal_conv1d_fn`` from the causal-conv1d package serves the full-sequence case for
 widths 2..4, fp32/fp16/bf16, on CUDA. Streaming with a state and decoding use the reference,
@@ -17,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lrm.dtypes import compute_dtype, upcast
 from lrm.ops import _kernels
 
 _ACTIVATIONS = (None, "silu", "swish")
@@ -37,11 +39,13 @@ def causal_conv1d_ref(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x: (B, C, L), weight: (C, W), state: (B, C, W-1) or None -> (y (B, C, L), new state)."""
     width = weight.shape[-1]
+    dtype = compute_dtype(x, weight, bias)
     if state is None:
         state = x.new_zeros(x.shape[0], x.shape[1], width - 1)
     xs = torch.cat([state.to(x.dtype), x], dim=-1)  # (B, C, W-1+L)
-    y = F.conv1d(xs, weight.unsqueeze(1), bias, groups=x.shape[1])  # (B, C, L)
-    return _act(y, activation), xs[..., xs.shape[-1] - (width - 1):]
+    y = F.conv1d(upcast(xs, dtype), upcast(weight, dtype).unsqueeze(1), upcast(bias, dtype),
+                 groups=x.shape[1])  # (B, C, L)
+    return _act(y, activation).to(x.dtype), xs[..., xs.shape[-1] - (width - 1):]
 
 
 def causal_conv1d_recurrent_ref(
@@ -53,14 +57,17 @@ def causal_conv1d_recurrent_ref(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The same conv as a loop over time with a rolling window. The oracle for tests."""
     width = weight.shape[-1]
+    dtype = compute_dtype(x, weight, bias)
+    w, b = upcast(weight, dtype), upcast(bias, dtype)
     window = x.new_zeros(x.shape[0], x.shape[1], width - 1) if state is None else state
+    window = window.to(x.dtype)
     ys = []
     for t in range(x.shape[-1]):
         window = torch.cat([window, x[..., t:t + 1]], dim=-1)  # (B, C, W)
-        y = (window * weight).sum(-1)
-        ys.append(y if bias is None else y + bias)
+        y = (upcast(window, dtype) * w).sum(-1)
+        ys.append(y if b is None else y + b)
         window = window[..., 1:]
-    return _act(torch.stack(ys, dim=-1), activation), window
+    return _act(torch.stack(ys, dim=-1), activation).to(x.dtype), window
 
 
 def causal_conv1d(

@@ -47,7 +47,8 @@ Kernels (CUDA, flash-linear-attention): ``chunk_gated_delta_rule`` for training/
 ``fused_recurrent_gated_delta_rule`` for short no-grad calls (decoding; it has no backward);
 ``chunk_gdn2``/``fused_recurrent_gdn2`` for GDN-2. Both take q/k already normalised here
 (``use_qk_l2norm_in_kernel`` stays False: normalisation is the mixer's job), g in natural-log
-space, scale defaulting to K^-1/2, states (B, H, K, V) in fp32: the same contract as the refs.
+space, scale defaulting to K^-1/2, states (B, H, K, V) in fp32: the same contract as the refs,
+which compute in promote(input dtypes, float32) (:mod:`lrm.dtypes`), so float64 stays float64.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from lrm.dtypes import compute_dtype, upcast
 from lrm.ops import _kernels
 
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -79,12 +81,13 @@ def _check(q, k, v, gates: dict[str, tuple[torch.Tensor, tuple[int, ...]]],
                          f"{(B, H, K, v.shape[-1])}, got {tuple(initial_state.shape)}")
 
 
-def _to_chunks(x: torch.Tensor, C: int) -> torch.Tensor:
-    """(B, T, H, ...) -> (B, H, N, C, ...) in fp32, zero-padded to N·C steps.
+def _to_chunks(x: torch.Tensor, C: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(B, T, H, ...) -> (B, H, N, C, ...) in ``dtype`` (default: x's compute dtype),
+    zero-padded to N·C steps.
 
     A padded step has k = 0 (and β = 0, g = 0, b = w = 0), so it leaves the state unchanged.
     """
-    x = x.float().movedim(2, 1)  # (B, H, T, ...)
+    x = upcast(x, compute_dtype(x) if dtype is None else dtype).movedim(2, 1)  # (B, H, T, ...)
     T = x.shape[2]
     pad = (-T) % C
     if pad:
@@ -130,18 +133,20 @@ def gated_delta_rule_recurrent_ref(
     scale: float | None = None, initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The paper's recurrence, token by token, in fp32. The oracle for tests.
+    """The paper's recurrence, token by token, in the compute dtype. The oracle for tests.
 
     q, k (B, T, H, K); v (B, T, H, V); g = log α and beta (B, T, H); initial_state
-    (B, H, K, V). Returns o (B, T, H, V) in v's dtype and the final state (fp32) or None.
+    (B, H, K, V). Returns o (B, T, H, V) in v's dtype and the final state (in the compute
+    dtype) or None.
     """
     _check(q, k, v, {"g": (g, q.shape[:3]), "beta": (beta, q.shape[:3])}, initial_state,
            "gated_delta_rule_recurrent_ref")
     B, T, H, K = q.shape
     scale = K ** -0.5 if scale is None else scale
-    qf, kf, vf, gf, bf = (t.float() for t in (q, k, v, g, beta))
+    dtype = compute_dtype(q, k, v, g, beta, initial_state)
+    qf, kf, vf, gf, bf = (upcast(t, dtype) for t in (q, k, v, g, beta))
     h = (qf.new_zeros(B, H, K, v.shape[-1]) if initial_state is None
-         else initial_state.float())
+         else upcast(initial_state, dtype))
     outs = []
     for t in range(T):
         k_t, b_t = kf[:, t], bf[:, t, :, None]  # (B, H, K), (B, H, 1)
@@ -167,10 +172,11 @@ def chunk_gated_delta_rule_ref(
     B, T, H, K = q.shape
     scale = K ** -0.5 if scale is None else scale
     C = max(1, min(chunk_size, T))  # a decode step (T = 1) is a chunk of one, not 64
-    qc, kc, vc = (_to_chunks(t, C) for t in (q, k, v))  # (B, H, N, C, K|V), fp32
+    dtype = compute_dtype(q, k, v, g, beta, initial_state)
+    qc, kc, vc = (_to_chunks(t, C, dtype) for t in (q, k, v))  # (B, H, N, C, K|V)
     qc = qc * scale
-    gc = _to_chunks(g, C).cumsum(-1)  # (B, H, N, C): log decay from the chunk start
-    bc = _to_chunks(beta, C)  # (B, H, N, C)
+    gc = _to_chunks(g, C, dtype).cumsum(-1)  # (B, H, N, C): log decay from the chunk start
+    bc = _to_chunks(beta, C, dtype)  # (B, H, N, C)
 
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
     # Γ_ij = exp(gc_i − gc_j) for j ≤ i; masked before exp so the exponent is always ≤ 0
@@ -184,7 +190,7 @@ def chunk_gated_delta_rule_ref(
     qg = qc * gc.exp()[..., None]
     kd = kc * (gc[..., -1:] - gc).exp()[..., None]
     h0 = (qc.new_zeros(B, H, K, v.shape[-1]) if initial_state is None
-          else initial_state.float())
+          else upcast(initial_state, dtype))
     o, h = _across_chunks(qg, kd, w, u, attn, gc[..., -1:].exp(), h0)
     return _from_chunks(o, T).to(v.dtype), (h if output_final_state else None)
 
@@ -219,9 +225,9 @@ def gated_delta_rule(
     if _kernels.use_kernel("gated_delta_rule", backend, name, q, k, v, g, beta, initial_state,
                            supported=ok, why_unsupported=why):
         fn = _kernels.get(name)
-        h0 = None if initial_state is None else initial_state.float()
+        h0 = None if initial_state is None else initial_state.to(torch.float32)
         # by keyword: fused_recurrent's positional order is (q, k, v, g, gk, gv, beta, ...)
-        o, h = fn(q=q, k=k, v=v, g=g.float(), beta=beta.to(q.dtype), scale=scale,
+        o, h = fn(q=q, k=k, v=v, g=g.to(torch.float32), beta=beta.to(q.dtype), scale=scale,
                   initial_state=h0, output_final_state=output_final_state)
         return o.to(v.dtype), h
     return chunk_gated_delta_rule_ref(q, k, v, g, beta, scale=scale, initial_state=initial_state,
@@ -240,7 +246,7 @@ def gdn2_recurrent_ref(
     w: torch.Tensor, *, scale: float | None = None, initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """GDN-2 token by token in fp32: the oracle.
+    """GDN-2 token by token, in the compute dtype: the oracle.
 
     q, k, g (log decay), b (erase gate) (B, T, H, K); v, w (write gate) (B, T, H, V).
     """
@@ -249,9 +255,10 @@ def gdn2_recurrent_ref(
            initial_state, "gdn2_recurrent_ref")
     B, T, H, K = q.shape
     scale = K ** -0.5 if scale is None else scale
-    qf, kf, vf, gf, bf, wf = (t.float() for t in (q, k, v, g, b, w))
+    dtype = compute_dtype(q, k, v, g, b, w, initial_state)
+    qf, kf, vf, gf, bf, wf = (upcast(t, dtype) for t in (q, k, v, g, b, w))
     h = (qf.new_zeros(B, H, K, v.shape[-1]) if initial_state is None
-         else initial_state.float())
+         else upcast(initial_state, dtype))
     outs = []
     for t in range(T):
         k_t = kf[:, t]
@@ -283,9 +290,10 @@ def chunk_gdn2_ref(
     V = v.shape[-1]
     scale = K ** -0.5 if scale is None else scale
     C = max(1, min(chunk_size, T))
-    qc, kc, vc, bc, wc = (_to_chunks(t, C) for t in (q, k, v, b, w))
+    dtype = compute_dtype(q, k, v, g, b, w, initial_state)
+    qc, kc, vc, bc, wc = (_to_chunks(t, C, dtype) for t in (q, k, v, b, w))
     qc = qc * scale
-    gc = _to_chunks(g, C).cumsum(-2)  # (B, H, N, C, K)
+    gc = _to_chunks(g, C, dtype).cumsum(-2)  # (B, H, N, C, K)
     bk = bc * kc
 
     pos = torch.arange(C, device=q.device)
@@ -303,7 +311,7 @@ def chunk_gdn2_ref(
     wk, u = _ut_solve(A, rhs).split([K, V], dim=-1)
     qg = qc * gc.exp()
     kd = kc * (gc[..., -1:, :] - gc).exp()
-    h0 = qc.new_zeros(B, H, K, V) if initial_state is None else initial_state.float()
+    h0 = qc.new_zeros(B, H, K, V) if initial_state is None else upcast(initial_state, dtype)
     o, h = _across_chunks(qg, kd, wk, u, attn, gc[..., -1, :].exp(), h0)
     return _from_chunks(o, T).to(v.dtype), (h if output_final_state else None)
 
@@ -332,10 +340,10 @@ def gdn2(
                            supported=ok, why_unsupported="fla needs K <= 256 and q, k, v of "
                            "one dtype among fp32/fp16/bf16"):
         fn = _kernels.get(name)
-        h0 = None if initial_state is None else initial_state.float()
+        h0 = None if initial_state is None else initial_state.to(torch.float32)
         # by keyword: fused_recurrent_gdn2 takes (A_log, dt_bias) positionally after w
-        o, h = fn(q=q, k=k, v=v, g=g.float(), b=b.to(q.dtype), w=w.to(q.dtype), scale=scale,
-                  initial_state=h0, output_final_state=output_final_state)
+        o, h = fn(q=q, k=k, v=v, g=g.to(torch.float32), b=b.to(q.dtype), w=w.to(q.dtype),
+                  scale=scale, initial_state=h0, output_final_state=output_final_state)
         return o.to(v.dtype), h
     return chunk_gdn2_ref(q, k, v, g, b, w, scale=scale, initial_state=initial_state,
                           output_final_state=output_final_state)

@@ -19,7 +19,7 @@ position Tk − Tq + i and sees keys 0..Tk − Tq + i): a KV cache of Tk − Tq 
 new chunk. ``log_fgate`` covers all Tk keys, so the cache stores log f per token, not c: c grows
 without bound over a long stream, and a difference of two large fp32 numbers loses the small
 decays that matter most. Here c is re-summed in fp64 at each call and rebased per query block
-before it is cast to fp32, so D_ij of nearby tokens is exact to fp32 at any length.
+before it is cast to the compute dtype, so D_ij of nearby tokens is exact to fp32 at any length.
 
 Three implementations:
 
@@ -41,6 +41,7 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 
+from lrm.dtypes import compute_dtype, upcast
 from lrm.ops import _kernels
 
 BLOCK_Q = 128
@@ -75,16 +76,18 @@ def _cumsum64(log_fgate: torch.Tensor) -> torch.Tensor:
 def forgetting_attn_quadratic_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                   log_fgate: torch.Tensor, *,
                                   scale: float | None = None) -> torch.Tensor:
-    """The paper's equation with the full (Tq, Tk) decay matrix D. fp32 inside; for tests."""
+    """The paper's equation with the full (Tq, Tk) decay matrix D, in the compute dtype;
+    for tests."""
     _check(q, k, v, log_fgate)
     Tq, Tk, D = q.shape[1], k.shape[1], q.shape[-1]
     scale = D ** -0.5 if scale is None else scale
+    dtype = compute_dtype(q, k, v, log_fgate)
     c = _cumsum64(log_fgate)  # (B, H, Tk)
-    decay = (c[..., Tk - Tq:, None] - c[..., None, :]).float()  # D_ij, (B, H, Tq, Tk)
-    s = torch.einsum("bqhd,bkhd->bhqk", q.float(), k.float()) * scale + decay
+    decay = upcast(c[..., Tk - Tq:, None] - c[..., None, :], dtype)  # D_ij, (B, H, Tq, Tk)
+    s = torch.einsum("bqhd,bkhd->bhqk", upcast(q, dtype), upcast(k, dtype)) * scale + decay
     visible = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(Tk - Tq)
     p = torch.softmax(s.masked_fill(~visible, float("-inf")), dim=-1)
-    return torch.einsum("bhqk,bkhd->bqhd", p, v.float()).to(q.dtype)
+    return torch.einsum("bhqk,bkhd->bqhd", p, upcast(v, dtype)).to(q.dtype)
 
 
 def forgetting_attn_recurrent_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -95,13 +98,14 @@ def forgetting_attn_recurrent_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
         a ← a + log f_t  (every cached key decays),  append a_t = 0 for the new key,
         o_t = softmax(q_t·K·scale + a) V.
 
-    fp32 (fp64 for the bias); slow; the oracle for tests.
+    In the compute dtype (fp64 for the bias); slow; the oracle for tests.
     """
     _check(q, k, v, log_fgate)
     Tq, Tk, D = q.shape[1], k.shape[1], q.shape[-1]
     scale = D ** -0.5 if scale is None else scale
-    qf, kf, vf = q.float(), k.float(), v.float()
-    g = log_fgate.double()
+    dtype = compute_dtype(q, k, v, log_fgate)
+    qf, kf, vf = (upcast(t, dtype) for t in (q, k, v))
+    g = upcast(log_fgate, torch.float64)  # the bias sums many small terms: always fp64
     a = g.new_zeros(g.shape[0], 0, g.shape[2])  # (B, t, H): the bias of each cached key
     outs = []
     for t in range(Tk):
@@ -110,7 +114,7 @@ def forgetting_attn_recurrent_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
         if i < 0:
             continue
         s = torch.einsum("bhd,bjhd->bhj", qf[:, i], kf[:, :t + 1]) * scale
-        p = torch.softmax(s + rearrange(a, "b j h -> b h j").float(), dim=-1)
+        p = torch.softmax(s + upcast(rearrange(a, "b j h -> b h j"), dtype), dim=-1)
         outs.append(torch.einsum("bhj,bjhd->bhd", p, vf[:, :t + 1]))
     return torch.stack(outs, dim=1).to(q.dtype)
 
@@ -132,18 +136,21 @@ def _tile_logits(qb: torch.Tensor, kb: torch.Tensor, cq: torch.Tensor, ck: torch
     return s
 
 
-def _rebased(c: torch.Tensor, q0: int, q1: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """c of the rows q0..q1-1 and of the keys 0..q1-1, minus c at the last row, as fp32.
+def _rebased(c: torch.Tensor, q0: int, q1: int, dtype: torch.dtype = torch.float32
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """c of the rows q0..q1-1 and of the keys 0..q1-1, minus c at the last row, in ``dtype``
+    (the compute dtype of q, k, v).
 
     c is non-increasing, so both are >= 0, and the decays near the diagonal (the ones that
     matter) are small numbers, exact in fp32 however long the sequence."""
     ref = c[..., q1 - 1:q1]
-    return (c[..., q0:q1] - ref).float(), (c[..., :q1] - ref).float()
+    return upcast(c[..., q0:q1] - ref, dtype), upcast(c[..., :q1] - ref, dtype)
 
 
 class _BlockwiseForgettingAttn(torch.autograd.Function):
-    """q (B, H, Tq, D) scaled, k (B, H, Tk, D), v (B, H, Tk, Dv), all fp32; c (B, H, Tk) fp64.
-    Queries are the last Tq positions. Returns o (B, H, Tq, Dv) fp32."""
+    """q (B, H, Tq, D) scaled, k (B, H, Tk, D), v (B, H, Tk, Dv), all in the compute dtype
+    (fp32 or fp64); c (B, H, Tk) fp64. Queries are the last Tq positions. Returns o
+    (B, H, Tq, Dv) in the compute dtype."""
 
     @staticmethod
     def forward(ctx, q, k, v, c, block_q: int, block_k: int):  # type: ignore[override]
@@ -155,7 +162,7 @@ class _BlockwiseForgettingAttn(torch.autograd.Function):
         for qs in range(0, Tq, block_q):
             qe = min(qs + block_q, Tq)
             p0, p1 = off + qs, off + qe  # absolute positions of the rows; keys 0..p1-1
-            cq, ck = _rebased(c, p0, p1)
+            cq, ck = _rebased(c, p0, p1, q.dtype)
             qb = q[:, :, qs:qe]
             m = q.new_full((B, H, qe - qs), float("-inf"))  # running row max
             l = q.new_zeros(B, H, qe - qs)  # running row sum of exp(s - m)
@@ -182,14 +189,14 @@ class _BlockwiseForgettingAttn(torch.autograd.Function):
         block_q, block_k = ctx.blocks
         Tq, Tk = q.shape[2], k.shape[2]
         off = Tk - Tq
-        do = do.float()
+        do = upcast(do, q.dtype)
         delta = (do * o).sum(-1)  # (B, H, Tq): Σ_j P_ij dP_ij, the softmax backward's row term
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         dc = torch.zeros(c.shape, dtype=q.dtype, device=q.device)
         for qs in range(0, Tq, block_q):
             qe = min(qs + block_q, Tq)
             p0, p1 = off + qs, off + qe
-            cq, ck = _rebased(c, p0, p1)
+            cq, ck = _rebased(c, p0, p1, q.dtype)
             qb, dob = q[:, :, qs:qe], do[:, :, qs:qe]
             lse_b, delta_b = lse[:, :, qs:qe, None], delta[:, :, qs:qe, None]
             for ks in range(0, p1, block_k):
@@ -213,14 +220,15 @@ def forgetting_attn_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
     q (B, Tq, H, D), k (B, Tk, H, D), v (B, Tk, H, Dv), log_fgate (B, Tk, H) -> o (B, Tq, H, Dv)
     in q's dtype. Tq < Tk means the first Tk - Tq keys are a cache (see the module docstring).
-    Computes in fp32; memory O(T·(D + block)), never (Tq, Tk).
+    Computes in the compute dtype (:mod:`lrm.dtypes`); memory O(T·(D + block)), never (Tq, Tk).
     """
     _check(q, k, v, log_fgate)
     if block_q < 1 or block_k < 1:
         raise ValueError(f"block sizes must be >= 1, got {block_q}, {block_k}")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    qh = rearrange(q.float() * scale, "b t h d -> b h t d").contiguous()
-    kh, vh = (rearrange(t.float(), "b t h d -> b h t d").contiguous() for t in (k, v))
+    dtype = compute_dtype(q, k, v, log_fgate)
+    qh = rearrange(upcast(q, dtype) * scale, "b t h d -> b h t d").contiguous()
+    kh, vh = (rearrange(upcast(t, dtype), "b t h d -> b h t d").contiguous() for t in (k, v))
     o = _BlockwiseForgettingAttn.apply(qh, kh, vh, _cumsum64(log_fgate), block_q, block_k)
     return rearrange(o, "b h t d -> b t h d").to(q.dtype)
 
@@ -244,5 +252,5 @@ def forgetting_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_fgate
                            why_unsupported="the kernel needs Tq == Tk (no KV cache), head width "
                                            "<= 256 and one fp32/fp16/bf16 dtype"):
         fn = _kernels.get("parallel_forgetting_attn")
-        return fn(q, k, v, log_fgate.float(), scale=scale)
+        return fn(q, k, v, log_fgate.to(torch.float32), scale=scale)
     return forgetting_attn_ref(q, k, v, log_fgate, scale=scale)

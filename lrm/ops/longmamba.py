@@ -54,6 +54,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lrm.dtypes import compute_dtype, upcast
+
 # The upstream code calibrates lengths from 3k to 192k for a 2k training length.
 DEFAULT_LENGTH_FACTORS = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0, 96.0)
 
@@ -112,14 +114,15 @@ def channel_statistics(delta: torch.Tensor, a: torch.Tensor, clamp_top: float,
     delta: (C, T_tr) step sizes after softplus; a: (C,) decay rates (negative).
     Returns the receptive-field score exp(a·ΣΔ) (C,) and θ (len(target_lens), C).
     """
-    delta = delta.float()
+    dtype = compute_dtype(delta, a)
+    delta = upcast(delta, dtype)
     T_tr = delta.shape[-1]
     if clamp_top > 0:
         k = max(1, int(T_tr * clamp_top))
         ceiling = delta.topk(k, dim=-1).values.min(dim=-1, keepdim=True).values
         delta = torch.minimum(delta, ceiling)
     budget = delta.sum(-1)  # S_c, (C,)
-    score = torch.exp(a.float() * budget)
+    score = torch.exp(upcast(a, dtype) * budget)
     profile = delta.sort(dim=-1, descending=True).values  # (C, T_tr)
     thetas = []
     for T in target_lens:
@@ -168,8 +171,8 @@ class LongMambaFilter(nn.Module):
 
     def threshold(self, length: int) -> torch.Tensor:
         """θ (C,) for an input of ``length`` tokens: the stored target length nearest to it."""
-        lens = torch.tensor(self.target_lens(), dtype=torch.float32)
-        k = int((lens - length).abs().argmin())
+        lens = self.target_lens()
+        k = min(range(len(lens)), key=lambda i: abs(lens[i] - length))  # first of ties
         return self.theta[k] * self.config.threshold_scale
 
     def active(self, length: int) -> bool:

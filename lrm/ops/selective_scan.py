@@ -16,11 +16,12 @@ Symbols and shapes (mamba-ssm's argument order and layout, channels before lengt
     B, C        : (B, N, L) input-dependent, (B, G, N, L) grouped (channel d uses group
                   d // (D / G)), or (D, N) time-invariant
     D, delta_bias : (D,)
-    h           : (B, D, N)   the state; ``return_last_state`` returns h_L (fp32)
+    h           : (B, D, N)   the state; ``return_last_state`` returns h_L in the
+                  compute dtype (see below)
 
 Three implementations:
 
-- :func:`selective_scan_recurrent_ref`: the loop over t above, fp32. The oracle.
+- :func:`selective_scan_recurrent_ref`: the loop over t above. The oracle.
 - :func:`selective_scan_ref`: a chunked scan. The sequence is cut into chunks of Q tokens; inside
   a chunk all Q states come from a Hillis–Steele parallel prefix scan of the affine maps
   h ↦ a_t·h + b_t (log2 Q vectorised steps, only products of decays ≤ 1, so no overflow where
@@ -29,6 +30,9 @@ Three implementations:
   backward recomputes it instead of storing (B, L, D, N) — the same trade the CUDA kernel makes.
 - :func:`selective_scan`: the dispatch. ``selective_scan_fn`` from mamba-ssm (CUDA, fp32/fp16/
   bf16, real A, N ≤ 256, no initial state) when it imports, else the reference.
+
+Compute dtype (:mod:`lrm.dtypes`): promote(input dtypes, float32) — half precision is scanned in
+fp32, float64 stays float64 — and the output is cast back to u's dtype.
 
 Simplified vs mamba-ssm: complex A is not supported (Mamba uses the real S4D init); the
 reference additionally accepts ``initial_state`` so that a stream can be scanned chunk by chunk.
@@ -42,13 +46,17 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
+from lrm.dtypes import compute_dtype, upcast
 from lrm.ops import _kernels
 
 CHUNK_SIZE = 64  # tokens per chunk of the reference scan: log2(64) = 6 scan steps per chunk
 
 
-def _prepare(u, delta, A, B, C, delta_bias, delta_softplus, initial_state):
-    """Validate, cast to fp32 and apply bias/softplus. Returns the time-major grouped views."""
+def _prepare(u, delta, A, B, C, delta_bias, delta_softplus, initial_state, dtype=None):
+    """Validate, cast to the compute dtype (default: that of these inputs) and apply
+    bias/softplus. Returns the grouped views."""
+    if dtype is None:
+        dtype = compute_dtype(u, delta, A, B, C, delta_bias, initial_state)
     if u.dim() != 3 or delta.shape != u.shape:
         raise ValueError(f"u and delta must both be (B, D, L); got {tuple(u.shape)} and "
                          f"{tuple(delta.shape)}")
@@ -58,9 +66,9 @@ def _prepare(u, delta, A, B, C, delta_bias, delta_softplus, initial_state):
     if A.dim() != 2 or A.shape[0] != dim:
         raise ValueError(f"A must be (D, N) = ({dim}, N), got {tuple(A.shape)}")
     n = A.shape[1]
-    delta = delta.float()
+    delta = upcast(delta, dtype)
     if delta_bias is not None:
-        delta = delta + delta_bias.float()[:, None]
+        delta = delta + upcast(delta_bias, dtype)[:, None]
     if delta_softplus:
         delta = F.softplus(delta)
 
@@ -83,18 +91,18 @@ def _prepare(u, delta, A, B, C, delta_bias, delta_softplus, initial_state):
 
     def grouped(M: torch.Tensor) -> torch.Tensor:
         # every form becomes (b|1, G|1, e|1, L|1, N), broadcastable to (B, G, D/G, L, N)
-        M = M.float()
+        M = upcast(M, dtype)
         if M.dim() == 2:  # (D, N): one (e, N) block per group, constant over time
             return rearrange(M, "(g e) n -> 1 g e 1 n", g=groups)
         if M.dim() == 3:  # (B, N, L): shared by every channel
             return rearrange(M, "b n l -> b 1 1 l n")
         return rearrange(M, "b g n l -> b g 1 l n")
 
-    u_g = rearrange(u.float(), "b (g e) l -> b g e l", g=groups)
+    u_g = rearrange(upcast(u, dtype), "b (g e) l -> b g e l", g=groups)
     d_g = rearrange(delta, "b (g e) l -> b g e l", g=groups)
-    A_g = rearrange(A.float(), "(g e) n -> g e n", g=groups)
-    h0 = (u.new_zeros(batch, dim, n, dtype=torch.float32) if initial_state is None
-          else initial_state.float())
+    A_g = rearrange(upcast(A, dtype), "(g e) n -> g e n", g=groups)
+    h0 = (u.new_zeros(batch, dim, n, dtype=dtype) if initial_state is None
+          else upcast(initial_state, dtype))
     if h0.shape != (batch, dim, n):
         raise ValueError(f"initial_state must be (B, D, N) = ({batch}, {dim}, {n}), "
                          f"got {tuple(h0.shape)}")
@@ -103,11 +111,11 @@ def _prepare(u, delta, A, B, C, delta_bias, delta_softplus, initial_state):
 
 
 def _finish(y, u, D, z, dtype_in):
-    """y (B, D, L) fp32 -> + D·u, gate with silu(z), cast back like mamba-ssm does."""
+    """y (B, D, L) in the compute dtype -> + D·u, gate with silu(z), cast back like mamba-ssm."""
     if D is not None:
-        y = y + u.float() * D.float()[:, None]
+        y = y + upcast(u, y.dtype) * upcast(D, y.dtype)[:, None]
     if z is not None:
-        y = y * F.silu(z.float())
+        y = y * F.silu(upcast(z, y.dtype))
     return y.to(dtype_in)
 
 
@@ -137,12 +145,13 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     """The chunked, vectorised selective scan; same contract as mamba-ssm's ``selective_scan_fn``.
 
     ``initial_state`` (B, D, N) is the state before the first token (zeros if None).
-    Returns out (B, D, L) in u's dtype, and the last state (B, D, N) in fp32 when
-    ``return_last_state``.
+    Returns out (B, D, L) in u's dtype, and the last state (B, D, N) in the compute dtype
+    when ``return_last_state``.
     """
     dtype_in = u.dtype
+    dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
     u_g, d_g, A_g, B_g, C_g, h = _prepare(u, delta, A, B, C, delta_bias, delta_softplus,
-                                           initial_state)
+                                           initial_state, dtype)
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, delta_bias, initial_state))
 
@@ -172,11 +181,12 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 def selective_scan_recurrent_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                                  delta_softplus=False, return_last_state=False,
                                  initial_state=None):
-    """The recurrence token by token in fp32: the oracle for tests. Same contract as
+    """The recurrence token by token, in the compute dtype: the oracle for tests. Same contract as
     :func:`selective_scan_ref`."""
     dtype_in = u.dtype
+    dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
     u_g, d_g, A_g, B_g, C_g, h = _prepare(u, delta, A, B, C, delta_bias, delta_softplus,
-                                           initial_state)
+                                           initial_state, dtype)
     ys = []
     for t in range(u.shape[-1]):
         Bt = B_g[..., 0 if B_g.shape[-2] == 1 else t, :]  # (b|1, g|1, e|1, n)
@@ -205,10 +215,11 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         fn = _kernels.get("selective_scan_fn")
         dt = u.dtype
         # the kernel's dtype rules: delta, z and time-varying B/C in u's dtype; A, D, bias fp32
-        return fn(u, delta.to(dt), A.float(), B.float() if B.dim() == 2 else B.to(dt),
-                  C.float() if C.dim() == 2 else C.to(dt), None if D is None else D.float(),
+        f32 = torch.float32
+        return fn(u, delta.to(dt), A.to(f32), B.to(f32) if B.dim() == 2 else B.to(dt),
+                  C.to(f32) if C.dim() == 2 else C.to(dt), None if D is None else D.to(f32),
                   None if z is None else z.to(dt),
-                  None if delta_bias is None else delta_bias.float(), delta_softplus,
+                  None if delta_bias is None else delta_bias.to(f32), delta_softplus,
                   return_last_state)
     return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                               return_last_state, initial_state, chunk_size=chunk_size)

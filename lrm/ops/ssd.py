@@ -25,9 +25,10 @@ Symbols and shapes (mamba-ssm's ``mamba_chunk_scan_combined`` conventions):
     initial_states / final states : (B, H, P, N)
 
 Implementations: :func:`ssd_recurrent_ref` (the loop, the oracle), :func:`ssd_ref` (the chunked
-algorithm above, pure PyTorch, fp32) and :func:`ssd` (dispatch to mamba-ssm's Triton
+algorithm above, pure PyTorch) and :func:`ssd` (dispatch to mamba-ssm's Triton
 ``mamba_chunk_scan_combined`` on CUDA, else the reference). Not supported here: ``seq_idx`` /
-``cu_seqlens`` (packed variable-length batches).
+``cu_seqlens`` (packed variable-length batches). The references compute in
+promote(input dtypes, float32) (:mod:`lrm.dtypes`): fp32 for half precision, float64 kept.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 
+from lrm.dtypes import compute_dtype, upcast
 from lrm.ops import _kernels
 
 NO_LIMIT = (0.0, math.inf)
@@ -55,10 +57,10 @@ def _check(x, dt, A, B, C):
                          f"{tuple(B.shape)} and {tuple(C.shape)}")
 
 
-def _discretise_dt(dt, dt_bias, dt_softplus, dt_limit):
-    dt = dt.float()
+def _discretise_dt(dt, dt_bias, dt_softplus, dt_limit, dtype=None):
+    dt = upcast(dt, compute_dtype(dt, dt_bias) if dtype is None else dtype)
     if dt_bias is not None:
-        dt = dt + dt_bias.float()
+        dt = dt + upcast(dt_bias, dtype)
     if dt_softplus:
         dt = F.softplus(dt)
     if tuple(dt_limit) != NO_LIMIT:
@@ -67,12 +69,12 @@ def _discretise_dt(dt, dt_bias, dt_softplus, dt_limit):
 
 
 def _finish(y, x, D, z, dtype_in):
-    """y (B, L, H, P) fp32 -> + D·x, gate with silu(z), back to the input dtype."""
+    """y (B, L, H, P) in the compute dtype -> + D·x, gate with silu(z), back to dtype_in."""
     if D is not None:
-        Df = D.float()
-        y = y + x.float() * (Df[:, None] if Df.dim() == 1 else Df)
+        Df = upcast(D, y.dtype)
+        y = y + upcast(x, y.dtype) * (Df[:, None] if Df.dim() == 1 else Df)
     if z is not None:
-        y = y * F.silu(z.float())
+        y = y * F.silu(upcast(z, y.dtype))
     return y.to(dtype_in)
 
 
@@ -90,26 +92,27 @@ def segsum(a: torch.Tensor) -> torch.Tensor:
 
 def ssd_ref(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None,
             dt_softplus=False, dt_limit=NO_LIMIT, return_final_states=False):
-    """The chunked SSD algorithm in pure PyTorch (fp32 inside); the contract of mamba-ssm's
-    ``mamba_chunk_scan_combined``. Returns out (B, L, H, P) in x's dtype [, final states
-    (B, H, P, N) fp32]."""
+    """The chunked SSD algorithm in pure PyTorch (in the compute dtype); the contract of
+    mamba-ssm's ``mamba_chunk_scan_combined``. Returns out (B, L, H, P) in x's dtype [, final
+    states (B, H, P, N) in the compute dtype]."""
     _check(x, dt, A, B, C)
     batch, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     dtype_in = x.dtype
-    dt = _discretise_dt(dt, dt_bias, dt_softplus, dt_limit)
+    dtype = compute_dtype(x, dt, A, B, C, D, z, dt_bias, initial_states)
+    dt = _discretise_dt(dt, dt_bias, dt_softplus, dt_limit, dtype)
     # Chunks longer than the input only cost padding; Δ = 0 on the padding means "no decay and
     # no write", so the final state is unaffected.
     Q = max(1, min(int(chunk_size), L))
     pad = (-L) % Q
-    xf, Bf, Cf = (F.pad(t.float(), (0, 0, 0, 0, 0, pad)) for t in (x, B, C))
+    xf, Bf, Cf = (F.pad(upcast(t, dtype), (0, 0, 0, 0, 0, pad)) for t in (x, B, C))
     dt = F.pad(dt, (0, 0, 0, pad))
 
     xc = rearrange(xf, "b (c q) (g h) p -> b c q g h p", q=Q, g=G)
     Bc = rearrange(Bf, "b (c q) g n -> b c q g n", q=Q)
     Cc = rearrange(Cf, "b (c q) g n -> b c q g n", q=Q)
     dtc = rearrange(dt, "b (c q) (g h) -> b g h c q", q=Q, g=G)
-    dA = dtc * rearrange(A.float(), "(g h) -> g h 1 1", g=G)  # log-decay per step
+    dA = dtc * rearrange(upcast(A, dtype), "(g h) -> g h 1 1", g=G)  # log-decay per step
     A_cum = dA.cumsum(dim=-1)  # (b, g, h, c, q)
 
     # 1. intra-chunk: y_t = Σ_{s<=t in chunk} (C_t·B_s) exp(Σ_{s<k<=t} Δa) Δ_s x_s
@@ -125,7 +128,7 @@ def ssd_ref(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_st
     if initial_states is None:
         h = xf.new_zeros(batch, G, H // G, P, N)
     else:
-        h = rearrange(initial_states.float(), "b (g h) p n -> b g h p n", g=G)
+        h = rearrange(upcast(initial_states, dtype), "b (g h) p n -> b g h p n", g=G)
     chunk_decay = torch.exp(A_cum[..., -1])  # (b, g, h, c)
     entering = []
     # unbind, not an index per chunk: autograd then stacks the gradients once (O(L))
@@ -147,20 +150,21 @@ def ssd_ref(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_st
 def ssd_recurrent_ref(x, dt, A, B, C, chunk_size=None, D=None, z=None, dt_bias=None,
                       initial_states=None, dt_softplus=False, dt_limit=NO_LIMIT,
                       return_final_states=False):
-    """The recurrence token by token in fp32: the oracle. ``chunk_size`` is accepted for a
-    uniform signature and ignored."""
+    """The recurrence token by token, in the compute dtype: the oracle. ``chunk_size`` is
+    accepted for a uniform signature and ignored."""
     _check(x, dt, A, B, C)
     batch, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
-    dt = _discretise_dt(dt, dt_bias, dt_softplus, dt_limit)
-    Bh = repeat(B.float(), "b l g n -> b l (g h) n", h=H // G)
-    Ch = repeat(C.float(), "b l g n -> b l (g h) n", h=H // G)
-    xf = x.float()
+    dtype = compute_dtype(x, dt, A, B, C, D, z, dt_bias, initial_states)
+    dt = _discretise_dt(dt, dt_bias, dt_softplus, dt_limit, dtype)
+    Bh = repeat(upcast(B, dtype), "b l g n -> b l (g h) n", h=H // G)
+    Ch = repeat(upcast(C, dtype), "b l g n -> b l (g h) n", h=H // G)
+    xf, Af = upcast(x, dtype), upcast(A, dtype)
     h = (xf.new_zeros(batch, H, P, N) if initial_states is None
-         else initial_states.float())
+         else upcast(initial_states, dtype))
     ys = []
     for t in range(L):
-        decay = torch.exp(dt[:, t] * A.float())  # (b, H)
+        decay = torch.exp(dt[:, t] * Af)  # (b, H)
         h = decay[..., None, None] * h + torch.einsum(
             "bh,bhp,bhn->bhpn", dt[:, t], xf[:, t], Bh[:, t])
         ys.append(torch.einsum("bhpn,bhn->bhp", h, Ch[:, t]))
@@ -178,7 +182,7 @@ def ssd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states
                            dt_bias, initial_states, supported=ok,
                            why_unsupported="the kernel needs fp32/fp16/bf16 inputs"):
         fn = _kernels.get("mamba_chunk_scan_combined")
-        return fn(x, dt, A.float(), B, C, chunk_size, D=D, z=z, dt_bias=dt_bias,
+        return fn(x, dt, A.to(torch.float32), B, C, chunk_size, D=D, z=z, dt_bias=dt_bias,
                   initial_states=initial_states, dt_softplus=dt_softplus,
                   dt_limit=tuple(dt_limit), return_final_states=return_final_states)
     return ssd_ref(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus,
