@@ -300,8 +300,11 @@ def _retrieval_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p0: int, 
     s_lm = s_lm.scatter(3, b_near.expand(B, H, R, topk), s_near)[..., :n_lm]
     s_lm = s_lm.masked_fill(~valid_lm, _NEG)
     # top-k'' per query and head, in original block order; ranks past a row's k' point at
-    # blocks b >= c (scores -inf), which sort after the valid ones
-    idx = s_lm.topk(kk, dim=-1).indices.sort(dim=-1).values  # (B, H, R, kk)
+    # blocks b >= c (scores -inf), which sort after the valid ones. Ties go to the most recent
+    # block, deterministically: in the first layer every landmark has the same key, and
+    # torch.topk would break those ties differently for different chunkings of the stream
+    order = torch.sort(s_lm.flip(-1), dim=-1, descending=True, stable=True).indices
+    idx = (n_lm - 1 - order[..., :kk]).sort(dim=-1).values  # (B, H, R, kk)
     ok = idx < c.view(1, 1, R, 1)
 
     # 2. positions of the retrieved blocks: rank r at slot r, +1 if among the k' most recent
@@ -385,7 +388,8 @@ def landmark_retrieval_recurrent_ref(q: torch.Tensor, k: torch.Tensor, v: torch.
                 if kp:
                     lm_pos = [max(0, kp + 1 - (c - b)) * P + P - 1 for b in range(c)]
                     lms = rot(kh[bi, h, [b * P + P - 1 for b in range(c)]], lm_pos)
-                    chosen = sorted((lms @ qv).topk(kp).indices.tolist())
+                    score = (lms @ qv).tolist()  # ties to the most recent block
+                    chosen = sorted(sorted(range(c), key=lambda b: (-score[b], -b))[:kp])
                 logits, groups = [], []  # groups: ("tok", j, pos) or ("blk", b, slot)
                 for r, b in enumerate(chosen):
                     slot = r + int(b >= c - kp)
