@@ -197,34 +197,48 @@ def _chunks(q0: int, q1: int, P: int, block_q: int):
         a = b
 
 
-def _grouped_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p0: int, P: int,
-                  scale: float) -> torch.Tensor:
+def _grouped_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, v_ord: torch.Tensor,
+                  p0: int, P: int, scale: float) -> torch.Tensor:
     """Grouped softmax for rows at absolute positions p0..p0+R-1: q (B, H, R, D), k and v
-    (B, H, n, ·) the keys 0..n-1 with n = p0 + R. Holds (R, n) scores."""
+    (B, H, n, ·) the keys 0..n-1 with n = p0 + R, v_ord (B, H, ≥ m·(P−1), Dv) the values of
+    the ordinary tokens of the first m = p0 // P blocks. Holds (R, n) scores.
+
+    Keys split in two: the m blocks that end before the chunk's first row ("earlier" for every
+    row: no mask) and the chunk's own blocks (masked per row, at most R + P keys)."""
     R, n = q.shape[2], k.shape[2]
-    nb = -(-n // P)
-    pad = nb * P - n
-    # (B, H, R, n) -> (B, H, R, nb, P): key j at block j // P, offset j % P
-    s = F.pad(scale * q @ k.transpose(-1, -2), (0, pad), value=_NEG)
+    m = p0 // P  # complete blocks before every row of the chunk
+    lo = m * P
+    nbl = -(-(n - lo) // P)
+    pad = lo + nbl * P - n
+    # own blocks: (B, H, R, n − lo) -> (B, H, R, nbl, P), key j at block m + j // P
+    s = F.pad(scale * q @ k[:, :, lo:].transpose(-1, -2), (0, pad), value=_NEG)
     s = rearrange(s, "b h r (n p) -> b h r n p", p=P)
-    vb = F.pad(v, (0, 0, 0, pad))  # (B, H, nb·P, Dv), zero rows for the padding
     dev = q.device
     pos = torch.arange(p0, p0 + R, device=dev)[:, None, None]  # (R, 1, 1)
     c = pos // P
-    blk = torch.arange(nb, device=dev)[None, :, None]  # (1, nb, 1)
+    blk = m + torch.arange(nbl, device=dev)[None, :, None]  # (1, nbl, 1)
     off = torch.arange(P, device=dev)[None, None, :]  # (1, 1, P)
     lm_col = off == P - 1
-    prev = blk < c  # (R, nb, 1): an earlier block
+    prev = blk < c  # (R, nbl, 1): an earlier block
     own = (blk == c) & ~lm_col & (blk * P + off <= pos)
     outer = own | (prev & lm_col)  # every row has >= 1: its own first token
-    pi = torch.softmax(rearrange(s.masked_fill(~outer, _NEG), "b h r n p -> b h r (n p)"), -1)
-    pi = rearrange(pi, "b h r (n p) -> b h r n p", p=P)
+    logits = rearrange(s.masked_fill(~outer, _NEG), "b h r n p -> b h r (n p)")
+    if m:  # the landmarks of the m earlier blocks join the outer softmax
+        s_pre = rearrange(scale * q @ k[:, :, :lo].transpose(-1, -2), "b h r (n p) -> b h r n p",
+                          p=P)
+        logits = torch.cat([s_pre[..., P - 1], logits], dim=-1)
+    pi = torch.softmax(logits, dim=-1)
+    pi_pre, pi = pi[..., :m], rearrange(pi[..., m:], "b h r (n p) -> b h r n p", p=P)
     inner_mask = prev & ~lm_col
     # blocks that are not earlier get finite logits 0 (and weight 0 below): no NaN anywhere
-    s_in = torch.where(inner_mask, s, torch.where(prev, _NEG, 0.0))
-    inner = torch.softmax(s_in, dim=-1)
+    inner = torch.softmax(torch.where(inner_mask, s, torch.where(prev, _NEG, 0.0)), dim=-1)
     w = torch.where(own, pi, 0.0) + torch.where(inner_mask, pi[..., P - 1:] * inner, 0.0)
-    return rearrange(w, "b h r n p -> b h r (n p)") @ vb
+    vb = F.pad(v[:, :, lo:], (0, 0, 0, pad))  # zero rows for the padding
+    o = rearrange(w, "b h r n p -> b h r (n p)") @ vb
+    if m:  # earlier blocks: π(ℓ_b) · softmax within b, over the ordinary tokens only
+        w_pre = pi_pre[..., None] * torch.softmax(s_pre[..., :P - 1], dim=-1)
+        o = o + rearrange(w_pre, "b h r n p -> b h r (n p)") @ v_ord[:, :, :m * (P - 1)]
+    return o
 
 
 def landmark_attn_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block_len: int,
@@ -241,9 +255,13 @@ def landmark_attn_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, bloc
     qh, kh, vh, scale = _prepare(q, k, v, scale)
     Tq, Tk, P = q.shape[1], k.shape[1], block_len + 1
     save = torch.is_grad_enabled() and any(t.requires_grad for t in (qh, kh, vh))
+    # the values of the ordinary tokens of the complete blocks, landmarks dropped, once
+    v_ord = rearrange(vh[:, :, :(Tk // P) * P], "b h (n p) d -> b h n p d", p=P)[..., :P - 1, :]
+    v_ord = rearrange(v_ord, "b h n p d -> b h (n p) d")
     outs = []
     for a, b in _chunks(Tk - Tq, Tk, P, block_q):
-        args = (qh[:, :, a - (Tk - Tq):b - (Tk - Tq)], kh[:, :, :b], vh[:, :, :b], a, P, scale)
+        args = (qh[:, :, a - (Tk - Tq):b - (Tk - Tq)], kh[:, :, :b], vh[:, :, :b], v_ord, a, P,
+                scale)
         outs.append(checkpoint(_grouped_rows, *args, use_reentrant=False) if save
                     else _grouped_rows(*args))
     return rearrange(torch.cat(outs, dim=2), "b h t d -> b t h d").to(q.dtype)
