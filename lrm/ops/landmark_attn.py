@@ -282,7 +282,7 @@ def _retrieval_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p0: int, 
     kp = c.clamp(max=topk)  # k' = min(k, n) per row
     # keys rotated by their offset in the block; queries by δ·P + offset for δ = 0..k+1 blocks
     # back: <R(a)q, R(b)k> = <R(a − b)q, k>, so only these relative angles are ever formed
-    k_loc = rope_at(k, torch.arange(n, device=dev) % P, base)
+    # (only the keys that are read get rotated: landmarks, retrieved blocks, the local block)
     delta = torch.arange(topk + 2, device=dev)
     qd = rope_at(q[:, :, :, None, :].expand(B, H, R, topk + 2, D),
                  delta[None, :] * P + jq[:, None], base)  # (B, H, R, k+2, D)
@@ -292,7 +292,8 @@ def _retrieval_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p0: int, 
     kpos = torch.arange(lo, n, device=dev)
     local = ((kpos[None, :] // P == c[:, None]) & (kpos[None, :] <= pos[:, None])
              & ~is_landmark(kpos, P - 1)[None, :])  # (R, n − lo)
-    s_loc = scale * qd[:, :, :, 0] @ k_loc[:, :, lo:].transpose(-1, -2)
+    k_local = rope_at(k[:, :, lo:], kpos % P, base)
+    s_loc = scale * qd[:, :, :, 0] @ k_local.transpose(-1, -2)
     s_loc = s_loc.masked_fill(~local, _NEG)
     o_loc_v = v[:, :, lo:]
 
@@ -302,7 +303,8 @@ def _retrieval_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p0: int, 
         o = torch.softmax(s_loc, -1) @ o_loc_v
         return o, (torch.full((B, H, R, 0), -1, device=dev) if want_blocks else None)
 
-    lms = k_loc[:, :, P - 1:n_lm * P:P]  # (B, H, n_lm, D), landmark keys rotated by P − 1
+    lms = k[:, :, P - 1:n_lm * P:P]  # (B, H, n_lm, D), landmark keys rotated by P − 1
+    lms = rope_at(lms, torch.full((n_lm,), P - 1, device=dev), base)
     b_ids = torch.arange(n_lm, device=dev)
     valid_lm = b_ids[None, :] < c[:, None]  # (R, n_lm)
     # 1. scoring: every landmark at distance k' + 1 blocks, then the k' nearest at their own
@@ -330,10 +332,11 @@ def _retrieval_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p0: int, 
     slot = torch.arange(kk, device=dev) + (idx >= c.view(1, 1, R, 1) - kp4).long()
     d_ret = (kp4 + 1 - slot).clamp(0, topk + 1)  # blocks back from the query's block
     q_ret = qd.gather(3, d_ret[..., None].expand(B, H, R, kk, D))  # (B, H, R, kk, D)
-    kb = rearrange(k_loc[:, :, :n_lm * P], "b h (n p) d -> b h n p d", p=P)
+    kb = rearrange(k[:, :, :n_lm * P], "b h (n p) d -> b h n p d", p=P)
     vb = rearrange(v[:, :, :n_lm * P], "b h (n p) d -> b h n p d", p=P)
     gidx = idx.reshape(B, H, R * kk, 1, 1)
     k_ret = kb.gather(2, gidx.expand(B, H, R * kk, P, D)).view(B, H, R, kk, P, D)
+    k_ret = rope_at(k_ret, torch.arange(P, device=dev), base)  # by the offset in the block
     v_ret = vb.gather(2, gidx.expand(B, H, R * kk, P, vb.shape[-1])).view(
         B, H, R, kk, P, vb.shape[-1])
     s_ret = scale * torch.einsum("bhrkd,bhrkpd->bhrkp", q_ret, k_ret)  # (B, H, R, kk, P)
