@@ -103,7 +103,7 @@ def main() -> None:
             print(f"{spec:>28s} cache {n:>6d}: {ms:8.2f} ms/token (read alone: {read_ms} ms)",
                   flush=True)
     lines = [f"Command: `python scripts/bench_decode.py --mixers {' '.join(a.mixers)} --cache "
-             f"{' '.join(map(str, a.cache))} --threads {a.threads}"
+             f"{' '.join(map(str, a.cache))} --threads {a.threads} --repeats {a.repeats}"
              + (f" --out {a.out}`" if a.out else "`") + "  ",
              f"Device: CPU ({platform.machine()}); fp32; d={a.d}, batch 1; median of "
              f"{a.repeats} one-token forward calls; wall time {time.time() - t0:.0f} s.", "",
