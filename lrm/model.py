@@ -106,12 +106,61 @@ class IntensityEncoder(nn.Module):
         return self.proj(x[..., None])  # (B, L, 1) -> (B, L, d)
 
 
+class LandmarkTokens(nn.Module):
+    """The landmark tokens of landmark attention, owned by the model (docs/design.md, "Tokens
+    inserted at the model level").
+
+    A mixer that needs them sets ``landmark_every = n``; one learned embedding is inserted after
+    every n real tokens, at extended position e = t + t // n for real token t, so a landmark's
+    place depends only on the absolute position and a stream cut anywhere inserts the same
+    ones (a landmark is inserted with the real token that completes its block). Every layer
+    runs on the extended sequence; ``strip`` removes the landmarks before the head.
+    """
+
+    def __init__(self, every: int, d: int) -> None:
+        super().__init__()
+        self.every = every
+        self.embedding = nn.Parameter(torch.randn(d))  # N(0, 1), as nn.Embedding rows
+
+    @staticmethod
+    def declared(blocks: nn.ModuleList, bidirectional: bool) -> int | None:
+        """The ``landmark_every`` that the layers' mixers declare (they must agree), or None."""
+        found = {getattr(b.mixer.fwd if isinstance(b.mixer, Bidirectional) else b.mixer,
+                         "landmark_every", None) for b in blocks} - {None}
+        if len(found) > 1:
+            raise ValueError(f"layers declare different landmark_every values {sorted(found)}; "
+                             "give every landmark layer the same block_len")
+        if found and bidirectional:
+            raise ValueError("landmark tokens need a causal model: a landmark summarises the "
+                             "block before it, which the reversed copy of a bidirectional "
+                             "layer would see after it; use bidirectional=False")
+        return found.pop() if found else None
+
+    def insert(self, x: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, L, d): the real tokens start..start+L-1 -> (extended x (B, L', d), a (L',)
+        mask of the landmark positions)."""
+        n, L = self.every, x.shape[1]
+        e = torch.arange(start + start // n, start + L + (start + L) // n, device=x.device)
+        landmark = (e + 1) % (n + 1) == 0
+        real = (e - e // (n + 1) - start).clamp(0, L - 1)  # real index of each ext position
+        return torch.where(landmark[:, None], self.embedding.to(x.dtype), x[:, real]), landmark
+
+    @staticmethod
+    def strip(h: torch.Tensor, landmark: torch.Tensor) -> torch.Tensor:
+        return h[:, ~landmark]
+
+    def extend_lengths(self, lengths: torch.Tensor | None) -> torch.Tensor | None:
+        return None if lengths is None else lengths + lengths // self.every
+
+
 class LRModel(nn.Module):
     """Embedding -> blocks -> final norm -> head, as configured by a :class:`ModelConfig`.
 
     ``forward(tokens, lengths=None)`` returns logits: (B, n_classes) for ``classify``,
     (B, L, n_classes) for ``lm``. For ``retrieval`` call ``forward(tokens, lengths,
     tokens2=..., lengths2=...)``. ``step(tokens, state)`` streams a causal ``lm`` model.
+    With landmark layers (a mixer with ``landmark_every``), landmark tokens are inserted after
+    the embedding and removed before the head: outputs have the input's length.
     """
 
     def __init__(self, cfg: ModelConfig | dict[str, Any]) -> None:
@@ -140,6 +189,8 @@ class LRModel(nn.Module):
             blocks.append(Block(d, m, norm=cfg.norm, prenorm=cfg.prenorm, mlp_ratio=ratio,
                                 dropout=cfg.dropout))
         self.blocks = nn.ModuleList(blocks)
+        every = LandmarkTokens.declared(self.blocks, cfg.bidirectional)
+        self.landmarks = LandmarkTokens(every, d) if every else None
         self.norm = make_norm(cfg.norm, d)
         if cfg.head == "retrieval":
             # LRA's dual encoder: features [u, v, u*v, u-v] -> MLP -> classes
@@ -158,9 +209,13 @@ class LRModel(nn.Module):
         """tokens (B, L) -> hidden states (B, L, d) after the final norm."""
         self._check_tokens(tokens)
         x = self.drop(self.embed(tokens))
+        if self.landmarks is not None:  # landmark tokens in, for every layer
+            x, landmark = self.landmarks.insert(x, 0)
+            lengths = self.landmarks.extend_lengths(lengths)
         for block in self.blocks:
             x, _ = block(x, lengths=lengths)
-        return self.norm(x)
+        x = self.norm(x)
+        return x if self.landmarks is None else self.landmarks.strip(x, landmark)
 
     def pool(self, h: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         """(B, L, d) -> (B, d): mean over valid positions or the last valid position."""
@@ -191,7 +246,10 @@ class LRModel(nn.Module):
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> list[Any]:
         if self.cfg.bidirectional:
             raise ValueError("a bidirectional model cannot stream")
-        return [b.init_state(batch_size, device=device, dtype=dtype) for b in self.blocks]
+        states = [b.init_state(batch_size, device=device, dtype=dtype) for b in self.blocks]
+        if self.landmarks is not None:  # and the count of real tokens streamed so far
+            states.append(torch.zeros((), dtype=torch.long, device=device))
+        return states
 
     def step(self, tokens: torch.Tensor, state: list[Any]) -> tuple[torch.Tensor, list[Any]]:
         """Per-position outputs for a chunk of tokens (B, l) given the state after the tokens
@@ -200,8 +258,15 @@ class LRModel(nn.Module):
             raise ValueError("step() streams per-position predictions; it needs head='lm'")
         self._check_tokens(tokens)
         x = self.embed(tokens)
+        if self.landmarks is not None:  # the last state entry counts the real tokens seen
+            *state, seen = state
+            x, landmark = self.landmarks.insert(x, int(seen))
         new_state = []
         for block, s in zip(self.blocks, state, strict=True):
             x, s = block(x, s)
             new_state.append(s)
-        return self.head(self.norm(x)), new_state
+        x = self.norm(x)
+        if self.landmarks is not None:
+            x = self.landmarks.strip(x, landmark)
+            new_state.append(seen + tokens.shape[1])
+        return self.head(x), new_state

@@ -1,0 +1,419 @@
+"""Landmark attention: the grouped softmax's three forms agree, retrieval against its loop and
+against the grouped softmax, the blockwise ref never holds a (T, T) tensor, the mixer against
+its equations, and the model-level landmark tokens."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import lrm
+from lrm.mixers.landmark import LandmarkAttention
+from lrm.nn import apply_rope
+from lrm.ops.landmark_attn import (
+    landmark_attn,
+    landmark_attn_quadratic_ref,
+    landmark_attn_recurrent_ref,
+    landmark_attn_ref,
+    landmark_retrieval_attn_ref,
+    landmark_retrieval_recurrent_ref,
+    rope_at,
+)
+
+F64 = dict(atol=1e-10, rtol=1e-10)
+
+
+def make(B=2, Tk=37, H=2, D=8, Dv=None, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(B, Tk, H, D, generator=g, dtype=dtype) for _ in range(2))
+    v = torch.randn(B, Tk, H, Dv or D, generator=g, dtype=dtype)
+    return q, k, v
+
+
+def outputs_and_grads(fn, q, k, v, Tq=None, **kw):
+    Tq = q.shape[1] if Tq is None else Tq
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    q_, k_, v_ = leaves
+    o = fn(q_[:, q_.shape[1] - Tq:], k_, v_, **kw)
+    do = torch.randn(o.shape, generator=torch.Generator().manual_seed(123), dtype=o.dtype)
+    return o, torch.autograd.grad((o * do).sum(), leaves)
+
+
+def rotated(q, k):
+    """q, k (B, T, H, D) rotated at their absolute positions 0..T-1 (training mode's RoPE)."""
+    pos = torch.arange(k.shape[1])
+    return (rope_at(t.transpose(1, 2), pos).transpose(1, 2) for t in (q, k))
+
+
+# ----------------------------------------------------------------------------- grouped softmax
+
+
+@pytest.mark.parametrize(("Tk", "Tq", "block_len", "block_q"), [
+    (37, 37, 4, 10),   # 7 blocks and 2 tokens; T not a multiple of block_len + 1
+    (37, 37, 4, 128),  # one chunk
+    (41, 41, 1, 6),    # every other token a landmark
+    (37, 15, 4, 10),   # a cache of 22 keys (ending mid-block), then 15 queries
+    (29, 1, 3, 8),     # decoding one token
+])
+def test_blockwise_equals_loop_and_quadratic_outputs_and_gradients(Tk, Tq, block_len, block_q):
+    q, k, v = make(Tk=Tk, Dv=6)
+    o_loop, g_loop = outputs_and_grads(landmark_attn_recurrent_ref, q, k, v, Tq,
+                                       block_len=block_len)
+    o_quad, g_quad = outputs_and_grads(landmark_attn_quadratic_ref, q, k, v, Tq,
+                                       block_len=block_len)
+    o, g = outputs_and_grads(landmark_attn_ref, q, k, v, Tq, block_len=block_len,
+                             block_q=block_q)
+    torch.testing.assert_close(o_quad, o_loop, **F64)
+    torch.testing.assert_close(o, o_loop, **F64)
+    for name, a, b, c in zip("qkv", g, g_loop, g_quad, strict=True):
+        torch.testing.assert_close(a, b, **F64, msg=lambda s, n=name: f"d{n}: {s}")
+        torch.testing.assert_close(c, b, **F64, msg=lambda s, n=name: f"d{n} (quad): {s}")
+
+
+def test_fp32_agrees_and_keeps_the_input_dtype():
+    q, k, v = make(Tk=37, dtype=torch.float32)
+    o = landmark_attn_ref(q, k, v, block_len=4, block_q=10)
+    assert o.dtype == torch.float32
+    torch.testing.assert_close(o, landmark_attn_recurrent_ref(q, k, v, block_len=4), atol=1e-5,
+                               rtol=1e-5)
+    ob = landmark_attn_ref(*(t.bfloat16() for t in (q, k, v)), block_len=4)
+    assert ob.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize(("T", "block_len"), [(8, 8), (5, 8), (1, 3)])
+def test_no_landmark_is_causal_softmax_attention(T, block_len):
+    q, k, v = make(Tk=T)
+    sdpa = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)),
+                                          is_causal=True).transpose(1, 2)
+    torch.testing.assert_close(landmark_attn_ref(q, k, v, block_len=block_len), sdpa, **F64)
+    torch.testing.assert_close(landmark_attn_quadratic_ref(q, k, v, block_len=block_len), sdpa,
+                               **F64)
+
+
+def test_landmarks_carry_no_value_and_route_through_their_key():
+    q, k, v = make(Tk=23)
+    bl = 4  # landmarks at 4, 9, 14, 19
+    o = landmark_attn_ref(q, k, v, block_len=bl)
+    v2 = v.clone()
+    v2[:, bl::bl + 1] += 100.0
+    torch.testing.assert_close(landmark_attn_ref(q, k, v2, block_len=bl), o, **F64)
+    k2 = k.clone()
+    k2[:, bl] += 1.0  # the first landmark's key moves the weight of block 0 for later queries
+    o2 = landmark_attn_ref(q, k2, v, block_len=bl)
+    torch.testing.assert_close(o2[:, :bl + 1], o[:, :bl + 1], **F64)  # not for its own block
+    assert (o2[:, bl + 1:] - o[:, bl + 1:]).abs().amin(dim=(0, 2, 3)).gt(1e-6).all()
+
+
+def test_a_block_is_weighted_by_its_landmark_probability():
+    """Hand-built case: one head, one earlier block; its weight is π(ℓ_0) and inside it the
+    tokens get a softmax of their own."""
+    bl, D = 2, 2
+    q = torch.zeros(1, 5, 1, D, dtype=torch.float64)
+    k = torch.zeros_like(q)
+    v = torch.zeros_like(q)
+    q[0, 4, 0] = torch.tensor([1.0, 0.0])
+    k[0, :, 0] = torch.tensor([[1.0, 0], [0, 0], [2.0, 0], [0.5, 0], [0, 0]])
+    v[0, :, 0] = torch.tensor([[1.0, 0], [0, 1.0], [7.0, 7], [0, 0], [3.0, -3]])
+    s = lambda j: k[0, j, 0, 0].item() / math.sqrt(D)  # noqa: E731  q_4·k_j·scale
+    # query 4 is in block 1 (positions 3, 4, landmark 5): G = {3, 4, ℓ_0 = 2}
+    z = math.exp(s(3)) + math.exp(s(4)) + math.exp(s(2))
+    inner = torch.softmax(torch.tensor([s(0), s(1)], dtype=torch.float64), 0)
+    want = (math.exp(s(2)) / z) * (inner[0] * v[0, 0, 0] + inner[1] * v[0, 1, 0]) + (
+        math.exp(s(4)) / z) * v[0, 4, 0]  # v_3 = 0
+    torch.testing.assert_close(landmark_attn_ref(q, k, v, block_len=bl)[0, 4, 0], want, **F64)
+
+
+def test_gradcheck():
+    q, k, v = (t[:1, :11, :1, :4].clone().requires_grad_(True) for t in make())
+    assert torch.autograd.gradcheck(
+        lambda a, b, c: landmark_attn_ref(a, b, c, block_len=2, block_q=3), (q, k, v))
+    assert torch.autograd.gradcheck(
+        lambda a, b, c: landmark_retrieval_attn_ref(a, b, c, block_len=2, topk=1, block_q=3),
+        (q, k, v))
+
+
+class _LargestTensor(TorchDispatchMode):
+    """Records the largest tensor any op creates (forward or backward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+def test_blockwise_ref_never_materialises_T_by_T():
+    T, bl = 1024, 15
+    q, k, v = (t.float().requires_grad_(True) for t in make(B=1, Tk=T, H=1, D=16))
+    with _LargestTensor() as mode:
+        o = landmark_attn_ref(q, k, v, block_len=bl, block_q=64)
+        o.square().sum().backward()
+    # a chunk of 64 rows holds 64 x T scores (padded to whole blocks); T x T is 1,048,576
+    assert mode.largest <= 64 * (T + bl + 1), mode.largest
+    with _LargestTensor() as mode:
+        landmark_attn_quadratic_ref(q, k, v, block_len=bl)
+    assert mode.largest >= T * T  # the check above can see a (T, T) tensor
+
+
+def test_dispatch_and_errors():
+    q, k, v = make(Tk=9)
+    torch.testing.assert_close(landmark_attn(q, k, v, block_len=3),
+                               landmark_attn_ref(q, k, v, block_len=3))
+    with pytest.raises(RuntimeError, match="no kernel package"):
+        landmark_attn(q, k, v, block_len=3, backend="kernel")
+    with pytest.raises(ValueError, match="block_len"):
+        landmark_attn_ref(q, k, v, block_len=0)
+    with pytest.raises(ValueError, match="Tq <= Tk"):
+        landmark_attn_ref(k, q[:, :3], v[:, :3], block_len=3)
+    with pytest.raises(ValueError, match="topk"):
+        landmark_retrieval_attn_ref(q, k, v, block_len=3, topk=0)
+
+
+def test_rope_at_is_the_models_rope():
+    x = torch.randn(2, 3, 11, 8)
+    torch.testing.assert_close(rope_at(x, torch.arange(5, 16)), apply_rope(x, 5), atol=1e-5,
+                               rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- retrieval
+
+
+@pytest.mark.parametrize(("Tk", "Tq", "block_len", "topk", "block_q"), [
+    (37, 37, 3, 2, 8),   # 9 blocks, keep 2
+    (37, 37, 4, 1, 5),   # keep 1
+    (41, 41, 2, 3, 128),
+    (45, 7, 3, 2, 8),    # with a cache
+    (45, 1, 3, 3, 8),    # decoding
+])
+def test_retrieval_equals_its_loop(Tk, Tq, block_len, topk, block_q):
+    q, k, v = make(Tk=Tk, Dv=6)
+    o_loop = landmark_retrieval_recurrent_ref(q[:, Tk - Tq:], k, v, block_len=block_len,
+                                              topk=topk)
+    o, blocks = landmark_retrieval_attn_ref(q[:, Tk - Tq:], k, v, block_len=block_len,
+                                            topk=topk, block_q=block_q, return_blocks=True)
+    torch.testing.assert_close(o, o_loop, **F64)
+    P = block_len + 1
+    c = (torch.arange(Tk - Tq, Tk) // P).view(1, Tq, 1, 1)
+    used = blocks >= 0
+    assert (used.sum(-1) == c.clamp(max=topk).squeeze(-1)).all()  # k' = min(k, n) blocks
+    assert (blocks[used.expand_as(blocks)] < c.expand_as(blocks)[used]).all()  # earlier only
+    diffs = blocks.diff(dim=-1)
+    assert (diffs[used[..., 1:]] > 0).all()  # in original order
+
+
+def test_retrieval_with_every_block_equals_the_grouped_softmax():
+    """k >= the number of earlier blocks: every block is retrieved at its true relative position,
+    so retrieval is the grouped softmax (up to rounding of the rotations)."""
+    q, k, v = make(Tk=37, Dv=6)
+    bl = 3  # the last query has 9 earlier blocks
+    o_ret, g_ret = outputs_and_grads(landmark_retrieval_attn_ref, q, k, v, block_len=bl, topk=9)
+
+    def grouped(q, k, v):
+        return landmark_attn_ref(*rotated(q, k), v, block_len=bl)
+
+    o_grp, g_grp = outputs_and_grads(grouped, q, k, v)
+    torch.testing.assert_close(o_ret, o_grp, **F64)
+    for a, b in zip(g_ret, g_grp, strict=True):
+        torch.testing.assert_close(a, b, **F64)
+    # fewer blocks: the queries with more than k earlier blocks differ, the others do not
+    o_k2 = landmark_retrieval_attn_ref(q, k, v, block_len=bl, topk=2)
+    n_before = torch.arange(37) // (bl + 1)
+    torch.testing.assert_close(o_k2[:, n_before <= 2], o_grp[:, n_before <= 2], **F64)
+    assert ((o_k2 - o_grp).abs().amax(dim=(0, 2, 3))[n_before > 2] > 1e-6).all()
+
+
+def test_retrieval_keeps_rope_distances_bounded():
+    """Positions depend only on block distances, clamped at k' + 1: a query with 1000 identical
+    old blocks behind it sees what it sees with one of them, however far they are."""
+    bl, P = 3, 4
+    q, k, v = make(B=1, Tk=P * 1002 + 2, H=2, D=8)
+    for t in (k, v):  # blocks 0..999 are copies of block 0; blocks 1000, 1001 and the tail differ
+        t[:, :1000 * P] = t[:, :P].repeat(1, 1000, 1, 1)
+    keep = torch.cat([torch.arange(P), torch.arange(1000 * P, k.shape[1])])
+    for topk in (1, 2):
+        o_far = landmark_retrieval_attn_ref(q[:, -1:], k, v, block_len=bl, topk=topk)
+        o_near = landmark_retrieval_attn_ref(q[:, -1:], k[:, keep], v[:, keep], block_len=bl,
+                                             topk=topk)
+        if topk == 1:  # one old copy or one of the two recent blocks, either way the same keys
+            torch.testing.assert_close(o_far, o_near, **F64)
+    # with RoPE at true positions (training mode) the distance would matter
+    g_far = landmark_attn_ref(*rotated(q, k), v, block_len=bl)[:, -1:]
+    g_near = landmark_attn_ref(*rotated(q[:, keep], k[:, keep]), v[:, keep], block_len=bl)
+    assert (g_far - g_near[:, -1:]).abs().max() > 1e-6
+
+
+def test_retrieval_ties_go_to_the_most_recent_block():
+    bl = 2
+    q, k, v = make(B=1, Tk=16, H=1)
+    k[:, bl::bl + 1] = k[:, bl:bl + 1]  # every landmark has the same key, as in layer one
+    _, blk = landmark_retrieval_attn_ref(q[:, -1:], k, v, block_len=bl, topk=1,
+                                         return_blocks=True)
+    # all older landmarks tie at the farthest slot; the nearest one (block 4) is scored at its
+    # own distance, so the choice is block 4 or the most recent of the tied ones (block 3)
+    assert blk.item() in (3, 4)
+    _, blk_tok = landmark_retrieval_attn_ref(q[:, -1:], k, v, block_len=bl, topk=1,
+                                             block_q=1, return_blocks=True)
+    assert torch.equal(blk, blk_tok)
+
+
+# ----------------------------------------------------------------------------- the mixer
+
+
+def test_mixer_matches_the_equations():
+    """Grouped mode equals the equations written out: projections, RoPE at absolute positions
+    (the attention mixer's apply_rope), the quadratic grouped softmax, o_proj."""
+    torch.manual_seed(0)
+    m = LandmarkAttention(32, n_heads=2, block_len=3).eval()
+    x = torch.randn(2, 19, 32)
+    y, _ = m(x)
+    q, k, v = (p(x).view(2, 19, 2, 16).transpose(1, 2) for p in (m.q_proj, m.k_proj, m.v_proj))
+    q, k = apply_rope(q, 0), apply_rope(k, 0)
+    o = landmark_attn_quadratic_ref(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                    block_len=3).reshape(2, 19, 32)
+    torch.testing.assert_close(y, m.o_proj(o), atol=1e-5, rtol=1e-4)
+    assert m.landmark_every == 3
+
+
+@pytest.mark.parametrize("topk", [None, 1, 2])
+def test_mixer_streams_exactly_in_float64(topk):
+    torch.manual_seed(0)
+    m = LandmarkAttention(32, n_heads=2, block_len=3, retrieval_topk=topk).double().eval()
+    x = torch.randn(2, 29, 32, dtype=torch.float64)
+    with torch.no_grad():
+        full, _ = m(x)
+        for splits in ([29], [4, 1, 9, 15], [1] * 29):
+            s, ys, t = m.init_state(2, dtype=torch.float64), [], 0
+            for n in splits:
+                y, s = m(x[:, t:t + n], s)
+                ys.append(y)
+                t += n
+            torch.testing.assert_close(torch.cat(ys, 1), full, **F64)
+    assert s.k.shape == (2, 29, 2, 16) and m.state_size(29) == 2 * 32 * 29
+
+
+def test_mixer_retrieval_with_every_block_equals_grouped_mode():
+    torch.manual_seed(0)
+    grouped = LandmarkAttention(32, n_heads=2, block_len=3).double()
+    retr = LandmarkAttention(32, n_heads=2, block_len=3, retrieval_topk=8).double()
+    retr.load_state_dict(grouped.state_dict())
+    x = torch.randn(2, 35, 32, dtype=torch.float64)  # the last query has 8 earlier blocks
+    torch.testing.assert_close(retr(x)[0], grouped(x)[0], **F64)
+    retr.retrieval_topk = 2
+    assert (retr(x)[0] - grouped(x)[0]).abs().max() > 1e-6
+
+
+def test_mixer_rejects_bad_options():
+    with pytest.raises(ValueError, match="block_len"):
+        LandmarkAttention(32, block_len=0)
+    with pytest.raises(ValueError, match="retrieval_topk"):
+        LandmarkAttention(32, retrieval_topk=0)
+    with pytest.raises(ValueError, match="even"):
+        LandmarkAttention(30, n_heads=2)
+    with pytest.raises(ValueError, match="32"):
+        LandmarkAttention(32)(torch.randn(1, 3, 31))
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+def lm(pattern=None, block_len=4, topk=None, head="lm", **kw):
+    torch.manual_seed(0)
+    opts = {"block_len": block_len, "retrieval_topk": topk}
+    if pattern:
+        cfg = lrm.ModelConfig(pattern=pattern, n_layers=len(pattern), d_model=32,
+                              mixer_kwargs={"landmark": opts}, vocab_size=13, head=head, **kw)
+    else:
+        cfg = lrm.ModelConfig(mixer="landmark", mixer_kwargs=opts, d_model=32, n_layers=2,
+                              vocab_size=13, head=head, **kw)
+    return lrm.LRModel(cfg).eval()
+
+
+@pytest.mark.parametrize("topk", [None, 2])
+@pytest.mark.parametrize("pattern", [None, ["landmark", "gdn"]], ids=["landmark", "hybrid"])
+def test_model_output_has_input_length_and_streams_like_forward(pattern, topk):
+    model = lm(pattern, topk=topk)
+    tokens = torch.randint(0, 13, (2, 33))
+    with torch.no_grad():
+        full = model(tokens)
+        assert full.shape == (2, 33, 13)
+        for splits in ([33], [4, 1, 3, 12, 13], [1] * 33):  # chunks end on and off the blocks
+            state, outs, t = model.init_state(2), [], 0
+            for n in splits:
+                y, state = model.step(tokens[:, t:t + n], state)
+                outs.append(y)
+                t += n
+            torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-5, rtol=1e-4)
+        assert int(state[-1]) == 33
+
+
+def test_model_inserts_landmarks_for_every_layer():
+    model = lm(["landmark", "gdn"], block_len=4)
+    seen = {}
+    for i, block in enumerate(model.blocks):
+        def hook(mod, args, out, i=i):
+            seen[i] = args[0]  # returns None: the output stays as it is
+
+        block.register_forward_hook(hook)
+    tokens = torch.randint(0, 13, (2, 13))
+    with torch.no_grad():
+        model(tokens)
+    # 13 real tokens -> landmarks after tokens 4, 8, 12: 16 positions in every layer
+    assert seen[0].shape[1] == seen[1].shape[1] == 16
+    emb = model.embed(tokens)
+    torch.testing.assert_close(seen[0][:, [4, 9, 14]],
+                               model.landmarks.embedding.expand(2, 3, -1))
+    torch.testing.assert_close(seen[0][:, [0, 3, 5, 8, 10, 13, 15]],
+                               emb[:, [0, 3, 4, 7, 8, 11, 12]])
+
+
+def test_model_landmark_embedding_learns_and_changes_later_predictions():
+    model = lm(block_len=4).train()
+    tokens = torch.randint(0, 13, (2, 13))
+    out = model(tokens)
+    out.square().sum().backward()
+    assert model.landmarks.embedding.grad.abs().sum() > 0
+    with torch.no_grad():
+        model.landmarks.embedding += 1.0
+        out2 = model(tokens)
+    torch.testing.assert_close(out2[:, :4], out[:, :4])  # before the first landmark
+    assert (out2[:, 4:] - out[:, 4:]).abs().amax() > 1e-4
+
+
+def test_model_pooling_ignores_landmarks_and_padding():
+    model = lm(block_len=3, head="classify", n_classes=3)
+    tokens = torch.randint(1, 13, (2, 17))
+    lengths = torch.tensor([17, 10])
+    with torch.no_grad():
+        h = model.encode(tokens)
+        assert h.shape == (2, 17, 32)
+        torch.testing.assert_close(model(tokens), model.head(h.mean(1)))
+        padded = tokens.clone()
+        padded[1, 10:] = 0
+        both = model(padded, lengths)
+        torch.testing.assert_close(both[1], model(tokens[1:, :10])[0], atol=1e-5, rtol=1e-5)
+
+
+def test_model_refuses_what_does_not_make_sense():
+    from lrm.model import LandmarkTokens
+
+    model = lm(block_len=4)
+    model.blocks[1].mixer.landmark_every = 7  # as if two layers had different block_len
+    with pytest.raises(ValueError, match="landmark_every"):
+        LandmarkTokens.declared(model.blocks, bidirectional=False)
+    with pytest.raises(ValueError, match="causal"):
+        lm(bidirectional=True, head="classify", n_classes=2)
+
+
+def test_models_without_landmark_layers_are_unchanged():
+    model = lrm.LRModel(lrm.ModelConfig(mixer="attention", d_model=32, n_layers=1,
+                                        vocab_size=5, head="lm"))
+    assert model.landmarks is None and len(model.init_state(1)) == 1
