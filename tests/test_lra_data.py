@@ -83,6 +83,20 @@ def test_listops_official_rows_tokenize(tmp_path):
                                 "pooling": "mean"}
 
 
+def test_listops_refuses_tokens_outside_its_vocabulary_with_file_and_line(tmp_path):
+    folder = tmp_path / "listops-1000"
+    folder.mkdir()
+    good = "Source\tTarget\n( ( [MAX 2 ) 9 ] )\t9\n"
+    for split in ("train", "test"):
+        (folder / f"basic_{split}.tsv").write_text(good)
+    (folder / "basic_val.tsv").write_text(good + "( ( [MAX 2 ) zzz ] )\t9\n")
+    dm = ListOpsDataModule(str(tmp_path), batch_size=2)
+    with pytest.raises(DataFormatError, match=r"basic_val\.tsv:3: unknown token 'zzz'"):
+        dm.setup()
+    with pytest.raises(ValueError, match="'<unk>' is not a ListOps token"):
+        tokenize("[MAX 1 <unk> ]")  # the specials are ids, never text in a file
+
+
 def test_listops_generator_layout_and_labels(tmp_path):
     cfg = ListOpsConfig(max_depth=5, max_args=5, min_length=10, max_length=80)
     folder = generate_listops(tmp_path, 30, 6, 6, cfg, seed=1, progress=False)
