@@ -22,13 +22,15 @@ from __future__ import annotations
 import difflib
 import inspect
 import logging
+import pickle
 import re
 import sys
 import time
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any, NoReturn
+
+import torch
 
 # Lightning 2.6's own pytree helper trips a deprecation in torch >= 2.10 on every step; it says
 # nothing a user can act on. Only that message is silenced.
@@ -86,6 +88,17 @@ class Checkpoint(ModelCheckpoint):
     """
 
     best_step: int | None = None
+    resuming = False  # set by the CLI before a fit from a checkpoint
+    _stage = "fit"
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self._stage = stage
+        super().setup(trainer, pl_module, stage)
+
+    def _ModelCheckpoint__warn_if_dir_not_empty(self, dirpath) -> None:
+        # a resumed run writes into its own, non-empty folder: that is the point, not a risk
+        if not self.resuming:
+            super()._ModelCheckpoint__warn_if_dir_not_empty(dirpath)
 
     def _uses_split_saves(self) -> bool:
         return self.monitor is not None and self._every_n_train_steps >= 1
@@ -123,8 +136,11 @@ class Checkpoint(ModelCheckpoint):
         return {**super().state_dict(), "best_step": self.best_step}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
         self.best_step = state_dict.get("best_step")
+        # an evaluation saves nothing, so the ranking of a fit is of no use to it (and Lightning
+        # would warn that the evaluation's folder differs from the fit's)
+        if self._stage == "fit":
+            super().load_state_dict(state_dict)
 
 
 class ValidateAtLastStep(Callback):
@@ -238,19 +254,26 @@ class _Parser(LightningArgumentParser):
 
 
 def _check_checkpoint(path: str | None, subcommand: str) -> None:
-    """Fail early, naming the file, when a checkpoint is missing or unreadable. torch.save
-    writes a zip whose directory is at its end, so a truncated file is not a zip."""
+    """Fail early, naming the file, when a checkpoint is missing or unreadable (torch's own
+    message for a truncated file names neither the file nor a way out)."""
     if path is None or path in ("best", "last", "hpc", "registry"):
         return
     p = Path(path)
     if not p.is_file():
         raise SystemExit(f"lra {subcommand}: no checkpoint at {p}. Runs keep theirs in "
                          f"runs/lra/version_N/checkpoints/ (last.ckpt, best-step=N.ckpt).")
-    if not zipfile.is_zipfile(p):
-        raise SystemExit(f"lra {subcommand}: cannot read checkpoint {p} ({p.stat().st_size} "
-                         f"bytes): the file is truncated or is not a torch checkpoint (a run "
-                         f"killed while saving leaves a partial file). Use another checkpoint of "
-                         f"the run, e.g. {p.parent / 'last.ckpt'} or a best-*.ckpt beside it.")
+    try:
+        # mmap reads the zip directory and the pickle, not the tensors: cheap at any size
+        torch.load(p, map_location="cpu", mmap=True, weights_only=True)
+    except pickle.UnpicklingError:
+        return  # readable, but holds more than tensors: Lightning loads it and says so
+    except Exception as err:
+        raise SystemExit(
+            f"lra {subcommand}: cannot read checkpoint {p} ({p.stat().st_size} bytes): the "
+            f"file is truncated or is not a torch checkpoint (a run killed while saving leaves "
+            f"a partial file; torch says: {str(err).splitlines()[0][:120]}). Use another "
+            f"checkpoint of the run, e.g. {p.parent / 'last.ckpt'} or a best-*.ckpt beside "
+            f"it.") from None
 
 
 # ----------------------------------------------------------------------------- the CLI
@@ -258,9 +281,6 @@ def _check_checkpoint(path: str | None, subcommand: str) -> None:
 
 class LRACLI(LightningCLI):
     started: float | None = None  # set by run(): the wall time of the summary counts from here
-
-    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
-        return _Parser(**kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(Checkpoint, "checkpoint")
@@ -297,6 +317,13 @@ class LRACLI(LightningCLI):
                  "init_args": {"save_dir": "runs", "name": "lra"}},
             ],
         })
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning reads the checkpoint's hyperparameters here, before any hook of ours
+        sub = self.config.get("subcommand")
+        if sub:
+            _check_checkpoint(self.config[sub].get("ckpt_path"), sub)
+        super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
@@ -338,6 +365,11 @@ class LRACLI(LightningCLI):
             # ours replaces Lightning's; the flag only stops Lightning announcing that
             config = {**config, "enable_model_summary": False}
         return super()._instantiate_trainer(config, callbacks)
+
+    def before_fit(self) -> None:
+        if isinstance(self.trainer.checkpoint_callback, Checkpoint):
+            self.trainer.checkpoint_callback.resuming = \
+                self.config.get("fit", self.config).get("ckpt_path") is not None
 
     def after_fit(self) -> None:
         trainer = self.trainer
@@ -440,14 +472,13 @@ def run(argv: list[str], *, from_shell: bool = False, started: float | None = No
         argv[1:1] = DEFAULT_DATA_ARGS
     _Parser.subcommand = argv[0]
     LRACLI.started = started if started is not None else time.monotonic()
-    # LightningCLI warns when it is handed arguments while sys.argv holds some too; from the
-    # shell the arguments are sys.argv's own (plus the default task), so they go through it.
+    # LightningCLI warns when it is handed arguments while sys.argv holds others (the shell's
+    # own, or pytest's); the arguments go through sys.argv instead, for the time of the run.
     saved = sys.argv
-    if from_shell:
-        sys.argv = [saved[0], *argv]
+    sys.argv = [saved[0] if from_shell else "lra", *argv]
     try:
         LRACLI(LRAModule, None, subclass_mode_data=True, seed_everything_default=0,
-               args=None if from_shell else argv, save_config_callback=SaveConfig,
+               args=None, save_config_callback=SaveConfig, parser_class=_Parser,
                save_config_kwargs={"overwrite": True},
                parser_kwargs={"description": "lra: train and evaluate lrm models (LightningCLI)."
                                              " `lra --help` lists the subcommands."})
