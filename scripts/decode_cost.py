@@ -6,8 +6,10 @@ fixed-size state of the recurrent mixers.
 For each mixer and context length T, an ``LRModel`` (``--layers`` layers of width ``--d``,
 vocabulary 256, batch 1, float32, eval mode) reads a random prompt of T tokens in one
 ``step`` (the prefill), then decodes ``--tokens`` tokens one ``step`` at a time. Reported:
-the median wall time of one decoding step, and the state the model carries per sequence
-(floats summed over layers: ``state_size(T)`` of each mixer). All cases run in one process,
+the median CPU time of one decoding step (``time.process_time``: the work of this process,
+which other work on a shared machine does not inflate the way it inflates wall time; with one
+thread it is the step's cost), and the state the model carries per sequence (floats summed over
+layers: ``state_size(T)`` of each mixer). All cases run in one process,
 one after the other, so the times are comparable with each other within a run and not across
 machines.
 """
@@ -25,7 +27,7 @@ import lrm
 
 def decode_cost(mixer: str, context: int, *, d: int, layers: int, tokens: int
                 ) -> tuple[float, int]:
-    """(median seconds per decoded token, state floats per sequence after the context)."""
+    """(median CPU seconds per decoded token, state floats per sequence after the context)."""
     torch.manual_seed(0)
     model = lrm.LRModel(lrm.ModelConfig(mixer=mixer, d_model=d, n_layers=layers,
                                         vocab_size=256, head="lm")).eval()
@@ -36,9 +38,9 @@ def decode_cost(mixer: str, context: int, *, d: int, layers: int, tokens: int
         logits, state = model.step(prompt, state)
         nxt = logits[:, -1:].argmax(-1)
         for _ in range(tokens):
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             logits, state = model.step(nxt, state)
-            times.append(time.perf_counter() - t0)
+            times.append(time.process_time() - t0)
             nxt = logits[:, -1:].argmax(-1)
     floats = sum(b.mixer.state_size(context) for b in model.blocks)
     return statistics.median(times), floats
@@ -58,8 +60,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"d={args.d}, {args.layers} layers, batch 1, float32, {args.threads} thread(s), "
-          f"median of {args.tokens} decoding steps\n")
-    print("| mixer | context T | ms per token | state floats per sequence |")
+          f"{args.tokens} decoding steps per case\n")
+    print("| mixer | context T | CPU ms per token | state floats per sequence |")
     print("|---|---|---|---|")
     for mixer in args.mixers:
         for T in args.contexts:
