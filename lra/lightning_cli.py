@@ -43,6 +43,7 @@ from lightning.pytorch.callbacks import (  # noqa: E402
     ModelSummary,
     RichProgressBar,
 )
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason  # noqa: E402
 from lightning.pytorch.cli import (  # noqa: E402
     LightningArgumentParser,
     LightningCLI,
@@ -123,6 +124,10 @@ class Checkpoint(ModelCheckpoint):
             self._save_topk_checkpoint(trainer, candidates)
             if self.best_model_path != before:
                 self.best_step = trainer.global_step
+                if getattr(self, "_last_step_of_last", None) == trainer.global_step:
+                    # last.ckpt of this step was written before this validation: write it
+                    # again, so that a run resumed from it knows its new best checkpoint
+                    self._save_last_checkpoint(trainer, candidates)
         return None
 
     def on_train_end(self, trainer, pl_module) -> None:
@@ -411,7 +416,10 @@ def run_summary(trainer, monitor: str | None, score: float | None, best_step: in
     """The last lines of a fit: what was reached, where it is, how to go on."""
     lines = ["", f"fit done: {trainer.global_step} steps in {_duration(seconds)}"]
     stopper = trainer.early_stopping_callback
-    if stopper is not None and stopper.stopping_reason_message:
+    if stopper is not None and stopper.stopping_reason == EarlyStoppingReason.STOPPING_THRESHOLD:
+        lines[-1] += (f" (stopped early: {stopper.monitor} passed "
+                      f"{stopper.stopping_threshold})")
+    elif stopper is not None and stopper.stopping_reason_message:
         lines[-1] += f" (stopped early: {stopper.stopping_reason_message})"
     if score is not None:
         at = f" at step {best_step}" if best_step is not None else ""

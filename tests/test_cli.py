@@ -121,7 +121,7 @@ def test_early_stopping_at_the_threshold(tmp_path, monkeypatch, capsys):
     lra_main(["fit", "--trainer.max_steps", "40", *SMALL, "--test_after_fit", "false",
               "--early_stopping.stopping_threshold", "0.0"])  # any accuracy passes 0
     out = capsys.readouterr().out
-    assert "fit done: 5 steps" in out and "stopped early" in out, out
+    assert "fit done: 5 steps" in out and "(stopped early: val/acc passed 0.0)" in out, out
     assert "test: skipped" in out
 
 
