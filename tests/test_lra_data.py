@@ -468,3 +468,17 @@ def test_configs_parse():
         assert set(cfg["model"]["model"]) <= allowed
         assert set(cfg["model"]) <= {"model", "lr", "weight_decay", "warmup_steps", "betas"}
         assert dm.batch_size >= 1 and cfg["trainer"]["max_epochs"] >= 1
+
+
+def test_full_recipes_leave_num_workers_to_the_machine(tmp_path):
+    import yaml
+
+    from lra.data.common import default_num_workers
+
+    for path in sorted((Path(__file__).parents[1] / "configs" / "lra").glob("*.yaml")):
+        init_args = yaml.safe_load(path.read_text())["data"].get("init_args", {})
+        assert "num_workers" not in init_args, f"{path.name} hard-codes num_workers"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert default_num_workers() == max(0, min(4, cores - 1))
+    assert ListOpsDataModule(str(tmp_path)).num_workers == default_num_workers()
+    assert ListOpsDataModule(str(tmp_path), num_workers=0).num_workers == 0
