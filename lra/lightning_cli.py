@@ -69,8 +69,8 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvert
 # parser default: jsonargparse carries a default's init_args into any other data class that
 # shares an argument name (seq_len), which would silently shorten a Path-X run to 128 tokens.
 DEFAULT_DATA = "lra.data.recall.RecallDataModule"
-# The main job validates every 100 steps (16 forward batches, about 5% of the training time),
-# so that early stopping at 99% acts within 100 steps of reaching it.
+# The main job validates every 100 steps (16 forward batches of 64 per 100 training steps), so
+# that early stopping at 99% acts within 100 steps of reaching it.
 DEFAULT_DATA_ARGS = ["--data", DEFAULT_DATA, "--trainer.val_check_interval", "100",
                      "--trainer.check_val_every_n_epoch", "null"]
 
