@@ -1,4 +1,4 @@
-"""The ``lra`` command.
+"""The ``lra`` command: a table of subcommands, each imported only when it runs.
 
     lra fit      [--config task.yaml --config model.yaml ...]   train (LightningCLI)
     lra validate / lra test --config ... --ckpt_path PATH          evaluate a checkpoint
@@ -12,126 +12,78 @@ line (``--model.model.mixer gdn``, ``--trainer.max_steps 500``). Multi-GPU and m
 from Lightning's own strategies: ``--trainer.devices 4 --trainer.strategy ddp`` (or fsdp).
 
 Resume a killed run exactly with ``--ckpt_path runs/<name>/checkpoints/last.ckpt``.
+
+This module imports neither torch nor Lightning: ``lra --help`` answers at once, and the
+Lightning parts (:mod:`lra.lightning_cli`) load only for the subcommands that need them.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
-from pathlib import Path
-
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-
-from lra.module import LRAModule
-
-# The built-in task when neither the command line nor a config file names one: the class's own
-# defaults are the README's main job. It is added to the arguments only then, not set as a
-# parser default: jsonargparse carries a default's init_args into any other data class that
-# shares an argument name (seq_len), which would silently shorten a Path-X run to 128 tokens.
-DEFAULT_DATA = "lra.data.recall.RecallDataModule"
+import time
+from typing import NamedTuple
 
 
-class Checkpoint(ModelCheckpoint):
-    """ModelCheckpoint that also writes ``last.ckpt`` when training stops between two saves
-    (``max_steps`` reached mid-interval), so the final weights are never lost."""
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        super().on_train_end(trainer, pl_module)
-        if self.save_last and trainer.global_step != self._last_global_step_saved:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+class Subcommand(NamedTuple):
+    summary: str  # one line for `lra --help`
+    target: str  # "module:function", called with the remaining arguments
 
 
-class LRACLI(LightningCLI):
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(Checkpoint, "checkpoint")
-        parser.link_arguments("data", "model.hints", compute_fn=_hints,
-                              apply_on="instantiate")
-        parser.set_defaults({
-            "model.model": {"mixer": "attention", "d_model": 64, "n_layers": 2},
-            "model.lr": 3e-3,
-            "model.weight_decay": 0.1,
-            "model.warmup_steps": 100,
-            "checkpoint.save_last": True,
-            "checkpoint.every_n_train_steps": 100,
-            "checkpoint.monitor": "val/acc",
-            "checkpoint.mode": "max",
-            "checkpoint.save_top_k": 1,
-            "checkpoint.filename": "best-{step}",
-            "trainer.max_steps": 3000,
-            "trainer.gradient_clip_val": 1.0,
-            "trainer.log_every_n_steps": 25,
-            "trainer.logger": [
-                {"class_path": "lra.csv_logger.CSVLogger",
-                 "init_args": {"save_dir": "runs", "name": "lra"}},
-                {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                 "init_args": {"save_dir": "runs", "name": "lra"}},
-            ],
-        })
+_TRAINER = "lra.lightning_cli:run"
+
+# Every subcommand, in the order `lra --help` lists them. A new one is one line here.
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "fit": Subcommand("train a model; no config trains attention on MQAR (the README's main job)",
+                      _TRAINER),
+    "validate": Subcommand("evaluate a checkpoint on the validation split", _TRAINER),
+    "test": Subcommand("evaluate a checkpoint on the test split", _TRAINER),
+    "predict": Subcommand("LightningCLI's predict (no shipped task has a predict split yet)",
+                          _TRAINER),
+    "generate": Subcommand("make LRA data locally: listops, pathfinder (no download)",
+                           "lra.data.generate:main"),
+    "leaderboard": Subcommand("train and test every mixer on every task, write docs/",
+                              "lra.leaderboard:main"),
+}
 
 
-    def before_instantiate_classes(self) -> None:
-        # The CSV and TensorBoard loggers would each pick their own next version number; give
-        # them one, so that a run's metrics.csv, events and checkpoints share one folder.
-        cfg = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
-        loggers = cfg.get("trainer", {}).get("logger")
-        if not isinstance(loggers, list) or not loggers:
-            return
-        args = [lg.init_args for lg in loggers if hasattr(lg, "init_args")]
-        if not args or any(a.get("version") is not None for a in args):
-            return
-        roots = {Path(a.get("save_dir", "runs")) / str(a.get("name", "lra")) for a in args}
-        taken = [int(p.name.split("_")[1]) for r in roots if r.is_dir() for p in r.iterdir()
-                 if p.name.startswith("version_") and p.name.split("_")[1].isdigit()]
-        version = f"version_{max(taken, default=-1) + 1}"
-        for a in args:
-            a["version"] = version
-
-
-def _names_data(argv: list[str]) -> bool:
-    """True if the arguments choose a data module (``--data X`` or a config with ``data:``);
-    ``--data.init_args.*`` overrides alone keep the built-in task."""
-    import yaml
-
-    for i, arg in enumerate(argv):
-        if arg in ("--data", "--data.class_path") or arg.startswith(("--data=",
-                                                                      "--data.class_path=")):
-            return True
-        path = arg.split("=", 1)[1] if arg.startswith("--config=") else (
-            argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None)
-        if path and Path(path).is_file():
-            cfg = yaml.safe_load(Path(path).read_text()) or {}
-            if "data" in cfg or any(isinstance(v, dict) and "data" in v for v in cfg.values()):
-                return True
-    return False
-
-
-def _hints(datamodule) -> dict:
-    hints = getattr(datamodule, "model_hints", None)
-    if hints is None:
-        raise TypeError(f"{type(datamodule).__name__} has no model_hints(); every lra data "
-                        f"module says which vocabulary, classes and head the model needs")
-    return hints()
+def help_text() -> str:
+    width = max(map(len, SUBCOMMANDS))
+    rows = "\n".join(f"  {name:<{width}}  {sub.summary}" for name, sub in SUBCOMMANDS.items())
+    return (
+        "usage: lra <subcommand> [options]\n\n"
+        "Train and evaluate lrm models on Long Range Arena and synthetic recall.\n\n"
+        f"subcommands:\n{rows}\n\n"
+        "`lra <subcommand> --help` lists a subcommand's options. Examples:\n"
+        "  lra fit                                                 # the main job, on CPU\n"
+        "  lra fit --config configs/recall/mqar.yaml --config configs/model/gdn.yaml\n"
+        "  lra fit --config runs/lra/version_0/config.yaml "
+        "--ckpt_path runs/lra/version_0/checkpoints/last.ckpt\n"
+        "  lra test --config runs/lra/version_0/config.yaml --ckpt_path <checkpoint>\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
+    started = time.monotonic()
     from_shell = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "generate":
-        from lra.data.generate import main as generate
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(help_text())
+        return None
+    name = argv[0]
+    if name not in SUBCOMMANDS:
+        import difflib
 
-        return generate(argv[1:])
-    if argv and argv[0] == "leaderboard":
-        from lra.leaderboard import main as leaderboard
-
-        return leaderboard(argv[1:])
-    if argv and argv[0] in ("fit", "validate", "test", "predict") and not _names_data(argv):
-        argv[1:1] = ["--data", DEFAULT_DATA]
-        from_shell = False
-    LRACLI(LRAModule, None, subclass_mode_data=True, seed_everything_default=0,
-           args=None if from_shell else argv,
-           save_config_kwargs={"overwrite": True},
-           parser_kwargs={"description": __doc__})
-    return None
+        close = difflib.get_close_matches(name, SUBCOMMANDS, n=1)
+        hint = f" Did you mean `lra {close[0]}`?" if close else ""
+        sys.stderr.write(f"lra: unknown subcommand {name!r}.{hint} "
+                         f"Valid: {', '.join(SUBCOMMANDS)} (`lra --help` says what each does).\n")
+        raise SystemExit(2)
+    module, function = SUBCOMMANDS[name].target.split(":")
+    run = getattr(importlib.import_module(module), function)
+    if SUBCOMMANDS[name].target == _TRAINER:
+        return run(argv, from_shell=from_shell, started=started)
+    return run(argv[1:])
 
 
 if __name__ == "__main__":

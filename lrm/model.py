@@ -18,7 +18,22 @@ from torch import nn
 
 from lrm import registry
 from lrm.config import ModelConfig
+from lrm.dtypes import compute_dtype, upcast
 from lrm.nn import MLP, make_norm
+
+
+def check_hidden(x: torch.Tensor, d: int, who: str) -> None:
+    """Refuse what a norm or a projection would reject with a bare torch error."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{who} expects a tensor x of shape (B, L, {d}); got {type(x).__name__}")
+    if x.dim() != 3 or x.shape[-1] != d:
+        raise ValueError(f"{who}(d={d}) expects x of shape (B, L, {d}); got "
+                         f"{tuple(x.shape)}. A single sequence needs a batch axis (x[None]); "
+                         f"token ids go through LRModel, which embeds them.")
+    if not x.is_floating_point():
+        raise TypeError(f"{who} expects floating-point x (B, L, {d}); got {x.dtype}. Token ids "
+                        f"go through LRModel (or an nn.Embedding) first; other integer data can "
+                        f"be cast with x.to(torch.float32).")
 
 
 class Block(nn.Module):
@@ -37,6 +52,8 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, state: Any = None, *,
                 lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
+        """x (B, L, d) -> (y (B, L, d), state); the state is None unless one was given."""
+        check_hidden(x, self.d, "Block")
         kw = {"lengths": lengths} if isinstance(self.mixer, Bidirectional) else {}
         if self.prenorm:
             y, state = self.mixer(self.norm1(x), state, **kw)
@@ -200,10 +217,23 @@ class LRModel(nn.Module):
 
     # -- encoding -----------------------------------------------------------------------------
 
-    def _check_tokens(self, tokens: torch.Tensor) -> None:
-        if tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"LRModel expects integer tokens of shape (B, L); got "
-                             f"{tuple(tokens.shape)} {tokens.dtype}")
+    def _check_tokens(self, tokens: torch.Tensor, what: str = "tokens") -> None:
+        if not isinstance(tokens, torch.Tensor):
+            raise TypeError(f"LRModel expects {what} as an integer tensor (B, L); got "
+                            f"{type(tokens).__name__}")
+        if tokens.dtype not in (torch.int64, torch.int32):
+            hint = (" (hidden states go to the blocks: model.blocks[i](x))"
+                    if tokens.is_floating_point() else "")
+            raise TypeError(f"LRModel expects integer token ids {what} (B, L); got "
+                            f"{tokens.dtype}{hint}. Cast ids with {what}.long().")
+        if tokens.dim() != 2:
+            raise ValueError(f"LRModel expects {what} of shape (B, L); got "
+                             f"{tuple(tokens.shape)}. A single sequence needs a batch axis "
+                             f"({what}[None]).")
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.cfg.vocab_size):
+            raise ValueError(f"{what} must lie in [0, vocab_size={self.cfg.vocab_size}); got "
+                             f"values in [{int(tokens.min())}, {int(tokens.max())}]. Raise "
+                             f"ModelConfig.vocab_size or fix the tokenizer.")
 
     def encode(self, tokens: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """tokens (B, L) -> hidden states (B, L, d) after the final norm."""
@@ -238,6 +268,7 @@ class LRModel(nn.Module):
             return self.head(u)
         if tokens2 is None:
             raise ValueError("head='retrieval' needs tokens2 (the second document)")
+        self._check_tokens(tokens2, "tokens2")
         v = self.pool(self.encode(tokens2, lengths2), lengths2)
         return self.head(torch.cat([u, v, u * v, u - v], dim=-1))
 
@@ -270,3 +301,47 @@ class LRModel(nn.Module):
             x = self.landmarks.strip(x, landmark)
             new_state.append(seen + tokens.shape[1])
         return self.head(x), new_state
+
+    @torch.no_grad()
+    def generate(self, prompt: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
+                 top_k: int | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Continue ``prompt`` (B, L0) by ``max_new_tokens`` tokens; returns (B, L0 + new).
+
+        The prompt goes through :meth:`step` in one chunk (the prefill), then each new token
+        is one more ``step`` with the state: a KV cache for attention, a fixed-size state for
+        the recurrent mixers. ``temperature=0`` is greedy decoding; otherwise the next token
+        is drawn from softmax(logits / temperature), restricted to the ``top_k`` most likely
+        tokens if given. Call ``model.eval()`` first if the model has dropout.
+        """
+        if self.cfg.head != "lm" or self.cfg.bidirectional:
+            raise ValueError("generate() needs a causal language model: head='lm' and "
+                             "bidirectional=False")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+        self._check_tokens(prompt, "prompt")
+        if prompt.shape[1] == 0:
+            raise ValueError("generate() needs a prompt of at least one token")
+        state = self.init_state(prompt.shape[0], device=prompt.device,
+                                dtype=self.head.weight.dtype)
+        logits, state = self.step(prompt, state)  # prefill: (B, L0, V)
+        out = [prompt]
+        for i in range(max_new_tokens):
+            # sample in the compute dtype: a bf16 softmax over a large vocabulary is coarse
+            last = upcast(logits[:, -1], compute_dtype(logits))  # (B, V)
+            if temperature == 0:
+                nxt = last.argmax(-1)
+            else:
+                last = last / temperature
+                if top_k is not None and top_k < last.shape[-1]:
+                    kth = last.topk(top_k, dim=-1).values[:, -1:]  # (B, 1)
+                    last = last.masked_fill(last < kth, float("-inf"))
+                nxt = torch.multinomial(last.softmax(-1), 1, generator=generator)[:, 0]
+            out.append(nxt[:, None])
+            if i + 1 < max_new_tokens:  # the last token needs no logits of its own
+                logits, state = self.step(nxt[:, None], state)
+        return torch.cat(out, dim=1)

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 import lrm
-from lra.cli import LRACLI
+from lra.lightning_cli import LRACLI
 from lra.module import LRAModule
 
 ROOT = Path(__file__).parents[1]

@@ -101,10 +101,28 @@ def test_retrieval_head_and_input_checks():
     assert model(x, tokens2=x).shape == (3, 2)
     with pytest.raises(ValueError, match="tokens2"):
         model(x)
-    with pytest.raises(ValueError, match="integer tokens"):
+    with pytest.raises(TypeError, match="integer token ids"):
         model(x.float())
     with pytest.raises(ValueError, match="stream"):
         lrm.LRModel(lrm.ModelConfig(vocab_size=10, head="lm", bidirectional=True)).init_state(1)
+
+
+def test_block_and_model_refuse_bad_input_with_a_clear_error():
+    block = lrm.build("attention", d=32)
+    with pytest.raises(ValueError, match=r"Block\(d=32\) expects x of shape \(B, L, 32\); got "
+                                         r"\(2, 5, 16\)"):
+        block(torch.randn(2, 5, 16))
+    with pytest.raises(ValueError, match=r"batch axis"):
+        block(torch.randn(5, 32))
+    with pytest.raises(TypeError, match=r"floating-point x .* torch.int64"):
+        block(torch.ones(2, 5, 32, dtype=torch.long))
+    model = lrm.LRModel(lrm.ModelConfig(d_model=32, n_layers=1, vocab_size=10, head="lm"))
+    with pytest.raises(ValueError, match=r"shape \(B, L\); got \(8,\)"):
+        model(torch.randint(0, 10, (8,)))
+    with pytest.raises(ValueError, match=r"\[0, vocab_size=10\); got values in \[0, 12\]"):
+        model(torch.tensor([[0, 3, 12]]))
+    with pytest.raises(ValueError, match="vocab_size"):
+        model(torch.tensor([[-1, 3]]))
 
 
 def test_param_groups_follow_tags_and_skip_decay_on_vectors():

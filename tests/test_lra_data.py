@@ -83,6 +83,20 @@ def test_listops_official_rows_tokenize(tmp_path):
                                 "pooling": "mean"}
 
 
+def test_listops_refuses_tokens_outside_its_vocabulary_with_file_and_line(tmp_path):
+    folder = tmp_path / "listops-1000"
+    folder.mkdir()
+    good = "Source\tTarget\n( ( [MAX 2 ) 9 ] )\t9\n"
+    for split in ("train", "test"):
+        (folder / f"basic_{split}.tsv").write_text(good)
+    (folder / "basic_val.tsv").write_text(good + "( ( [MAX 2 ) zzz ] )\t9\n")
+    dm = ListOpsDataModule(str(tmp_path), batch_size=2)
+    with pytest.raises(DataFormatError, match=r"basic_val\.tsv:3: unknown token 'zzz'"):
+        dm.setup()
+    with pytest.raises(ValueError, match="'<unk>' is not a ListOps token"):
+        tokenize("[MAX 1 <unk> ]")  # the specials are ids, never text in a file
+
+
 def test_listops_generator_layout_and_labels(tmp_path):
     cfg = ListOpsConfig(max_depth=5, max_args=5, min_length=10, max_length=80)
     folder = generate_listops(tmp_path, 30, 6, 6, cfg, seed=1, progress=False)
@@ -454,3 +468,17 @@ def test_configs_parse():
         assert set(cfg["model"]["model"]) <= allowed
         assert set(cfg["model"]) <= {"model", "lr", "weight_decay", "warmup_steps", "betas"}
         assert dm.batch_size >= 1 and cfg["trainer"]["max_epochs"] >= 1
+
+
+def test_full_recipes_leave_num_workers_to_the_machine(tmp_path):
+    import yaml
+
+    from lra.data.common import default_num_workers
+
+    for path in sorted((Path(__file__).parents[1] / "configs" / "lra").glob("*.yaml")):
+        init_args = yaml.safe_load(path.read_text())["data"].get("init_args", {})
+        assert "num_workers" not in init_args, f"{path.name} hard-codes num_workers"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert default_num_workers() == max(0, min(4, cores - 1))
+    assert ListOpsDataModule(str(tmp_path)).num_workers == default_num_workers()
+    assert ListOpsDataModule(str(tmp_path), num_workers=0).num_workers == 0

@@ -208,7 +208,7 @@ class LRADataModule(pl.LightningDataModule):
         self,
         data_dir: str,
         batch_size: int,
-        num_workers: int,
+        num_workers: int | None,
         seed: int,
         limit_train: int | None,
         limit_val: int | None,
@@ -219,7 +219,7 @@ class LRADataModule(pl.LightningDataModule):
         super().__init__()
         self.data_dir = Path(data_dir).expanduser()
         self.batch_size = batch_size
-        self.num_workers = num_workers
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.seed = seed
         self.limits = {"train": limit_train, "val": limit_val, "test": limit_test}
         for split, n in self.limits.items():
@@ -279,6 +279,16 @@ class LRADataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+
+def default_num_workers() -> int:
+    """DataLoader workers when a recipe names none: one core stays with the training process,
+    at most 4 (decoding a batch of LRA examples is cheap), none on a single core."""
+    try:
+        cores = len(os.sched_getaffinity(0))  # the cores this process may use
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(0, min(4, cores - 1))
 
 
 class _Collate:

@@ -697,24 +697,29 @@ def main(argv: list[str] | None = None) -> None:
     """``lra generate listops|pathfinder --out DIR [...]``."""
     ap = argparse.ArgumentParser(prog="lra generate", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="task", required=True)
-    lo = sub.add_parser("listops", help="write listops-1000/basic_{train,val,test}.tsv")
+    shows_defaults = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter}
+    lo = sub.add_parser("listops", help="write listops-1000/basic_{train,val,test}.tsv",
+                        **shows_defaults)
     lo.add_argument("--out", required=True, help="output root (e.g. data/lra_release)")
-    lo.add_argument("--n-train", type=int, default=96000)
-    lo.add_argument("--n-val", type=int, default=2000)
-    lo.add_argument("--n-test", type=int, default=2000)
-    lo.add_argument("--max-depth", type=int, default=10)
-    lo.add_argument("--max-args", type=int, default=10)
-    lo.add_argument("--min-length", type=int, default=500)
-    lo.add_argument("--max-length", type=int, default=2000)
-    pf = sub.add_parser("pathfinder", help="write pathfinder<size>/<difficulty>/{imgs,metadata}")
+    lo.add_argument("--n-train", type=int, default=96000, help="training expressions")
+    lo.add_argument("--n-val", type=int, default=2000, help="validation expressions")
+    lo.add_argument("--n-test", type=int, default=2000, help="test expressions")
+    lo.add_argument("--max-depth", type=int, default=10, help="deepest nesting")
+    lo.add_argument("--max-args", type=int, default=10, help="most arguments per operator")
+    lo.add_argument("--min-length", type=int, default=500, help="fewest tokens")
+    lo.add_argument("--max-length", type=int, default=2000, help="most tokens")
+    pf = sub.add_parser("pathfinder", help="write pathfinder<size>/<difficulty>/{imgs,metadata}",
+                        **shows_defaults)
     pf.add_argument("--out", required=True, help="output root (e.g. data/lra_release)")
-    pf.add_argument("--resolution", type=int, default=32, choices=(32, 64, 128))
-    pf.add_argument("--contour-length", type=int, default=14, choices=sorted(DIFFICULTY_DIRS))
-    pf.add_argument("--n-images", type=int, default=200000)
+    pf.add_argument("--resolution", type=int, default=32, choices=(32, 64, 128),
+                    help="image side in pixels")
+    pf.add_argument("--contour-length", type=int, default=14, choices=sorted(DIFFICULTY_DIRS),
+                    help="dashes per path (6, 9 or 14: the difficulty)")
+    pf.add_argument("--n-images", type=int, default=200000, help="images in all")
     pf.add_argument("--per-batch", type=int, default=1000, help="images per imgs/<i> folder")
     pf.add_argument("--examples", default=None, help="also save a labelled example grid here")
     for p in (lo, pf):
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=int, default=0, help="random seed")
         p.add_argument("--workers", type=int, default=1, help="processes")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)

@@ -61,7 +61,8 @@ class CIFAR10DataModule(LRADataModule):
         data_dir: root for the preprocessing cache (``data_dir/.cache``) and the hub cache.
         dataset: hub id (``uoft-cs/cifar10``) or a local ``save_to_disk``/parquet folder.
         batch_size: images per batch (S4 repo: 50; LRA: 256).
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes; None (the default) uses what the machine
+            has (lra.data.common.default_num_workers).
         seq_len: must be 1024 (32 x 32); accepted for a uniform interface.
         seed: seeds the shuffling of the training set.
         val_fraction: the last fraction of the training images used for validation (LRA: 0.1).
@@ -79,7 +80,7 @@ class CIFAR10DataModule(LRADataModule):
         data_dir: str = "data",
         dataset: str = "uoft-cs/cifar10",
         batch_size: int = 50,
-        num_workers: int = 0,
+        num_workers: int | None = None,
         seq_len: int = 1024,
         seed: int = 0,
         val_fraction: float = 0.1,

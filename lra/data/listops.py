@@ -12,7 +12,7 @@ fixed (the S4 repo builds the same 18 entries from the training set):
 id    token
 ====  ==========================
 0     ``<pad>`` (right padding)
-1     ``<unk>`` (anything else)
+1     ``<unk>`` (reserved; never produced: see below)
 2     ``<eos>`` (appended when ``append_eos``, as in the S4 repo)
 3-12  digits ``0`` .. ``9``
 13    ``[MAX``
@@ -21,6 +21,10 @@ id    token
 16    ``[SM``
 17    ``]``
 ====  ==========================
+
+Any other token is refused with its file and line: the LRA generator writes only these symbols
+(its operators are MAX, MIN, MED and SM over the digits), so another token means a corrupt or
+foreign file, which would otherwise train silently on ``<unk>``.
 
 Sequences longer than ``seq_len`` (2048 by default, as in the S4 repo; LRA keeps expressions
 under 2000 tokens) are truncated, keeping room for ``<eos>``.
@@ -47,13 +51,26 @@ SPECIALS = ["<pad>", "<unk>", "<eos>"]
 SYMBOLS = [str(d) for d in range(10)] + ["[MAX", "[MIN", "[MED", "[SM", "]"]
 VOCAB = {tok: i for i, tok in enumerate(SPECIALS + SYMBOLS)}
 UNK_ID, EOS_ID = VOCAB["<unk>"], VOCAB["<eos>"]
+SYMBOL_IDS = {tok: VOCAB[tok] for tok in SYMBOLS}  # what an expression may contain
 SPLIT_FILES = {"train": "basic_train.tsv", "val": "basic_val.tsv", "test": "basic_test.tsv"}
 _DROP_PARENS = str.maketrans({"(": " ", ")": " "})
 
 
+def unknown_tokens(expression: str) -> list[str]:
+    """The tokens of ``expression`` that are not ListOps symbols, in order of appearance."""
+    return list(dict.fromkeys(t for t in expression.translate(_DROP_PARENS).split()
+                              if t not in VOCAB or t in SPECIALS))
+
+
 def tokenize(expression: str) -> list[int]:
-    """Token ids of one ListOps expression (parentheses dropped, no ``<eos>``)."""
-    return [VOCAB.get(t, UNK_ID) for t in expression.translate(_DROP_PARENS).split()]
+    """Token ids of one ListOps expression (parentheses dropped, no ``<eos>``); a token outside
+    the vocabulary is a ValueError."""
+    tokens = expression.translate(_DROP_PARENS).split()
+    try:
+        return [SYMBOL_IDS[t] for t in tokens]
+    except KeyError as err:
+        raise ValueError(f"{err.args[0]!r} is not a ListOps token (valid: "
+                         f"{' '.join(SYMBOLS)}, and parentheses)") from None
 
 
 def detokenize(ids: list[int] | torch.Tensor) -> str:
@@ -86,6 +103,13 @@ def read_tsv(path: Path, limit: int | None = None) -> tuple[list[str], list[int]
                                       "integer") from None
             if not 0 <= target <= 9:
                 raise DataFormatError(f"{path}:{lineno}: Target {target} is not in 0..9")
+            bad = unknown_tokens(fields[0])
+            if bad:
+                raise DataFormatError(
+                    f"{path}:{lineno}: unknown token{'s' if len(bad) > 1 else ''} "
+                    f"{', '.join(map(repr, bad[:5]))}; ListOps has only {' '.join(SYMBOLS)} and "
+                    f"parentheses. The file is corrupt or not ListOps: fetch the LRA release "
+                    f"again or regenerate it with `lra generate listops`.")
             sources.append(fields[0])
             targets.append(target)
     return sources, targets
@@ -97,7 +121,8 @@ class ListOpsDataModule(LRADataModule):
     Args:
         data_dir: the unpacked ``lra_release/`` (or the ``listops-1000/`` folder itself).
         batch_size: examples per batch (LRA and the S4 repo use 32).
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes; None (the default) uses what the machine
+            has (lra.data.common.default_num_workers).
         seq_len: maximum tokens per example, ``<eos>`` included (S4 repo: 2048).
         seed: seeds the shuffling of the training set.
         append_eos: append ``<eos>`` (id 2) as the S4 repo does.
@@ -114,7 +139,7 @@ class ListOpsDataModule(LRADataModule):
         self,
         data_dir: str = "data/lra_release",
         batch_size: int = 32,
-        num_workers: int = 0,
+        num_workers: int | None = None,
         seq_len: int = 2048,
         seed: int = 0,
         append_eos: bool = True,

@@ -119,7 +119,8 @@ class PathfinderDataModule(LRADataModule):
         resolution: image side: 32 (Pathfinder), 128 (Path-X), or 64 / 256.
         contour_length: 14 (LRA's hard split), 9 or 6 (``curv_baseline``).
         batch_size: images per batch (S4 repo: 64 for Pathfinder, 16 for Path-X).
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes; None (the default) uses what the machine
+            has (lra.data.common.default_num_workers).
         seq_len: ``resolution**2`` (or None); accepted for a uniform interface.
         seed: seeds the shuffling of the training set.
         split_seed: seeds the 80/10/10 split (S4 repo: 42).
@@ -139,7 +140,7 @@ class PathfinderDataModule(LRADataModule):
         resolution: int = 32,
         contour_length: int = 14,
         batch_size: int = 64,
-        num_workers: int = 0,
+        num_workers: int | None = None,
         seq_len: int | None = None,
         seed: int = 0,
         split_seed: int = 42,

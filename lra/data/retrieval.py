@@ -67,7 +67,8 @@ class AANDataModule(LRADataModule):
     Args:
         data_dir: the unpacked ``lra_release/`` (or the ``tsv_data/`` folder itself).
         batch_size: pairs per batch (S4 repo: 64; LRA: 32).
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes; None (the default) uses what the machine
+            has (lra.data.common.default_num_workers).
         seq_len: maximum tokens per document, ``<eos>`` included (LRA: 4000).
         seed: seeds the shuffling of the training set.
         append_eos: append ``<eos>`` (id 1) to each document, as the S4 repo does.
@@ -85,7 +86,7 @@ class AANDataModule(LRADataModule):
         self,
         data_dir: str = "data/lra_release",
         batch_size: int = 64,
-        num_workers: int = 0,
+        num_workers: int | None = None,
         seq_len: int = 4000,
         seed: int = 0,
         append_eos: bool = True,

@@ -60,7 +60,8 @@ class IMDBDataModule(LRADataModule):
         data_dir: root for the preprocessing cache (``data_dir/.cache``) and the hub cache.
         dataset: hub id (``stanfordnlp/imdb``) or a local ``save_to_disk``/parquet folder.
         batch_size: examples per batch (S4 repo: 16; LRA: 32).
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes; None (the default) uses what the machine
+            has (lra.data.common.default_num_workers).
         seq_len: maximum tokens per example, ``<eos>`` included (LRA: 4096 bytes).
         seed: seeds the shuffling and the ``val_split`` hold-out.
         val_split: fraction of train held out for validation; 0 validates on test (LRA).
@@ -79,7 +80,7 @@ class IMDBDataModule(LRADataModule):
         data_dir: str = "data",
         dataset: str = "stanfordnlp/imdb",
         batch_size: int = 16,
-        num_workers: int = 0,
+        num_workers: int | None = None,
         seq_len: int = 4096,
         seed: int = 0,
         val_split: float = 0.0,
