@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lra.leaderboard import recall as arena  # noqa: E402
-from lra.leaderboard.store import load_store  # noqa: E402
+from lra.leaderboard import recall as arena
+from lra.leaderboard.store import load_store
 
 
 def main() -> None:
