@@ -1,6 +1,7 @@
 """The ``lra`` command.
 
     lra fit      [--config task.yaml --config model.yaml ...]   train (LightningCLI)
+    lra pretrain [--config task.yaml --config model.yaml ...]   self-pretrain on the task's inputs
     lra validate / lra test --config ... --ckpt_path PATH          evaluate a checkpoint
     lra generate listops|pathfinder --out DIR                       make LRA data locally
     lra leaderboard [--quick]                                       run the grid, write docs/
@@ -120,6 +121,10 @@ def main(argv: list[str] | None = None) -> None:
         from lra.data.generate import main as generate
 
         return generate(argv[1:])
+    if argv and argv[0] == "pretrain":
+        from lra.pretrain import main as pretrain
+
+        return pretrain(argv[1:])
     if argv and argv[0] == "leaderboard":
         from lra.leaderboard import main as leaderboard
 

@@ -140,14 +140,21 @@ def add_runs(path: str | Path, new: Iterable[dict[str, Any]]) -> list[dict[str, 
     return runs
 
 
-def run_key(r: dict[str, Any]) -> tuple[str, str, str]:
-    return (r["mixer"], r["task"], r["setting"])
+def run_key(r: dict[str, Any]) -> tuple[str, str, str, bool]:
+    # a self-pretrained run (model.init_from) is a row of its own beside the scratch run
+    return (r["mixer"], r["task"], r["setting"], bool(r.get("pretrained")))
 
 
-def latest(runs: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
-    """The newest record of every mixer x task x setting (by ``date``; later in the list wins
-    a tie)."""
-    best: dict[tuple[str, str, str], dict[str, Any]] = {}
+def row_label(r: dict[str, Any]) -> str:
+    """The mixer, marked ``+ SPT`` when the run was fine-tuned from ``lra pretrain``."""
+    return r["mixer"] + (" + SPT" if r.get("pretrained") else "")
+
+
+def latest(runs: Iterable[dict[str, Any]]
+           ) -> dict[tuple[str, str, str, bool], dict[str, Any]]:
+    """The newest record of every mixer x task x setting x pretrained (by ``date``; later in
+    the list wins a tie)."""
+    best: dict[tuple[str, str, str, bool], dict[str, Any]] = {}
     for r in runs:
         k = run_key(r)
         if k not in best or str(r.get("date", "")) >= str(best[k].get("date", "")):
@@ -418,6 +425,7 @@ def _launch(run_dir: Path, timeout: float, threads: int | None = None
 def _record_base(mixer: str, task: str, setting: str, cfg: dict[str, Any] | None,
                  extra: dict[str, Any]) -> dict[str, Any]:
     m = (cfg or {}).get("model", {}).get("model", {})
+    init_from = (cfg or {}).get("model", {}).get("init_from")
     tr = (cfg or {}).get("trainer", {})
     return {
         "mixer": mixer, "task": task, "setting": setting,
@@ -428,6 +436,7 @@ def _record_base(mixer: str, task: str, setting: str, cfg: dict[str, Any] | None
         "lr": (cfg or {}).get("model", {}).get("lr"),
         "batch_size": (cfg or {}).get("data", {}).get("init_args", {}).get("batch_size"),
         "max_steps": tr.get("max_steps"), "max_time": tr.get("max_time"),
+        "pretrained": bool(init_from), "init_from": init_from,
         **extra,
     }
 
@@ -607,8 +616,8 @@ def setting_caption(setting: str, recs: list[dict[str, Any]]) -> str:
 def ours_table(recs: list[dict[str, Any]]) -> str:
     tasks = [t for t in TASK_ORDER if any(r["task"] == t for r in recs)]
     tasks += sorted({r["task"] for r in recs} - set(tasks))
-    mixers = sorted({r["mixer"] for r in recs})
-    by = {(r["mixer"], r["task"]): r for r in recs}
+    mixers = sorted({row_label(r) for r in recs})  # "m" and "m + SPT" side by side
+    by = {(row_label(r), r["task"]): r for r in recs}
     lines = ["| mixer | " + " | ".join(f"{TASK_NAMES.get(t, t)} test / best val"
                                         for t in tasks) + " |",
              "|" + "---|" * (len(tasks) + 1)]
@@ -636,7 +645,7 @@ def details_table(recs: list[dict[str, Any]]) -> str:
              "| best val (step) | test | majority | data (train/val/test) | date |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(recs, key=lambda r: (TASK_ORDER.index(r["task"])
-                                         if r["task"] in TASK_ORDER else 99, r["mixer"])):
+                                         if r["task"] in TASK_ORDER else 99, row_label(r))):
         status = "ok" if r.get("status") == "ok" else \
             "error: " + str(r.get("error")).replace("|", "\\|").replace("\n", " ")[:300]
         wall = "–" if r.get("wall_s") is None else \
@@ -646,7 +655,7 @@ def details_table(recs: list[dict[str, Any]]) -> str:
         best = "–" if r.get("best_val") is None else \
             f"{_pct(r['best_val'])} ({r.get('best_val_step')})"
         lines.append(
-            f"| {r['mixer']} | {r['task']} | {status} | {r.get('steps') or '–'} | "
+            f"| {row_label(r)} | {r['task']} | {status} | {r.get('steps') or '–'} | "
             f"{r.get('lr') or '–'} | {wall} | "
             f"{r.get('params') or '–'} | {best} | {_pct(r.get('test'))} | "
             f"{_pct(r.get('majority'))} | {r.get('data', '')} ({size}) | {r.get('date', '')} |")
@@ -723,8 +732,8 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
         maj = []
         for i, s in enumerate(settings):
             for r in sorted((r for r in newest if r["task"] == t and r["setting"] == s),
-                            key=lambda r: r["mixer"]):
-                labels.append(f"{r['mixer']} [{s}]")
+                            key=row_label):
+                labels.append(f"{row_label(r)} [{s}]")
                 values.append(100 * r["test"])
                 cols.append(colours[i % len(colours)])
                 if r.get("majority"):
