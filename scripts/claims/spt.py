@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import csv
+import json
 import os
 import shlex
 import subprocess
@@ -56,17 +57,36 @@ TASKS: dict[str, dict[str, Any]] = {
 }
 
 
-def _run(cmd: list[str], cwd: Path, log: Path) -> float:
+def _run(commands: list[list[str]], cwd: Path, log: Path) -> list[float]:
+    """Run ``lra`` commands one after the other in one child process (one import of torch and
+    Lightning for the chain); returns the wall seconds of each."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1",
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    t0 = time.time()
-    with open(log, "a", encoding="utf-8") as out:
-        out.write("$ " + shlex.join(cmd) + "\n")
+    times = cwd / "times.json"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(commands),
+           str(times)]
+    with open(log, "w", encoding="utf-8") as out:
+        for c in commands:
+            out.write("$ lra " + shlex.join(c) + "\n")
         out.flush()
         rc = subprocess.call(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
     if rc != 0:
-        raise RuntimeError(f"{shlex.join(cmd)} exited {rc}; see {log}")
-    return time.time() - t0
+        raise RuntimeError(f"a command of {cwd.name} exited {rc}; see {log}")
+    return json.loads(times.read_text())
+
+
+def worker(commands: list[list[str]], times: Path) -> None:
+    import torch
+
+    from lra.cli import main as lra
+
+    torch.set_num_threads(1)
+    walls = []
+    for c in commands:
+        t0 = time.time()
+        lra(c)
+        walls.append(round(time.time() - t0, 1))
+    times.write_text(json.dumps(walls))
 
 
 def _metrics(path: Path, column: str) -> list[tuple[int, float]]:
@@ -76,18 +96,12 @@ def _metrics(path: Path, column: str) -> list[tuple[int, float]]:
     return [(int(r["step"]), float(r[column])) for r in rows if r.get(column)]
 
 
-def _lra(sub: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", "lra.cli", sub, *args]
-
-
 def chain(task: str, mixer: str, spt: bool, *, steps: int, pretrain: int, data_dir: Path,
           out: Path) -> dict[str, Any]:
     """One run: scratch (fit N) or SPT (pretrain P, fit N - P); then test the last weights."""
     spec = TASKS[task]
     cwd = out / f"{task}-{mixer}-{'spt' if spt else 'scratch'}"
     cwd.mkdir(parents=True, exist_ok=True)
-    log = cwd / "log.txt"
-    log.write_text("")
     base = ["--config", str(REPO / "configs" / "lra" / "quick" / f"{task}.yaml")]
     common = ["--config", str(REPO / "configs" / "model" / f"{mixer}.yaml"),
               "--data.init_args.data_dir", str(data_dir), "--model.model.d_model", "32"]
@@ -100,26 +114,27 @@ def chain(task: str, mixer: str, spt: bool, *, steps: int, pretrain: int, data_d
                 "--model.warmup_steps", str(max(1, min(10, n // 10))),
                 "--checkpoint.every_n_train_steps", str(n)]
 
-    rec: dict[str, Any] = {"task": task, "mixer": mixer, "spt": spt, "wall_s": {}}
-    fit_steps = steps
-    init: list[str] = []
+    pre_run, run = cwd / "runs" / "pretrain" / "version_0", cwd / "runs" / "lra" / "version_0"
+    commands, names = [], []
+    fit_steps, init = steps, []
     if spt:
         pre_cfg = ["--config", str(REPO / "configs" / "pretrain" / "quick" / f"{task}.yaml")]
-        rec["wall_s"]["pretrain"] = _run(_lra("pretrain", *base, *pre_cfg, *common,
-                                              *budget(pretrain)), cwd, log)
-        run = cwd / "runs" / "pretrain" / "version_0"
-        rec["pretrain_val"] = _metrics(run / "metrics.csv", "val/acc")
-        rec["pretrain_steps"] = pretrain
-        init = ["--model.init_from", str(run / "checkpoints" / "last.ckpt")]
+        commands.append(["pretrain", *base, *pre_cfg, *common, *budget(pretrain)])
+        names.append("pretrain")
+        init = ["--model.init_from", str(pre_run / "checkpoints" / "last.ckpt")]
         fit_steps = steps - pretrain
-    rec["wall_s"]["fit"] = _run(_lra("fit", *base, *common, *budget(fit_steps), *init), cwd, log)
-    run = cwd / "runs" / "lra" / "version_0"
-    rec["fit_steps"] = fit_steps
+    commands.append(["fit", *base, *common, *budget(fit_steps), *init])
+    commands.append(["test", "--config", str(run / "config.yaml"), "--ckpt_path",
+                     str(run / "checkpoints" / "last.ckpt")])
+    names += ["fit", "test"]
+    walls = _run(commands, cwd, cwd / "log.txt")
+    rec: dict[str, Any] = {"task": task, "mixer": mixer, "spt": spt,
+                           "wall_s": dict(zip(names, walls, strict=True)),
+                           "fit_steps": fit_steps, "pretrain_steps": pretrain if spt else 0}
+    if spt:
+        rec["pretrain_val"] = _metrics(pre_run / "metrics.csv", "val/acc")
     rec["val"] = _metrics(run / "metrics.csv", "val/acc")
-    rec["wall_s"]["test"] = _run(_lra("test", "--config", str(run / "config.yaml"),
-                                      "--ckpt_path", str(run / "checkpoints" / "last.ckpt")),
-                                 cwd, log)
-    test = _metrics(cwd / "runs" / "lra" / "version_1" / "metrics.csv", "test/acc")
+    test = _metrics(run / "metrics.csv", "test/acc")  # `lra test` logs into the same folder
     rec["test"] = test[-1][1] if test else None
     return rec
 
@@ -167,9 +182,14 @@ def render(recs: list[dict[str, Any]], facts: dict[str, Any], args: argparse.Nam
         "",
     ]
     for task in TASKS:
+        if not any(r["task"] == task for r in recs):
+            continue
         maj, sizes = facts[task]
         n = args.pf_steps if task == "pathfinder" else args.lo_steps
         p = args.pf_pretrain if task == "pathfinder" else args.lo_pretrain
+        done = [r for r in recs if r["task"] == task and r["spt"] and "fit_steps" in r]
+        if done:  # the budgets the records were made with
+            n, p = done[0]["fit_steps"] + done[0]["pretrain_steps"], done[0]["pretrain_steps"]
         spec = TASKS[task]
         lines += [
             f"## {'Pathfinder-32, contour length 6' if task == 'pathfinder' else 'ListOps'}",
@@ -231,12 +251,20 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     p.add_argument("--smoke", action="store_true", help="4 steps per run, output to stdout")
+    p.add_argument("--records", type=Path, help="only render the page from a records.json "
+                   "that an earlier run wrote into its runs folder")
+    p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.worker:
+        return worker(json.loads(args.worker[0]), Path(args.worker[1]))
     if args.smoke:
         args.pf_steps = args.lo_steps = 4
         args.pf_pretrain = args.lo_pretrain = 2
     command = "python scripts/claims/spt.py " + shlex.join(sys.argv[1:])
     t0 = time.time()
+    if args.records:
+        saved = json.loads(args.records.read_text())
+        return write(args, saved["records"], saved["facts"], saved["command"], saved["wall"])
     ensure_data(args.data_dir)
     import platform
 
@@ -245,6 +273,8 @@ def main() -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir = args.runs_dir / stamp
     jobs = [(t, m, spt) for t in args.tasks for m in TASKS[t]["mixers"] for spt in (False, True)]
+    slow = {"gdn": 0, "attention": 1}  # start the slowest chains first
+    jobs.sort(key=lambda j: (slow.get(j[1], 2), j[0] != "pathfinder"))
 
     def one(job: tuple[str, str, bool]) -> dict[str, Any]:
         t, m, spt = job
@@ -262,6 +292,13 @@ def main() -> None:
     with cf.ThreadPoolExecutor(args.jobs) as pool:
         recs = list(pool.map(one, jobs))
     wall = time.time() - t0
+    (out_dir / "records.json").write_text(json.dumps(
+        {"records": recs, "facts": facts, "command": command, "wall": wall}, indent=1))
+    write(args, recs, facts, command, wall)
+
+
+def write(args: argparse.Namespace, recs: list[dict[str, Any]], facts: dict[str, Any],
+          command: str, wall: float) -> None:
     notes = ""
     if args.out.is_file():
         text = args.out.read_text(encoding="utf-8")
