@@ -2,11 +2,12 @@
 the task's own inputs, at an equal total step budget, beats training from scratch on LRA, and
 makes tasks learnable where scratch training stays at chance.
 
-    python scripts/claims/spt.py                 # recorded in docs/claims/spt.md
+    python scripts/claims/spt.py --pf-steps 120 --pf-pretrain 60 --lo-steps 200 \
+        --lo-pretrain 100 --jobs 3               # recorded in docs/claims/spt.md
     python scripts/claims/spt.py --smoke         # a few steps per run, to check the plumbing
 
 For each task x mixer two chains of the real harness, each command a child process with one
-torch thread (two chains run at a time, ``--jobs``):
+torch thread (``--jobs`` chains at a time):
 
 - scratch: ``lra fit`` for N steps, then ``lra test`` on its last checkpoint;
 - SPT: ``lra pretrain`` for P steps (masked denoising, half the tokens masked, constant
@@ -172,8 +173,8 @@ def render(recs: list[dict[str, Any]], facts: dict[str, Any], args: argparse.Nam
         "# Claim check: self-pretraining on the task's own data (Never Train from Scratch)",
         "",
         f"Command: `{command}` — {wall / 60:.1f} min wall on {facts['machine']}, one torch "
-        "thread per run, two runs at a time (the machine was shared with other jobs, so wall "
-        "times are inflated and only comparable within this page).",
+        f"thread per run, {args.jobs} runs at a time (the machine was shared with other jobs, so "
+        "wall times are inflated and only comparable within this page).",
         "",
         "Equal total step budgets: *scratch* trains N steps on the labels; *SPT* pretrains P "
         "steps on the training inputs (masked denoising, 50% of the tokens masked, "
@@ -244,11 +245,11 @@ def main() -> None:
     p.add_argument("--data-dir", type=Path, default=REPO / "data" / "spt")
     p.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "claims-spt")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "claims" / "spt.md")
-    p.add_argument("--pf-steps", type=int, default=150)
-    p.add_argument("--pf-pretrain", type=int, default=75)
-    p.add_argument("--lo-steps", type=int, default=300)
-    p.add_argument("--lo-pretrain", type=int, default=150)
-    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--pf-steps", type=int, default=120)
+    p.add_argument("--pf-pretrain", type=int, default=60)
+    p.add_argument("--lo-steps", type=int, default=200)
+    p.add_argument("--lo-pretrain", type=int, default=100)
+    p.add_argument("--jobs", type=int, default=3)
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     p.add_argument("--smoke", action="store_true", help="4 steps per run, output to stdout")
     p.add_argument("--records", type=Path, help="only render the page from a records.json "
