@@ -1,6 +1,7 @@
 """The ``lra`` command: a table of subcommands, each imported only when it runs.
 
     lra fit      [--config task.yaml --config model.yaml ...]   train (LightningCLI)
+    lra pretrain [--config task.yaml --config model.yaml ...]   self-pretrain on the task's inputs
     lra validate / lra test --config ... --ckpt_path PATH          evaluate a checkpoint
     lra generate listops|pathfinder --out DIR                       make LRA data locally
     lra leaderboard [--quick]                                       run the grid, write docs/
@@ -40,6 +41,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "test": Subcommand("evaluate a checkpoint on the test split", _TRAINER),
     "predict": Subcommand("LightningCLI's predict (no shipped task has a predict split yet)",
                           _TRAINER),
+    "pretrain": Subcommand("self-pretrain the encoder on the task's own training inputs "
+                           "(then `lra fit --model.init_from`)", "lra.pretrain:main"),
     "generate": Subcommand("make LRA data locally: listops, pathfinder (no download)",
                            "lra.data.generate:main"),
     "leaderboard": Subcommand("train and test every mixer on every task, write docs/",

@@ -312,6 +312,8 @@ class LRACLI(LightningCLI):
             "early_stopping.mode": "max",
             "early_stopping.stopping_threshold": 0.99,
             "early_stopping.patience": 1_000_000,
+            # judge after a validation, never at a training epoch's end (no val/acc there yet)
+            "early_stopping.check_on_train_epoch_end": False,
             "trainer.max_steps": 3000,
             "trainer.gradient_clip_val": 1.0,
             "trainer.log_every_n_steps": 25,
@@ -473,23 +475,29 @@ def _hints(datamodule) -> dict:
     return hints()
 
 
-def run(argv: list[str], *, from_shell: bool = False, started: float | None = None) -> None:
-    """``lra fit|validate|test|predict ...`` (``argv`` starts with the subcommand)."""
+def run(argv: list[str], *, from_shell: bool = False, started: float | None = None,
+        cli_class: type[LRACLI] | None = None, module_class: type | None = None) -> None:
+    """``lra fit|validate|test|predict ...`` (``argv`` starts with the subcommand).
+
+    ``cli_class`` and ``module_class`` replace :class:`LRACLI` and :class:`LRAModule` (``lra
+    pretrain`` is this with its own CLI defaults and module)."""
+    cli_class = cli_class or LRACLI
     argv = list(argv)
     if argv[0] in ("fit", "validate", "test", "predict") and not _names_data(argv):
         argv[1:1] = DEFAULT_DATA_ARGS
     _Parser.subcommand = argv[0]
-    LRACLI.started = started if started is not None else time.monotonic()
+    cli_class.started = started if started is not None else time.monotonic()
     # LightningCLI warns when it is handed arguments while sys.argv holds others (the shell's
     # own, or pytest's); the arguments go through sys.argv instead, for the time of the run.
     saved = sys.argv
     sys.argv = [saved[0] if from_shell else "lra", *argv]
     try:
-        LRACLI(LRAModule, None, subclass_mode_data=True, seed_everything_default=0,
-               args=None, save_config_callback=SaveConfig, parser_class=_Parser,
-               save_config_kwargs={"overwrite": True},
-               parser_kwargs={"description": "lra: train and evaluate lrm models (LightningCLI)."
-                                             " `lra --help` lists the subcommands."})
+        cli_class(module_class or LRAModule, None, subclass_mode_data=True,
+                  seed_everything_default=0, args=None, save_config_callback=SaveConfig,
+                  parser_class=_Parser, save_config_kwargs={"overwrite": True},
+                  parser_kwargs={"description": "lra: train and evaluate lrm models "
+                                                "(LightningCLI). `lra --help` lists the "
+                                                "subcommands."})
     finally:
         sys.argv = saved
 

@@ -55,12 +55,15 @@ class LRAModule(pl.LightningModule):
         hints: filled in by the CLI from the data module; leave unset.
         lr, weight_decay, betas: AdamW. Tagged parameters (SSM A, dt, ...) keep their own.
         warmup_steps: linear warmup; then cosine decay to ``min_lr_ratio``·lr at the last step.
+        init_from: a checkpoint of ``lra pretrain`` (same task and model configs): its encoder
+            weights (embedding, blocks, final norm) replace the random ones when ``fit``
+            starts (not when resuming); the head starts fresh. See :mod:`lra.pretrain`.
     """
 
     def __init__(self, model: ModelConfig | None = None, hints: dict[str, Any] | None = None,
                  lr: float = 1e-3, weight_decay: float = 0.1,
                  betas: tuple[float, float] = (0.9, 0.98), warmup_steps: int = 1000,
-                 min_lr_ratio: float = 0.0) -> None:
+                 min_lr_ratio: float = 0.0, init_from: str | None = None) -> None:
         super().__init__()
         cfg = model if model is not None else ModelConfig()
         if isinstance(cfg, dict):
@@ -69,7 +72,8 @@ class LRAModule(pl.LightningModule):
         # plain types only, so checkpoints load with torch.load(..., weights_only=True)
         self.save_hyperparameters({"model": cfg.to_dict(), "hints": None, "lr": lr,
                                    "weight_decay": weight_decay, "betas": list(betas),
-                                   "warmup_steps": warmup_steps, "min_lr_ratio": min_lr_ratio})
+                                   "warmup_steps": warmup_steps, "min_lr_ratio": min_lr_ratio,
+                                   "init_from": init_from})
         self.cfg = cfg
         self.model = LRModel(cfg)
         n_out = self.model.head[-1].out_features if cfg.head == "retrieval" else \
@@ -81,6 +85,12 @@ class LRAModule(pl.LightningModule):
     # -- data-dependent setup -----------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
+        init_from = self.hparams.get("init_from")
+        if stage == "fit" and init_from and self.trainer.ckpt_path is None:
+            # a resumed run restores its own weights after setup, so it skips this
+            from lra.pretrain import load_encoder
+
+            load_encoder(self.model, init_from)
         dm = getattr(self.trainer, "datamodule", None)
         for split in ("train", "val", "test"):
             names = list(getattr(dm, f"{split}_names", None) or [split])

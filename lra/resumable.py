@@ -65,8 +65,12 @@ class ResumableLoader(DataLoader):
     """``DataLoader(dataset, batch_sampler=EpochBatchSampler(...))`` with a resumable state.
 
     Lightning takes a train batch only when it trains on it (no look-ahead for sized loaders,
-    checked in tests/test_harness.py), so the batches handed out are the batches used.
+    checked in tests/test_harness.py), so the batches this loader hands out are the batches
+    used. Loader workers, though, draw indices from the sampler ahead of time: the state
+    therefore counts the batches handed out here, not the sampler's.
     """
+
+    _handed_out: int | None = None  # batches of the current pass given to the consumer
 
     def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool = True,
                  seed: int = 0, drop_last: bool = False, **kwargs: Any) -> None:
@@ -74,8 +78,18 @@ class ResumableLoader(DataLoader):
                                     drop_last=drop_last)
         super().__init__(dataset, batch_sampler=sampler, **kwargs)
 
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        resume = self.batch_sampler._resume
+        self._handed_out = resume[1] if resume is not None else 0
+        for batch in super().__iter__():
+            self._handed_out += 1
+            yield batch
+
     def state_dict(self) -> dict[str, int]:
-        return self.batch_sampler.state_dict()
+        state = self.batch_sampler.state_dict()
+        if self._handed_out is not None:
+            state["batches_used"] = self._handed_out
+        return state
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.batch_sampler.load_state_dict(state)

@@ -34,8 +34,8 @@ def test_store_merges_without_losing_rows(tmp_path):
     assert len(runs) == 4
     assert old in runs and newer in runs and other in runs and full in runs
     newest = lb.latest(runs)
-    assert newest[("attention", "listops", "quick")]["test"] == 0.40  # newest wins its key
-    assert newest[("attention", "listops", "full")]["test"] == 0.36  # other setting: own key
+    assert newest[("attention", "listops", "quick", False)]["test"] == 0.40  # newest wins
+    assert newest[("attention", "listops", "full", False)]["test"] == 0.36  # own setting
     assert len(newest) == 3
     # the file is a versioned JSON object, readable without lrm
     assert json.loads(store.read_text())["schema"] == lb.STORE_SCHEMA
@@ -68,6 +68,19 @@ def test_markdown_has_published_rows_and_ours(tmp_path):
     out.write_text(out.read_text().replace(f"{lb.NOTES_BEGIN}\n", f"{lb.NOTES_BEGIN}\nkeep me"))
     lb.write_outputs(store, out, None)
     assert "keep me" in out.read_text()
+
+
+def test_self_pretrained_runs_sit_beside_scratch_runs():
+    cfg = {"model": {"model": {"d_model": 64}, "init_from": "runs/pretrain/x.ckpt"}}
+    rec = lb.runner._record_base("s4d", "listops", "quick", cfg, {})
+    assert rec["pretrained"] is True and rec["init_from"] == "runs/pretrain/x.ckpt"
+    assert lb.runner._record_base("s4d", "listops", "quick", {"model": {}}, {})["pretrained"] is False
+    runs = [_rec("s4d", "listops", test=0.300),
+            _rec("s4d", "listops", test=0.450, pretrained=True, init_from="x.ckpt")]
+    assert len(lb.latest(runs)) == 2  # neither replaces the other
+    text = lb.render_markdown(runs)
+    ours = {ln.split("|")[1].strip(): ln for ln in text.splitlines() if ln.startswith("| ")}
+    assert "30.0" in ours["s4d"] and "45.0" in ours["s4d + SPT"]
 
 
 def test_failed_worker_becomes_an_error_row(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from lra.leaderboard.store import REPO, TASK_NAMES, TASK_ORDER, latest, load_store
+from lra.leaderboard.store import REPO, TASK_NAMES, TASK_ORDER, latest, load_store, row_label
 
 NOTES_BEGIN, NOTES_END = "<!-- notes -->", "<!-- /notes -->"
 
@@ -91,8 +91,8 @@ def setting_caption(setting: str, recs: list[dict[str, Any]]) -> str:
 def ours_table(recs: list[dict[str, Any]]) -> str:
     tasks = [t for t in TASK_ORDER if any(r["task"] == t for r in recs)]
     tasks += sorted({r["task"] for r in recs} - set(tasks))
-    mixers = sorted({r["mixer"] for r in recs})
-    by = {(r["mixer"], r["task"]): r for r in recs}
+    mixers = sorted({row_label(r) for r in recs})  # "m" and "m + SPT" side by side
+    by = {(row_label(r), r["task"]): r for r in recs}
     lines = ["| mixer | " + " | ".join(f"{TASK_NAMES.get(t, t)} test / best val"
                                         for t in tasks) + " |",
              "|" + "---|" * (len(tasks) + 1)]
@@ -120,7 +120,7 @@ def details_table(recs: list[dict[str, Any]]) -> str:
              "| best val (step) | test | majority | data (train/val/test) | date |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(recs, key=lambda r: (TASK_ORDER.index(r["task"])
-                                         if r["task"] in TASK_ORDER else 99, r["mixer"])):
+                                         if r["task"] in TASK_ORDER else 99, row_label(r))):
         status = "ok" if r.get("status") == "ok" else \
             "error: " + str(r.get("error")).replace("|", "\\|").replace("\n", " ")[:300]
         wall = "–" if r.get("wall_s") is None else \
@@ -130,7 +130,7 @@ def details_table(recs: list[dict[str, Any]]) -> str:
         best = "–" if r.get("best_val") is None else \
             f"{_pct(r['best_val'])} ({r.get('best_val_step')})"
         lines.append(
-            f"| {r['mixer']} | {r['task']} | {status} | {r.get('steps') or '–'} | "
+            f"| {row_label(r)} | {r['task']} | {status} | {r.get('steps') or '–'} | "
             f"{r.get('lr') or '–'} | {wall} | "
             f"{r.get('params') or '–'} | {best} | {_pct(r.get('test'))} | "
             f"{_pct(r.get('majority'))} | {r.get('data', '')} ({size}) | {r.get('date', '')} |")
@@ -207,8 +207,8 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
         maj = []
         for i, s in enumerate(settings):
             for r in sorted((r for r in newest if r["task"] == t and r["setting"] == s),
-                            key=lambda r: r["mixer"]):
-                labels.append(f"{r['mixer']} [{s}]")
+                            key=row_label):
+                labels.append(f"{row_label(r)} [{s}]")
                 values.append(100 * r["test"])
                 cols.append(colours[i % len(colours)])
                 if r.get("majority"):

@@ -287,6 +287,7 @@ def _launch(run_dir: Path, timeout: float, threads: int | None = None
 def _record_base(mixer: str, task: str, setting: str, cfg: dict[str, Any] | None,
                  extra: dict[str, Any]) -> dict[str, Any]:
     m = (cfg or {}).get("model", {}).get("model", {})
+    init_from = (cfg or {}).get("model", {}).get("init_from")
     tr = (cfg or {}).get("trainer", {})
     return {
         "mixer": mixer, "task": task, "setting": setting,
@@ -297,6 +298,7 @@ def _record_base(mixer: str, task: str, setting: str, cfg: dict[str, Any] | None
         "lr": (cfg or {}).get("model", {}).get("lr"),
         "batch_size": (cfg or {}).get("data", {}).get("init_args", {}).get("batch_size"),
         "max_steps": tr.get("max_steps"), "max_time": tr.get("max_time"),
+        "pretrained": bool(init_from), "init_from": init_from,
         **extra,
     }
 

@@ -64,14 +64,21 @@ def add_runs(path: str | Path, new: Iterable[dict[str, Any]]) -> list[dict[str, 
     return runs
 
 
-def run_key(r: dict[str, Any]) -> tuple[str, str, str]:
-    return (r["mixer"], r["task"], r["setting"])
+def run_key(r: dict[str, Any]) -> tuple[str, str, str, bool]:
+    # a self-pretrained run (model.init_from) is a row of its own beside the scratch run
+    return (r["mixer"], r["task"], r["setting"], bool(r.get("pretrained")))
 
 
-def latest(runs: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
-    """The newest record of every mixer x task x setting (by ``date``; later in the list wins
-    a tie)."""
-    best: dict[tuple[str, str, str], dict[str, Any]] = {}
+def row_label(r: dict[str, Any]) -> str:
+    """The mixer, marked ``+ SPT`` when the run was fine-tuned from ``lra pretrain``."""
+    return r["mixer"] + (" + SPT" if r.get("pretrained") else "")
+
+
+def latest(runs: Iterable[dict[str, Any]]
+           ) -> dict[tuple[str, str, str, bool], dict[str, Any]]:
+    """The newest record of every mixer x task x setting x pretrained (by ``date``; later in
+    the list wins a tie)."""
+    best: dict[tuple[str, str, str, bool], dict[str, Any]] = {}
     for r in runs:
         k = run_key(r)
         if k not in best or str(r.get("date", "")) >= str(best[k].get("date", "")):
