@@ -126,14 +126,15 @@ def _act(name: str) -> tuple[Callable, Callable]:
 
 def memory_forward(weights: tuple[torch.Tensor, ...], x: torch.Tensor, *,
                    activation: str = "gelu") -> torch.Tensor:
-    """M_W(x) for per-(batch, head) weights (B, H, in, out) and x (B, T, H, in) -> (B, T, H, out).
-    A plain read: no update."""
+    """M_W(x) for per-(batch, head) weights (B, H, in, out) and x (B, T, H, in) -> (B, T, H, out)
+    in the compute dtype. A plain read: no update."""
     act = _act(activation)[0]
-    h = x
+    dtype = compute_dtype(x, *weights)
+    h = upcast(x, dtype)
     for i, w in enumerate(weights):
         if i:
             h = act(h)
-        h = torch.einsum("bthi,bhio->btho", h, w)
+        h = torch.einsum("bthi,bhio->btho", h, upcast(w, dtype))
     return h
 
 
