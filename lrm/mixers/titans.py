@@ -21,6 +21,7 @@ attention's keys and values; every query sees them (they never leave a sliding w
         3. the memory is updated with y (keys and values from y): m = LMM(y);
         4. o = N_y(y) ⊙ σ(N_m(m)).
     LMM: o = LMM(x), the memory alone (the paper's ablation).
+    SWA: o = SWA([P ‖ x]), the attention alone (no long-term memory), for comparisons.
 
 SWA is causal sliding-window attention: the query at t sees the keys t−w+1..t (w of them) and
 the persistent tokens. RoPE on the ordinary tokens (relative positions; persistent tokens are
@@ -52,6 +53,7 @@ segment's start. A stream cut anywhere, also inside a MAC segment, equals a sing
 
 from __future__ import annotations
 
+import itertools
 from typing import ClassVar, NamedTuple
 
 import torch
@@ -69,11 +71,11 @@ from lrm.ops.neural_memory import (
     neural_memory,
 )
 
-VARIANTS = ("mac", "mag", "mal", "lmm")
+VARIANTS = ("mac", "mag", "mal", "lmm", "swa")
 
 
 class TitansState(NamedTuple):
-    memory: NeuralMemoryState  # the long-term memory
+    memory: NeuralMemoryState | None  # the long-term memory (None for "swa")
     conv: torch.Tensor | None  # (B, 3·H·K, W−1): the last inputs of the q/k/v short convs
     attn_k: torch.Tensor | None  # (B, Ha, T, d/Ha) keys before RoPE: SWA's last ≤ w−1 tokens,
     attn_v: torch.Tensor | None  # or MAC's tokens of the current segment; values likewise
@@ -124,10 +126,10 @@ class _LongTermMemory(nn.Module):
         nn.init.constant_(self.to_decay_factor.bias, -5.0)
         nn.init.zeros_(self.to_momentum.bias)
         nn.init.zeros_(self.to_adaptive_step.bias)
-        hidden = max(1, int(round(expansion * K)))
+        hidden = max(1, round(expansion * K))
         dims = [K, K] if depth == 1 else [K, hidden, K]
         self.memory_model_parameters = nn.ParameterList()
-        for d_in, d_out in zip(dims[:-1], dims[1:], strict=True):  # the learned initial W₀
+        for d_in, d_out in itertools.pairwise(dims):  # the learned initial W₀
             w = torch.empty(H, d_in, d_out)
             for h in range(H):
                 nn.init.xavier_uniform_(w[h])
@@ -191,7 +193,7 @@ def _sliding_window_attn(q: torch.Tensor, qr: torch.Tensor, k: torch.Tensor, v: 
     k, v (B, Ha, Tk, E) (qr, k with RoPE, q without); the query at key position p sees keys
     p−w+1..p and the always-visible kp, vp (B, Ha, Np, E). Blocks of w queries attend to 2w
     keys: O(T·w) memory, never T×T."""
-    B, Ha, Tq, E = q.shape
+    B, Ha, Tq, _ = q.shape
     Tk, w = k.shape[2], window
     off = Tk - Tq
     nb = -(-Tq // w)
@@ -225,6 +227,7 @@ class Titans(nn.Module):
         "mal": {"variant": "mal", "window": 8, "chunk_size": 8, "n_persistent": 4},
         "lmm": {"variant": "lmm", "chunk_size": 8},
         "lmm_linear": {"variant": "lmm", "chunk_size": 8, "depth": 1},
+        "swa": {"variant": "swa", "window": 8, "n_persistent": 4},
         "mag_no_persistent_no_conv": {"variant": "mag", "window": 8, "chunk_size": 8,
                                       "n_persistent": 0, "conv_width": 0},
     }
@@ -254,9 +257,10 @@ class Titans(nn.Module):
                              f"chunk_size={chunk_size}")
         self.d, self.variant, self.window, self.segment_len = d, variant, window, segment_len
         self.n_persistent, self.attn_heads = n_persistent, attn_heads
-        self.memory = _LongTermMemory(d, n_heads, head_dim, depth=depth, expansion=expansion,
-                                      chunk_size=chunk_size, activation=activation,
-                                      conv_width=conv_width, theta_max=theta_max)
+        self.memory = _LongTermMemory(
+            d, n_heads, head_dim, depth=depth, expansion=expansion, chunk_size=chunk_size,
+            activation=activation, conv_width=conv_width, theta_max=theta_max,
+        ) if variant != "swa" else None
         if variant != "lmm":
             self.q_proj = nn.Linear(d, d, bias=False)
             self.k_proj = nn.Linear(d, d, bias=False)
@@ -322,7 +326,7 @@ class Titans(nn.Module):
         y = self.o_proj(rearrange(o, "b h l e -> b l (h e)").to(x.dtype))
         # 3. the memory learns from the attention output; 4. o = y ⊗ M_t(y)
         m, memory, conv = self.memory(y, s.memory, s.conv)
-        if T == self.segment_len:  # the segment is complete: its caches are dropped
+        if self.segment_len == T:  # the segment is complete: its caches are dropped
             k, v, hk, hv = (t[:, :, :0] for t in (k, v, hk, hv))
         return self._gate(y, m), TitansState(memory, conv, k, v, hk, hv, seg_w)
 
@@ -342,6 +346,9 @@ class Titans(nn.Module):
                 ys.append(y)
                 t += n
             y = torch.cat(ys, 1)
+        elif self.variant == "swa":
+            y, ck, cv = self._swa(x, s.attn_k, s.attn_v)
+            s = s._replace(attn_k=ck, attn_v=cv)
         elif self.variant == "lmm":
             y, memory, conv = self.memory(x, s.memory, s.conv)
             s = s._replace(memory=memory, conv=conv)
@@ -358,6 +365,10 @@ class Titans(nn.Module):
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> TitansState:
         dtype = dtype or torch.float32
+        empty = torch.zeros(batch_size, self.attn_heads, 0, self.d // self.attn_heads,
+                            device=device, dtype=dtype)
+        if self.variant == "swa":
+            return TitansState(None, None, empty, empty.clone(), None, None, None)
         memory = self.memory.initial_memory(batch_size, dtype)
         if device is not None:
             memory = NeuralMemoryState(*(tuple(w.to(device) for w in t) if isinstance(t, tuple)
@@ -366,8 +377,6 @@ class Titans(nn.Module):
                 if self.memory.conv is not None else None)
         if self.variant == "lmm":
             return TitansState(memory, conv, None, None, None, None, None)
-        empty = torch.zeros(batch_size, self.attn_heads, 0, self.d // self.attn_heads,
-                            device=device, dtype=dtype)
         if self.variant == "mac":
             return TitansState(memory, conv, empty, empty.clone(), empty.clone(),
                                empty.clone(), memory.weights)
@@ -375,6 +384,8 @@ class Titans(nn.Module):
 
     def state_size(self, seq_len: int) -> int:
         mem = self.memory
+        if mem is None:  # swa
+            return 2 * self.d * min(seq_len, self.window - 1)
         H, K, C = mem.n_heads, mem.head_dim, mem.chunk_size
         size = 2 * mem.memory_size()  # weights and momentum
         size += (seq_len % C) * H * (2 * K + 3)  # the unfinished chunk: k, v, θ, η, α

@@ -188,7 +188,7 @@ def neural_memory_recurrent_ref(
     Returns y (B, T, H, V) in v's dtype and the state after the last token.
     """
     _check(q, k, v, theta, eta, alpha, state, chunk_size)
-    dtype = compute_dtype(q, k, v, theta, eta, alpha, *state.weights)
+    dtype, out_dtype = compute_dtype(q, k, v, theta, eta, alpha, *state.weights), v.dtype
     P, q, k, v, theta, eta, alpha = _prepend_pending(q, k, v, theta, eta, alpha, state, dtype)
     T = q.shape[1]
 
@@ -214,7 +214,7 @@ def neural_memory_recurrent_ref(
     y = torch.cat(outs, 1)[:, P:]
     new = NeuralMemoryState(W_start, S_start, k[:, start:], v[:, start:], theta[:, start:],
                             eta[:, start:], alpha[:, start:])
-    return y.to(v.dtype), new
+    return y.to(out_dtype), new
 
 
 # ----------------------------------------------------------------------------- parallel form
@@ -250,7 +250,7 @@ def neural_memory_ref(
     Returns y (B, T, H, V) in v's dtype and the state after the last token.
     """
     _check(q, k, v, theta, eta, alpha, state, chunk_size)
-    dtype = compute_dtype(q, k, v, theta, eta, alpha, *state.weights)
+    dtype, out_dtype = compute_dtype(q, k, v, theta, eta, alpha, *state.weights), v.dtype
     P, q, k, v, theta, eta, alpha = _prepend_pending(q, k, v, theta, eta, alpha, state, dtype)
     T, C, depth = q.shape[1], chunk_size, len(state.weights)
     n_full = T // C
@@ -309,7 +309,7 @@ def neural_memory_ref(
     start = n_full * C
     new = NeuralMemoryState(tuple(W), tuple(S), k[:, start:], v[:, start:], theta[:, start:],
                             eta[:, start:], alpha[:, start:])
-    return y.to(v.dtype), new
+    return y.to(out_dtype), new
 
 
 def neural_memory(
