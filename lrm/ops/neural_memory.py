@@ -60,7 +60,6 @@ Compute dtype: promote(input dtype, float32) (``lrm.dtypes``); the state is kept
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -110,17 +109,14 @@ def initial_state(weights: tuple[torch.Tensor, ...] | list[torch.Tensor], batch_
 
 
 def _act(name: str) -> tuple[Callable, Callable]:
-    """σ and σ' of the depth-2 memory's hidden layer."""
-    if name == "gelu":  # exact (erf) GELU: σ(a) = a Φ(a), σ'(a) = Φ(a) + a φ(a)
-        def d_gelu(a):
-            return 0.5 * (1 + torch.erf(a / math.sqrt(2))) + a * torch.exp(-0.5 * a * a) / (
-                math.sqrt(2 * math.pi))
-        return F.gelu, d_gelu
+    """σ of the depth-2 memory's hidden layer and its backward, (g, a) -> g ⊙ σ'(a)."""
+    if name == "gelu":  # exact (erf) GELU; aten's gelu_backward is one op and twice differentiable
+        return F.gelu, lambda g, a: torch.ops.aten.gelu_backward(g, a)
     if name == "silu":  # σ(a) = a s(a), σ'(a) = s(a)(1 + a(1 − s(a)))
-        def d_silu(a):
+        def silu_backward(g, a):
             s = torch.sigmoid(a)
-            return s * (1 + a * (1 - s))
-        return F.silu, d_silu
+            return g * s * (1 + a * (1 - s))
+        return F.silu, silu_backward
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
 
 
@@ -254,7 +250,7 @@ def neural_memory_ref(
     P, q, k, v, theta, eta, alpha = _prepend_pending(q, k, v, theta, eta, alpha, state, dtype)
     T, C, depth = q.shape[1], chunk_size, len(state.weights)
     n_full = T // C
-    act, d_act = _act(activation)
+    act, act_backward = _act(activation)
 
     # per-chunk tensors for all chunks at once: (B, H, N, C, ·); padded tokens have θ = 0,
     # η = 1, α = 0 (they change nothing) and are dropped from the output
@@ -273,38 +269,43 @@ def neural_memory_ref(
     a_end, c_end, e_end = (x[..., -1, None, None] for x in (A0, c, E0))  # (B, H, N, 1, 1)
     qk = qc @ kc.transpose(-1, -2)  # (B, H, N, C, C)
     read_k = mth * qk  # first layer's read scores
+    # the read of W_t = Ā W₀ + c S₀ + ... as one product: [Ā q ‖ c q] @ [W₀ ; S₀]
+    q_read = torch.cat([A0[..., None] * qc, c[..., None] * qc], -1)  # (B, H, N, C, 2K)
+    # the chunk's gradients into W and S as one product: [w_end k ‖ s_end k]ᵀ @ δ
+    k_write = torch.cat([w_end * kc, s_end * kc], -1)  # (B, H, N, C, 2K)
 
-    W, S = list(state.weights), list(state.momentum)
-    W = [upcast(w, dtype) for w in W]
-    S = [upcast(s, dtype) for s in S]
+    W = [upcast(w, dtype) for w in state.weights]
+    S = [upcast(s, dtype) for s in state.momentum]
     outs = []
     # unbind, not indexing: the backward of one unbind is one stack (see lrm.ops.delta_rule)
-    per_chunk = (qc, kc, vc, A0, c, mth, read_k, w_end, s_end, a_end, c_end, e_end)
-    for n, (q_n, k_n, v_n, A_n, c_n, mth_n, rk_n, we_n, se_n, ae_n, ce_n, ee_n) in enumerate(
-            zip(*(t.unbind(2) for t in per_chunk), strict=True)):
-        A_n, c_n = A_n[..., None], c_n[..., None]  # (B, H, C, 1)
+    per_chunk = (q_read, k_write, kc, vc, A0, c, mth, read_k, w_end, s_end, a_end, c_end, e_end)
+    for n, (qr_n, kw_n, k_n, v_n, A_n, c_n, mth_n, rk_n, we_n, se_n, ae_n, ce_n, ee_n) in (
+            enumerate(zip(*(t.unbind(2) for t in per_chunk), strict=True))):
         if depth == 1:
             (W1,), (S1,) = W, S
             delta = 2 * (k_n @ W1 - v_n)  # ∂ℓ/∂M(k_i) (B, H, C, V)
-            outs.append(A_n * (q_n @ W1) + c_n * (q_n @ S1) + rk_n @ delta)
-            grads = [(k_n, delta)]
+            outs.append(qr_n @ torch.cat([W1, S1], -2) + rk_n @ delta)
+            updates = [kw_n.transpose(-1, -2) @ delta]  # (B, H, 2K, V)
         else:
             (W1, W2), (S1, S2) = W, S
             a = k_n @ W1  # (B, H, C, F)
             z = act(a)
             delta2 = 2 * (z @ W2 - v_n)  # ∂ℓ/∂M(k_i)
-            delta1 = (delta2 @ W2.transpose(-1, -2)) * d_act(a)  # ∂ℓ/∂a_i
-            aq = A_n * (q_n @ W1) + c_n * (q_n @ S1) + rk_n @ delta1  # q_t W₁,t
-            zq = act(aq)
+            delta1 = act_backward(delta2 @ W2.transpose(-1, -2), a)  # ∂ℓ/∂a_i
+            zq = act(qr_n @ torch.cat([W1, S1], -2) + rk_n @ delta1)  # σ(q_t W₁,t)
+            zq_read = torch.cat([A_n[..., None] * zq, c_n[..., None] * zq], -1)
             read_z = mth_n * (zq @ z.transpose(-1, -2))
-            outs.append(A_n * (zq @ W2) + c_n * (zq @ S2) + read_z @ delta2)
-            grads = [(k_n, delta1), (z, delta2)]
+            outs.append(zq_read @ torch.cat([W2, S2], -2) + read_z @ delta2)
+            z_write = torch.cat([we_n * z, se_n * z], -1)  # (B, H, C, 2F)
+            updates = [kw_n.transpose(-1, -2) @ delta1, z_write.transpose(-1, -2) @ delta2]
         if n < n_full:  # the unfinished last chunk keeps its start in the state
-            # Σ_i coef_i x_iᵀ δ_i: the gradients' outer products, summed with their weights
-            W = [ae_n * w + ce_n * s + x.transpose(-1, -2) @ (we_n * d)
-                 for w, s, (x, d) in zip(W, S, grads, strict=True)]
-            S = [ee_n * s + x.transpose(-1, -2) @ (se_n * d)
-                 for s, (x, d) in zip(S, grads, strict=True)]
+            # Σ_i coef_i x_iᵀ δ_i: the chunk's gradients (outer products) with their weights
+            W_new, S_new = [], []
+            for w, s_, u in zip(W, S, updates, strict=True):
+                uw, us = u.chunk(2, dim=-2)
+                W_new.append(ae_n * w + ce_n * s_ + uw)
+                S_new.append(ee_n * s_ + us)
+            W, S = W_new, S_new
     y = rearrange(torch.stack(outs, 2), "b h n c v -> b (n c) h v")[:, P:T]
     start = n_full * C
     new = NeuralMemoryState(tuple(W), tuple(S), k[:, start:], v[:, start:], theta[:, start:],
