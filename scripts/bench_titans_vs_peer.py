@@ -43,9 +43,9 @@ dev = cfg["device"]
 dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg["dtype"]]
 torch.manual_seed(0)
 d, H, K, C = cfg["d"], cfg["heads"], cfg["head_dim"], cfg["chunk"]
-if cfg["impl"] == "lrm":
+if cfg["impl"].startswith("lrm"):
     m = lrm.mixer("titans", d, variant="lmm", n_heads=H, head_dim=K, depth=2, expansion=2.0,
-                  chunk_size=C)
+                  chunk_size=C, conv_width=0 if cfg["impl"] == "lrm_noconv" else 4)
     fwd = lambda x: m(x)[0]
 else:
     from titans_pytorch import NeuralMemory
@@ -74,7 +74,8 @@ for _ in range(cfg["repeats"]):
 print("RESULT " + json.dumps({"time_s": statistics.median(ts), "mem_mb": mem}))
 """
 
-IMPLS = {"lrm": "lrm `titans` (lmm)", "peer": "titans-pytorch, default (batch_size=None)",
+IMPLS = {"lrm": "lrm `titans` (lmm)", "lrm_noconv": "lrm `titans` (lmm), conv_width=0",
+         "peer": "titans-pytorch, default (batch_size=None)",
          "peer_batch": "titans-pytorch, batch_size=chunk"}
 
 
@@ -146,9 +147,10 @@ def main() -> None:
     par = [] if args.no_parity else parity()
     print("\n".join(par), flush=True)
     head = " | ".join(f"{IMPLS[i]} (ms / MB)" for i in args.impls)
-    ratios = " | ".join(f"{IMPLS[i]} / ours" for i in args.impls if i != "lrm")
-    lines = [f"| L | {head} | time ratio: {ratios} |",
-             "|---|" + "---|" * len(args.impls) + "---|"]
+    others = [i for i in args.impls if i != "lrm"]
+    ratios = " | ".join(f"time {IMPLS[i]} / ours" for i in others)
+    lines = [f"| L | {head} | {ratios} |",
+             "|---|" + "---|" * (len(args.impls) + len(others))]
     for L in args.lengths:
         res = {}
         for impl in args.impls:
@@ -162,14 +164,15 @@ def main() -> None:
             return r["error"] if "error" in r else f"{1000 * r['time_s']:.0f} / {r['mem_mb']:.0f}"
 
         ours = res.get("lrm", {})
-        rat = " ; ".join(
+        rat = " | ".join(
             f"{res[i]['time_s'] / ours['time_s']:.2f}" if "error" not in res[i]
-            and "time_s" in ours else "" for i in args.impls if i != "lrm")
+            and "time_s" in ours else "" for i in others)
         lines.append(f"| {L} | " + " | ".join(cell(res[i]) for i in args.impls) + f" | {rat} |")
     wall = time.time() - t0
     cmd = "python scripts/bench_titans_vs_peer.py " + " ".join(sys.argv[1:])
-    import titans_pytorch  # noqa: F401
     from importlib.metadata import version
+
+    import titans_pytorch  # noqa: F401
     section = "\n".join([
         BEGIN, "", "## lrm `titans` memory vs titans-pytorch `NeuralMemory` (same run)", "",
         f"Command: `{cmd}`  ",

@@ -8,13 +8,13 @@ Part 1, passkey (lra.recall.passkey: a 5-digit key hidden at a uniformly random 
 repeated filler sentence, asked for at the end; teacher-forced digits, chance 0.1) at L = 256
 with attention windows of w = 32 tokens (L = 8w). The KEY token lies outside the last query's
 window in ~85% of the examples; accuracy is reported separately for those ("beyond w") and the
-others. Models, 2 layers of d = 64 with no MLP: Titans MAG, MAL, MAC (w = segment = 32), the
-same sliding-window attention alone (Titans' ``swa`` variant: the MAG/MAL attention without the
-memory), and full causal attention with RoPE.
+others. Models, 2 layers of d = 32 with no MLP (memory heads of 16): Titans MAG, MAL, MAC
+(w = segment = 32), the same sliding-window attention alone (Titans' ``swa`` variant: the
+MAG/MAL attention without the memory), and full causal attention with RoPE.
 
-Part 2, MQAR (lra.recall.mqar, L = 64, vocabulary 64, 8 key-value pairs) with the memory alone
-(``lmm``) against Gated DeltaNet at equal memory: 512 weights per layer (LMM linear: 2 heads of
-16×16; LMM MLP: 1 head, 16×16 then 16×16; GDN: 1 head, K = 16, V = 32).
+Part 2, MQAR (lra.recall.mqar, L = 64, vocabulary 64, 8 key-value pairs, d = 32) with the
+memory alone (``lmm``) against Gated DeltaNet at equal memory: 512 weights per layer (LMM
+linear: 2 heads of 16×16; LMM MLP: 1 head, 16×16 then 16×16; GDN: 1 head, K = 16, V = 32).
 
 One seed, one learning rate, no sweep; the losses along training are printed as learning
 curves (mean loss per tenth of the run).
@@ -32,9 +32,9 @@ import lrm
 from lra.quick import accuracy, fit
 from lra.recall import PASSKEY_KEY, PASSKEY_VOCAB, mqar, passkey
 
-D_MODEL, N_LAYERS = 64, 2
+N_LAYERS = 2
 W = 32
-TITANS = {"window": W, "segment_len": W, "chunk_size": 16, "head_dim": 32, "n_persistent": 4}
+TITANS = {"window": W, "segment_len": W, "chunk_size": 16, "head_dim": 16, "n_persistent": 4}
 PASSKEY_MODELS: dict[str, tuple[str, dict]] = {
     "sliding-window attention (w=32)": ("titans", {**TITANS, "variant": "swa"}),
     "full attention": ("attention", {}),
@@ -52,9 +52,9 @@ MQAR_MODELS: dict[str, tuple[str, dict]] = {
 }
 
 
-def build(mixer: str, kwargs: dict, vocab: int, seed: int) -> lrm.LRModel:
+def build(mixer: str, kwargs: dict, vocab: int, seed: int, d: int) -> lrm.LRModel:
     torch.manual_seed(seed)
-    return lrm.LRModel(lrm.ModelConfig(mixer=mixer, mixer_kwargs=kwargs, d_model=D_MODEL,
+    return lrm.LRModel(lrm.ModelConfig(mixer=mixer, mixer_kwargs=kwargs, d_model=d,
                                        n_layers=N_LAYERS, vocab_size=vocab, head="lm",
                                        mlp_ratio=0))
 
@@ -81,8 +81,10 @@ def curve(losses: list[float], parts: int = 10) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=150, help="passkey training steps")
-    p.add_argument("--mqar-steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=200, help="passkey training steps")
+    p.add_argument("--batch", type=int, default=8, help="passkey batch size")
+    p.add_argument("--d", type=int, default=32, help="model width")
+    p.add_argument("--mqar-steps", type=int, default=200)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
@@ -96,10 +98,11 @@ def main() -> None:
     xt, yt = passkey(300, L, seed=args.seed + 10_000)
     rows, curves = [], []
     for label, (mixer, kw) in PASSKEY_MODELS.items():
-        model = build(mixer, kw, PASSKEY_VOCAB, args.seed)
+        model = build(mixer, kw, PASSKEY_VOCAB, args.seed, args.d)
         params = sum(q.numel() for q in model.parameters())
         t0 = time.time()
-        losses = fit(model, x, y, steps=args.steps, batch_size=16, lr=args.lr, seed=args.seed)
+        losses = fit(model, x, y, steps=args.steps, batch_size=args.batch, lr=args.lr,
+                     seed=args.seed)
         secs = time.time() - t0
         far, near = passkey_accuracy(model, xt, yt, L)
         rows.append(f"| {label} | {params} | {far:.3f} | {near:.3f} | {secs:.0f} |")
@@ -107,8 +110,8 @@ def main() -> None:
         print(f"passkey {label:34s} far {far:.3f} near {near:.3f} {secs:5.0f}s",
               file=sys.stderr, flush=True)
 
-    print(f"## Passkey, L={L}, window {W}, {N_LAYERS} layers, d={D_MODEL}, no MLP, "
-          f"{args.steps} steps of 16, lr {args.lr}, seed {args.seed}\n")
+    print(f"## Passkey, L={L}, window {W}, {N_LAYERS} layers, d={args.d}, no MLP, "
+          f"{args.steps} steps of {args.batch}, lr {args.lr}, seed {args.seed}\n")
     print("| model | params | digit acc., KEY beyond w | digit acc., KEY within w | "
           "train time (s) |")
     print("|---|---|---|---|---|")
@@ -122,12 +125,12 @@ def main() -> None:
     xt, yt = mqar(500, Lm, vocab_size=vocab, num_kv_pairs=kv, seed=args.seed + 10_000)
     rows, curves = [], []
     for label, (mixer, kw) in MQAR_MODELS.items():
-        model = build(mixer, kw, vocab, args.seed)
+        model = build(mixer, kw, vocab, args.seed, args.d)
         mix = model.blocks[0].mixer
         mem = (mix.memory.memory_size() if mixer == "titans"
                else mix.n_heads * mix.head_k_dim * mix.head_v_dim)
         t0 = time.time()
-        losses = fit(model, x, y, steps=args.mqar_steps, batch_size=32, lr=args.lr,
+        losses = fit(model, x, y, steps=args.mqar_steps, batch_size=16, lr=args.lr,
                      seed=args.seed)
         secs = time.time() - t0
         acc = accuracy(model, xt, yt)
@@ -135,8 +138,8 @@ def main() -> None:
                     f"{sum(q.numel() for q in model.parameters())} | {acc:.3f} | {secs:.0f} |")
         curves.append(f"| {label} | {curve(losses)} |")
         print(f"mqar {label:34s} acc {acc:.3f} {secs:5.0f}s", file=sys.stderr, flush=True)
-    print(f"\n## MQAR, L={Lm}, vocab {vocab}, {kv} pairs, {N_LAYERS} layers, d={D_MODEL}, "
-          f"{args.mqar_steps} steps of 32, lr {args.lr} (chance {2 / vocab:.3f})\n")
+    print(f"\n## MQAR, L={Lm}, vocab {vocab}, {kv} pairs, {N_LAYERS} layers, d={args.d}, "
+          f"{args.mqar_steps} steps of 16, lr {args.lr} (chance {2 / vocab:.3f})\n")
     print("| model | memory weights / layer | state floats / layer (L=64) | params | accuracy "
           "| train time (s) |")
     print("|---|---|---|---|---|---|")
