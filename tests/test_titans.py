@@ -259,15 +259,16 @@ def test_mac_against_the_papers_equations():
                       -1) / q.shape[-1] ** 0.5
         o = torch.softmax(s, -1) @ torch.cat([vp, hv, v], 2)
         ys = m.o_proj(o.transpose(1, 2).flatten(2))
-        # the memory learns from y, token by token (no conv here: conv_width=0)
-        qm, km, vm = (F.silu(p(ys)).unflatten(-1, (H, -1)) for p in (
+        # the memory learns from N(y), token by token (no conv here: conv_width=0)
+        yn = m.norm_mem_in(ys)
+        qm, km, vm = (F.silu(p(yn)).unflatten(-1, (H, -1)) for p in (
             mem.to_queries, mem.to_keys, mem.to_values))
         qm, km = _l2(qm), _l2(km)
-        gates = (mem.theta_max * torch.sigmoid(mem.to_adaptive_step(ys)),
-                 torch.sigmoid(mem.to_momentum(ys)), torch.sigmoid(mem.to_decay_factor(ys)))
+        gates = (mem.theta_max * torch.sigmoid(mem.to_adaptive_step(yn)),
+                 torch.sigmoid(mem.to_momentum(yn)), torch.sigmoid(mem.to_decay_factor(yn)))
         r, state = neural_memory_recurrent_ref(qm, km, vm, *gates, state,
                                                chunk_size=mem.chunk_size)
-        r = mem.o_norm(r.flatten(2)) * F.silu(mem.g_proj(ys))
+        r = mem.o_norm(r.flatten(2)) * F.silu(mem.g_proj(yn))
         outs.append(m.norm_y(ys) * torch.sigmoid(m.norm_m(mem.o_proj(r))))
     torch.testing.assert_close(y, torch.cat(outs, 1), atol=1e-10, rtol=1e-9)
 
