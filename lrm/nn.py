@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lrm.dtypes import compute_dtype, upcast
 from lrm.ops.causal_conv import causal_conv1d
 
 # ----------------------------------------------------------------------------- parameter tags
@@ -164,14 +165,16 @@ def apply_rope(x: torch.Tensor, offset: int = 0, base: float = 10000.0) -> torch
     """Rotary position embedding (Su et al., 2021) on x: (B, H, L, Dh), positions offset..+L-1.
 
     Pairs are (i, i + Dh/2) ("rotate half", as in GPT-NeoX/LLaMA); Dh must be even. Computed
-    on the fly in fp32: it is cheap next to attention and needs no length limit.
+    on the fly in the compute dtype (fp32, or float64 for float64 input, so that a rotation at
+    another offset is exact there too): it is cheap next to attention and needs no length limit.
     """
     Dh, L = x.shape[-1], x.shape[-2]
     if Dh % 2:
         raise ValueError(f"RoPE needs an even head dimension, got {Dh}")
-    inv_freq = base ** (-torch.arange(0, Dh, 2, device=x.device, dtype=torch.float32) / Dh)
-    pos = torch.arange(offset, offset + L, device=x.device, dtype=torch.float32)
+    dtype = compute_dtype(x)
+    inv_freq = base ** (-torch.arange(0, Dh, 2, device=x.device, dtype=dtype) / Dh)
+    pos = torch.arange(offset, offset + L, device=x.device, dtype=dtype)
     angles = pos[:, None] * inv_freq[None, :]  # (L, Dh/2)
     cos, sin = angles.cos(), angles.sin()
-    x1, x2 = x.float().chunk(2, dim=-1)
+    x1, x2 = upcast(x, dtype).chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
