@@ -310,3 +310,24 @@ def test_window_limits_what_attention_sees():
         with torch.no_grad():
             d = (m(x2)[0] - m(x)[0])[:, 20:].abs().max()
         assert (d > 1e-4) == sees, (variant, d)
+
+
+@pytest.mark.parametrize("variant", list(Titans.variants))
+def test_streaming_is_exact_in_float64(variant):
+    """Full == chunked with state == token by token, to rounding, for every variant."""
+    torch.manual_seed(0)
+    m = lrm.mixer("titans", 32, **{**Titans.variants[variant], "head_dim": 8}).double().eval()
+    x = torch.randn(2, 29, 32, dtype=F64)
+    with torch.no_grad():
+        y_full, _ = m(x)
+        outs = {}
+        for name, cuts in (("chunked", [1, 6, 13, 9]), ("tokens", [1] * 29)):
+            state, ys, t = m.init_state(2, dtype=F64), [], 0
+            for n in cuts:
+                y, state = m(x[:, t:t + n], state)
+                ys.append(y)
+                t += n
+            outs[name] = torch.cat(ys, 1)
+    for name, y in outs.items():
+        torch.testing.assert_close(y, y_full, atol=1e-12, rtol=1e-12, msg=lambda s, n=name: (
+            f"{n} != full: {s}"))
