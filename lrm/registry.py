@@ -24,6 +24,7 @@ MIXERS: dict[str, str] = {
     "fox": "lrm.mixers.fox:ForgettingAttention",
     "gdn": "lrm.mixers.gated_deltanet:GatedDeltaNet",
     "landmark": "lrm.mixers.landmark:LandmarkAttention",
+    "titans": "lrm.mixers.titans:Titans",
 }
 
 ALIASES: dict[str, str] = {

@@ -1,0 +1,333 @@
+"""Titans: the neural memory's parallel form against its token loop (outputs and gradients), the
+delta-rule special case, streaming, and the mixer against the paper's equations."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lrm
+from lrm.mixers.titans import Titans, _sliding_window_attn
+from lrm.nn import apply_rope
+from lrm.ops.delta_rule import chunk_gated_delta_rule_ref, gated_delta_rule_recurrent_ref
+from lrm.ops.neural_memory import (
+    initial_state,
+    memory_forward,
+    neural_memory,
+    neural_memory_recurrent_ref,
+    neural_memory_ref,
+)
+
+F64 = torch.float64
+
+
+def make(B=2, T=37, H=2, K=5, V=4, hidden=6, depth=2, momentum=True, decay=True, seed=0,
+         dtype=F64):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, T, H, K, generator=g, dtype=dtype)
+    k = F.normalize(torch.randn(B, T, H, K, generator=g, dtype=dtype), dim=-1)
+    v = torch.randn(B, T, H, V, generator=g, dtype=dtype)
+    theta = 0.1 * torch.rand(B, T, H, generator=g, dtype=dtype)
+    eta = (torch.rand(B, T, H, generator=g, dtype=dtype) if momentum
+           else torch.zeros(B, T, H, dtype=dtype))
+    alpha = (0.2 * torch.rand(B, T, H, generator=g, dtype=dtype) if decay
+             else torch.zeros(B, T, H, dtype=dtype))
+    dims = [K, V] if depth == 1 else [K, hidden, V]
+    ws = [0.5 * torch.randn(H, a, b, generator=g, dtype=dtype) for a, b in itertools.pairwise(dims)]
+    return [q, k, v, theta, eta, alpha], ws
+
+
+def run(fn, inputs, ws, chunk_size, **kw):
+    """Outputs and gradients of a random projection of the outputs, w.r.t. every input and the
+    initial weights."""
+    leaves = [t.clone().requires_grad_(True) for t in inputs + ws]
+    xs, w0 = leaves[:6], leaves[6:]
+    y, state = fn(*xs, initial_state(w0, xs[0].shape[0]), chunk_size=chunk_size, **kw)
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=y.dtype)
+    loss = (y * dy).sum() + sum((w * w).sum() for w in state.weights)  # the state too
+    return y, state, torch.autograd.grad(loss, leaves)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+@pytest.mark.parametrize(("momentum", "decay"), [(True, True), (False, False), (True, False)])
+@pytest.mark.parametrize("chunk_size", [8, 1, 64])
+def test_parallel_form_equals_the_loop(depth, momentum, decay, chunk_size):
+    """T = 37 is not a multiple of the chunk: the last chunk is unfinished."""
+    inputs, ws = make(depth=depth, momentum=momentum, decay=decay)
+    y_ref, s_ref, g_ref = run(neural_memory_recurrent_ref, inputs, ws, chunk_size)
+    y, s, g = run(neural_memory_ref, inputs, ws, chunk_size)
+    assert 0.1 < y.abs().max() < 100  # neither trivially small nor diverging
+    torch.testing.assert_close(y, y_ref, atol=1e-10, rtol=1e-9)
+    for a, b in zip(s, s_ref, strict=True):
+        for x, z in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,),
+                        strict=True):
+            torch.testing.assert_close(x, z, atol=1e-10, rtol=1e-9)
+    names = ["q", "k", "v", "theta", "eta", "alpha"] + [f"W{i}" for i in range(len(ws))]
+    for name, a, b in zip(names, g, g_ref, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-8, msg=lambda m, n=name: f"d{n}: {m}")
+
+
+def test_chunks_take_gradients_at_the_chunk_start():
+    """C = 1 (sequential) and C = 8 differ: the chunked form is the paper's approximation, not
+    the sequential rule, and the oracle follows it."""
+    inputs, ws = make(depth=1)
+    y1, _ = neural_memory_recurrent_ref(*inputs, initial_state(ws, 2), chunk_size=1)
+    y8, _ = neural_memory_recurrent_ref(*inputs, initial_state(ws, 2), chunk_size=8)
+    assert (y1 - y8).abs().max() > 1e-3
+
+
+def test_a_token_reads_the_weights_after_its_own_update():
+    """Changing v_t changes y_t (not only later outputs): the read follows the token's update."""
+    inputs, ws = make(depth=2)
+    q, k, v, *gates = inputs
+    y, _ = neural_memory_ref(q, k, v, *gates, initial_state(ws, 2), chunk_size=8)
+    v2 = v.clone()
+    v2[:, 11] += 1.0
+    y2, _ = neural_memory_ref(q, k, v2, *gates, initial_state(ws, 2), chunk_size=8)
+    torch.testing.assert_close(y2[:, :11], y[:, :11], atol=0, rtol=0)
+    assert (y2[:, 11] - y[:, 11]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_streaming_equals_one_call(depth):
+    inputs, ws = make(depth=depth, T=41)
+    y_full, s_full = neural_memory_ref(*inputs, initial_state(ws, 2), chunk_size=8)
+    state, ys, t = initial_state(ws, 2), [], 0
+    for n in [3, 1, 12, 8, 5, 12]:  # cuts inside and on chunk boundaries
+        y, state = neural_memory_ref(*(x[:, t:t + n] for x in inputs), state, chunk_size=8)
+        ys.append(y)
+        t += n
+    torch.testing.assert_close(torch.cat(ys, 1), y_full, atol=1e-12, rtol=1e-12)
+    assert state.k.shape[1] == 41 % 8  # the unfinished chunk is carried
+    for a, b in zip(state.weights + state.momentum, s_full.weights + s_full.momentum,
+                    strict=True):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+def test_linear_memory_with_chunk_one_no_momentum_no_decay_is_the_delta_rule():
+    """W ← W − 2θ kᵀ(kW − v) is h ← h + β k (v − hᵀk)ᵀ with β = 2θ; y = qW is o = hᵀq."""
+    inputs, ws = make(depth=1, momentum=False, decay=False, K=6, V=5)
+    q, k, v, theta, eta, alpha = inputs
+    B = q.shape[0]
+    h0 = ws[0].expand(B, *ws[0].shape)
+    y, s = neural_memory_ref(q, k, v, theta, eta, alpha, initial_state(ws, B), chunk_size=1)
+    zero = torch.zeros_like(theta)  # g = log α = 0: no decay
+    o_chunk, h_chunk = chunk_gated_delta_rule_ref(q, k, v, zero, 2 * theta, scale=1.0,
+                                                  initial_state=h0, output_final_state=True)
+    o_loop, _ = gated_delta_rule_recurrent_ref(q, k, v, zero, 2 * theta, scale=1.0,
+                                               initial_state=h0)
+    torch.testing.assert_close(o_loop.double(), o_chunk.double(), atol=1e-5, rtol=1e-5)
+    # the delta-rule refs compute in fp32; ours in float64
+    torch.testing.assert_close(y, o_chunk.double(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(s.weights[0], h_chunk.double(), atol=1e-5, rtol=1e-5)
+    # and the claim has teeth: momentum breaks it
+    y_m, _ = neural_memory_ref(q, k, v, theta, torch.full_like(eta, 0.5), alpha,
+                               initial_state(ws, B), chunk_size=1)
+    assert (y_m - y).abs().max() > 1e-2
+
+
+def test_gradcheck():
+    inputs, ws = make(B=1, T=7, H=1, K=3, V=2, hidden=3, depth=2)
+    leaves = tuple(t.clone().requires_grad_(True) for t in inputs + ws)
+
+    def f(*xs):
+        y, s = neural_memory_ref(*xs[:6], initial_state(list(xs[6:]), 1), chunk_size=3)
+        return y, *s.weights, *s.momentum
+
+    assert torch.autograd.gradcheck(f, leaves)
+
+
+def test_fp32_and_bf16_compute_in_fp32():
+    inputs, ws = make(depth=2)
+    y64, _ = neural_memory_ref(*inputs, initial_state(ws, 2), chunk_size=8)
+    y32, s32 = neural_memory_ref(*(t.float() for t in inputs),
+                                 initial_state([w.float() for w in ws], 2), chunk_size=8)
+    assert y32.dtype == torch.float32 and s32.weights[0].dtype == torch.float32
+    torch.testing.assert_close(y32.double(), y64, atol=1e-4, rtol=1e-4)
+    yb, sb = neural_memory_ref(*(t.bfloat16() for t in inputs),
+                               initial_state([w.bfloat16() for w in ws], 2), chunk_size=8)
+    assert yb.dtype == torch.bfloat16 and sb.weights[0].dtype == torch.float32
+
+
+def test_errors_say_what_to_do():
+    inputs, ws = make(depth=1)
+    state = initial_state(ws, 2)
+    with pytest.raises(ValueError, match="theta"):
+        neural_memory_ref(inputs[0], inputs[1], inputs[2], inputs[3][:, :3], *inputs[4:], state)
+    _, s = neural_memory_ref(*(t[:, :7] for t in inputs), state, chunk_size=8)
+    with pytest.raises(ValueError, match="chunk_size"):
+        neural_memory_ref(*(t[:, 7:] for t in inputs), s, chunk_size=4)
+    with pytest.raises(TypeError, match="initial_state"):
+        neural_memory_ref(*inputs, ws)
+    with pytest.raises(RuntimeError, match="no kernel"):
+        neural_memory(*inputs, state, backend="kernel")
+    with pytest.raises(ValueError, match="multiple of chunk_size"):
+        Titans(64, variant="mac", segment_len=20, chunk_size=8)
+    with pytest.raises(ValueError, match="variant"):
+        lrm.mixer("titans", 64, variant="mak")
+
+
+# ----------------------------------------------------------------------------- the mixer
+
+
+def _l2(x):
+    return x * torch.rsqrt(x.square().sum(-1, keepdim=True) + 1e-6)
+
+
+def _memory_branch_by_hand(mem, x):
+    """The LMM branch from its parameters: the paper's equations, with the token loop."""
+    H = mem.n_heads
+    qkv = torch.cat([mem.to_queries(x), mem.to_keys(x), mem.to_values(x)], -1)
+    w = mem.conv.conv1d.weight[:, 0]  # (C, W): a causal depthwise conv, written out
+    W = w.shape[-1]
+    xp = F.pad(qkv, (0, 0, W - 1, 0))
+    conv = sum(xp[:, i:i + x.shape[1]] * w[:, i] for i in range(W)) + mem.conv.conv1d.bias
+    q, k, v = (t.unflatten(-1, (H, -1)) for t in F.silu(conv).chunk(3, -1))
+    q, k = _l2(q), _l2(k)
+    theta = mem.theta_max * torch.sigmoid(mem.to_adaptive_step(x))
+    eta, alpha = torch.sigmoid(mem.to_momentum(x)), torch.sigmoid(mem.to_decay_factor(x))
+    o, _ = neural_memory_recurrent_ref(q, k, v, theta, eta, alpha,
+                                       initial_state(list(mem.memory_model_parameters),
+                                                     x.shape[0]),
+                                       chunk_size=mem.chunk_size)
+    o = o.flatten(2)
+    o = o * torch.rsqrt(o.unflatten(-1, (H, -1)).square().mean(-1) + 1e-6).repeat_interleave(
+        mem.head_dim, -1) * mem.o_norm.weight
+    return mem.o_proj(o * F.silu(mem.g_proj(x)))
+
+
+def _swa_by_hand(m, x):
+    """Dense masked attention over [persistent ‖ x] with a window of w keys."""
+    L = x.shape[1]
+    q, k, v = (m._heads(p(x)) for p in (m.q_proj, m.k_proj, m.v_proj))
+    kp, vp = m._persistent_kv(x)
+    i, j = torch.arange(L)[:, None], torch.arange(L)[None]
+    band = (j <= i) & (j > i - m.window)
+    s = torch.cat([q @ kp.transpose(-1, -2),
+                   (apply_rope(q) @ apply_rope(k).transpose(-1, -2)).masked_fill(~band, -1e300)],
+                  -1) / q.shape[-1] ** 0.5
+    o = torch.softmax(s, -1) @ torch.cat([vp, v], 2)
+    return m.o_proj(o.transpose(1, 2).flatten(2))
+
+
+@pytest.mark.parametrize("variant", ["lmm", "mag", "mal"])
+def test_mixer_against_the_papers_equations(variant):
+    torch.manual_seed(0)
+    m = Titans(32, variant=variant, head_dim=8, chunk_size=4, window=5, n_persistent=3,
+               attn_heads=2).double()
+    x = torch.randn(2, 23, 32, dtype=F64)
+    y, _ = m(x)
+    mem = _memory_branch_by_hand(m.memory, x if variant != "mac" else None)
+    if variant == "lmm":
+        ref = mem
+    elif variant == "mag":
+        ref = m.norm_y(_swa_by_hand(m, x)) * torch.sigmoid(m.norm_m(mem))
+    else:
+        ref = _swa_by_hand(m, mem)
+    torch.testing.assert_close(y, ref, atol=1e-10, rtol=1e-9)
+
+
+def test_mac_against_the_papers_equations():
+    """Segment by segment: read the memory of the segment's start, attend over [P ‖ h ‖ x],
+    update the memory with y, gate y with the memory's read of y."""
+    torch.manual_seed(0)
+    S = 8
+    m = Titans(32, variant="mac", head_dim=8, chunk_size=4, segment_len=S, n_persistent=3,
+               attn_heads=2, conv_width=0).double()
+    x = torch.randn(2, 21, 32, dtype=F64)
+    y, _ = m(x)
+    mem = m.memory
+    B, H = x.shape[0], mem.n_heads
+    state = initial_state(list(mem.memory_model_parameters), B)
+    outs = []
+    for s0 in range(0, x.shape[1], S):
+        xs = x[:, s0:s0 + S]
+        qx = _l2(F.silu(mem.to_queries(xs)).unflatten(-1, (H, -1)))
+        h = m.h_proj(memory_forward(state.weights, qx).flatten(2))
+        L = xs.shape[1]
+        q, k, v = (m._heads(p(xs)) for p in (m.q_proj, m.k_proj, m.v_proj))
+        hk, hv = m._heads(m.k_proj(h)), m._heads(m.v_proj(h))
+        kp, vp = m._persistent_kv(xs)
+        causal = torch.ones(L, L, dtype=torch.bool).tril()
+        qr = apply_rope(q)
+        s = torch.cat([q @ kp.transpose(-1, -2),
+                       (qr @ apply_rope(hk).transpose(-1, -2)).masked_fill(~causal, -1e300),
+                       (qr @ apply_rope(k).transpose(-1, -2)).masked_fill(~causal, -1e300)],
+                      -1) / q.shape[-1] ** 0.5
+        o = torch.softmax(s, -1) @ torch.cat([vp, hv, v], 2)
+        ys = m.o_proj(o.transpose(1, 2).flatten(2))
+        # the memory learns from N(y), token by token (no conv here: conv_width=0)
+        yn = m.norm_mem_in(ys)
+        qm, km, vm = (F.silu(p(yn)).unflatten(-1, (H, -1)) for p in (
+            mem.to_queries, mem.to_keys, mem.to_values))
+        qm, km = _l2(qm), _l2(km)
+        gates = (mem.theta_max * torch.sigmoid(mem.to_adaptive_step(yn)),
+                 torch.sigmoid(mem.to_momentum(yn)), torch.sigmoid(mem.to_decay_factor(yn)))
+        r, state = neural_memory_recurrent_ref(qm, km, vm, *gates, state,
+                                               chunk_size=mem.chunk_size)
+        r = mem.o_norm(r.flatten(2)) * F.silu(mem.g_proj(yn))
+        outs.append(m.norm_y(ys) * torch.sigmoid(m.norm_m(mem.o_proj(r))))
+    torch.testing.assert_close(y, torch.cat(outs, 1), atol=1e-10, rtol=1e-9)
+
+
+def test_mac_segments_are_causal_inside():
+    """Query i of a segment must not see h_j (read with x_j) for j > i."""
+    torch.manual_seed(0)
+    m = Titans(32, variant="mac", head_dim=8, chunk_size=4, segment_len=16).double()
+    x = torch.randn(1, 16, 32, dtype=F64)
+    x2 = x.clone()
+    x2[:, 9] += 1.0
+    y, _ = m(x)
+    y2, _ = m(x2)
+    torch.testing.assert_close(y2[:, :9], y[:, :9], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize(("Tk", "Tq", "w"), [(30, 30, 8), (24, 17, 8), (9, 1, 4), (40, 13, 16)])
+def test_sliding_window_attention_blockwise_equals_dense(Tk, Tq, w):
+    g = torch.Generator().manual_seed(0)
+    q, qr, k, v = (torch.randn(2, 2, n, 4, generator=g, dtype=F64) for n in (Tq, Tq, Tk, Tk))
+    kp, vp = (torch.randn(2, 2, 3, 4, generator=g, dtype=F64) for _ in range(2))
+    o = _sliding_window_attn(q, qr, k, v, kp, vp, w)
+    i, j = torch.arange(Tk - Tq, Tk)[:, None], torch.arange(Tk)[None]
+    band = (j <= i) & (j > i - w)
+    s = torch.cat([q @ kp.transpose(-1, -2), (qr @ k.transpose(-1, -2)).masked_fill(
+        ~band, float("-inf"))], -1) / 2
+    ref = torch.softmax(s, -1) @ torch.cat([vp, v], 2)
+    torch.testing.assert_close(o, ref, atol=1e-12, rtol=1e-12)
+
+
+def test_window_limits_what_attention_sees():
+    """Beyond the window, only the memory can carry a token: the swa ablation forgets it."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 40, 32)
+    x2 = x.clone()
+    x2[:, 2] += 3.0
+    for variant, sees in (("swa", False), ("mag", True)):
+        m = Titans(32, variant=variant, head_dim=8, chunk_size=4, window=8)
+        with torch.no_grad():
+            d = (m(x2)[0] - m(x)[0])[:, 20:].abs().max()
+        assert (d > 1e-4) == sees, (variant, d)
+
+
+@pytest.mark.parametrize("variant", list(Titans.variants))
+def test_streaming_is_exact_in_float64(variant):
+    """Full == chunked with state == token by token, to rounding, for every variant."""
+    torch.manual_seed(0)
+    m = lrm.mixer("titans", 32, **{**Titans.variants[variant], "head_dim": 8}).double().eval()
+    x = torch.randn(2, 29, 32, dtype=F64)
+    with torch.no_grad():
+        y_full, _ = m(x)
+        outs = {}
+        for name, cuts in (("chunked", [1, 6, 13, 9]), ("tokens", [1] * 29)):
+            state, ys, t = m.init_state(2, dtype=F64), [], 0
+            for n in cuts:
+                y, state = m(x[:, t:t + n], state)
+                ys.append(y)
+                t += n
+            outs[name] = torch.cat(ys, 1)
+    for name, y in outs.items():
+        torch.testing.assert_close(y, y_full, atol=1e-12, rtol=1e-12, msg=lambda s, n=name: (
+            f"{n} != full: {s}"))
