@@ -23,6 +23,7 @@ MIXERS: dict[str, str] = {
     "mamba2": "lrm.mixers.mamba2:Mamba2",
     "fox": "lrm.mixers.fox:ForgettingAttention",
     "gdn": "lrm.mixers.gated_deltanet:GatedDeltaNet",
+    "oryx": "lrm.mixers.oryx:Oryx",
 }
 
 ALIASES: dict[str, str] = {
