@@ -365,8 +365,7 @@ class Oryx(nn.Module):
                 ) -> tuple[torch.Tensor, OryxState | None]:
         if x.dim() != 3 or x.shape[-1] != self.d:
             raise ValueError(f"expected x of shape (B, L, {self.d}), got {tuple(x.shape)}")
-        B, L, _ = x.shape
-        H = self.n_heads
+        L, H = x.shape[1], self.n_heads
         cd = compute_dtype(x)
         s = state
         T = 0 if s is None else s.k.shape[2]
