@@ -73,11 +73,12 @@ that ``LRModel`` and ``Block`` need no changes), by a training draw, or by the c
 (:func:`lrm.ops.ssd.ssd`, :func:`lrm.ops.delta_rule.gated_delta_rule`; mamba-ssm / fla kernels
 on CUDA through their dispatch); its output is kept at the recurrent positions. Attention is
 computed only for the query rows in attention mode: one ``F.scaled_dot_product_attention`` call
-per contiguous attention span, the span's queries against every earlier key, with an explicit
-causal mask (``is_causal`` for a span that starts the sequence). Memory of that path is
-O(span × keys) on PyTorch's math backend, so a full-attention schedule is quadratic, as
-attention is. A stateless call skips the memory that no position reads (no recurrence under
-``attn``, no KV cache under ``rec``); with a state both are always updated.
+per contiguous attention span (and per K-wide slice of v, so that PyTorch's fused kernels
+serve), the span's queries against every earlier key. A span that starts the sequence uses
+``is_causal`` (the fused flash kernels, linear memory); a later span passes an explicit
+(span × keys) boolean mask, and PyTorch may then take its math path, O(span × keys) memory.
+A stateless call skips the memory that no position reads (no recurrence under ``attn``, no KV
+cache under ``rec``); with a state both are always updated.
 
 Simplifications and choices [ours]: no conv on the queries; the GDN core's q^R has no conv
 (GDN has one); Mamba-2's B and C per head (ngroups = H) and its output norm replaced by the
@@ -413,13 +414,18 @@ class Oryx(nn.Module):
                 q0: int) -> torch.Tensor:
         """Softmax attention of the queries at absolute positions q0..q0+n−1 over keys
         0..q0+n−1; q (B, H, n, K), k_all (B, H, ≥q0+n, K) -> (B, H, n, V)."""
-        n = q.shape[2]
+        n, K = q.shape[2], q.shape[-1]
         k, v = k_all[:, :, :q0 + n], v_all[:, :, :q0 + n]
-        if q0 == 0:  # a span that starts the sequence: plain causal attention
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0)
-        # query i (absolute position q0+i) sees keys j <= q0+i
-        mask = torch.ones(n, q0 + n, dtype=torch.bool, device=q.device).tril(q0)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
+        mask = None
+        if q0 > 0:  # query i (absolute position q0+i) sees keys j <= q0+i
+            mask = torch.ones(n, q0 + n, dtype=torch.bool, device=q.device).tril(q0)
+        # PyTorch's fused (flash) SDPA needs the value width to equal the key width; with
+        # V = expand_v·K it falls back to the math path (5x slower and O(n·keys) memory on a
+        # CPU). The attention weights do not depend on v, so attend to each K-wide slice of v.
+        v_parts = v.split(K, dim=-1) if v.shape[-1] % K == 0 else (v,)
+        return torch.cat([F.scaled_dot_product_attention(q, k, vp, attn_mask=mask,
+                                                         is_causal=mask is None, scale=1.0)
+                          for vp in v_parts], dim=-1)
 
     def _recurrence(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     h0: torch.Tensor | None, cd: torch.dtype
