@@ -25,6 +25,7 @@ MIXERS: dict[str, str] = {
     "gdn": "lrm.mixers.gated_deltanet:GatedDeltaNet",
     "landmark": "lrm.mixers.landmark:LandmarkAttention",
     "titans": "lrm.mixers.titans:Titans",
+    "oryx": "lrm.mixers.oryx:Oryx",
 }
 
 ALIASES: dict[str, str] = {
