@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import lrm
+from lrm.model import Bidirectional
 from lrm.ops import _kernels
 from lrm.ops.causal_conv import causal_conv1d, causal_conv1d_recurrent_ref, causal_conv1d_ref
 from lrm.optim import param_groups
@@ -61,6 +62,28 @@ def test_pattern_builds_per_layer_mixers():
     assert names == ["Attention", "GatedDeltaNet", "Attention", "GatedDeltaNet"]
     assert model.blocks[0].mixer.rope is False
     assert model(torch.randint(0, 10, (2, 9))).shape == (2, 3)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_model_layers_are_the_blocks_lrm_build_makes(bidirectional):
+    """LRModel builds each layer exactly as lrm.build does: same modules, same parameters."""
+    kw = {"d_state": 8, "init": "lin"}
+    cfg = lrm.ModelConfig(mixer="s4d", mixer_kwargs=kw, n_layers=1, d_model=16, vocab_size=5,
+                          n_classes=2, norm="layernorm", prenorm=False, dropout=0.2,
+                          bidirectional=bidirectional)
+    torch.manual_seed(0)
+    layer = lrm.LRModel(cfg).blocks[0]
+    torch.manual_seed(0)
+    torch.nn.Embedding(5, 16)  # LRModel draws its embedding before the blocks
+    block = lrm.build("s4d", 16, norm="layernorm", prenorm=False, dropout=0.2,
+                      bidirectional=bidirectional, **kw)
+    assert repr(block) == repr(layer)
+    for (n1, p1), (n2, p2) in zip(block.named_parameters(), layer.named_parameters(),
+                                  strict=True):
+        assert n1 == n2
+        torch.testing.assert_close(p1, p2, rtol=0, atol=0)
+    assert block.mlp is None and block.drop.p == 0.2  # S4D's customary ratio: no MLP
+    assert isinstance(block.mixer, Bidirectional) == bidirectional
 
 
 def test_linear_encoder_reads_tokens_as_intensities():
