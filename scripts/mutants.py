@@ -364,7 +364,7 @@ def first_failure(output: str) -> str:
     m = re.search(r"^(?:FAILED|ERROR) (\S+)", output, re.M)
     if m:
         return m.group(1)
-    m = re.search(r"^E\s+(.+)$", output, re.M)
+    m = re.search(r"^E\s+(\w*Error.*)$", output, re.M) or re.search(r"^E\s+(.+)$", output, re.M)
     return f"collection: {m.group(1)[:80]}" if m else "pytest failed"
 
 
@@ -381,7 +381,9 @@ def run_mutant(mut: Mutant, files: list[str], timeout: int) -> Result:
     try:
         (copy / mut.file).write_text(text.replace(mut.original, mut.replacement))
         rc, out = run_pytest(copy, list(mut.tests), timeout)
-        if rc in (1, 2):  # 2: the mutated lrm broke collection (an import error), also a kill
+        # 1: a test failed; 2 or 4: the mutated lrm broke collection (an import error, after
+        # which pytest cannot find the node ids the unmutated copy had), also a kill
+        if rc in (1, 2, 4):
             return Result(mut, "killed", line, first_failure(out))
         if rc != 0:
             return Result(mut, "error", line, f"pytest exit code {rc}")

@@ -158,9 +158,24 @@ def test_backend_rule(monkeypatch):
         _kernels.resolve_backend("auto")
 
 
-def test_kernel_flags_are_booleans_and_never_crash():
-    for flag in ("HAS_MAMBA_SSM", "HAS_CAUSAL_CONV1D", "HAS_FLA"):
-        assert isinstance(getattr(_kernels, flag), bool)
+def test_kernel_flags_follow_what_imports(monkeypatch):
+    """has(package) is True iff one of the package's kernels imports; the HAS_* flags say the
+    same; a kernel whose import fails is None, with the reason kept."""
+    imports = {"chunk_gdn2"}  # an fla that serves GDN-2 only
+    monkeypatch.setattr(_kernels, "get", lambda name: (lambda: None) if name in imports else None)
+    assert _kernels.has("fla") is True and _kernels.HAS_FLA is True
+    assert _kernels.has("mamba_ssm") is False and _kernels.HAS_MAMBA_SSM is False
+    imports.clear()
+    assert _kernels.has("fla") is False and _kernels.HAS_FLA is False
+    with pytest.raises(KeyError, match="unknown kernel package"):
+        _kernels.has("numpy")
+    monkeypatch.undo()
+    monkeypatch.setitem(_kernels._KERNELS, "test_missing", ("nopkg", "lrm.no_such_module", "f"))
+    monkeypatch.setitem(_kernels._KERNELS, "test_present", ("torch", "torch.nn.functional",
+                                                             "silu"))
+    assert _kernels.get("test_missing") is None
+    assert "ModuleNotFoundError" in _kernels._IMPORT_ERRORS["test_missing"]
+    assert _kernels.get("test_present") is torch.nn.functional.silu
 
 
 @pytest.mark.parametrize("width", [1, 2, 4, 5])
