@@ -392,15 +392,21 @@ def longmamba_filter(m, delta: torch.Tensor, L: int) -> torch.Tensor:
     return torch.where(is_global & (delta <= theta), torch.zeros_like(delta), delta)
 
 
+def mamba_step_sizes(m: Mamba, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Mamba's inputs to the scan: x (after conv and SiLU), z, Δ (unfiltered), B, C."""
+    xs, z = linear(m.in_proj, x).chunk(2, dim=-1)
+    xs = F.silu(causal_conv(xs, m.conv1d))
+    dt, Bm, Cm = linear(m.x_proj, xs).split([m.dt_rank, m.d_state, m.d_state], dim=-1)
+    return xs, z, F.softplus(linear(m.dt_proj, dt)), Bm, Cm  # Δ: (B, L, d_in)
+
+
 def mamba_equations(m: Mamba, x: torch.Tensor) -> torch.Tensor:
     """Mamba (Gu & Dao, 2023): [x; z] = W_in u, x ← SiLU(conv(x)), [δ; B; C] = W_x x,
     Δ = softplus(W_Δ δ + b_Δ), h_t = exp(Δ_t A) ⊙ h_{t−1} + (Δ_t x_t) ⊗ B_t, A = −exp(A_log),
     y_t = h_t C_t + D ⊙ x_t, out = W_out (y ⊙ SiLU(z))."""
     Bsz, L, _ = x.shape
-    xs, z = linear(m.in_proj, x).chunk(2, dim=-1)
-    xs = F.silu(causal_conv(xs, m.conv1d))
-    dt, Bm, Cm = linear(m.x_proj, xs).split([m.dt_rank, m.d_state, m.d_state], dim=-1)
-    delta = longmamba_filter(m, F.softplus(linear(m.dt_proj, dt)), L)  # (B, L, d_in)
+    xs, z, delta, Bm, Cm = mamba_step_sizes(m, x)
+    delta = longmamba_filter(m, delta, L)
     A = -torch.exp(m.A_log)  # (d_in, N)
     h = torch.zeros(Bsz, m.d_inner, m.d_state, dtype=x.dtype)
     ys = []
@@ -411,6 +417,16 @@ def mamba_equations(m: Mamba, x: torch.Tensor) -> torch.Tensor:
     return linear(m.out_proj, torch.stack(ys, 1) * F.silu(z))
 
 
+def mamba2_step_sizes(m: Mamba2, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Mamba-2's inputs to the scan: x, B, C (after conv and SiLU), z, Δ (limited, unfiltered)."""
+    H, G, N = m.nheads, m.ngroups, m.d_state
+    z, xBC, dt = linear(m.in_proj, x).split([m.d_inner, m.conv_dim, H], dim=-1)
+    xs, Bm, Cm = F.silu(causal_conv(xBC, m.conv1d)).split([m.d_inner, G * N, G * N], dim=-1)
+    delta = F.softplus(dt + m.dt_bias)  # (B, L, H)
+    delta = delta.clamp(min=m.dt_limit[0], max=m.dt_limit[1])
+    return heads(xs, H), heads(Bm, G), heads(Cm, G), z, delta
+
+
 def mamba2_equations(m: Mamba2, x: torch.Tensor) -> torch.Tensor:
     """Mamba-2 (Dao & Gu, 2024): [z; xBC; dt] = W_in u, [x; B; C] = SiLU(conv(xBC)),
     Δ = softplus(dt + dt_bias) (clamped to dt_limit), per head h of group g:
@@ -418,11 +434,7 @@ def mamba2_equations(m: Mamba2, x: torch.Tensor) -> torch.Tensor:
     out = W_out RMSNorm_group(y ⊙ SiLU(z)) (or W_out (y ⊙ SiLU(z)) without the norm)."""
     Bsz, L, _ = x.shape
     H, P, G, N = m.nheads, m.headdim, m.ngroups, m.d_state
-    z, xBC, dt = linear(m.in_proj, x).split([m.d_inner, m.conv_dim, H], dim=-1)
-    xs, Bm, Cm = F.silu(causal_conv(xBC, m.conv1d)).split([m.d_inner, G * N, G * N], dim=-1)
-    xs, Bm, Cm = heads(xs, H), heads(Bm, G), heads(Cm, G)
-    delta = F.softplus(dt + m.dt_bias)  # (B, L, H)
-    delta = delta.clamp(min=m.dt_limit[0], max=m.dt_limit[1])
+    xs, Bm, Cm, z, delta = mamba2_step_sizes(m, x)
     delta = longmamba_filter(m, delta, L)
     a = -torch.exp(m.A_log)
     D = m.D.reshape(H, P) if m.D_has_hdim else m.D[:, None]
@@ -470,14 +482,31 @@ def test_mamba2_follows_the_paper(kw):
         close(m(x)[0], mamba2_equations(m, x))
 
 
-@pytest.mark.parametrize(("cls", "kw", "equations"), [
-    (Mamba, {"d_state": 4, "chunk_size": 8}, mamba_equations),
-    (Mamba2, {"d_state": 4, "headdim": 4, "chunk_size": 8}, mamba2_equations),
+def receptive_field_score(m, x: torch.Tensor, step_sizes) -> torch.Tensor:
+    """LongMamba's channel score from calibration samples x (B, T_tr, d): per sample,
+    exp(a_c · Σ_t Δ_t,c) with Δ clamped at its top ``clamp_top`` quantile, averaged over the
+    samples. a_c is the channel's decay rate: Mamba-2's a_h, and for Mamba-1 the slowest of the
+    channel's N states, max_n A[c, n] (the paper's code covers Mamba-2 only)."""
+    delta = step_sizes(m, x)[4 if isinstance(m, Mamba2) else 2]  # (B, T_tr, C)
+    a = -torch.exp(m.A_log)
+    if a.dim() == 2:
+        a = a.max(-1).values
+    k = max(1, int(x.shape[1] * m.longmamba.config.clamp_top))
+    ceiling = delta.sort(dim=1, descending=True).values[:, k - 1:k]  # the k-th largest
+    return torch.exp(a * torch.minimum(delta, ceiling).sum(1)).mean(0)
+
+
+@pytest.mark.parametrize(("cls", "kw", "equations", "step_sizes"), [
+    (Mamba, {"d_state": 4, "chunk_size": 8}, mamba_equations, mamba_step_sizes),
+    (Mamba2, {"d_state": 4, "headdim": 4, "chunk_size": 8}, mamba2_equations, mamba2_step_sizes),
 ], ids=["mamba", "mamba2"])
-def test_longmamba_follows_the_paper(cls, kw, equations):
+def test_longmamba_follows_the_paper(cls, kw, equations, step_sizes):
     """Calibrated at T_tr = 8, a prefill of 30 tokens is filtered in the global channels."""
     m = prepare(cls(16, longmamba={"channel_threshold": 0.5}, **kw))
-    lrm.longmamba.calibrate(m, [inputs(B=3, L=8, d=16, seed=5)], train_len=8)
+    calibration = inputs(B=3, L=8, d=16, seed=5)
+    lrm.longmamba.calibrate(m, [calibration], train_len=8)
+    with torch.no_grad():
+        close(m.longmamba.score, receptive_field_score(m, calibration, step_sizes))
     is_global = m.longmamba.global_channels()
     assert 0 < int(is_global.sum()) < m.longmamba.channels  # both kinds, or the test is moot
     x = inputs(L=30, d=16)
