@@ -242,10 +242,13 @@ MUTANTS: list[Mutant] = [
       "state entering a chunk decayed one step short"),
 
     # ------------------------------------------------------------------ op: delta_rule
-    M("delta-ut-includes-diagonal", "lrm/ops/delta_rule.py",
-      "A = (bc[..., None] * gamma * kk).tril(-1)", "A = (bc[..., None] * gamma * kk).tril(0)",
+    # (not ".tril(-1)" -> ".tril(0)" on the UT matrix: the unitriangular solve never reads the
+    # diagonal, so that mutant is equivalent and cannot be killed)
+    M("delta-chunk-mask-off-by-one", "lrm/ops/delta_rule.py",
+      "causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()",
+      "causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril(-1)",
       (DELTA, eq("gated_deltanet")),
-      "UT transform with the diagonal: wrong WY factors"),
+      "intra-chunk mask drops the diagonal: a query misses its own token"),
     M("delta-v-new-sign", "lrm/ops/delta_rule.py", "v_new = u_n - w_n @ h",
       "v_new = u_n + w_n @ h", (DELTA, stream("gdn-default")),
       "carried state added to the written values instead of erased"),
