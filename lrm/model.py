@@ -104,6 +104,25 @@ class Bidirectional(nn.Module):
         return y_f + reverse_padded(y_b, lengths), None
 
 
+def build_block(name: str, d: int, mixer_kwargs: dict[str, Any] | None = None, *,
+                norm: str = "rmsnorm", prenorm: bool = True, mlp_ratio: float | None = None,
+                dropout: float = 0.0, bidirectional: bool = False) -> Block:
+    """The one way a block is built, by :func:`lrm.build` and by every layer of ``LRModel``.
+
+    The mixer ``name`` with ``mixer_kwargs`` (a dict, so that a mixer option may share a name
+    with a block option, as S4's ``dropout`` does), a second independent copy for the reversed
+    direction when ``bidirectional``, and the mixer's customary MLP ratio when ``mlp_ratio`` is
+    None (4 for attention-like mixers, 0 for SSM blocks).
+    """
+    kw = dict(mixer_kwargs or {})
+    m = registry.mixer(name, d, **kw)
+    if mlp_ratio is None:
+        mlp_ratio = float(getattr(m, "default_mlp_ratio", 4.0))
+    if bidirectional:
+        m = Bidirectional(m, registry.mixer(name, d, **kw))
+    return Block(d, m, norm=norm, prenorm=prenorm, mlp_ratio=mlp_ratio, dropout=dropout)
+
+
 class IntensityEncoder(nn.Module):
     """Token ids read as intensities: id -> W (2 id / (V - 1) - 1) + b, a (B, L) -> (B, L, d) map.
 
@@ -195,17 +214,10 @@ class LRModel(nn.Module):
         self.embed = (nn.Embedding(cfg.vocab_size, d) if cfg.encoder == "embedding"
                       else IntensityEncoder(cfg.vocab_size, d))
         self.drop = nn.Dropout(cfg.dropout)
-        blocks = []
-        for name, kw in cfg.layer_mixers():
-            m = registry.mixer(name, d, **kw)
-            ratio = cfg.mlp_ratio
-            if ratio is None:
-                ratio = float(getattr(m, "default_mlp_ratio", 4.0))
-            if cfg.bidirectional:
-                m = Bidirectional(m, registry.mixer(name, d, **kw))
-            blocks.append(Block(d, m, norm=cfg.norm, prenorm=cfg.prenorm, mlp_ratio=ratio,
-                                dropout=cfg.dropout))
-        self.blocks = nn.ModuleList(blocks)
+        self.blocks = nn.ModuleList(
+            build_block(name, d, kw, norm=cfg.norm, prenorm=cfg.prenorm, mlp_ratio=cfg.mlp_ratio,
+                        dropout=cfg.dropout, bidirectional=cfg.bidirectional)
+            for name, kw in cfg.layer_mixers())
         every = LandmarkTokens.declared(self.blocks, cfg.bidirectional)
         self.landmarks = LandmarkTokens(every, d) if every else None
         self.norm = make_norm(cfg.norm, d)

@@ -81,16 +81,16 @@ def mixer(name: str, d: int, **kwargs: Any) -> nn.Module:
 
 
 def build(name: str, d: int, *, norm: str = "rmsnorm", prenorm: bool = True,
-          mlp_ratio: float | None = None, dropout: float = 0.0, **kwargs: Any) -> nn.Module:
+          mlp_ratio: float | None = None, dropout: float = 0.0, bidirectional: bool = False,
+          **kwargs: Any) -> nn.Module:
     """A residual :class:`lrm.model.Block` around the mixer ``name``.
 
     Block options are ``norm``, ``prenorm``, ``mlp_ratio`` (None: the mixer's customary
-    value, e.g. 4 for attention and 0 for Mamba) and ``dropout``; every other keyword goes to
-    the mixer.
+    value, e.g. 4 for attention and 0 for Mamba), ``dropout`` and ``bidirectional``; every
+    other keyword goes to the mixer. ``LRModel`` builds its layers the same way
+    (:func:`lrm.model.build_block`).
     """
-    from lrm.model import Block
+    from lrm.model import build_block
 
-    m = mixer(name, d, **kwargs)
-    if mlp_ratio is None:
-        mlp_ratio = float(getattr(m, "default_mlp_ratio", 4.0))
-    return Block(d, m, norm=norm, prenorm=prenorm, mlp_ratio=mlp_ratio, dropout=dropout)
+    return build_block(name, d, kwargs, norm=norm, prenorm=prenorm, mlp_ratio=mlp_ratio,
+                       dropout=dropout, bidirectional=bidirectional)

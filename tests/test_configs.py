@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import yaml
 
@@ -38,7 +40,10 @@ def test_model_config_composes_after_a_task_and_builds(path):
 @pytest.mark.parametrize("path", TASK_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_task_configs_parse(path):
     cfg = _parse(path)
-    assert cfg.data.class_path.startswith("lra.data")
+    module, _, name = cfg.data.class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    # a data module of the harness, which tells the model its vocabulary and head
+    assert issubclass(cls, pl.LightningDataModule) and callable(getattr(cls, "model_hints", None))
 
 
 def test_task_config_data_arguments_do_not_leak_from_the_default(tmp_path):

@@ -159,10 +159,11 @@ def test_gradients_are_finite_and_reach_every_parameter(name, variant, kw):
     x = inputs().requires_grad_(True)
     y, _ = m(x)
     (y.square().mean()).backward()
-    assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     for pname, p in m.named_parameters():
         assert p.grad is not None, f"parameter {pname} gets no gradient"
         assert torch.isfinite(p.grad).all(), f"non-finite gradient in {pname}"
+        assert p.grad.abs().sum() > 0, f"parameter {pname} gets an all-zero gradient"
 
 
 @pytest.mark.parametrize(("name", "variant", "kw"), CASES)
@@ -209,6 +210,7 @@ def test_model_forward_backward(name, variant, kw, dtype):
     loss.backward()
     for pname, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+        assert p.grad.abs().sum() > 0, f"{pname} gets an all-zero gradient"
     # streaming through the whole model equals the full forward (fp32 only: bf16 rounding
     # differs between the two orders of summation)
     if dtype == torch.float32:

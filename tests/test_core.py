@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import lrm
+from lrm.model import Bidirectional
 from lrm.ops import _kernels
 from lrm.ops.causal_conv import causal_conv1d, causal_conv1d_recurrent_ref, causal_conv1d_ref
 from lrm.optim import param_groups
@@ -62,6 +63,28 @@ def test_pattern_builds_per_layer_mixers():
     assert names == ["Attention", "GatedDeltaNet", "Attention", "GatedDeltaNet"]
     assert model.blocks[0].mixer.rope is False
     assert model(torch.randint(0, 10, (2, 9))).shape == (2, 3)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_model_layers_are_the_blocks_lrm_build_makes(bidirectional):
+    """LRModel builds each layer exactly as lrm.build does: same modules, same parameters."""
+    kw = {"d_state": 8, "init": "lin"}
+    cfg = lrm.ModelConfig(mixer="s4d", mixer_kwargs=kw, n_layers=1, d_model=16, vocab_size=5,
+                          n_classes=2, norm="layernorm", prenorm=False, dropout=0.2,
+                          bidirectional=bidirectional)
+    torch.manual_seed(0)
+    layer = lrm.LRModel(cfg).blocks[0]
+    torch.manual_seed(0)
+    torch.nn.Embedding(5, 16)  # LRModel draws its embedding before the blocks
+    block = lrm.build("s4d", 16, norm="layernorm", prenorm=False, dropout=0.2,
+                      bidirectional=bidirectional, **kw)
+    assert repr(block) == repr(layer)
+    for (n1, p1), (n2, p2) in zip(block.named_parameters(), layer.named_parameters(),
+                                  strict=True):
+        assert n1 == n2
+        torch.testing.assert_close(p1, p2, rtol=0, atol=0)
+    assert block.mlp is None and block.drop.p == 0.2  # S4D's customary ratio: no MLP
+    assert isinstance(block.mixer, Bidirectional) == bidirectional
 
 
 def test_linear_encoder_reads_tokens_as_intensities():
@@ -162,9 +185,24 @@ def test_every_kernel_entry_is_dispatched_by_an_op():
     assert not unused, f"kernel entries no op dispatches to: {unused}"
 
 
-def test_kernel_flags_are_booleans_and_never_crash():
-    for flag in ("HAS_MAMBA_SSM", "HAS_CAUSAL_CONV1D", "HAS_FLA"):
-        assert isinstance(getattr(_kernels, flag), bool)
+def test_kernel_flags_follow_what_imports(monkeypatch):
+    """has(package) is True iff one of the package's kernels imports; the HAS_* flags say the
+    same; a kernel whose import fails is None, with the reason kept."""
+    imports = {"chunk_gdn2"}  # an fla that serves GDN-2 only
+    monkeypatch.setattr(_kernels, "get", lambda name: (lambda: None) if name in imports else None)
+    assert _kernels.has("fla") is True and _kernels.HAS_FLA is True
+    assert _kernels.has("mamba_ssm") is False and _kernels.HAS_MAMBA_SSM is False
+    imports.clear()
+    assert _kernels.has("fla") is False and _kernels.HAS_FLA is False
+    with pytest.raises(KeyError, match="unknown kernel package"):
+        _kernels.has("numpy")
+    monkeypatch.undo()
+    monkeypatch.setitem(_kernels._KERNELS, "test_missing", ("nopkg", "lrm.no_such_module", "f"))
+    monkeypatch.setitem(_kernels._KERNELS, "test_present", ("torch", "torch.nn.functional",
+                                                             "silu"))
+    assert _kernels.get("test_missing") is None
+    assert "ModuleNotFoundError" in _kernels._IMPORT_ERRORS["test_missing"]
+    assert _kernels.get("test_present") is torch.nn.functional.silu
 
 
 @pytest.mark.parametrize("width", [1, 2, 4, 5])

@@ -136,16 +136,40 @@ class GatedDeltaNet(nn.Module):
 
     # -------------------------------------------------------------------------------- gates
 
-    def _log_decay(self, x: torch.Tensor) -> torch.Tensor | None:
-        """g = log α: (B, L, H) for GDN, (B, L, H, K) for GDN-2; None when α ≡ 1."""
-        if not self.use_forget_gate:
-            return None
+    def _gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Every gate of the recurrence, from x (B, L, d), in the compute dtype.
+
+        - GDN and DeltaNet (delta rule, scalar gates): ``(g, β, None)``, g = log α and β of
+          shape (B, L, H); g ≡ 0 without the forget gate.
+        - Otherwise GDN-2's channel-wise form ``(g, b, w)``: log decay g (B, L, H, K), erase
+          gate b (B, L, H, K), write gate w (B, L, H, V). GDN without the delta rule is this form
+          with b ≡ 0 (nothing erased), w ≡ β and the head's g on every key channel.
+        """
+        B, L, _ = x.shape
+        H, K, V = self.n_heads, self.head_k_dim, self.head_v_dim
         dtype = compute_dtype(x, self.A_log)
-        A = upcast(self.A_log, dtype).exp()  # (H,)
+        A = upcast(self.A_log, dtype).exp() if self.use_forget_gate else None  # (H,)
         if self.gates == "gdn":
-            return -A * F.softplus(upcast(self.a_proj(x), dtype) + upcast(self.dt_bias, dtype))
-        f = F.softplus(upcast(self.f_proj(x), dtype) + upcast(self.dt_bias, dtype))  # (B, L, H·K)
-        return -A[:, None] * rearrange(f, "b l (h k) -> b l h k", h=self.n_heads)
+            beta = torch.sigmoid(upcast(self.b_proj(x), dtype))  # (B, L, H)
+            if A is None:
+                g = beta.new_zeros(B, L, H)
+            else:
+                g = -A * F.softplus(upcast(self.a_proj(x), dtype) + upcast(self.dt_bias, dtype))
+            if self.delta_rule:
+                return g, beta, None
+            return (g[..., None].expand(B, L, H, K), beta.new_zeros(()).expand(B, L, H, K),
+                    beta[..., None].expand(B, L, H, V))
+        erase = rearrange(torch.sigmoid(upcast(self.b_proj(x), dtype)), "b l (h k) -> b l h k",
+                          h=H)
+        write = rearrange(torch.sigmoid(upcast(self.w_proj(x), dtype)), "b l (h v) -> b l h v",
+                          h=H)
+        if A is None:
+            g = erase.new_zeros(()).expand(B, L, H, K)
+        else:
+            # (B, L, H·K)
+            f = F.softplus(upcast(self.f_proj(x), dtype) + upcast(self.dt_bias, dtype))
+            g = -A[:, None] * rearrange(f, "b l (h k) -> b l h k", h=H)
+        return g, erase, write
 
     # -------------------------------------------------------------------------------- forward
 
@@ -153,9 +177,7 @@ class GatedDeltaNet(nn.Module):
                 ) -> tuple[torch.Tensor, GatedDeltaNetState | None]:
         if x.dim() != 3 or x.shape[-1] != self.d:
             raise ValueError(f"expected x of shape (B, L, {self.d}), got {tuple(x.shape)}")
-        B, L, _ = x.shape
-        H = self.n_heads
-        s = state
+        H, s = self.n_heads, state
         q, conv_q = self.q_conv1d(self.q_proj(x), None if s is None else s.conv_q)
         k, conv_k = self.k_conv1d(self.k_proj(x), None if s is None else s.conv_k)
         v, conv_v = self.v_conv1d(self.v_proj(x), None if s is None else s.conv_v)
@@ -163,37 +185,21 @@ class GatedDeltaNet(nn.Module):
         k = l2norm(rearrange(k, "b l (h k) -> b l h k", h=H))
         v = rearrange(v, "b l (h v) -> b l h v", h=H)
 
-        g = self._log_decay(x)
+        g, beta_or_erase, write = self._gates(x)
         h0 = None if s is None else s.recurrent
-        out_state = s is not None
-        if self.gates == "gdn" and self.delta_rule:
-            beta = torch.sigmoid(upcast(self.b_proj(x), compute_dtype(x)))  # (B, L, H)
-            if g is None:
-                g = beta.new_zeros(B, L, H)
-            o, h = gated_delta_rule(q, k, v, g, beta, initial_state=h0,
-                                    output_final_state=out_state)
-        else:
-            if self.gates == "gdn":  # delta_rule=False: no erase (b = 0), write β v
-                beta = torch.sigmoid(upcast(self.b_proj(x), compute_dtype(x)))[..., None]
-                b = beta.new_zeros(()).expand(q.shape)
-                w = beta.expand(v.shape)
-                if g is not None:
-                    g = g[..., None]
-            else:
-                b = rearrange(torch.sigmoid(upcast(self.b_proj(x), compute_dtype(x))),
-                              "b l (h k) -> b l h k", h=H)
-                w = rearrange(torch.sigmoid(upcast(self.w_proj(x), compute_dtype(x))),
-                              "b l (h v) -> b l h v", h=H)
-            g = b.new_zeros(()).expand(q.shape) if g is None else g.expand(q.shape)
-            o, h = gdn2(q, k, v, g, b, w, initial_state=h0, output_final_state=out_state)
+        if write is None:  # scalar gates: the gated delta rule (fla's GDN kernels)
+            o, h = gated_delta_rule(q, k, v, g, beta_or_erase, initial_state=h0,
+                                    output_final_state=s is not None)
+        else:  # channel-wise gates: GDN-2, or GDN without the delta rule
+            o, h = gdn2(q, k, v, g, beta_or_erase, write, initial_state=h0,
+                        output_final_state=s is not None)
 
         if self.use_gate:
-            z = rearrange(self.g_proj(x), "b l (h v) -> b l h v", h=H)
-            o = self.o_norm(o, z)
+            o = self.o_norm(o, rearrange(self.g_proj(x), "b l (h v) -> b l h v", h=H))
         else:
             o = self.o_norm(o)
         y = self.o_proj(rearrange(o, "b l h v -> b l (h v)").to(x.dtype))
-        if state is None:
+        if s is None:
             return y, None
         return y, GatedDeltaNetState(conv_q, conv_k, conv_v, h)
 

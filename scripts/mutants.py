@@ -1,0 +1,521 @@
+"""Plant single-line bugs (mutants) in copies of the repository and check that the tests catch
+every one of them; write the table to docs/conformance.md.
+
+    python scripts/mutants.py                 # every mutant, 2 at a time; writes the doc
+    python scripts/mutants.py -k ssd -k fox   # only mutants whose id contains one of these
+    python scripts/mutants.py --list          # the mutants, without running anything
+
+Each mutant is (id, file, original text, replacement, tests, what it breaks). The original text
+must occur exactly once in the file; if it does not (the code moved on), the mutant is reported
+as an error, never skipped. For each mutant the tracked files of the working tree are copied into
+a temporary directory, the one edit is applied, and pytest runs the mutant's tests there, with
+the copy as working directory and as PYTHONPATH, so that the copy's ``lrm`` is the one imported
+(checked before the run, and by the ``sanity`` mutant, which only a copy-imported lrm can
+fail). A mutant is *killed* when a test fails, and *survives* when they all pass. Before the
+mutants, the unmutated copy must pass every test selection used below, or kills mean nothing.
+
+A survivor is a missing test: add the test, do not delete the mutant. To re-target a mutant
+after a refactoring, update its file and original text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "conformance.md"
+COMMAND = "python scripts/mutants.py"
+
+# Test selections are pytest node ids, run in one pytest call per mutant, in the order given
+# (it stops at the first failure, so the most telling test comes first).
+EQ = "tests/test_equations.py::test_"
+
+
+def eq(mixer: str) -> str:
+    """The equations test of one mixer (attention, fox, gated_deltanet, s4d, s4, mamba, ...)."""
+    return f"{EQ}{mixer}_follows_the_paper"
+
+
+def stream(case: str) -> str:
+    """full == chunked == token by token, for one conformance case such as ``gdn-default``."""
+    return f"tests/test_conformance.py::test_full_equals_chunked_equals_token_by_token[{case}]"
+
+
+CONV = "tests/test_core.py::test_causal_conv_ref_equals_loop"
+SCAN = "tests/test_mamba.py::test_selective_scan_ref_equals_recurrence"
+SSD = "tests/test_mamba.py::test_ssd_ref_equals_recurrence"
+DELTA = "tests/test_gated_deltanet.py::test_chunk_equals_recurrent"
+GDN2 = "tests/test_gated_deltanet.py::test_gdn2_chunk_equals_recurrent"
+FA = "tests/test_fox.py::test_blockwise_equals_quadratic_outputs_and_gradients"
+LONGMAMBA = "tests/test_longmamba.py"
+S4_OPS = ("tests/test_s4.py::test_vandermonde_kernel_equals_recurrence",
+          "tests/test_s4.py::test_cauchy_kernel_equals_recurrence",
+          "tests/test_s4.py::test_fft_conv_is_causal_convolution_without_wrap",
+          "tests/test_s4.py::test_dplr_step_is_the_bilinear_step")
+
+
+@dataclass(frozen=True)
+class Mutant:
+    id: str
+    file: str
+    original: str
+    replacement: str
+    tests: tuple[str, ...]
+    what: str
+
+
+M = Mutant
+MUTANTS: list[Mutant] = [
+    # ------------------------------------------------------------------ sanity: the copy is used
+    M("sanity-copy-is-imported", "lrm/__init__.py", '__version__ = "0.1.0"',
+      'raise ImportError("planted in the copy")', (eq("attention"),),
+      "importing the copy's lrm fails; the repository's lrm would pass"),
+
+    # ------------------------------------------------------------------ attention (+ RoPE)
+    M("attention-not-causal", "lrm/mixers/attention.py",
+      "F.scaled_dot_product_attention(q, k, v, is_causal=True)",
+      "F.scaled_dot_product_attention(q, k, v)", (eq("attention"),),
+      "full sequence attends to the future"),
+    M("attention-rope-q-offset", "lrm/mixers/attention.py",
+      "q = apply_rope(q, offset, self.rope_base)", "q = apply_rope(q, offset + 1, self.rope_base)",
+      (eq("attention"),), "queries rotated one position late (off-by-one)"),
+    M("attention-rope-sign", "lrm/nn.py", "x1 * cos - x2 * sin", "x1 * cos + x2 * sin",
+      (eq("attention"),), "RoPE rotation not a rotation (sign)"),
+    M("attention-cache-mask", "lrm/mixers/attention.py", ".tril(offset)", ".tril(offset - 1)",
+      (eq("attention"), stream("attention-default")),
+      "streamed chunk: a query cannot see its own key"),
+    M("attention-cache-offset", "lrm/mixers/attention.py",
+      "offset = 0 if state is None else state.k.shape[2]",
+      "offset = 0 if state is None else state.k.shape[2] + 1",
+      (eq("attention"), stream("attention-default")), "RoPE positions off by one after a cache"),
+
+    # ------------------------------------------------------------------ FoX
+    M("fox-shift-alpha-swapped", "lrm/mixers/fox.py",
+      "out = alpha * zh_prev + (1 - alpha) * zh", "out = (1 - alpha) * zh_prev + alpha * zh",
+      (eq("fox"),), "KV-shift: α and 1 − α swapped"),
+    M("fox-shift-reads-next-token", "lrm/mixers/fox.py", "z[:, :-1]], dim=1)",
+      "z[:, 1:]], dim=1)", (eq("fox"),), "KV-shift mixes k_{t+1} instead of k_{t−1}"),
+    M("fox-no-q-norm", "lrm/mixers/fox.py", "q, k = self.q_norm(q), self.k_norm(k)",
+      "q, k = q, self.k_norm(k)", (eq("fox"),), "QK-norm drops the norm of q"),
+    M("fox-no-output-norm", "lrm/mixers/fox.py", "o = self.output_norm(o)", "o = o",
+      (eq("fox"),), "output norm dropped"),
+    M("fox-gate-silu", "lrm/mixers/fox.py", "o * torch.sigmoid(self.ogate_proj(x))",
+      "o * F.silu(self.ogate_proj(x))", (eq("fox"),), "output gate σ → SiLU"),
+    M("fox-forget-gate-sign", "lrm/mixers/fox.py", "F.logsigmoid(self.fgate_proj(x)",
+      "F.logsigmoid(-self.fgate_proj(x)", (eq("fox"),), "forget gate f → 1 − f"),
+
+    # ------------------------------------------------------------------ Gated DeltaNet
+    M("gdn-no-q-l2norm", "lrm/mixers/gated_deltanet.py",
+      'q = l2norm(rearrange(q, "b l (h k) -> b l h k", h=H))',
+      'q = rearrange(q, "b l (h k) -> b l h k", h=H)', (eq("gated_deltanet"),),
+      "L2 norm of q dropped"),
+    M("gdn-no-delta-one-minus-beta", "lrm/mixers/gated_deltanet.py",
+      "beta[..., None].expand(B, L, H, V))", "(1 - beta)[..., None].expand(B, L, H, V))",
+      (eq("gated_deltanet"),), "delta_rule=False writes with 1 − β"),
+    M("gdn-decay-sign", "lrm/mixers/gated_deltanet.py",
+      "g = -A * F.softplus(", "g = A * F.softplus(", (eq("gated_deltanet"),),
+      "GDN decay α = exp(+A·softplus) > 1"),
+    M("gdn2-erase-write-swapped", "lrm/mixers/gated_deltanet.py",
+      "o, h = gdn2(q, k, v, g, beta_or_erase, write,",
+      "o, h = gdn2(q, k, v, g, write[..., :k.shape[-1]], write,",
+      (eq("gated_deltanet"),), "GDN-2 erases with the write gate"),
+    M("gdn-no-output-gate", "lrm/mixers/gated_deltanet.py",
+      'o = self.o_norm(o, rearrange(self.g_proj(x), "b l (h v) -> b l h v", h=H))',
+      "o = self.o_norm(o)", (eq("gated_deltanet"),), "output gate SiLU(W_g x) dropped"),
+
+    # ------------------------------------------------------------------ S4D and S4
+    M("s4-no-D-skip", "lrm/mixers/s4.py", "y = y + self.D", "y = y + 0 * self.D",
+      (eq("s4d"), eq("s4")), "the D u skip dropped"),
+    M("s4d-stream-no-conjugate", "lrm/mixers/s4.py",
+      "ssm_conv(u, dA, dB, 2 * self._C(), x0, kernel=k)",
+      "ssm_conv(u, dA, dB, self._C(), x0, kernel=k)", (eq("s4d"), stream("s4d-default")),
+      "streaming S4D forgets the conjugate modes (factor 2)"),
+    M("s4-imag-sign", "lrm/mixers/s4.py", "-self.A_imag", "self.A_imag", (eq("s4d"), eq("s4")),
+      "Im A of the wrong sign"),
+    M("s4-ssm-copies-interleaved", "lrm/mixers/s4.py", "return z.repeat(self.d // self.n_ssm, 1)",
+      "return z.repeat_interleave(self.d // self.n_ssm, 0)", (eq("s4d"), eq("s4")),
+      "channel h uses copy h // (H/S) instead of h mod S"),
+    M("s4-gelu-to-silu", "lrm/mixers/s4.py", "F.gelu(self._drop(y))", "F.silu(self._drop(y))",
+      (eq("s4d"), eq("s4")), "block activation GELU → SiLU"),
+    M("s4-ctilde-doubling-sign", "lrm/mixers/s4.py",
+      'c = c + torch.einsum("hn,hnm->hm", c, Al)', 'c = c - torch.einsum("hn,hnm->hm", c, Al)',
+      (eq("s4d"), eq("s4")), "S4: C̃ extended past l_max with the wrong sign"),
+    M("s4-recurrent-C-sign", "lrm/mixers/s4.py",
+      "I_AL = eye - torch.linalg.matrix_power(dA, self.l_max)",
+      "I_AL = eye + torch.linalg.matrix_power(dA, self.l_max)",
+      (stream("s4-default"), stream("s4-short_lmax")),
+      "S4 streaming: C recovered from C̃ with (I + Ā^L)"),
+
+    # ------------------------------------------------------------------ Mamba
+    M("mamba-x-z-swapped", "lrm/mixers/mamba.py", "xs, z = self.in_proj(x).chunk(2, dim=-1)",
+      "z, xs = self.in_proj(x).chunk(2, dim=-1)", (eq("mamba"),),
+      "in_proj halves read in the wrong order"),
+    M("mamba-B-C-swapped", "lrm/mixers/mamba.py",
+      'rearrange(B, "b l n -> b n l"), rearrange(C, "b l n -> b n l")',
+      'rearrange(C, "b l n -> b n l"), rearrange(B, "b l n -> b n l")', (eq("mamba"),),
+      "B and C swapped"),
+    M("mamba-conv-no-silu", "lrm/mixers/mamba.py",
+      '"silu", None if state is None else state.conv)',
+      'None, None if state is None else state.conv)', (eq("mamba"),),
+      "SiLU after the short conv dropped"),
+    M("mamba-delta-relu", "lrm/mixers/mamba.py", "delta = F.softplus(F.linear(dt",
+      "delta = F.relu(F.linear(dt", (eq("mamba"),), "Δ = relu(·) instead of softplus"),
+    M("longmamba-mamba1-score", "lrm/mixers/mamba.py",
+      "delta = self.longmamba(delta, decay_rate_per_channel(A))",
+      "delta = self.longmamba(delta, A.amin(dim=-1))", (eq("longmamba"),),
+      "LongMamba on Mamba-1 scores channels by their fastest state"),
+
+    # ------------------------------------------------------------------ Mamba-2
+    M("mamba2-no-gate", "lrm/mixers/mamba2.py", "y = self.norm(y, z)", "y = self.norm(y)",
+      (eq("mamba2"),), "gated RMSNorm loses the SiLU(z) gate"),
+    M("mamba2-no-norm-no-gate", "lrm/mixers/mamba2.py", "z=None if self.rmsnorm else",
+      "z=None if True else", (eq("mamba2"),), "rmsnorm=False loses the SiLU(z) gate"),
+    M("mamba2-dt-limit-ignored", "lrm/mixers/mamba2.py",
+      "delta = delta.clamp(min=self.dt_limit[0], max=self.dt_limit[1])", "delta = delta",
+      (eq("mamba2"),), "dt_limit not applied"),
+    M("mamba2-D-hdim-layout", "lrm/mixers/mamba2.py", '"(h p) -> h p", p=self.headdim',
+      '"(p h) -> h p", p=self.headdim', (eq("mamba2"),), "per-channel D read transposed"),
+    M("mamba2-norm-groups-interleaved", "lrm/mixers/mamba2.py", '"... (g c) -> ... g c"',
+      '"... (c g) -> ... g c"', (eq("mamba2"),), "grouped RMSNorm over the wrong channels"),
+    M("mamba2-longmamba-skipped", "lrm/mixers/mamba2.py", "if self.longmamba is not None:",
+      "if False:", (eq("longmamba"),), "LongMamba filter never applied to Mamba-2"),
+
+    # ------------------------------------------------------------------ op: causal_conv
+    M("conv-taps-reversed", "lrm/ops/causal_conv.py", "F.conv1d(xs, weight.unsqueeze(1)",
+      "F.conv1d(xs, weight.flip(-1).unsqueeze(1)",
+      (CONV, eq("mamba")), "conv taps in reverse order"),
+    M("conv-no-bias", "lrm/ops/causal_conv.py", "weight.unsqueeze(1), bias, groups",
+      "weight.unsqueeze(1), None, groups",
+      (CONV, eq("mamba")), "conv bias dropped"),
+    M("conv-state-off-by-one", "lrm/ops/causal_conv.py", "xs[..., xs.shape[-1] - (width - 1):]",
+      "xs[..., xs.shape[-1] - width:-1]", (CONV, stream("mamba-small")),
+      "the conv state handed on is one token stale"),
+
+    # ------------------------------------------------------------------ op: selective_scan
+    M("scan-decay-sign", "lrm/ops/selective_scan.py",
+      "a = torch.exp(delta[..., None] * A[:, :, None, :])",
+      "a = torch.exp(-delta[..., None] * A[:, :, None, :])",
+      (SCAN, eq("mamba")), "decay exp(−ΔA) grows"),
+    M("scan-no-delta-in-B", "lrm/ops/selective_scan.py", "b = (delta * u)[..., None] * B",
+      "b = u[..., None] * B", (SCAN, eq("mamba")),
+      "B̄ = B instead of ΔB"),
+    M("scan-compose-wrong", "lrm/ops/selective_scan.py",
+      "b[..., k:, :] + a[..., k:, :] * b[..., :-k, :]",
+      "b[..., k:, :] + a[..., :-k, :] * b[..., :-k, :]",
+      (SCAN, eq("mamba")),
+      "Hillis–Steele step composes with the wrong decay"),
+    M("scan-state-not-decayed", "lrm/ops/selective_scan.py", "h = a * h0[..., None, :] + b",
+      "h = h0[..., None, :] + b", (SCAN, stream("mamba-small")),
+      "the state entering a chunk is not decayed"),
+
+    # ------------------------------------------------------------------ op: ssd
+    M("ssd-no-dt-in-diag", "lrm/ops/ssd.py",
+      "W = CB[:, :, None] * torch.exp(segsum(dA)) * dtc[..., None, :]",
+      "W = CB[:, :, None] * torch.exp(segsum(dA))",
+      (SSD, eq("mamba2")), "intra-chunk term without Δ_s"),
+    M("ssd-segsum-off-by-one", "lrm/ops/ssd.py",
+      "strictly_below = torch.ones(T, T, dtype=torch.bool, device=a.device).tril(-1)",
+      "strictly_below = torch.ones(T, T, dtype=torch.bool, device=a.device).tril(0)",
+      (SSD, eq("mamba2")),
+      "segsum includes a_j: decays off by one step"),
+    M("ssd-chunk-state-not-decayed", "lrm/ops/ssd.py", "h = decay[..., None, None] * h + state",
+      "h = h + state", (SSD, eq("mamba2")),
+      "inter-chunk recurrence forgets the chunk's decay"),
+    M("ssd-decay-to-end-off-by-one", "lrm/ops/ssd.py",
+      "decay_to_end = torch.exp(A_cum[..., -1:] - A_cum) * dtc",
+      "decay_to_end = torch.exp(A_cum[..., -1:] - A_cum + dA) * dtc",
+      (SSD, eq("mamba2")),
+      "chunk state decays each token by its own step too"),
+    M("ssd-off-diagonal-boundary", "lrm/ops/ssd.py",
+      'Cc, entering, torch.exp(A_cum))', 'Cc, entering, torch.exp(A_cum - dA))',
+      (SSD, eq("mamba2")),
+      "state entering a chunk decayed one step short"),
+
+    # ------------------------------------------------------------------ op: delta_rule
+    # (not ".tril(-1)" -> ".tril(0)" on the UT matrix: the unitriangular solve never reads the
+    # diagonal, so that mutant is equivalent and cannot be killed)
+    M("delta-chunk-mask-off-by-one", "lrm/ops/delta_rule.py",
+      "causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()",
+      "causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril(-1)",
+      (DELTA, eq("gated_deltanet")),
+      "intra-chunk mask drops the diagonal: a query misses its own token"),
+    M("delta-v-new-sign", "lrm/ops/delta_rule.py", "v_new = u_n - w_n @ h",
+      "v_new = u_n + w_n @ h", (DELTA, stream("gdn-default")),
+      "carried state added to the written values instead of erased"),
+    M("delta-state-not-decayed", "lrm/ops/delta_rule.py",
+      "h = d_n[..., None] * h + k_n.transpose(-1, -2) @ v_new",
+      "h = h + k_n.transpose(-1, -2) @ v_new",
+      (DELTA, stream("gdn-default")),
+      "state crosses a chunk boundary without decay"),
+    M("delta-chunk-end-off-by-one", "lrm/ops/delta_rule.py",
+      "kd = kc * (gc[..., -1:] - gc).exp()[..., None]",
+      "kd = kc * (gc[..., -2:-1] - gc).exp()[..., None]",
+      (DELTA, stream("gdn-default")),
+      "keys decayed to the chunk's second-last position"),
+    M("gdn2-no-write-gate", "lrm/ops/delta_rule.py",
+      "rhs = torch.cat([bk * gc.exp(), wc * vc], dim=-1)",
+      "rhs = torch.cat([bk * gc.exp(), vc], dim=-1)",
+      (GDN2, eq("gated_deltanet")),
+      "GDN-2 write gate ignored"),
+
+    # ------------------------------------------------------------------ op: forgetting_attn
+    M("fa-decay-sign", "lrm/ops/forgetting_attn.py",
+      ".add_(cq[..., :, None]).sub_(ck[..., None, :])",
+      ".sub_(cq[..., :, None]).add_(ck[..., None, :])", (FA, eq("fox")),
+      "decay bias c_j − c_i: the past is boosted, not forgotten"),
+    M("fa-mask-diagonal", "lrm/ops/forgetting_attn.py", "kpos[None, :] > qpos[:, None]",
+      "kpos[None, :] >= qpos[:, None]", (FA, eq("fox")),
+      "a query cannot see its own key (off-by-one)"),
+    M("fa-acc-not-rescaled", "lrm/ops/forgetting_attn.py",
+      "acc = acc * rescale[..., None] + p @ v[:, :, ks:ke]", "acc = acc + p @ v[:, :, ks:ke]",
+      (FA, eq("fox")), "online softmax: old blocks not rescaled"),
+    M("fa-sum-not-rescaled", "lrm/ops/forgetting_attn.py", "l = l * rescale + p.sum(-1)",
+      "l = l + p.sum(-1)", (FA, eq("fox")),
+      "online softmax: normaliser not rescaled"),
+
+    # ------------------------------------------------------------------ op: longmamba
+    M("longmamba-keeps-small-steps", "lrm/ops/longmamba.py", "(delta <= theta[:, None])",
+      "(delta >= theta[:, None])", (LONGMAMBA, eq("longmamba")),
+      "filter zeroes the large Δ instead of the small"),
+    M("longmamba-local-channels", "lrm/ops/longmamba.py",
+      "return self.score > self.config.channel_threshold",
+      "return self.score < self.config.channel_threshold",
+      (LONGMAMBA, eq("longmamba")), "filters the local channels"),
+    M("longmamba-budget-mean", "lrm/ops/longmamba.py", "budget = delta.sum(-1)",
+      "budget = delta.mean(-1)", (LONGMAMBA, eq("longmamba")),
+      "decay budget S = mean Δ instead of Σ Δ"),
+    M("longmamba-k-star-off-by-one", "lrm/ops/longmamba.py",
+      "k_star = (above.int().argmax(-1) + 1)", "k_star = (above.int().argmax(-1))",
+      (LONGMAMBA, eq("longmamba")), "θ read one index early"),
+
+    # ------------------------------------------------------------------ op: S4/S4D kernels
+    M("ssm-zoh-B", "lrm/ops/ssm_kernel.py", "return dA, (dA - 1) / A * B",
+      "return dA, (dA - 1) * B", (*S4_OPS, eq("s4d")),
+      "ZOH B̄ without the 1/A"),
+    M("ssm-bilinear-inverted", "lrm/ops/ssm_kernel.py", "(1 + dtA / 2) / (1 - dtA / 2)",
+      "(1 - dtA / 2) / (1 + dtA / 2)", (*S4_OPS, eq("s4d")),
+      "bilinear Ā inverted"),
+    M("ssm-s4d-kernel-no-conjugate", "lrm/ops/ssm_kernel.py",
+      "vandermonde(2 * C * dB, log_dA, L)", "vandermonde(C * dB, log_dA, L)",
+      (*S4_OPS, eq("s4d")), "S4D kernel forgets the conjugate modes"),
+    M("ssm-fft-circular", "lrm/ops/ssm_kernel.py",
+      "torch.fft.rfft(u, n=2 * L) * torch.fft.rfft(k, n=2 * L), n=2 * L)",
+      "torch.fft.rfft(u, n=L) * torch.fft.rfft(k, n=L), n=L)",
+      (*S4_OPS, eq("s4d"), eq("s4")), "FFT convolution wraps around (not causal)"),
+    M("ssm-woodbury-sign", "lrm/ops/ssm_kernel.py",
+      "dt * (k_CB - s * k_CP * k_QB / (1 + s * k_QP))",
+      "dt * (k_CB + s * k_CP * k_QB / (1 + s * k_QP))", (*S4_OPS, eq("s4")),
+      "S4 kernel: Woodbury correction of the wrong sign"),
+    M("ssm-dplr-step-sign", "lrm/ops/ssm_kernel.py", "r = (2 / dt + Lam) * x - P * q(x)",
+      "r = (2 / dt + Lam) * x + P * q(x)", (*S4_OPS, stream("s4-default")),
+      "S4 decoding step: low-rank term of the wrong sign"),
+]
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def tracked_files() -> list[str]:
+    out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True)
+    return [f for f in out.stdout.decode().split("\0") if f and (ROOT / f).is_file()]
+
+
+def make_copy(files: list[str]) -> Path:
+    tmp = Path(tempfile.mkdtemp(prefix="lrm-mutant-"))
+    for f in files:
+        (tmp / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, tmp / f)
+    return tmp
+
+
+def run_pytest(copy: Path, tests: list[str], timeout: int) -> tuple[int, str]:
+    env = {**os.environ, "PYTHONPATH": str(copy), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "PYTHONDONTWRITEBYTECODE": "1"}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-rf", "-p", "no:cacheprovider",
+           "-p", "no:randomly", *tests]
+    try:
+        p = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True,
+                           timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return 124, "timed out"
+    return p.returncode, p.stdout + p.stderr
+
+
+def line_of(text: str, needle: str) -> int:
+    return text[:text.index(needle)].count("\n") + 1
+
+
+@dataclass
+class Result:
+    mutant: Mutant
+    status: str  # killed | survived | error
+    line: int | None
+    detail: str
+
+
+def first_failure(output: str) -> str:
+    m = re.search(r"^(?:FAILED|ERROR) (\S+)", output, re.M)
+    if m:
+        return m.group(1)
+    m = re.search(r"^E\s+(\w*Error.*)$", output, re.M) or re.search(r"^E\s+(.+)$", output, re.M)
+    return f"collection: {m.group(1)[:80]}" if m else "pytest failed"
+
+
+def run_mutant(mut: Mutant, files: list[str], timeout: int) -> Result:
+    src = (ROOT / mut.file)
+    if not src.is_file():
+        return Result(mut, "error", None, f"{mut.file} does not exist")
+    text = src.read_text()
+    n = text.count(mut.original)
+    if n != 1:
+        return Result(mut, "error", None, f"original text occurs {n} times in {mut.file}")
+    line = line_of(text, mut.original)
+    copy = make_copy(files)
+    try:
+        (copy / mut.file).write_text(text.replace(mut.original, mut.replacement))
+        rc, out = run_pytest(copy, list(mut.tests), timeout)
+        # 1: a test failed; 2 or 4: the mutated lrm broke collection (an import error, after
+        # which pytest cannot find the node ids the unmutated copy had), also a kill
+        if rc in (1, 2, 4):
+            return Result(mut, "killed", line, first_failure(out))
+        if rc != 0:
+            return Result(mut, "error", line, f"pytest exit code {rc}")
+        return Result(mut, "survived", line, "all selected tests pass")
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
+
+
+def baseline(files: list[str], selections: list[str], timeout: int) -> list[str]:
+    """Run every selection on an unmutated copy; return the failures (must be none), after
+    checking that the copy's lrm is the one imported."""
+    copy = make_copy(files)
+    try:
+        env = {**os.environ, "PYTHONPATH": str(copy)}
+        where = subprocess.run([sys.executable, "-c", "import lrm; print(lrm.__file__)"],
+                               cwd=copy, env=env, capture_output=True, text=True).stdout.strip()
+        if not where.startswith(str(copy)):
+            return [f"the copy imports lrm from {where!r}, not from the copy"]
+        # two pytest runs side by side (never an empty one: pytest would then run everything)
+        halves = [h for h in (selections[::2], selections[1::2]) if h]
+        problems = []
+        with ThreadPoolExecutor(2) as pool:
+            for rc, out in pool.map(lambda sel: run_pytest(copy, sel, timeout), halves):
+                if rc != 0:
+                    problems.append(f"exit {rc}: {first_failure(out)}")
+        return problems
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def group_of(mut: Mutant) -> str:
+    parts = Path(mut.file).parts
+    if parts[:2] == ("lrm", "ops"):
+        return f"op `{Path(mut.file).stem}`"
+    return mut.id.split("-")[0]
+
+
+def md_escape(s: str) -> str:
+    return s.replace("|", "\\|").replace("\n", "⏎")
+
+
+def write_doc(results: list[Result], wall: float, selections: list[str]) -> str:
+    killed = sum(r.status == "killed" for r in results)
+    rows = []
+    for r in results:
+        m = r.mutant
+        where = f"`{m.file}:{r.line}`" if r.line else f"`{m.file}`"
+        change = f"`{md_escape(m.original)}` → `{md_escape(m.replacement)}`"
+        by = f"`{md_escape(r.detail)}`" if r.status == "killed" else f"**{r.detail}**"
+        rows.append(f"| {m.id} | {where} | {m.what}: {change} | {r.status} | {by} |")
+    groups: dict[str, int] = {}
+    for r in results:
+        groups[group_of(r.mutant)] = groups.get(group_of(r.mutant), 0) + 1
+    counts = ", ".join(f"{g} {n}" for g, n in groups.items())
+    return f"""# Planted bugs: does the test suite catch them?
+
+Generated by `scripts/mutants.py`; reproduce it (about {round(wall / 60) or 1} min on 2 CPU
+cores) with
+
+```bash
+{COMMAND}
+```
+
+Each row is one single-line mutation of the code, applied to a fresh copy of the repository's
+tracked files; the tests named for it then run inside that copy (its `lrm` is the one imported:
+the unmutated copy is checked to import from itself, and the `sanity` mutant breaks the copy's
+`lrm` alone). A mutant is **killed** when a test fails; the first failing test is named. Every
+mutant must be killed: a survivor means a missing test.
+
+The tests that catch wrong math are mainly `tests/test_equations.py` (every mixer against an
+independent loop of its paper's equations), the `_ref == _recurrent_ref` tests of each op, and
+`tests/test_conformance.py` (full == chunked == token by token) for the streaming paths.
+
+**{killed} of {len(results)} mutants killed** (per group: {counts}); wall time {wall:.0f} s,
+2 mutants at a time, one torch thread each. The unmutated copy passed all
+{len(selections)} test selections first (the tests of each mutant are listed in
+`scripts/mutants.py`).
+
+| mutant | where | what changed | result | killed by |
+|---|---|---|---|---|
+""" + "\n".join(rows) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("-k", action="append", default=[], help="run mutants whose id contains this")
+    ap.add_argument("--list", action="store_true", help="list the mutants and exit")
+    ap.add_argument("--jobs", type=int, default=2, help="mutants run at a time (default 2)")
+    ap.add_argument("--timeout", type=int, default=600, help="seconds per pytest run")
+    ap.add_argument("--no-doc", action="store_true", help="do not write docs/conformance.md")
+    args = ap.parse_args()
+
+    ids = [m.id for m in MUTANTS]
+    if len(set(ids)) != len(ids):
+        raise SystemExit("mutant ids must be unique")
+    chosen = [m for m in MUTANTS if not args.k or any(k in m.id for k in args.k)]
+    if args.list:
+        for m in chosen:
+            print(f"{m.id:32s} {m.file}: {m.what}")
+        return 0
+
+    t0 = time.perf_counter()
+    files = tracked_files()
+    selections = sorted({s for m in chosen for s in m.tests})
+    problems = baseline(files, selections, 2 * args.timeout)
+    if problems:
+        print("the unmutated copy fails its tests; fix that first:", *problems, sep="\n  ")
+        return 2
+    print(f"baseline: {len(selections)} test selections pass on the unmutated copy "
+          f"({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    def one(m: Mutant) -> Result:
+        r = run_mutant(m, files, args.timeout)
+        print(f"{r.status:9s} {m.id:32s} {r.detail}", flush=True)
+        return r
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(one, chosen))
+    wall = time.perf_counter() - t0
+    bad = [r for r in results if r.status != "killed"]
+    print(f"{len(results) - len(bad)} of {len(results)} mutants killed in {wall:.0f} s")
+    if not args.no_doc and not args.k:
+        DOC.write_text(write_doc(results, wall, selections))
+        print(f"wrote {DOC.relative_to(ROOT)}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
