@@ -148,3 +148,12 @@ def test_parallel_grids_get_their_own_run_folders(tmp_path):
     a = lb._reserve_dir(tmp_path / "quick", "s4d-pathfinder-20261126-063952")
     b = lb._reserve_dir(tmp_path / "quick", "s4d-pathfinder-20261126-063952")
     assert a != b and a.is_dir() and b.name.endswith("-2")
+
+
+def test_causal_only_mixers_get_a_causal_encoder(tmp_path):
+    """LRA's quick configs are bidirectional; landmark attention cannot be (its class says
+    causal_only), so its grid cells train a causal model instead of failing."""
+    kw = dict(quick=True, data_dir="x", max_steps=5, budget_minutes=None, run_dir=tmp_path,
+              overrides={}, config_dir=lb.REPO / "configs")
+    assert lb.run_config("listops", "gdn", **kw)["model"]["model"]["bidirectional"] is True
+    assert lb.run_config("listops", "landmark", **kw)["model"]["model"]["bidirectional"] is False

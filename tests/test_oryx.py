@@ -137,7 +137,7 @@ def test_mode_parameters_are_what_each_mode_uses(core):
 
 def conv_silu(x, conv):
     """The short causal conv + SiLU written out: x (B, L, C), weight (C, 1, W)."""
-    w = conv.conv1d.weight[:, 0]  # (C, W)
+    w = conv.weight[:, 0]  # (C, W)
     xp = F.pad(x.transpose(1, 2), (w.shape[1] - 1, 0))
     y = sum(xp[..., i:i + x.shape[1]] * w[:, i:i + 1] for i in range(w.shape[1]))
     return F.silu(y.transpose(1, 2))

@@ -181,10 +181,10 @@ def _memory_branch_by_hand(mem, x):
     """The LMM branch from its parameters: the paper's equations, with the token loop."""
     H = mem.n_heads
     qkv = torch.cat([mem.to_queries(x), mem.to_keys(x), mem.to_values(x)], -1)
-    w = mem.conv.conv1d.weight[:, 0]  # (C, W): a causal depthwise conv, written out
+    w = mem.conv.weight[:, 0]  # (C, W): a causal depthwise conv, written out
     W = w.shape[-1]
     xp = F.pad(qkv, (0, 0, W - 1, 0))
-    conv = sum(xp[:, i:i + x.shape[1]] * w[:, i] for i in range(W)) + mem.conv.conv1d.bias
+    conv = sum(xp[:, i:i + x.shape[1]] * w[:, i] for i in range(W)) + mem.conv.bias
     q, k, v = (t.unflatten(-1, (H, -1)) for t in F.silu(conv).chunk(3, -1))
     q, k = _l2(q), _l2(k)
     theta = mem.theta_max * torch.sigmoid(mem.to_adaptive_step(x))

@@ -106,6 +106,16 @@ def recipe_config(recipe: str, task: str, config_dir: Path) -> dict[str, Any]:
     return cfg
 
 
+def _causal_only(mixer: str) -> bool:
+    """True for a mixer that only works in a causal model (its class says ``causal_only``)."""
+    from lrm import registry
+
+    try:
+        return bool(getattr(registry.mixer_class(mixer), "causal_only", False))
+    except (ImportError, AttributeError, ValueError):  # reported when the run builds it
+        return False
+
+
 def run_config(task: str, mixer: str, *, quick: bool, data_dir: str | None,
                max_steps: int | None, budget_minutes: float | None, run_dir: Path,
                overrides: dict[str, Any], config_dir: Path, n_evals: int = 4,
@@ -115,6 +125,9 @@ def run_config(task: str, mixer: str, *, quick: bool, data_dir: str | None,
     if recipe:
         cfg = deep_merge(cfg, recipe_config(recipe, task, config_dir))
     cfg = deep_merge(cfg, {"model": {"model": {"mixer": mixer}}})
+    if cfg["model"]["model"].get("bidirectional") and _causal_only(mixer):
+        # e.g. landmark attention: the task's bidirectional encoder becomes a causal one
+        cfg["model"]["model"]["bidirectional"] = False
     if data_dir is not None:
         cfg = deep_merge(cfg, {"data": {"init_args": {"data_dir": str(data_dir)}}})
     trainer: dict[str, Any] = {}

@@ -147,7 +147,7 @@ class GatedDeltaNet(nn.Module):
         """
         B, L, _ = x.shape
         H, K, V = self.n_heads, self.head_k_dim, self.head_v_dim
-        dtype = compute_dtype(x, self.A_log)
+        dtype = compute_dtype(x)
         A = upcast(self.A_log, dtype).exp() if self.use_forget_gate else None  # (H,)
         if self.gates == "gdn":
             beta = torch.sigmoid(upcast(self.b_proj(x), dtype))  # (B, L, H)

@@ -58,6 +58,9 @@ class LandmarkAttention(nn.Module):
     """Multi-head RoPE attention with landmark tokens (module docstring)."""
 
     default_mlp_ratio: ClassVar[float] = 4.0
+    # landmark tokens summarise the block before them: a bidirectional model cannot use them
+    # (LRModel refuses one; harnesses read this flag to build a causal model instead)
+    causal_only: ClassVar[bool] = True
     variants: ClassVar[dict[str, dict]] = {
         "grouped": {"block_len": 5},  # training mode, several blocks in the test length
         "retrieval_k2": {"block_len": 5, "retrieval_topk": 2},
