@@ -1,0 +1,182 @@
+"""The memory-lean selective scan: a custom autograd function with chunk-level recomputation.
+
+Same recurrence as :mod:`lrm.ops.selective_scan` (Mamba-1), for every batch b, channel d and
+state index n:
+
+    a_t = exp(Δ_t A)          (decay)          x_t = Δ_t u_t B_t      (write)
+    h_t = a_t ⊙ h_{t-1} + x_t                  y_t = Σ_n h_t C_t
+
+What is stored for the backward pass is what mamba-ssm's CUDA kernel stores: the inputs
+(u, Δ: (B, D, L); B, C: (B, G, N, L); A: (D, N)) and the state entering every chunk of Q tokens,
+(L/Q, B, D, N). Nothing of size (B, L, D, N) is ever alive; one chunk's (B, D, Q, N) tensors
+are, during the forward and again during the backward, which recomputes the chunk's states
+from the stored state that entered it.
+
+The backward pass is written out, not left to autograd (which would record one graph node per
+scan step and per slice). With ∂h_t the total gradient reaching h_t (from y_t and from h_{t+1}):
+
+    ∂h_t   = C_t ∂y_t + a_{t+1} ⊙ ∂h_{t+1}          (a reversed scan of the same kind)
+    ∂x_t   = ∂h_t                                   so ∂u_t = Δ_t Σ_n ∂h_t B_t,
+    ∂B_t   = Σ_d ∂h_t Δ_t u_t,   ∂C_t = Σ_d h_t ∂y_t
+    r_t    = ∂h_t ⊙ h_{t-1} ⊙ a_t                   (the gradient of log a_t = Δ_t A)
+    ∂Δ_t   = Σ_n r_t A + u_t Σ_n ∂h_t B_t,          ∂A = Σ_{b,t} r_t Δ_t
+    ∂h_0   = a_1 ⊙ ∂h_1
+
+Inside a chunk both scans are Hillis–Steele prefix scans of the affine maps h ↦ a h + x
+(log2 Q vectorised steps over ping-pong buffers; only products of decays ≤ 1, so nothing
+overflows); a Python loop runs over the L/Q chunks only.
+
+Symbols: B batch, G groups of B/C, E = D/G channels per group, L length, Q chunk size,
+N state size; tensors are in the grouped layout of :func:`lrm.ops.selective_scan._prepare`:
+u, Δ (B, G, E, L); A (G, E, N); B, C broadcastable to (B, G, E, L, N) (time-invariant B or C
+has a time axis of 1); h (B, G, E, N).
+
+:func:`selective_scan_lean` has the contract of :func:`lrm.ops.selective_scan.selective_scan_ref`
+(which stays, unchanged, as an oracle); tests check outputs, final states and all gradients
+against it and against the recurrence, and gradcheck the function in float64. It computes in
+the dtype of its (prepared) inputs.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+
+from lrm.ops.selective_scan import CHUNK_SIZE, _finish, _prepare
+
+
+def _affine_scan_(a: torch.Tensor, x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """All prefixes of the maps h ↦ a_t h + x_t along dim -2, starting from h = 0.
+
+    Forward: s_t = a_t s_{t-1} + x_t. Reverse: s_t = a_t s_{t+1} + x_t. Neither input is
+    modified (every step writes fresh buffers: an in-place update would read elements it has
+    already overwritten). After the step with offset k, (a_t, s_t) compose the 2k maps ending
+    (starting, when reversed) at t.
+    """
+    q = a.shape[-2]
+    k = 1
+    while k < q:
+        s_new = torch.empty_like(x)
+        if reverse:
+            s_new[..., q - k:, :] = x[..., q - k:, :]
+            torch.addcmul(x[..., :q - k, :], a[..., :q - k, :], x[..., k:, :],
+                          out=s_new[..., :q - k, :])
+        else:
+            s_new[..., :k, :] = x[..., :k, :]
+            torch.addcmul(x[..., k:, :], a[..., k:, :], x[..., :q - k, :], out=s_new[..., k:, :])
+        x = s_new
+        if 2 * k < q:  # the decay products are only needed by a later step
+            a_new = torch.empty_like(a)
+            if reverse:
+                a_new[..., q - k:, :] = a[..., q - k:, :]
+                torch.mul(a[..., :q - k, :], a[..., k:, :], out=a_new[..., :q - k, :])
+            else:
+                a_new[..., :k, :] = a[..., :k, :]
+                torch.mul(a[..., k:, :], a[..., :q - k, :], out=a_new[..., k:, :])
+            a = a_new
+        k *= 2
+    return x
+
+
+def _time(M: torch.Tensor, s: int, e: int) -> torch.Tensor:
+    """Tokens s..e-1 of B or C (B, G|1, 1|E, L|1, N); a time-invariant one is returned whole."""
+    return M if M.shape[-2] == 1 else M[..., s:e, :]
+
+
+def _chunk_states(u, delta, A, B, h_in):
+    """Decays a (B, G, E, Q, N) and all states h_1..h_Q of a chunk entered with h_in."""
+    a = torch.exp(delta[..., None] * A[:, :, None, :])
+    x = (delta * u)[..., None] * B  # (B, G, E, Q, N)
+    x[..., 0, :] += a[..., 0, :] * h_in  # fold the entering state into the first write
+    return a, _affine_scan_(a, x)
+
+
+class _LeanSelectiveScan(torch.autograd.Function):
+    """(u, Δ, A, B, C, h0) -> (y (B, G, E, L), h_L (B, G, E, N)); see the module docstring."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, h0, chunk_size: int):
+        L = u.shape[-1]
+        y = u.new_empty(u.shape)
+        entering = []  # the state before each chunk: all the backward pass needs besides inputs
+        h = h0
+        for s in range(0, L, chunk_size):
+            e = min(s + chunk_size, L)
+            entering.append(h)
+            _, hs = _chunk_states(u[..., s:e], delta[..., s:e], A, _time(B, s, e), h)
+            y[..., s:e] = (hs * _time(C, s, e)).sum(-1)
+            h = hs[..., -1, :].clone()  # a copy: a view would keep the chunk's states alive
+        ctx.chunk_size = chunk_size
+        ctx.save_for_backward(u, delta, A, B, C, torch.stack(entering))
+        return y, h
+
+    @staticmethod
+    def backward(ctx, dy, dh_last):
+        u, delta, A, B, C, entering = ctx.saved_tensors
+        Q, L = ctx.chunk_size, u.shape[-1]
+        du, ddelta = torch.zeros_like(u), torch.zeros_like(delta)
+        dA = torch.zeros_like(A)
+        dB, dC = torch.zeros_like(B), torch.zeros_like(C)
+        # the gradient reaching the state that leaves the current chunk
+        carry = torch.zeros_like(entering[0]) if dh_last is None else dh_last
+        if dy is None:
+            dy = torch.zeros_like(u)
+        starts = list(range(0, L, Q))
+        for c in reversed(range(len(starts))):
+            s = starts[c]
+            e = min(s + Q, L)
+            u_c, d_c, dy_c = u[..., s:e], delta[..., s:e], dy[..., s:e]
+            B_c, C_c, h_in = _time(B, s, e), _time(C, s, e), entering[c]
+            a, hs = _chunk_states(u_c, d_c, A, B_c, h_in)  # recomputed, not stored
+            # ∂h_t = C_t ∂y_t + a_{t+1} ∂h_{t+1}: a reversed scan whose decay at t is a_{t+1};
+            # the last position's decay is never used, the carry enters as a write instead
+            g = dy_c[..., None] * C_c
+            g[..., -1, :] += carry
+            a_next = torch.cat([a[..., 1:, :], a[..., -1:, :]], dim=-2)
+            dh = _affine_scan_(a_next, g, reverse=True)  # (B, G, E, Q, N)
+            h_prev = torch.cat([h_in[..., None, :], hs[..., :-1, :]], dim=-2)
+            r = dh * h_prev * a  # gradient of log a_t = Δ_t A
+            w = (dh * B_c).sum(-1)  # Σ_n ∂h_t B_t, (B, G, E, Q)
+            ddelta[..., s:e] = torch.einsum("bgeqn,gen->bgeq", r, A) + u_c * w
+            du[..., s:e] = d_c * w
+            dA += torch.einsum("bgeqn,bgeq->gen", r, d_c)
+            dB_c = (dh * (d_c * u_c)[..., None]).sum_to_size(B_c.shape)
+            dC_c = (hs * dy_c[..., None]).sum_to_size(C_c.shape)
+            if B.shape[-2] == 1:
+                dB += dB_c
+            else:
+                dB[..., s:e, :] = dB_c
+            if C.shape[-2] == 1:
+                dC += dC_c
+            else:
+                dC[..., s:e, :] = dC_c
+            carry = a[..., 0, :] * dh[..., 0, :]
+        return du, ddelta, dA, dB, dC, carry, None
+
+
+def lean_scan_core(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                   C: torch.Tensor, h0: torch.Tensor, chunk_size: int = CHUNK_SIZE
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scan on grouped tensors (see the module docstring), in their dtype. Returns
+    y (B, G, E, L) and the last state (B, G, E, N). Exposed for gradcheck."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of tokens, got {chunk_size}")
+    # B and C must have the full rank-5 layout: (B|1, G|1, E|1, L|1, N)
+    if B.dim() != 5 or C.dim() != 5:
+        raise ValueError("B and C must be in the grouped layout (B|1, G|1, E|1, L|1, N)")
+    return _LeanSelectiveScan.apply(u, delta, A, B, C, h0, int(chunk_size))
+
+
+def selective_scan_lean(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                        return_last_state=False, initial_state=None, *,
+                        chunk_size: int = CHUNK_SIZE):
+    """The selective scan with O(B·L·D) saved for the backward pass plus one (B, D, N) state
+    per chunk; the contract of :func:`lrm.ops.selective_scan.selective_scan_ref`."""
+    dtype_in = u.dtype
+    u_g, d_g, A_g, B_g, C_g, h0 = _prepare(u, delta, A, B, C, delta_bias, delta_softplus,
+                                            initial_state)
+    y, h = lean_scan_core(u_g, d_g, A_g, B_g, C_g, h0, chunk_size)
+    out = _finish(rearrange(y, "b g e l -> b (g e) l"), u, D, z, dtype_in)
+    if return_last_state:
+        return out, rearrange(h, "b g e n -> b (g e) n")
+    return out
