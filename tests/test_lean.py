@@ -88,6 +88,15 @@ def test_selective_scan_lean_equals_ref_and_recurrence(form, with_state, chunk):
     _assert_same(lean, selective_scan_recurrent_ref(*args, initial_state=h0), inputs)
 
 
+@pytest.mark.parametrize("L", [1, 2])
+def test_selective_scan_lean_decode_steps(L):
+    """One or two tokens with a state (decoding): a time axis of 1 is not time-invariance."""
+    u, delta, A, B, C, D, z, bias, h0 = inputs = _scan_inputs("shared", True, L=L)
+    args = (u, delta, A, B, C, D, z, bias, True, True)
+    _assert_same(selective_scan_lean(*args, initial_state=h0),
+                 selective_scan_recurrent_ref(*args, initial_state=h0), inputs)
+
+
 @pytest.mark.parametrize("time_invariant_B", [False, True])
 def test_lean_scan_core_gradcheck_float64(time_invariant_B):
     g = _gen(1)
