@@ -77,13 +77,15 @@ def _scan_inputs(form: str, with_state: bool, L: int = 37, b: int = 2, d: int = 
     return u, delta, A, B, C, D, z, bias, h0
 
 
-@pytest.mark.parametrize("chunk", [1, 8, 64])
+# (chunk, block): blocks of several chunks, the last block short (37 = 2·16 + 5); one chunk
+# per block; and the default (one block, one padded chunk)
+@pytest.mark.parametrize("chunk,block", [(1, 5), (4, 16), (8, 8), (64, None)])
 @pytest.mark.parametrize("with_state", [False, True], ids=["zero_state", "initial_state"])
 @pytest.mark.parametrize("form", ["shared", "grouped", "time_invariant"])
-def test_selective_scan_lean_equals_ref_and_recurrence(form, with_state, chunk):
+def test_selective_scan_lean_equals_ref_and_recurrence(form, with_state, chunk, block):
     u, delta, A, B, C, D, z, bias, h0 = inputs = _scan_inputs(form, with_state)
     args = (u, delta, A, B, C, D, z, bias, True, True)
-    lean = selective_scan_lean(*args, initial_state=h0, chunk_size=chunk)  # 37 = 4·8 + 5
+    lean = selective_scan_lean(*args, initial_state=h0, chunk_size=chunk, block_size=block)
     _assert_same(lean, selective_scan_ref(*args, initial_state=h0, chunk_size=8), inputs)
     _assert_same(lean, selective_scan_recurrent_ref(*args, initial_state=h0), inputs)
 
@@ -109,8 +111,8 @@ def test_lean_scan_core_gradcheck_float64(time_invariant_B):
          else torch.randn(b, G, 1, L, N, generator=g, **f64)).requires_grad_()
     C = torch.randn(b, 1, 1, L, N, generator=g, **f64).requires_grad_()
     h0 = torch.randn(b, G, E, N, generator=g, **f64).requires_grad_()
-    # chunk 4 does not divide 11: the last chunk is short
-    assert torch.autograd.gradcheck(lambda *t: lean_scan_core(*t, chunk_size=4),
+    # blocks of 2 chunks of 2: 11 tokens make 3 blocks, the last one padded
+    assert torch.autograd.gradcheck(lambda *t: lean_scan_core(*t, chunk_size=2, block_size=4),
                                     (u, delta, A, B, C, h0))
 
 
@@ -153,6 +155,8 @@ def test_lean_scan_rejects_bad_chunk():
     u, delta, A, B, C, *_ = _scan_inputs("shared", False)
     with pytest.raises(ValueError, match="chunk_size"):
         selective_scan_lean(u, delta, A, B, C, chunk_size=0)
+    with pytest.raises(ValueError, match="block_size"):
+        selective_scan_lean(u, delta, A, B, C, block_size=0)
 
 
 # ----------------------------------------------------------------------------- block recompute

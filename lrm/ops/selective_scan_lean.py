@@ -7,10 +7,10 @@ state index n:
     h_t = a_t ⊙ h_{t-1} + x_t                  y_t = Σ_n h_t C_t
 
 What is stored for the backward pass is what mamba-ssm's CUDA kernel stores: the inputs
-(u, Δ: (B, D, L); B, C: (B, G, N, L); A: (D, N)) and the state entering every chunk of Q tokens,
-(L/Q, B, D, N). Nothing of size (B, L, D, N) is ever alive; one chunk's (B, D, Q, N) tensors
-are, during the forward and again during the backward, which recomputes the chunk's states
-from the stored state that entered it.
+(u, Δ: (B, D, L); B, C: (B, G, N, L); A: (D, N)) and the state entering every block of T
+tokens, (L/T, B, D, N). Nothing of size (B, L, D, N) is ever alive; one block's (B, D, T, N)
+tensors are, during the forward and again during the backward, which recomputes the block's
+states from the stored state that entered it.
 
 The backward pass is written out, not left to autograd (which would record one graph node per
 scan step and per slice). With ∂h_t the total gradient reaching h_t (from y_t and from h_{t+1}):
@@ -22,13 +22,15 @@ scan step and per slice). With ∂h_t the total gradient reaching h_t (from y_t 
     ∂Δ_t   = Σ_n r_t A + u_t Σ_n ∂h_t B_t,          ∂A = Σ_{b,t} r_t Δ_t
     ∂h_0   = a_1 ⊙ ∂h_1
 
-Inside a chunk both scans are Hillis–Steele prefix scans of the affine maps h ↦ a h + x
-(log2 Q vectorised steps over ping-pong buffers; only products of decays ≤ 1, so nothing
-overflows); a Python loop runs over the L/Q chunks only.
+Inside a block both scans run on two levels: Hillis–Steele prefix scans of the affine maps
+h ↦ a h + x inside every chunk of Q tokens at once (log2 Q vectorised steps over ping-pong
+buffers), then the same scan over the block's T/Q chunk-to-chunk maps, then one pass adding each
+chunk's entering state. Only products of decays ≤ 1 appear, so nothing overflows; a Python loop
+runs over the L/T blocks only.
 
 Symbols: B batch, G groups of B/C, E = D/G channels per group, L length, Q chunk size,
-N state size; tensors are in the grouped layout of :func:`lrm.ops.selective_scan._prepare`:
-u, Δ (B, G, E, L); A (G, E, N); B, C broadcastable to (B, G, E, L, N) (time-invariant B or C
+T block size (a multiple of Q), N state size; tensors are in the grouped layout of
+:func:`lrm.ops.selective_scan._prepare`: u, Δ (B, G, E, L); A (G, E, N); B, C broadcastable to (B, G, E, L, N) (time-invariant B or C
 has a time axis of 1); h (B, G, E, N).
 
 :func:`selective_scan_lean` has the contract of :func:`lrm.ops.selective_scan.selective_scan_ref`
@@ -45,7 +47,12 @@ from einops import rearrange
 
 from lrm.ops.selective_scan import CHUNK_SIZE, _finish, _prepare
 
-BLOCK_SIZE = 512  # tokens per block: the unit of recomputation, and the size of every op
+# Tokens per block (the unit of recomputation, and the size of every op): by default as many
+# as make a block's (B, D, T, N) tensors 2^22 elements (16 MiB in fp32), at least 256. Fewer,
+# larger ops matter with several threads on a busy machine, where every parallel region waits
+# for its slowest thread (measured: d_inner 128, 2 threads, 512-token blocks 2.4x slower than
+# 2048-token blocks).
+BLOCK_ELEMENTS = 2**22
 
 
 def _affine_scan_(a: torch.Tensor, x: torch.Tensor, reverse: bool = False,
@@ -139,9 +146,12 @@ class _LeanSelectiveScan(torch.autograd.Function):
     """(u, Δ, A, B, C, h0) -> (y (B, G, E, L), h_L (B, G, E, N)); see the module docstring."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, h0, chunk_size: int, block_size: int):
+    def forward(ctx, u, delta, A, B, C, h0, chunk_size: int, block_size: int | None):
         L = u.shape[-1]
         Q = chunk_size
+        if block_size is None:
+            block_size = max(256, BLOCK_ELEMENTS // (u.shape[0] * u.shape[1] * u.shape[2]
+                                                     * A.shape[-1]))
         # whole chunks per block, and no more chunks than the sequence needs
         T = Q * max(1, min(-(-block_size // Q), -(-L // Q)))
         y = u.new_empty(u.shape)
@@ -206,7 +216,7 @@ class _LeanSelectiveScan(torch.autograd.Function):
 
 def lean_scan_core(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                    C: torch.Tensor, h0: torch.Tensor, chunk_size: int = CHUNK_SIZE,
-                   block_size: int = BLOCK_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+                   block_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The scan on grouped tensors (see the module docstring), in their dtype. Returns
     y (B, G, E, L) and the last state (B, G, E, N). Exposed for gradcheck."""
     if chunk_size < 1:
@@ -214,12 +224,14 @@ def lean_scan_core(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     # B and C must have the full rank-5 layout: (B|1, G|1, E|1, L|1, N)
     if B.dim() != 5 or C.dim() != 5:
         raise ValueError("B and C must be in the grouped layout (B|1, G|1, E|1, L|1, N)")
-    return _LeanSelectiveScan.apply(u, delta, A, B, C, h0, int(chunk_size), int(block_size))
+    if block_size is not None and block_size < 1:
+        raise ValueError(f"block_size must be a positive number of tokens, got {block_size}")
+    return _LeanSelectiveScan.apply(u, delta, A, B, C, h0, int(chunk_size), block_size)
 
 
 def selective_scan_lean(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                         return_last_state=False, initial_state=None, *,
-                        chunk_size: int = CHUNK_SIZE, block_size: int = BLOCK_SIZE):
+                        chunk_size: int = CHUNK_SIZE, block_size: int | None = None):
     """The selective scan with O(B·L·D) saved for the backward pass plus one (B, D, N) state
     per chunk; the contract of :func:`lrm.ops.selective_scan.selective_scan_ref`."""
     dtype_in = u.dtype
