@@ -30,8 +30,8 @@ runs over the L/T blocks only.
 
 Symbols: B batch, G groups of B/C, E = D/G channels per group, L length, Q chunk size,
 T block size (a multiple of Q), N state size; tensors are in the grouped layout of
-:func:`lrm.ops.selective_scan._prepare`: u, Δ (B, G, E, L); A (G, E, N); B, C broadcastable to (B, G, E, L, N) (time-invariant B or C
-has a time axis of 1); h (B, G, E, N).
+:func:`lrm.ops.selective_scan._prepare`: u, Δ (B, G, E, L); A (G, E, N); B, C broadcastable
+to (B, G, E, L, N) (time-invariant B or C has a time axis of 1); h (B, G, E, N).
 
 :func:`selective_scan_lean` has the contract of :func:`lrm.ops.selective_scan.selective_scan_ref`
 (which stays, unchanged, as an oracle); tests check outputs, final states and all gradients
