@@ -316,6 +316,9 @@ class LRACLI(LightningCLI):
             "early_stopping.check_on_train_epoch_end": False,
             "trainer.max_steps": 3000,
             "trainer.gradient_clip_val": 1.0,
+            # the train loaders shard themselves across ranks (lra.resumable), so that a
+            # resumed multi-process run continues mid-epoch exactly as a single one does
+            "trainer.use_distributed_sampler": False,
             "trainer.log_every_n_steps": 25,
             "trainer.logger": [
                 {"class_path": "lra.csv_logger.CSVLogger",

@@ -21,20 +21,41 @@ class EpochBatchSampler(Sampler[list[int]]):
 
     It counts epochs itself (each new pass over it is the next epoch): Lightning's
     ``set_epoch`` reaches samplers, not batch samplers.
+
+    Under data parallelism (``torch.distributed`` initialised when the pass starts, or
+    ``num_replicas``/``rank`` given) every rank takes the examples ``rank, rank + R, ...`` of
+    the epoch's order (R replicas), wrapped around so that all ranks get the same number of
+    batches, as ``DistributedSampler`` does; the state (epoch, batches used) is the same on
+    every rank, so a resumed run continues where it stopped on all of them.
     """
 
     def __init__(self, n: int, batch_size: int, *, shuffle: bool = True, seed: int = 0,
-                 drop_last: bool = False) -> None:
+                 drop_last: bool = False, num_replicas: int | None = None,
+                 rank: int | None = None) -> None:
         if n <= 0 or batch_size <= 0 or (drop_last and n < batch_size):
             raise ValueError(f"need at least one batch: {n} examples, batch_size {batch_size}")
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self._replicas = (num_replicas, rank)
         self.drop_last = drop_last
         self.epoch = -1  # the epoch of the pass in progress (or last finished)
         self.yielded = 0  # batches handed out in that pass
         self._resume: tuple[int, int] | None = None
 
+    def _world(self) -> tuple[int, int]:
+        replicas, rank = self._replicas
+        if replicas is None:
+            dist = torch.distributed
+            if dist.is_available() and dist.is_initialized():
+                return dist.get_world_size(), dist.get_rank()
+            return 1, 0
+        return replicas, rank or 0
+
+    def _per_rank(self) -> int:
+        return -(-self.n // self._world()[0])  # examples per rank
+
     def __len__(self) -> int:
-        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+        n = self._per_rank()
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
         if self._resume is not None:
@@ -47,6 +68,9 @@ class EpochBatchSampler(Sampler[list[int]]):
             order = torch.randperm(self.n, generator=g)
         else:
             order = torch.arange(self.n)
+        replicas, rank = self._world()
+        if replicas > 1:  # this rank's share, wrapped so that every rank has as many
+            order = order.repeat(2)[:self._per_rank() * replicas][rank::replicas]
         self.yielded = start
         for b in range(start, len(self)):
             self.yielded = b + 1

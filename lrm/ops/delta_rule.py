@@ -60,6 +60,7 @@ import torch.nn.functional as F
 
 from lrm.dtypes import compute_dtype, upcast
 from lrm.ops import _kernels
+from lrm.ops.recompute import block_recompute
 
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -230,8 +231,10 @@ def gated_delta_rule(
         o, h = fn(q=q, k=k, v=v, g=g.to(torch.float32), beta=beta.to(q.dtype), scale=scale,
                   initial_state=h0, output_final_state=output_final_state)
         return o.to(v.dtype), h
-    return chunk_gated_delta_rule_ref(q, k, v, g, beta, scale=scale, initial_state=initial_state,
-                                      output_final_state=output_final_state)
+    # the CPU path: the memory-lean block recomputation of the reference (same results)
+    return chunk_gated_delta_rule_lean(q, k, v, g, beta, scale=scale,
+                                       initial_state=initial_state,
+                                       output_final_state=output_final_state)
 
 
 # ----------------------------------------------------------------------------- GDN-2
@@ -345,5 +348,56 @@ def gdn2(
         o, h = fn(q=q, k=k, v=v, g=g.to(torch.float32), b=b.to(q.dtype), w=w.to(q.dtype),
                   scale=scale, initial_state=h0, output_final_state=output_final_state)
         return o.to(v.dtype), h
-    return chunk_gdn2_ref(q, k, v, g, b, w, scale=scale, initial_state=initial_state,
-                          output_final_state=output_final_state)
+    return chunk_gdn2_lean(q, k, v, g, b, w, scale=scale, initial_state=initial_state,
+                           output_final_state=output_final_state)
+
+
+# ----------------------------------------------------------------------------- memory-lean path
+
+BLOCK_SIZE = 1024  # tokens per recomputed block of the lean paths (rounded up to whole chunks)
+
+
+def _lean(ref, seqs, q, v, initial_state, chunk_size, block_size, **kw):
+    """Run the chunked reference ``ref`` through :func:`lrm.ops.recompute.block_recompute`:
+    the backward pass keeps the inputs and one (B, H, K, V) state per block, and recomputes the
+    block's WY factors and scores. Blocks are whole chunks, so the arithmetic is the ref's."""
+    B, T, H, K = q.shape
+    C = max(1, min(chunk_size, T))
+    block = C * max(1, -(-int(block_size) // C))
+    dtype = compute_dtype(*seqs)
+    h0 = (q.new_zeros(B, H, K, v.shape[-1], dtype=dtype) if initial_state is None
+          else upcast(initial_state, dtype))
+
+    def step(*blocks_and_h):
+        *blocks, h = blocks_and_h
+        return ref(*blocks, initial_state=h, output_final_state=True, chunk_size=C, **kw)
+
+    return block_recompute(step, seqs, [1] * len(seqs), [], h0, block=block, out_dim=1)
+
+
+def chunk_gated_delta_rule_lean(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, *,
+    scale: float | None = None, initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False, chunk_size: int = 64, block_size: int = BLOCK_SIZE,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`chunk_gated_delta_rule_ref` with block recomputation (memory O(B·T·H·(K+V)) plus
+    one state per block, instead of every chunk's intermediates). Same contract."""
+    _check(q, k, v, {"g": (g, q.shape[:3]), "beta": (beta, q.shape[:3])}, initial_state,
+           "chunk_gated_delta_rule_lean")
+    o, h = _lean(chunk_gated_delta_rule_ref, [q, k, v, g, beta], q, v, initial_state,
+                 chunk_size, block_size, scale=scale)
+    return o, (h if output_final_state else None)
+
+
+def chunk_gdn2_lean(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, b: torch.Tensor,
+    w: torch.Tensor, *, scale: float | None = None, initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False, chunk_size: int = 16, block_size: int = BLOCK_SIZE,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`chunk_gdn2_ref` with block recomputation; same contract."""
+    shapes = _gdn2_shapes(q, v)
+    _check(q, k, v, {n: (t, shapes[n]) for n, t in (("g", g), ("b", b), ("w", w))},
+           initial_state, "chunk_gdn2_lean")
+    o, h = _lean(chunk_gdn2_ref, [q, k, v, g, b, w], q, v, initial_state, chunk_size,
+                 block_size, scale=scale)
+    return o, (h if output_final_state else None)

@@ -39,6 +39,7 @@ serves CUDA tensors when Tq == Tk (no cache) and D ≤ 256; streaming with a cac
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 
 from lrm.dtypes import compute_dtype, upcast
@@ -233,6 +234,124 @@ def forgetting_attn_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return rearrange(o, "b h t d -> b t h d").to(q.dtype)
 
 
+# ----------------------------------------------------------------------------- fused CPU path
+#
+# The decay bias is a sum of a query term and a key term, s_ij = q_i·k_j + c_i − c_j, so it is
+# itself a dot product: with q'_i = [q_i, c_i, 1] and k'_j = [k_j, 1, −c_j] (two more columns),
+# s_ij = q'_i·k'_j. Forgetting attention is then plain softmax attention on (q', k', v), which
+# PyTorch's fused CPU flash-attention kernel computes, forward and backward, without an (L, L)
+# matrix. Per block of queries c is rebased exactly as in the blockwise path above (relative to
+# the block's last row, in fp64, then cast), so the two paths round c alike. A block's keys are
+# split into those before its first query (all visible: no mask) and the square on the
+# diagonal (causal: the kernel's own mask); the two partial results are merged with their
+# log-sum-exps. The backward calls the kernel's backward once per part with the merged output
+# and log-sum-exp, which gives each part's exact share of the gradient (FlashAttention-2's
+# backward needs only O and the LSE of the full row).
+
+BLOCK_Q_FUSED = 1024  # queries per block of the fused path
+_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+_FLASH_BWD = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward",
+                     None)
+
+
+def _augmented(q: torch.Tensor, k: torch.Tensor, c: torch.Tensor, p0: int, p1: int, qs: int,
+               qe: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """q' = [q, c_i, 1, 0...] for the queries qs..qe-1 (absolute rows p0..p1-1) and
+    k' = [k, 1, −c_j, 0...] for the keys 0..p1-1, with c rebased to the block's last row;
+    zero-padded to ``width`` columns (the kernel wants one head width for q, k and v)."""
+    ref = c[..., p1 - 1:p1]
+    cq = (c[..., p0:p1] - ref).to(q.dtype)[..., None]
+    ck = (c[..., :p1] - ref).to(q.dtype)[..., None]
+    pad = width - q.shape[-1] - 2
+    qa = F.pad(torch.cat([q[:, :, qs:qe], cq, torch.ones_like(cq)], dim=-1), (0, pad))
+    ka = F.pad(torch.cat([k[:, :, :p1], torch.ones_like(ck), -ck], dim=-1), (0, pad))
+    return qa, ka
+
+
+class _FusedForgettingAttn(torch.autograd.Function):
+    """q (B, H, Tq, D) scaled, k (B, H, Tk, D), v (B, H, Tk, Dv) in the compute dtype; c
+    (B, H, Tk) fp64. Queries are the last Tq positions. Returns o (B, H, Tq, Dv)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, c, block_q: int):  # type: ignore[override]
+        B, H, Tq, D = q.shape
+        off, Dv = k.shape[2] - Tq, v.shape[-1]
+        width = max(D + 2, Dv)
+        vp = F.pad(v, (0, width - Dv))  # zero columns: the output's extra columns are 0
+        o = q.new_empty(B, H, Tq, Dv)
+        lse = q.new_empty(B, H, Tq)
+        for qs in range(0, Tq, block_q):
+            qe = min(qs + block_q, Tq)
+            p0, p1 = off + qs, off + qe
+            qa, ka = _augmented(q, k, c, p0, p1, qs, qe, width)
+            # the square on the diagonal, causal (its rows and columns are the same positions)
+            o_b, l_b = _FLASH(qa, ka[:, :, p0:], vp[:, :, p0:p1], 0.0, True, scale=1.0)
+            if p0 > 0:  # the keys before the block, all visible; merge by log-sum-exp
+                o_a, l_a = _FLASH(qa, ka[:, :, :p0], vp[:, :, :p0], 0.0, False, scale=1.0)
+                m = torch.maximum(l_a, l_b)
+                w_a, w_b = torch.exp(l_a - m), torch.exp(l_b - m)
+                total = w_a + w_b
+                o_b = (o_a * w_a[..., None] + o_b * w_b[..., None]) / total[..., None]
+                l_b = m + torch.log(total)
+            o[:, :, qs:qe] = o_b[..., :Dv]
+            lse[:, :, qs:qe] = l_b
+        ctx.save_for_backward(q, k, v, c, o, lse)
+        ctx.block_q = block_q
+        return o
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, do):  # type: ignore[override]
+        q, k, v, c, o, lse = ctx.saved_tensors
+        block_q = ctx.block_q
+        Tq, D = q.shape[2], q.shape[3]
+        off, Dv = k.shape[2] - Tq, v.shape[-1]
+        width = max(D + 2, Dv)
+        vp, op = (F.pad(t, (0, width - Dv)) for t in (v, o))
+        do = F.pad(do.to(q.dtype), (0, width - Dv))
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        dc = torch.zeros(c.shape, dtype=q.dtype, device=q.device)
+        for qs in range(0, Tq, block_q):
+            qe = min(qs + block_q, Tq)
+            p0, p1 = off + qs, off + qe
+            qa, ka = _augmented(q, k, c, p0, p1, qs, qe, width)
+            args = (do[:, :, qs:qe].contiguous(), qa)
+            rest = (op[:, :, qs:qe].contiguous(), lse[:, :, qs:qe].contiguous(), 0.0)
+            parts = [(p0, p1, True)] + ([(0, p0, False)] if p0 > 0 else [])
+            for ks, ke, causal in parts:
+                dqa, dka, dvb = _FLASH_BWD(*args, ka[:, :, ks:ke].contiguous(),
+                                           vp[:, :, ks:ke].contiguous(), *rest, causal,
+                                           scale=1.0)
+                dq[:, :, qs:qe] += dqa[..., :D]
+                dk[:, :, ks:ke] += dka[..., :D]
+                dv[:, :, ks:ke] += dvb[..., :Dv]
+                # s_ij = ... + c_i·1 + 1·(−c_j): rows get their column's gradient, keys minus
+                dc[..., p0:p1] += dqa[..., D]
+                dc[..., ks:ke] -= dka[..., D + 1]
+        return dq, dk, dv, dc.to(c.dtype), None
+
+
+def forgetting_attn_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          log_fgate: torch.Tensor, *, scale: float | None = None,
+                          block_q: int = BLOCK_Q_FUSED) -> torch.Tensor:
+    """Forgetting attention on PyTorch's fused CPU flash-attention kernel (see the section
+    comment); the contract of :func:`forgetting_attn_ref`. CPU tensors only."""
+    _check(q, k, v, log_fgate)
+    if _FLASH is None or _FLASH_BWD is None:
+        raise RuntimeError("this PyTorch has no fused CPU flash-attention op; use "
+                           "forgetting_attn_ref")
+    if q.device.type != "cpu":
+        raise ValueError("forgetting_attn_fused runs on CPU tensors; use forgetting_attn")
+    if block_q < 1:
+        raise ValueError(f"block_q must be >= 1, got {block_q}")
+    dtype = compute_dtype(q, k, v)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    qh = rearrange(upcast(q, dtype) * scale, "b t h d -> b h t d").contiguous()
+    kh, vh = (rearrange(upcast(t, dtype), "b t h d -> b h t d").contiguous() for t in (k, v))
+    o = _FusedForgettingAttn.apply(qh, kh, vh, _cumsum64(log_fgate), block_q)
+    return rearrange(o, "b h t d -> b t h d").to(q.dtype)
+
+
 # ----------------------------------------------------------------------------- dispatch
 
 
@@ -241,7 +360,9 @@ def forgetting_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_fgate
     """Dispatching forgetting attention; same contract as :func:`forgetting_attn_ref`.
 
     The fla kernel serves CUDA tensors without a cache (Tq == Tk), head width <= 256,
-    fp32/fp16/bf16; it computes c with its own fp32 cumsum.
+    fp32/fp16/bf16; it computes c with its own fp32 cumsum. CPU tensors run on
+    :func:`forgetting_attn_fused` (PyTorch's fused CPU flash attention); other devices on the
+    blockwise :func:`forgetting_attn_ref`.
     """
     _check(q, k, v, log_fgate)
     ok = (q.shape[1] == k.shape[1] and q.shape[-1] <= 256 and v.shape[-1] <= 256
@@ -253,4 +374,6 @@ def forgetting_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_fgate
                                            "<= 256 and one fp32/fp16/bf16 dtype"):
         fn = _kernels.get("parallel_forgetting_attn")
         return fn(q, k, v, log_fgate.to(torch.float32), scale=scale)
+    if q.device.type == "cpu" and _FLASH is not None and _FLASH_BWD is not None:
+        return forgetting_attn_fused(q, k, v, log_fgate, scale=scale)
     return forgetting_attn_ref(q, k, v, log_fgate, scale=scale)

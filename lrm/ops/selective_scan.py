@@ -49,7 +49,7 @@ from torch.utils.checkpoint import checkpoint
 from lrm.dtypes import compute_dtype, upcast
 from lrm.ops import _kernels
 
-CHUNK_SIZE = 64  # tokens per chunk of the reference scan: log2(64) = 6 scan steps per chunk
+CHUNK_SIZE = 16  # tokens per chunk: log2(16) = 4 scan steps (the lean path batches chunks)
 
 
 def _prepare(u, delta, A, B, C, delta_bias, delta_softplus, initial_state, dtype=None):
@@ -205,7 +205,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
                    return_last_state=False, initial_state=None, *, backend: str = "auto",
                    chunk_size: int = CHUNK_SIZE):
     """Dispatching selective scan: mamba-ssm's CUDA ``selective_scan_fn`` where it can serve,
-    else :func:`selective_scan_ref` (with ``chunk_size``). Same arguments and results."""
+    else the memory-lean :func:`lrm.ops.selective_scan_lean.selective_scan_lean` (with
+    ``chunk_size``), which equals :func:`selective_scan_ref`. Same arguments and results."""
     ok = (initial_state is None and not A.is_complex() and A.shape[-1] <= 256
           and u.dtype in (torch.float32, torch.float16, torch.bfloat16))
     if _kernels.use_kernel("selective_scan", backend, "selective_scan_fn", u, delta, A, B, C, D,
@@ -221,5 +222,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
                   None if z is None else z.to(dt),
                   None if delta_bias is None else delta_bias.to(f32), delta_softplus,
                   return_last_state)
-    return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                              return_last_state, initial_state, chunk_size=chunk_size)
+    # the CPU path: the memory-lean scan (a custom autograd function, same results as the ref)
+    from lrm.ops.selective_scan_lean import selective_scan_lean  # imports this module
+
+    return selective_scan_lean(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                               return_last_state, initial_state, chunk_size=chunk_size)

@@ -41,6 +41,7 @@ from einops import rearrange, repeat
 
 from lrm.dtypes import compute_dtype, upcast
 from lrm.ops import _kernels
+from lrm.ops.recompute import block_recompute
 
 NO_LIMIT = (0.0, math.inf)
 
@@ -176,7 +177,8 @@ def ssd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states
         dt_softplus=False, dt_limit=NO_LIMIT, return_final_states=False, *,
         backend: str = "auto"):
     """Dispatching SSD: mamba-ssm's Triton ``mamba_chunk_scan_combined`` on CUDA where it
-    imports, else :func:`ssd_ref`. Same arguments and results."""
+    imports, else :func:`ssd_lean` (:func:`ssd_ref` with block recomputation). Same arguments
+    and results."""
     ok = x.dtype in (torch.float32, torch.float16, torch.bfloat16)
     if _kernels.use_kernel("ssd", backend, "mamba_chunk_scan_combined", x, dt, A, B, C, D, z,
                            dt_bias, initial_states, supported=ok,
@@ -185,5 +187,46 @@ def ssd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states
         return fn(x, dt, A.to(torch.float32), B, C, chunk_size, D=D, z=z, dt_bias=dt_bias,
                   initial_states=initial_states, dt_softplus=dt_softplus,
                   dt_limit=tuple(dt_limit), return_final_states=return_final_states)
-    return ssd_ref(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus,
-                   dt_limit, return_final_states)
+    # the CPU path: the memory-lean block recomputation of the reference (same results)
+    return ssd_lean(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus,
+                    dt_limit, return_final_states)
+
+
+# ----------------------------------------------------------------------------- memory-lean path
+
+BLOCK_SIZE = 1024  # tokens per recomputed block of the lean path (rounded up to whole chunks)
+
+
+def ssd_lean(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None,
+             dt_softplus=False, dt_limit=NO_LIMIT, return_final_states=False, *,
+             block_size: int = BLOCK_SIZE):
+    """:func:`ssd_ref` run through :func:`lrm.ops.recompute.block_recompute`: the backward pass
+    keeps the inputs and one (B, H, P, N) state per block of ``block_size`` tokens, and
+    recomputes each block's masks and chunk states. Same arguments and results as
+    :func:`ssd_ref`; blocks are whole chunks, so the arithmetic is the reference's."""
+    _check(x, dt, A, B, C)
+    batch, L, H, P = x.shape
+    N = B.shape[3]
+    Q = max(1, min(int(chunk_size), L))
+    block = Q * max(1, -(-int(block_size) // Q))
+    dtype = compute_dtype(x, dt, B, C)
+    if initial_states is None:
+        h0 = x.new_zeros(batch, H, P, N, dtype=dtype)
+    else:
+        h0 = upcast(initial_states, dtype)
+    seqs = [x, dt, B, C] + ([] if z is None else [z])
+    shared = [A] + [t for t in (D, dt_bias) if t is not None]
+
+    def step(x_b, dt_b, B_b, C_b, *rest):
+        rest = list(rest)
+        z_b = rest.pop(0) if z is not None else None
+        A_ = rest.pop(0)
+        D_ = rest.pop(0) if D is not None else None
+        bias_ = rest.pop(0) if dt_bias is not None else None
+        (h,) = rest
+        return ssd_ref(x_b, dt_b, A_, B_b, C_b, Q, D=D_, z=z_b, dt_bias=bias_,
+                       initial_states=h, dt_softplus=dt_softplus, dt_limit=dt_limit,
+                       return_final_states=True)
+
+    out, h = block_recompute(step, seqs, [1] * len(seqs), shared, h0, block=block, out_dim=1)
+    return (out, h) if return_final_states else out
