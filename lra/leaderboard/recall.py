@@ -65,13 +65,13 @@ EXTRAP = (2, 4, 8, 16)  # test lengths as multiples of the training length
 
 # The full arena and the smoke grid. ``mqar`` cells: (L, kv pairs) with L >= 4 kv (Zoology's
 # layouts leave room for queries), x d x lr. ``extrapolation`` cells: (task, L, kv) at one d
-# and the mqar-best lr. Steps were chosen from learning curves (see docs/recall.md).
+# and the mqar-best lr. Steps from a learning-curve check (docs/recall_learning_curve.md).
 FULL: dict[str, Any] = {
     "mqar": {"L_kv": [(128, 16), (128, 32), (256, 16), (256, 32), (256, 64)],
              "d": [32, 64, 128], "lr": [1e-3, 3e-3, 1e-2]},
     "extrapolation": {"cells": [("mqar", 128, 16), ("passkey", 128, 0)], "d": 64,
                       "lr": [3e-3]},
-    "steps": 1500,
+    "steps": 2000,
 }
 QUICK: dict[str, Any] = {
     "mqar": {"L_kv": [(128, 16)], "d": [32, 64], "lr": [3e-3]},
@@ -322,7 +322,17 @@ def render(recs: list[dict[str, Any]], cells: list[dict[str, Any]], *, store_nam
                 f"commit {', '.join(commits)}; device: {', '.join(devices)}.", ""]
     miss = missing(cells, recs)
     out += ["## Missing cells", ""]
-    out += ([f"- {m}" for m in miss] if miss else ["None: every cell of the grid has a result."])
+    if not miss:
+        out += ["None: every cell of the grid has a result."]
+    elif len(miss) <= 40:
+        out += [f"- {m}" for m in miss]
+    else:  # a long list says little: count the cells by mixer and reason
+        counts: dict[tuple[str, str], int] = {}
+        for m in miss:
+            mixer, why = m.split(" ", 1)[0], m.split(": ", 1)[1]
+            counts[(mixer, why)] = counts.get((mixer, why), 0) + 1
+        out += [f"{len(miss)} of {len(cells)} cells have no result:", ""]
+        out += [f"- {mixer}: {n} cells, {why}" for (mixer, why), n in sorted(counts.items())]
     out += ["", f"![accuracy against state size]({plots[0]})", "",
             f"![extrapolation]({plots[1]})", "", NOTES_BEGIN, (notes or "").strip(), NOTES_END,
             ""]

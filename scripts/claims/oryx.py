@@ -4,7 +4,7 @@ of the tokens in attention mode.
 
     python scripts/claims/oryx.py                 # MQAR; recorded in docs/claims/oryx.md
     python scripts/claims/oryx.py --task passkey --steps 400 --out docs/claims/oryx_passkey
-    python scripts/claims/oryx.py --steps 5 --n-test 50 --out /tmp/oryx   # a smoke run
+    python scripts/claims/oryx.py --steps 5 --n-test 50 --out runs/oryx-smoke   # a smoke run
 
 Tasks (generated): ``mqar`` (lra.recall.mqar, Zoology's generator) at L = 64, vocabulary 64,
 8 key-value pairs; ``passkey`` (lra.recall.passkey) at L = 128, 5 digits.

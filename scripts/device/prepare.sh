@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Lay out, in the repository root, what scripts/device/session*.sh carry to a lent GPU machine
+# Lay out, in the repository root, what scripts/device/session*.sh carry to the GPU machine
 # (which has no network). Run here, on a machine that reaches PyPI:
 #
 #   bash scripts/device/prepare.sh [PATHFINDER_DATA_ROOT]

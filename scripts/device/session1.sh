@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One lent-GPU session, as run for docs/kernels.md and the gpu-* settings of docs/leaderboard.md.
+# One GPU run, as made for docs/kernels.md and the gpu-* settings of docs/leaderboard.md.
 #
 #   bash scripts/device/session1.sh OUT_DIR
 #

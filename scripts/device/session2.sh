@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The second lent-GPU call of 2026-11-26 (after scripts/device/session1.sh): the fla and
+# The second GPU run of 2026-11-26 (after scripts/device/session1.sh): the fla and
 # mamba-ssm Triton kernels again (the first call had CC overwritten, which broke Triton's
 # launcher build), then a Pathfinder-32 learnability probe at contour length 6 with the small
 # `--quick` models, to size a CPU run. Same carried .whl/ and .kern/ as device/session1.sh.
