@@ -405,10 +405,12 @@ class LRACLI(LightningCLI):
                 test = dict(results[0]) if results else {}
             except FileNotFoundError as err:
                 test = f"skipped: {err}"
+        # trainer.log_dir broadcasts from rank 0 under DDP: every rank asks, one prints
+        log_dir = trainer.log_dir
         if trainer.is_global_zero:
             print(run_summary(trainer, monitor, score, best_step, best, last, test,
-                              time.monotonic() - (self.started or time.monotonic())),
-                  flush=True)
+                              time.monotonic() - (self.started or time.monotonic()),
+                              log_dir=log_dir), flush=True)
 
 
 def _numbered(name: str, n: int) -> str:
@@ -417,7 +419,7 @@ def _numbered(name: str, n: int) -> str:
 
 def run_summary(trainer, monitor: str | None, score: float | None, best_step: int | None,
                 best: str | None, last: str | None, test: dict[str, float] | str | None,
-                seconds: float) -> str:
+                seconds: float, log_dir: str | None = None) -> str:
     """The last lines of a fit: what was reached, where it is, how to go on."""
     lines = ["", f"fit done: {trainer.global_step} steps in {_duration(seconds)}"]
     stopper = trainer.early_stopping_callback
@@ -436,7 +438,7 @@ def run_summary(trainer, monitor: str | None, score: float | None, best_step: in
                                                       for k, v in shown.items()))
     elif test:
         lines.append(f"  test: {test}")
-    run_dir = Path(trainer.log_dir) if trainer.log_dir else None
+    run_dir = Path(log_dir) if log_dir else None
     if run_dir is not None:
         lines.append(f"  run folder: {run_dir}")
     config = run_dir / "config.yaml" if run_dir is not None else None
