@@ -46,9 +46,11 @@ def eq(mixer: str) -> str:
     return f"{EQ}{mixer}_follows_the_paper"
 
 
-def stream(case: str) -> str:
-    """full == chunked == token by token, for one conformance case such as ``gdn-default``."""
-    return f"tests/test_conformance.py::test_full_equals_chunked_equals_token_by_token[{case}]"
+def stream(case: str, dtype: str = "fp64") -> str:
+    """full == chunked == token by token, for one conformance case such as ``gdn-default``, in
+    float64 by default (its tolerance, 1e-10, is the strict one; ``fp32`` is the other id)."""
+    return (f"tests/test_conformance.py::test_full_equals_chunked_equals_token_by_token"
+            f"[{case}-{dtype}]")
 
 
 CONV = "tests/test_core.py::test_causal_conv_ref_equals_loop"
@@ -58,6 +60,12 @@ DELTA = "tests/test_gated_deltanet.py::test_chunk_equals_recurrent"
 GDN2 = "tests/test_gated_deltanet.py::test_gdn2_chunk_equals_recurrent"
 FA = "tests/test_fox.py::test_blockwise_equals_quadratic_outputs_and_gradients"
 LONGMAMBA = "tests/test_longmamba.py"
+LM = "tests/test_landmark.py::test_"
+LM_BLOCKWISE = f"{LM}blockwise_equals_loop_and_quadratic_outputs_and_gradients[37-37-4-10]"
+LM_RETRIEVAL = f"{LM}retrieval_equals_its_loop[37-37-3-2-8]"
+TT = "tests/test_titans.py::test_"
+NM_PARALLEL = f"{TT}parallel_form_equals_the_loop[8-True-True-1]"  # C=8, momentum, decay, depth 1
+OX = "tests/test_oryx.py::test_"
 S4_OPS = ("tests/test_s4.py::test_vandermonde_filter_equals_recurrence",
           "tests/test_s4.py::test_cauchy_filter_equals_recurrence",
           "tests/test_s4.py::test_fft_conv_is_causal_convolution_without_wrap",
@@ -190,7 +198,8 @@ MUTANTS: list[Mutant] = [
     M("mamba2-D-hdim-layout", "lrm/mixers/mamba2.py", '"(h p) -> h p", p=self.headdim',
       '"(p h) -> h p", p=self.headdim', (eq("mamba2"),), "per-channel D read transposed"),
     M("mamba2-norm-groups-interleaved", "lrm/nn.py", '"... (g c) -> ... g c", c=self.group_size',
-      '"... (c g) -> ... g c", c=self.group_size', (eq("mamba2"),), "grouped RMSNorm over the wrong channels"),
+      '"... (c g) -> ... g c", c=self.group_size', (eq("mamba2"),),
+      "grouped RMSNorm over the wrong channels"),
     M("mamba2-longmamba-skipped", "lrm/mixers/mamba2.py", "if self.longmamba is not None:",
       "if False:", (eq("longmamba"),), "LongMamba filter never applied to Mamba-2"),
 
@@ -323,6 +332,98 @@ MUTANTS: list[Mutant] = [
     M("ssm-dplr-step-sign", "lrm/ops/hippo.py", "r = (2 / dt + Lam) * x - P * q(x)",
       "r = (2 / dt + Lam) * x + P * q(x)", (*S4_OPS, stream("s4-default")),
       "S4 decoding step: low-rank term of the wrong sign"),
+
+    # ------------------------------------------------------------------ op: landmark_attn
+    M("lmattn-own-token-masked", "lrm/ops/landmark_attn.py",
+      "own = (blk == c) & ~lm_col & (blk * P + off <= pos)",
+      "own = (blk == c) & ~lm_col & (blk * P + off < pos)", (LM_BLOCKWISE,),
+      "grouped softmax: a query cannot see its own token (off-by-one)"),
+    M("lmattn-inner-softmax-with-landmark", "lrm/ops/landmark_attn.py",
+      "torch.softmax(s_pre[..., :P - 1], dim=-1)", "torch.softmax(s_pre, dim=-1)[..., :P - 1]",
+      (LM_BLOCKWISE,), "earlier blocks: the inner softmax also normalises over the landmark"),
+    M("lmattn-retrieval-slot-off-by-one", "lrm/ops/landmark_attn.py",
+      "(idx >= c.view(1, 1, R, 1) - kp4).long()", "(idx > c.view(1, 1, R, 1) - kp4).long()",
+      (LM_RETRIEVAL,), "retrieval: the oldest of the k' most recent blocks is not shifted"),
+    M("lmattn-retrieval-ties-to-oldest", "lrm/ops/landmark_attn.py",
+      "order = torch.sort(s_lm.flip(-1), dim=-1, descending=True, stable=True).indices",
+      "order = n_lm - 1 - torch.sort(s_lm, dim=-1, descending=True, stable=True).indices",
+      (f"{LM}retrieval_ties_go_to_the_most_recent_block",),
+      "top-k ties go to the oldest block, not the most recent"),
+
+    # ------------------------------------------------------------------ landmark (+ model tokens)
+    M("landmark-stream-q-rope-offset", "lrm/mixers/landmark.py", "pos[offset:],",
+      "pos[:T - offset],", (f"{LM}mixer_streams_exactly_in_float64[None]",),
+      "streamed queries rotated from position 0 (cache length ignored)"),
+    M("landmark-k-rope-off-by-one", "lrm/mixers/landmark.py",
+      '"b t h e -> b h t e"), pos, self.rope_base)',
+      '"b t h e -> b h t e"), pos + 1, self.rope_base)', (f"{LM}mixer_matches_the_equations",),
+      "keys rotated one position late"),
+    M("landmark-tokens-at-block-start", "lrm/model.py", "landmark = (e + 1) % (n + 1) == 0",
+      "landmark = e % (n + 1) == 0", (f"{LM}model_inserts_landmarks_for_every_layer",),
+      "model inserts the landmark before each block instead of after it"),
+    M("landmark-tokens-stream-restart", "lrm/model.py", "self.landmarks.insert(x, int(seen))",
+      "self.landmarks.insert(x, 0)",
+      (f"{LM}model_output_has_input_length_and_streams_like_forward[landmark-None]",),
+      "step() places landmarks as if every chunk started the sequence"),
+
+    # ------------------------------------------------------------------ op: neural_memory
+    M("nmem-forget-gate-sign", "lrm/ops/neural_memory.py", "keep = 1 - _to_chunks(alpha, C)",
+      "keep = 1 + _to_chunks(alpha, C)", (NM_PARALLEL,), "forgetting 1 − α → 1 + α"),
+    M("nmem-no-momentum-in-chunk", "lrm/ops/neural_memory.py", "m = A_bar @ E_bar",
+      "m = A_bar", (NM_PARALLEL,),
+      "inside a chunk a gradient enters W once, the momentum carries it no further"),
+    M("nmem-segment-product-off-by-one", "lrm/ops/neural_memory.py",
+      "later = idx[:, None] > idx[None, :]", "later = idx[:, None] >= idx[None, :]",
+      (NM_PARALLEL,), "Π_{l=i..t} instead of Π_{l=i+1..t}: one decay step too many"),
+    M("nmem-unfinished-chunk-committed", "lrm/ops/neural_memory.py", "if n < n_full:",
+      "if n <= n_full:", (NM_PARALLEL, f"{TT}streaming_equals_one_call[1]"),
+      "the unfinished last chunk is folded into the state (and replayed later)"),
+
+    # ------------------------------------------------------------------ titans
+    M("titans-gate-no-sigmoid", "lrm/mixers/titans.py",
+      "return self.norm_y(y) * torch.sigmoid(self.norm_m(m))",
+      "return self.norm_y(y) * self.norm_m(m)",
+      (f"{TT}mixer_against_the_papers_equations[mag]",), "MAG/MAC gate σ(N_m(m)) → N_m(m)"),
+    M("titans-lmm-no-output-gate", "lrm/mixers/titans.py",
+      '(h k)")) * F.silu(self.g_proj(x))', '(h k)"))',
+      (f"{TT}mixer_against_the_papers_equations[lmm]",), "LMM output gate SiLU(W_G x) dropped"),
+    M("titans-momentum-forget-swapped", "lrm/mixers/titans.py",
+      "eta, alpha = torch.sigmoid(gates[1]), torch.sigmoid(gates[2])",
+      "eta, alpha = torch.sigmoid(gates[2]), torch.sigmoid(gates[1])",
+      (f"{TT}mixer_against_the_papers_equations[lmm]",), "η and α gates swapped"),
+    M("titans-swa-band-off-by-one", "lrm/mixers/titans.py", "band = (c >= r + 1) & (c <= r + w)",
+      "band = (c >= r) & (c <= r + w)",
+      (f"{TT}sliding_window_attention_blockwise_equals_dense[30-30-8]",),
+      "sliding window of w + 1 keys"),
+    M("titans-mac-causal-leak", "lrm/mixers/titans.py", ".tril(T - L)", ".tril(T - L + 1)",
+      (f"{TT}mac_segments_are_causal_inside",), "MAC: query i sees h_{i+1} and x_{i+1}"),
+    M("titans-mac-reads-live-memory", "lrm/mixers/titans.py",
+      "read = memory_forward(seg_w, self.memory.queries(x)",
+      "read = memory_forward(s.memory.weights, self.memory.queries(x)",
+      (f"{TT}streaming_is_exact_in_float64[mac]",),
+      "MAC stream: a segment cut mid-way reads the memory of its chunk, not of its start"),
+
+    # ------------------------------------------------------------------ oryx
+    M("oryx-attn-mask-diagonal", "lrm/mixers/oryx.py", ".tril(q0)", ".tril(q0 - 1)",
+      (f"{OX}each_position_reads_its_own_mode[every:7:2-gdn]",),
+      "a later attention span: a query cannot see its own key"),
+    M("oryx-gdn-decay-sign", "lrm/mixers/oryx.py", "g = -torch.exp(upcast(self.A_log, cd))",
+      "g = torch.exp(upcast(self.A_log, cd))",
+      (f"{OX}schedule_rec_is_the_core_recurrence[gdn]",), "GDN core: decay α > 1"),
+    M("oryx-every-window-off-by-one", "lrm/mixers/oryx.py",
+      "return t % sched.n >= sched.n - sched.w", "return t % sched.n > sched.n - sched.w",
+      (f"{OX}static_schedules",), "every:N:W runs W − 1 positions per period in attention"),
+    M("oryx-no-output-gate", "lrm/mixers/oryx.py",
+      "return y * upcast(self.weight, cd) * F.silu(upcast(g, cd))",
+      "return y * upcast(self.weight, cd)",
+      (f"{OX}schedule_attn_is_gated_multi_head_attention[gdn]",),
+      "output gate SiLU(W_g x) dropped"),
+    M("oryx-mamba2-no-D", "lrm/mixers/oryx.py", "D=upcast(self.D, cd)", "D=None",
+      (f"{OX}schedule_rec_is_the_core_recurrence[mamba2]",), "Mamba-2 core: D v skip dropped"),
+    M("oryx-stream-mode-restarts", "lrm/mixers/oryx.py",
+      ".mask(T, L, L if s is None else None)", ".mask(0, L, L if s is None else None)",
+      (stream("oryx-mamba2_every"),),
+      "a streamed chunk takes the modes of positions 0..L−1, not of its own"),
 ]
 
 
