@@ -157,7 +157,11 @@ def test_killed_run_resumes_to_the_same_end_state(tmp_path):
     steps = 50  # 8 batches per epoch, checkpoints every 10 steps: the resume is mid-epoch
     _run_fit(tmp_path / "a", steps)
     b = tmp_path / "b"
-    cmd = [sys.executable, "-c", "from lra.cli import main; import sys; main(sys.argv[1:])",
+    # the killed leg runs in a child process: give it this process's torch thread count, since a
+    # different count changes the order of floating-point sums (pytest-xdist workers use one)
+    threads = torch.get_num_threads()
+    cmd = [sys.executable, "-c", f"import torch; torch.set_num_threads({threads}); "
+           "from lra.cli import main; import sys; main(sys.argv[1:])",
            "fit", "--trainer.max_steps", str(steps), "--trainer.default_root_dir", str(b),
            "--trainer.logger", "false", *TINY]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
