@@ -45,7 +45,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                            "(then `lra fit --model.init_from`)", "lra.pretrain:main"),
     "generate": Subcommand("make LRA data locally: listops, pathfinder (no download)",
                            "lra.data.generate:main"),
-    "leaderboard": Subcommand("train and test every mixer on every task, write docs/",
+    "leaderboard": Subcommand("train and test every mixer on every task, write docs/ "
+                              "(`--suite recall`: the recall arena)",
                               "lra.leaderboard:main"),
 }
 
