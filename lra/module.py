@@ -112,19 +112,25 @@ class LRAModule(pl.LightningModule):
         targets = batch["targets"]
         if logits.dim() == 3:  # lm: a prediction per position
             logits, targets = logits.flatten(0, 1), targets.flatten()
+        return self._score(logits, targets, split, idx, len(batch["inputs"]))
+
+    def _score(self, logits: torch.Tensor, targets: torch.Tensor, split: str, idx: int,
+               batch_size: int, what: str = "loss") -> torch.Tensor:
+        """Cross-entropy of (N, C) logits against (N,) targets (-100 ignored), logged with the
+        split's accuracy; a non-finite loss stops the run with what to do."""
         loss = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE)
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"{split} loss is {loss.item()} at step {self.global_step}; lower the learning "
+                f"{split} {what} is {loss.item()} at step {self.global_step}; lower the learning "
                 f"rate, enable gradient clipping (trainer.gradient_clip_val) or use fp32")
         name = self._names.get(split, [split])[idx]
         metric = self.metrics["acc_" + name.replace("/", "_")]
         metric(logits.detach(), targets)
         on_step = split == "train"
         self.log(f"{name}/loss", loss, on_step=on_step, on_epoch=not on_step, prog_bar=True,
-                 add_dataloader_idx=False, batch_size=len(batch["inputs"]))
+                 add_dataloader_idx=False, batch_size=batch_size)
         self.log(f"{name}/acc", metric, on_step=on_step, on_epoch=not on_step, prog_bar=True,
-                 add_dataloader_idx=False, batch_size=len(batch["inputs"]))
+                 add_dataloader_idx=False, batch_size=batch_size)
         return loss
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

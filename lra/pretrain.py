@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import LightningArgumentParser
 from torch import nn
 
@@ -94,10 +93,6 @@ class PretrainModule(LRAModule):
                  mask_prob: float = 0.5) -> None:
         super().__init__(model, hints, lr=lr, weight_decay=weight_decay, betas=betas,
                          warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio)
-        # the seed of the mask generators, fixed when the module is built (after the run's
-        # seed_everything): a resumed run restores the global RNG from its checkpoint, whose
-        # initial seed need not be the run's
-        self._mask_seed = torch.initial_seed()
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         if objective == "auto":
@@ -186,24 +181,10 @@ class PretrainModule(LRAModule):
             key = -1 - self._val_batches
             self._val_batches += 1
         generator = torch.Generator(device=batch["inputs"].device)
-        generator.manual_seed((self._mask_seed * 1_000_003 + key) % 2**63)
+        generator.manual_seed((torch.initial_seed() * 1_000_003 + key) % 2**63)
         logits, targets = self(batch, generator)
-        logits, targets = logits.flatten(0, 1), targets.flatten()
-        loss = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"{split} pretraining loss is {loss.item()} at step {self.global_step}; lower "
-                f"the learning rate or enable gradient clipping (trainer.gradient_clip_val)")
-        name = self._names.get(split, [split])[idx]
-        metric = self.metrics["acc_" + name.replace("/", "_")]
-        metric(logits.detach(), targets)
-        on_step = split == "train"
-        n = len(batch["inputs"])
-        self.log(f"{name}/loss", loss, on_step=on_step, on_epoch=not on_step, prog_bar=True,
-                 add_dataloader_idx=False, batch_size=n)
-        self.log(f"{name}/acc", metric, on_step=on_step, on_epoch=not on_step, prog_bar=True,
-                 add_dataloader_idx=False, batch_size=n)
-        return loss
+        return self._score(logits.flatten(0, 1), targets.flatten(), split, idx,
+                           len(batch["inputs"]), what="pretraining loss")
 
     def on_validation_epoch_start(self) -> None:
         self._val_batches = 0
