@@ -9,18 +9,44 @@ import pytest
 from lra.leaderboard import recall as arena
 from lra.leaderboard.store import load_store
 
-TINY = {"mqar": {"L_kv": [(16, 2)], "d": [8], "lr": [3e-3]},
-        "extrapolation": {"cells": [("mqar", 16, 2)], "d": 8, "lr": [3e-3]},
+TINY = {"mqar": {"L_kv": [(16, 2)], "d": [8], "lr": [3e-3], "extrapolate_d": 8},
+        "extrapolation": {"cells": [("passkey", 16, 0)], "d": 8, "lr": [3e-3]},
         "steps": 2, "n_test": 4}
 
 
 def test_grid_has_every_cell_and_gdn_state_follows_d():
+    m = arena.FULL["mqar"]
     cells = arena.grid(arena.FULL, ["attention", "gdn"])
-    n_state = len(arena.FULL["mqar"]["L_kv"]) * 3 * 3
+    n_state = len(m["L_kv"]) * len(m["d"]) * len(m["lr"])
     assert len([c for c in cells if c["kind"] == "state"]) == 2 * n_state
     gdn = [c for c in cells if c["mixer"] == "gdn" and c["kind"] == "state"]
-    assert {c["mixer_kwargs"]["head_dim"] for c in gdn} == {32, 64, 128}
+    assert {c["mixer_kwargs"]["head_dim"] for c in gdn} == set(m["d"])
     assert len({arena.cell_key(c) for c in cells}) == len(cells), "two cells share a key"
+    # MQAR extrapolation rides on the state cells at one width: no second training
+    ext = [c for c in cells if c["kind"] == "state" and c["eval_lengths"]]
+    assert ext and {c["d"] for c in ext} == {m["extrapolate_d"]}
+    # the extrapolation cells train for their own number of steps, unless --steps says otherwise
+    e_steps = arena.FULL["extrapolation"]["steps"]
+    assert {c["steps"] for c in cells if c["kind"] == "extrapolation"} == {e_steps}
+    assert {c["steps"] for c in arena.grid(arena.FULL, ["gdn"], steps=7)} == {7}
+
+
+def test_cells_left_out_by_the_grid_are_not_run_and_are_listed_with_the_reason(tmp_path,
+                                                                               monkeypatch):
+    spec = {**TINY, "mqar": {**TINY["mqar"], "d": [8, 4]},
+            "skip": {("attention", 4): "too slow for the budget"}}
+    cells = arena.grid(spec, ["attention"])
+    assert [c["d"] for c in cells] == [8, 8, 4]  # the extrapolated width first, then the rest
+    launched = []
+    monkeypatch.setattr(arena, "_launch", lambda c, t: launched.append(c) or {
+        **c, "status": "ok", "acc": 1.0, "acc_by_length": {str(c["L"]): 1.0}, "wall_s": 1.0,
+        "state_size": [1], "date": "2026-01-01"})
+    arena.run(cells, tmp_path / "runs.json", jobs=1, progress=False)
+    assert sorted(c["d"] for c in launched) == [8, 8]  # the state cell and the passkey-like one
+    assert "skip" not in {k for c in launched for k in c}
+    page = arena.render(load_store(tmp_path / "runs.json"), cells, store_name="runs.json",
+                        plots=("a.png", "b.png"), notes=None)
+    assert "attention mqar L=16 kv=2 d=4 lr=0.003: too slow for the budget" in page
 
 
 def test_killed_sweep_resumes_without_redoing_finished_cells(tmp_path, monkeypatch):
@@ -39,6 +65,7 @@ def test_killed_sweep_resumes_without_redoing_finished_cells(tmp_path, monkeypat
     new = arena.run(cells, store, jobs=2, progress=False)
     assert [arena.cell_key(c) for c in launched] == [arena.cell_key(cells[1])]
     assert len(new) == 1 and new[0]["status"] == "ok"
+    assert new[0]["task"] == "passkey"
     assert set(new[0]["acc_by_length"]) == {str(n) for n in (16, 32, 64, 128, 256)}
     assert len(load_store(store)) == 2
     # nothing left: a third run launches nothing

@@ -63,22 +63,26 @@ N_TRAIN = 20_000
 N_TEST = 256
 EXTRAP = (2, 4, 8, 16)  # test lengths as multiples of the training length
 
-# The full arena and the smoke grid. ``mqar`` cells: (L, kv pairs) with L >= 4 kv (Zoology's
-# layouts leave room for queries), x d x lr. ``extrapolation`` cells: (task, L, kv) at one d
-# and the mqar-best lr. Steps from a learning-curve check (docs/recall_learning_curve.md).
+# The full arena and the smoke grid, cut to fit 2 hours on 2 cores (the cost of a cell was
+# measured per mixer and width; see the notes in docs/recall.md). ``mqar`` cells: (L, kv
+# pairs) x d x lr; the cells at ``extrapolate_d`` are also tested at 2L..16L, so MQAR
+# extrapolation costs no extra training. ``extrapolation`` cells: (task, L, kv) trained for
+# their own number of steps at one d. ``skip``: (mixer, d) cells left out, with the reason, which
+# the page lists among the missing cells. Steps from a learning-curve check
+# (docs/recall_learning_curve.md).
 FULL: dict[str, Any] = {
-    "mqar": {"L_kv": [(128, 16), (128, 32), (256, 16), (256, 32), (256, 64)],
-             "d": [32, 64, 128], "lr": [1e-3, 3e-3, 1e-2]},
-    "extrapolation": {"cells": [("mqar", 128, 16), ("passkey", 128, 0)], "d": 64,
-                      "lr": [3e-3]},
+    "mqar": {"L_kv": [(128, 16)], "d": [32, 64], "lr": [3e-3], "extrapolate_d": 32},
+    "extrapolation": {"cells": [("passkey", 64, 0)], "d": 32, "lr": [3e-3], "steps": 1000},
+    "skip": {("mamba", 64): "left out of the 2-hour budget: about 74 min on one thread "
+                            "(the other mixers at d = 64 take 2-22 min)"},
     "steps": 2000,
 }
 QUICK: dict[str, Any] = {
-    "mqar": {"L_kv": [(128, 16)], "d": [32, 64], "lr": [3e-3]},
+    "mqar": {"L_kv": [(64, 8)], "d": [32], "lr": [3e-3], "extrapolate_d": 32},
     "extrapolation": {"cells": [("passkey", 64, 0)], "d": 32, "lr": [3e-3]},
     "steps": 300,
 }
-TIMEOUT_S = 1800
+TIMEOUT_S = 3600
 
 # Mixer options for the arena. Gated DeltaNet's default head (K = 256, V = 512, the 1.3B
 # model's) would give every width the same matrix state; here its head width follows d, so its
@@ -164,6 +168,7 @@ def _launch(c: dict[str, Any], timeout: float) -> dict[str, Any]:
 def grid(spec: dict[str, Any], mixers: Sequence[str], *, steps: int | None = None,
          seed: int = 0) -> list[dict[str, Any]]:
     """Every cell of a grid spec (:data:`FULL`, :data:`QUICK`) for ``mixers``."""
+    explicit_steps = steps is not None  # --steps sets every cell's count
     steps = int(steps or spec["steps"])
     # every training sequence is seen about once: no more are generated than steps x batch
     base = {"suite": "recall", "vocab": VOCAB, "n_layers": N_LAYERS, "batch": BATCH,
@@ -174,17 +179,27 @@ def grid(spec: dict[str, Any], mixers: Sequence[str], *, steps: int | None = Non
         f = ARENA_KWARGS.get(mixer)
         return f(d) if f else {}
 
+    skip = spec.get("skip", {})
     cells = []
     m = spec["mqar"]
-    for mixer, (L, kv), d, lr in itertools.product(mixers, m["L_kv"], m["d"], m["lr"]):
+    for d, mixer, (L, kv), lr in itertools.product(m["d"], mixers, m["L_kv"], m["lr"]):
+        ext = [f * L for f in EXTRAP] if d == m.get("extrapolate_d") else []
         cells.append({**base, "kind": "state", "mixer": mixer, "task": "mqar", "L": L, "kv": kv,
-                      "d": d, "lr": lr, "eval_lengths": [], "mixer_kwargs": opts(mixer, d)})
+                      "d": d, "lr": lr, "eval_lengths": ext, "mixer_kwargs": opts(mixer, d)})
+        if (mixer, d) in skip:
+            cells[-1]["skip"] = skip[(mixer, d)]
     e = spec["extrapolation"]
+    e_steps = int(steps if explicit_steps else e.get("steps", steps))
+    e_base = {**base, "steps": e_steps, "n_train": min(N_TRAIN, e_steps * BATCH)}
     for mixer, (task, L, kv), lr in itertools.product(mixers, e["cells"], e["lr"]):
-        cells.append({**base, "kind": "extrapolation", "mixer": mixer, "task": task, "L": L,
+        cells.append({**e_base, "kind": "extrapolation", "mixer": mixer, "task": task, "L": L,
                       "kv": kv, "d": e["d"], "lr": lr, "eval_lengths": [f * L for f in EXTRAP],
                       "mixer_kwargs": opts(mixer, e["d"])})
-    return cells
+    # the order cells are run in: MQAR at the extrapolated width, then the extrapolation cells,
+    # then the other widths, so a sweep stopped early still has both figures
+    first = [c for c in cells if c["kind"] == "state" and c["eval_lengths"]]
+    ext_cells = [c for c in cells if c["kind"] == "extrapolation"]
+    return first + ext_cells + [c for c in cells if c not in first and c not in ext_cells]
 
 
 def run(cells: list[dict[str, Any]], store: Path, *, jobs: int, timeout: float = TIMEOUT_S,
@@ -192,11 +207,12 @@ def run(cells: list[dict[str, Any]], store: Path, *, jobs: int, timeout: float =
     """Run the cells the store does not hold yet, ``jobs`` at a time, each record saved as it
     finishes. Returns the new records."""
     done = {cell_key(r) for r in load_store(store) if r.get("status") == "ok"}
-    todo = [c for c in cells if cell_key(c) not in done]
+    todo = [c for c in cells if cell_key(c) not in done and not c.get("skip")]
     prov = {"commit": git_commit(), "dirty": git_dirty(), "device": device_name(),
             "grid_command": command}
-    print(f"[recall] {len(cells)} cells, {len(cells) - len(todo)} already in {store}, "
-          f"{len(todo)} to run, {jobs} at a time", flush=True)
+    n_skip = sum(1 for c in cells if c.get("skip"))
+    print(f"[recall] {len(cells)} cells, {len(cells) - len(todo) - n_skip} already in {store}, "
+          f"{n_skip} left out by the grid, {len(todo)} to run, {jobs} at a time", flush=True)
     new: list[dict[str, Any]] = []
     if not todo:
         return new
@@ -243,6 +259,16 @@ def best_lr(recs: Iterable[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
     return best
 
 
+def extrapolated(best: dict[tuple, dict[str, Any]]) -> dict[tuple, dict[str, dict[str, Any]]]:
+    """{(task, L, kv, d): {mixer: record}} for every best record tested at more than its
+    training length (extrapolation cells, and the MQAR cells at ``extrapolate_d``)."""
+    out: dict[tuple, dict[str, dict[str, Any]]] = {}
+    for k, r in sorted(best.items()):
+        if len(r.get("acc_by_length", {})) > 1:
+            out.setdefault((k[2], k[3], k[4], k[5]), {})[k[1]] = r
+    return out
+
+
 def missing(cells: list[dict[str, Any]], recs: list[dict[str, Any]]) -> list[str]:
     """A line for each cell of the grid without an ok record: never run, or its last error."""
     ok = {cell_key(r) for r in recs if r.get("status") == "ok"}
@@ -251,7 +277,7 @@ def missing(cells: list[dict[str, Any]], recs: list[dict[str, Any]]) -> list[str
     for c in cells:
         k = cell_key(c)
         if k not in ok:
-            why = last_err.get(k) or "not run yet"
+            why = c.get("skip") or last_err.get(k) or "not run yet"
             out.append(f"{c['mixer']} {c['task']} L={c['L']} kv={c['kv']} d={c['d']} "
                        f"lr={c['lr']}: {why}")
     return out
@@ -279,7 +305,7 @@ def render(recs: list[dict[str, Any]], cells: list[dict[str, Any]], *, store_nam
     for L, kv in state:
         ds = sorted({k[5] for k in best if k[0] == "state" and (k[3], k[4]) == (L, kv)})
         out += [f"### MQAR, L = {L}, {kv} key-value pairs", "",
-                "| mixer | " + " | ".join(f"d={d}: acc (state, lr)" for d in ds) + " |",
+                "| mixer | " + " | ".join(f"d={d}: acc (state, lr, wall)" for d in ds) + " |",
                 "|---|" + "---|" * len(ds)]
         for m in mixers:
             cells_ = []
@@ -287,14 +313,12 @@ def render(recs: list[dict[str, Any]], cells: list[dict[str, Any]], *, store_nam
                 r = best.get(("state", m, "mqar", L, kv, d))
                 cells_.append("" if r is None else
                               f"{100 * r['acc']:.1f} ({_fmt_state(sum(r['state_size']))}, "
-                              f"{r['lr']:g})")
+                              f"{r['lr']:g}, {r.get('wall_s', 0) / 60:.1f} min)")
             if any(cells_):
                 out.append(f"| {m} | " + " | ".join(cells_) + " |")
         out.append("")
-    ext = sorted({(k[2], k[3], k[4], k[5]) for k in best if k[0] == "extrapolation"})
-    for task, L, kv, d in ext:
-        rows = [(m, best[("extrapolation", m, task, L, kv, d)]) for m in mixers
-                if ("extrapolation", m, task, L, kv, d) in best]
+    for (task, L, kv, d), by_mixer in extrapolated(best).items():
+        rows = sorted(by_mixer.items())
         lengths = sorted({int(n) for _, r in rows for n in r["acc_by_length"]})
         what = f"MQAR, {kv} pairs" if task == "mqar" else "passkey"
         out += [f"### Extrapolation: {what}, trained at L = {L}, d = {d}", "",
@@ -376,14 +400,13 @@ def plot_extrapolation(recs: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     best = best_lr(recs)
-    panels = sorted({(k[2], k[3], k[4], k[5]) for k in best if k[0] == "extrapolation"}) \
-        or [("none", 0, 0, 0)]
+    ext = extrapolated(best)
+    panels = sorted(ext) or [("none", 0, 0, 0)]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
     for ax, (task, L, kv, d) in zip(axes[0], panels, strict=True):
-        for k, r in sorted(best.items()):
-            if k[0] == "extrapolation" and (k[2], k[3], k[4], k[5]) == (task, L, kv, d):
-                pts = sorted((int(n), 100 * a) for n, a in r["acc_by_length"].items())
-                ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=k[1])
+        for mixer, r in sorted(ext.get((task, L, kv, d), {}).items()):
+            pts = sorted((int(n), 100 * a) for n, a in r["acc_by_length"].items())
+            ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=mixer)
         ax.set_xscale("log", base=2)
         ax.axvline(L, color="k", lw=0.8, ls=":")
         ax.set_ylim(-2, 102)
