@@ -12,6 +12,14 @@ sequence length T, it draws fresh random inputs and reports
 
 An op whose kernel does not import is listed with the reason and skipped; nothing is faked.
 The numbers of a run are in ``docs/kernels.md`` with the device named.
+
+    python scripts/kernel_bench.py --dry-run --jsonl rows.jsonl    # on a CPU, before a GPU run
+
+``--dry-run`` exercises everything but the kernels, on the CPU at T = 64: inputs, the reference
+forward and backward, the parity and timing code and the output files. The "kernel" side is the
+reference again (so the errors are 0 and the speedup about 1), and every row says ``dry_run``.
+``--jsonl`` appends each row to a file as one JSON line the moment it is measured, so several
+processes (one op each, as ``scripts/device/sweep.sh`` runs them) can share one results file.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import json
 import math
 import statistics
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,6 +46,7 @@ from lrm.ops.selective_scan import selective_scan
 from lrm.ops.ssd import ssd
 
 B, H, D = 2, 8, 64  # batch, heads, head width of the attention-like ops
+DEVICE = "cuda"  # "cpu" under --dry-run
 
 
 def inputs(op: str, T: int, gen: torch.Generator) -> tuple[list[torch.Tensor], dict]:
@@ -69,7 +79,7 @@ def inputs(op: str, T: int, gen: torch.Generator) -> tuple[list[torch.Tensor], d
         kw = {"activation": "silu"}
     else:
         raise KeyError(op)
-    return [x.cuda().requires_grad_() for x in t], kw
+    return [x.to(DEVICE).requires_grad_() for x in t], kw
 
 
 def call(op: str, args: list[torch.Tensor], kw: dict, backend: str) -> torch.Tensor:
@@ -104,7 +114,7 @@ def fwd_bwd(op: str, args: list[torch.Tensor], kw: dict, backend: str, gout: tor
 def rel(a: torch.Tensor | None, b: torch.Tensor | None) -> float:
     if a is None or b is None:
         return float("nan")
-    a, b = a.double(), b.double()
+    a, b = a.detach().double(), b.detach().double()
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
@@ -112,6 +122,12 @@ def median_ms(fn: Callable[[], object], reps: int) -> float:
     for _ in range(3):
         fn()
     times = []
+    if DEVICE == "cpu":  # the dry run: wall-clock time, no CUDA events
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append(1e3 * (time.perf_counter() - t0))
+        return statistics.median(times)
     for _ in range(reps):
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         s.record()
@@ -122,15 +138,16 @@ def median_ms(fn: Callable[[], object], reps: int) -> float:
     return statistics.median(times)
 
 
-def bench(op: str, T: int, reps: int, seed: int) -> dict:
+def bench(op: str, T: int, reps: int, seed: int, kernel: str = "kernel") -> dict:
+    """One row: parity and speed of ``backend=kernel`` against ``backend="ref"``."""
     gen = torch.Generator().manual_seed(seed)
     args, kw = inputs(op, T, gen)
     with torch.no_grad():
-        gout = torch.randn(call(op, args, kw, "ref").shape, generator=gen).cuda()
+        gout = torch.randn(call(op, args, kw, "ref").shape, generator=gen).to(DEVICE)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     o_r, g_r = fwd_bwd(op, args, kw, "ref", gout)
-    o_k, g_k = fwd_bwd(op, args, kw, "kernel", gout)
+    o_k, g_k = fwd_bwd(op, args, kw, kernel, gout)
     finite = bool(torch.isfinite(o_k).all()) and all(
         g is None or bool(torch.isfinite(g).all()) for g in g_k)
     errs = [rel(o_k, o_r)] + [rel(a, b) for a, b in zip(g_k, g_r, strict=True)]
@@ -139,17 +156,31 @@ def bench(op: str, T: int, reps: int, seed: int) -> dict:
     torch.backends.cudnn.allow_tf32 = True
     row = {"op": op, "T": T, "finite": finite, "out_rel_err": errs[0],
            "max_grad_rel_err": max((e for e in errs[1:] if not math.isnan(e)), default=None)}
-    for backend in ("ref", "kernel"):
-        torch.cuda.reset_peak_memory_stats()
-        row[f"{backend}_ms"] = median_ms(lambda b=backend: fwd_bwd(op, args, kw, b, gout), reps)
-        row[f"{backend}_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    for name, backend in (("ref", "ref"), ("kernel", kernel)):
+        if DEVICE == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        row[f"{name}_ms"] = median_ms(lambda b=backend: fwd_bwd(op, args, kw, b, gout), reps)
+        row[f"{name}_peak_mb"] = (torch.cuda.max_memory_allocated() / 2**20
+                                  if DEVICE == "cuda" else float("nan"))
     row["speedup"] = row["ref_ms"] / row["kernel_ms"]
     return row
 
 
+def device_name() -> str:
+    return torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu (dry run)"
+
+
+def append_line(path: str | None, row: dict) -> None:
+    """One JSON line, appended and flushed at once (a killed process keeps what it wrote)."""
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({**row, "device": device_name(), "torch": torch.__version__})
+                    + "\n")
+
+
 def save(path: str | None, rows: list[dict], skipped: dict[str, str]) -> None:
     if path:
-        Path(path).write_text(json.dumps({"device": torch.cuda.get_device_name(0),
+        Path(path).write_text(json.dumps({"device": device_name(),
                                           "torch": torch.__version__, "rows": rows,
                                           "skipped": skipped}, indent=1))
 
@@ -161,25 +192,41 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
+    ap.add_argument("--jsonl", default=None, help="append every row to this file as it comes")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="on the CPU at T=64, the reference standing in for the kernel")
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise SystemExit("kernel_bench.py needs a CUDA GPU (the kernels are CUDA/Triton only)")
+    global DEVICE
+    kernel = "kernel"
+    if args.dry_run:
+        DEVICE, kernel, args.lengths, args.reps = "cpu", "ref", [64], min(args.reps, 2)
+    elif not torch.cuda.is_available():
+        raise SystemExit("kernel_bench.py needs a CUDA GPU (the kernels are CUDA/Triton only); "
+                         "--dry-run checks the script on a CPU")
+    unknown = sorted(set(args.ops) - set(KERNEL_OF))
+    if unknown:
+        raise SystemExit(f"unknown op(s) {unknown}; valid: {', '.join(KERNEL_OF)}")
     rows, skipped = [], {}
     for op in args.ops:
-        if _kernels.get(KERNEL_OF[op]) is None:
+        if not args.dry_run and _kernels.get(KERNEL_OF[op]) is None:
             skipped[op] = _kernels._IMPORT_ERRORS.get(KERNEL_OF[op], "?")
             print(f"{op}: kernel unavailable ({skipped[op]})", flush=True)
+            append_line(args.jsonl, {"op": op, "skipped": skipped[op]})
             continue
         for i, T in enumerate(args.lengths):
             try:
-                row = bench(op, T, args.reps, args.seed + i)
+                row = bench(op, T, args.reps, args.seed + i, kernel)
             except Exception as err:  # one failing op must not hide the others
                 row = {"op": op, "T": T, "error": f"{type(err).__name__}: {err}"[:400]}
+            if args.dry_run:
+                row["dry_run"] = True
             rows.append(row)
             print(json.dumps(row), flush=True)
+            append_line(args.jsonl, row)
             save(args.out, rows, skipped)  # after every row: a killed run keeps what it measured
-            torch.cuda.empty_cache()
-    dev = torch.cuda.get_device_name(0)
+            if DEVICE == "cuda":
+                torch.cuda.empty_cache()
+    dev = device_name()
     print(f"\n{dev}, torch {torch.__version__}, fp32 inputs, fwd+bwd, median of {args.reps}\n")
     print("| op | T | out rel err | max grad rel err | ref ms | kernel ms | speedup "
           "| ref / kernel peak MiB |")

@@ -1,23 +1,26 @@
 #!/usr/bin/env bash
-# Lay out, in the repository root, what scripts/device/session*.sh carry to the GPU machine
-# (which has no network). Run here, on a machine that reaches PyPI:
+# Lay out, in the repository root, what scripts/device/sweep.sh carries to the GPU machine
+# (which has no network, and whose image already holds torch, Triton 3.6, Lightning, einops).
+# Run here, on a machine that reaches PyPI:
 #
-#   bash scripts/device/prepare.sh [PATHFINDER_DATA_ROOT]
+#   bash scripts/device/prepare.sh
 #
-#   .whl/  wheels the GPU image lacks (pure Python): fla-core, jsonargparse and the two packages
-#          LightningCLI needs with it
+#   .whl/  wheels the GPU image lacks: fla-core; tilelang with apache-tvm-ffi and
+#          torch-c-dlpack-ext (with tilelang installed, fla runs its gated-delta-rule backward
+#          on Hopper under Triton < 3.7.1; a Triton 3.7.1 wheel is 198 MB, over what a call
+#          may carry). z3-solver (29 MB), which tilelang also lists, would not fit either.
 #   .kern/ mamba-ssm's Python package and causal-conv1d's source, from their PyPI sdists (PyPI
-#          has no wheels for either), plus sitecustomize.py and build_causal_conv1d.py
-#   .kern/pf.tgz  a generated Pathfinder-32 set, when a data root is given
+#          has no wheels for either), plus sitecustomize.py and build_causal_conv1d.py.
 # Both folders are ignored by git (.git/info/exclude); nothing of the third-party code is
-# committed.
+# committed. What travels (the tracked files plus these) must stay under 64 MiB.
 set -eu
 cd "$(git rev-parse --show-toplevel)"
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || printf '/.whl/\n/.kern/\n' >> .git/info/exclude
-PLAT="--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64"
+PLAT="--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64"
+for n in 24 27 28; do PLAT="$PLAT --platform manylinux_2_${n}_x86_64"; done
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    $PLAT -d .whl fla-core==0.6.0 jsonargparse==4.53.0 docstring-parser==0.18.0 \
-    typeshed-client==2.15.0
+    $PLAT -d .whl fla-core==0.6.0 tilelang==0.1.15 apache-tvm-ffi==0.1.12 \
+    torch-c-dlpack-ext==0.1.5
 mkdir -p .kern/mamba /tmp/lrm-sdists
 # the sdists' setup.py wants torch at metadata time: reuse the installed one, build nothing
 MAMBA_SKIP_CUDA_BUILD=TRUE CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE python3 -m pip download -q \
@@ -28,5 +31,8 @@ tar -xzf /tmp/lrm-sdists/causal_conv1d-1.7.0.tar.gz -C .kern
 rm -rf .kern/mamba/mamba_ssm && cp -r /tmp/lrm-sdists/mamba_ssm-2.3.2.post1/mamba_ssm .kern/mamba/
 cp scripts/device/sitecustomize.py .kern/sitecustomize.py
 cp scripts/device/build_causal_conv1d.py .kern/build_cc.py
-if [ "${1:-}" ]; then tar -czf .kern/pf.tgz -C "$1" pathfinder32; fi
 du -sh .whl .kern
+total=$(( $(git ls-files -z | xargs -0 du -cb | tail -n 1 | cut -f1) \
+          + $(du -sb .whl | cut -f1) + $(du -sb .kern | cut -f1) ))
+echo "what a call carries: $((total / 1048576)) MiB of at most 64"
+[ "$total" -lt $((64 * 1048576)) ] || { echo "over 64 MiB: carry less" >&2; exit 1; }

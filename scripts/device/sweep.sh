@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# The GPU sweep: everything lrm checks on a CUDA GPU, in one call of under 9 minutes on a fresh
+# machine with no network. Run it whenever a GPU is at hand; record what ran in docs/kernels.md.
+#
+#   bash scripts/device/prepare.sh          # here, with PyPI: lays out .whl/ and .kern/
+#   bash scripts/device/sweep.sh OUT_DIR    # there, in the repository root, carrying .whl .kern
+#   DRY_RUN=1 bash scripts/device/sweep.sh OUT_DIR    # on a CPU: every step that can run there
+#
+# Steps (each with its own timeout, all inside one deadline, SWEEP_SECONDS, default 530 s):
+#   1. install the carried wheels (fla-core; tilelang and its missing deps, so that fla's
+#      gated-delta-rule backward is allowed on Hopper with Triton < 3.7.1) into /tmp/site;
+#   2. causal-conv1d: the prebuilt extension in .kern/cc_build if prepare.sh built one, else a
+#      JIT build for sm_90 alone, in the background while step 4 runs;
+#   3. env.json: device, versions, which kernels import and why not, fla's backward guard;
+#   4. scripts/kernel_bench.py, one op per process, each with a timeout: parity against the
+#      reference (output and every input gradient) and fwd+bwd time and peak memory at
+#      T = 1024, 4096, 16384. Each row is appended to kernel_bench.jsonl as it is measured;
+#   5. a bf16 throughput row for every mixer (scripts/bench.py, backend auto, d 512, batch 8,
+#      L 4096), one mixer per process, appended to throughput.jsonl;
+#   6. the CUDA tests (pytest -m cuda), whatever time is left.
+# Everything lands in OUT_DIR as it is produced, in at most 8 files (what a device call returns).
+set -u
+O=${1:?usage: scripts/device/sweep.sh OUT_DIR}
+mkdir -p "$O"
+O=$(cd "$O" && pwd)
+cd "$(dirname "$0")/../.."
+DRY=${DRY_RUN:-0}
+DEADLINE=${SWEEP_SECONDS:-530}
+LOG="$O/sweep.log"
+KB="$O/kernel_bench.jsonl"
+TP="$O/throughput.jsonl"
+: > "$LOG"
+: > "$KB"
+: > "$TP"
+say() { echo "== [${SECONDS} s] $*" | tee -a "$LOG"; }
+# the seconds a step may take: its own cap, and never past the deadline (minus 10 s to write up)
+left() { local r=$((DEADLINE - SECONDS - 10)); [ "$r" -lt "$1" ] && echo "$r" || echo "$1"; }
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
+
+say "1. wheels"
+if [ "$DRY" = 1 ]; then
+    say "dry run: not installing; carried: $(ls .whl 2>/dev/null | tr '\n' ' ')"
+elif ls .whl/*.whl > /dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl >> "$LOG" 2>&1 || say "pip install failed (see above)"
+    export PYTHONPATH=/tmp/site:$PYTHONPATH
+else
+    say "no .whl/ carried: fla and tilelang come only from the image, if at all"
+fi
+
+# mamba-ssm's Triton kernels from its unpacked sdist (.kern/sitecustomize.py registers the
+# package without the __init__ that imports its compiled extension)
+[ -d .kern/mamba ] && export PYTHONPATH=$PWD/.kern:$PYTHONPATH MAMBA_TRITON_SRC=$PWD/.kern/mamba
+
+say "2. causal-conv1d extension"
+BUILD_PID=
+if ls .kern/cc_build/causal_conv1d_cuda*.so > /dev/null 2>&1; then
+    export PYTHONPATH=$PWD/.kern/cc_build:$PYTHONPATH
+    say "prebuilt: $(ls .kern/cc_build/causal_conv1d_cuda*.so)"
+elif [ "$DRY" = 1 ]; then
+    say "dry run: no build (it needs a CUDA build of torch)"
+elif [ -f .kern/build_cc.py ]; then
+    MAX_JOBS=12 timeout "$(left 300)" python3 .kern/build_cc.py /tmp/cc_build > "$O/build.log" 2>&1 &
+    BUILD_PID=$!
+    export PYTHONPATH=/tmp/cc_build:$PYTHONPATH
+    say "building in the background (pid $BUILD_PID), log in build.log"
+else
+    say "no .kern/ carried: causal_conv1d runs on the reference only"
+fi
+
+say "3. environment"
+timeout "$(left 60)" python3 - > "$O/env.json" 2>> "$LOG" <<'EOF'
+import json, importlib, platform
+import torch
+from lrm.ops import _kernels
+info = {"python": platform.python_version(), "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
+for pkg in ("triton", "fla", "tilelang", "mamba_ssm", "causal_conv1d_cuda"):
+    try:
+        info[pkg] = getattr(importlib.import_module(pkg), "__version__", "imported")
+    except Exception as err:  # noqa: BLE001 - report, never stop
+        info[pkg] = f"missing: {type(err).__name__}: {str(err)[:200]}"
+kernels = ("chunk_gated_delta_rule", "chunk_gdn2", "parallel_forgetting_attn",
+           "mamba_chunk_scan_combined", "selective_scan_fn", "causal_conv1d_fn")
+info["kernels"] = {k: "ok" if _kernels.get(k) is not None else _kernels._IMPORT_ERRORS.get(k, "?")
+                   for k in kernels}
+info["fla_gated_bwd_blocked"] = (_kernels.fla_gated_bwd_blocked()
+                                 if torch.cuda.is_available() else "no GPU")
+print(json.dumps(info, indent=1))
+EOF
+cat "$O/env.json" >> "$LOG"
+
+say "4. kernel parity and speed, one op per process"
+BENCH=(python3 scripts/kernel_bench.py --jsonl "$KB")
+[ "$DRY" = 1 ] && BENCH+=(--dry-run)
+for spec in gated_delta_rule:80 gdn2:80 forgetting_attn:70 ssd:70 selective_scan:40 \
+            causal_conv1d:40; do
+    op=${spec%%:*}
+    if [ "$op" = causal_conv1d ] && [ -n "$BUILD_PID" ]; then
+        say "waiting for the causal-conv1d build"
+        wait "$BUILD_PID"; say "build exit $? ($(tail -n 1 "$O/build.log"))"
+    fi
+    t=$(left "${spec##*:}")
+    [ "$t" -lt 5 ] && { say "$op: no time left"; echo "{\"op\": \"$op\", \"skipped\": \"no time left\"}" >> "$KB"; continue; }
+    say "$op (timeout ${t} s)"
+    timeout "$t" "${BENCH[@]}" --ops "$op" >> "$LOG" 2>&1
+    rc=$?
+    [ $rc -ne 0 ] && { say "$op: exit $rc"; echo "{\"op\": \"$op\", \"exit\": $rc}" >> "$KB"; }
+done
+
+say "5. bf16 throughput, one mixer per process"
+if [ "$DRY" = 1 ]; then SIZE=(--device cpu --lengths 128 --d 64 --batch 2 --repeats 1)
+else SIZE=(--device cuda --lengths 4096 --d 512 --batch 8 --repeats 5); fi
+for m in $(python3 -c "import lrm; print(' '.join(lrm.available()))"); do
+    t=$(left 40)
+    [ "$t" -lt 10 ] && { say "$m: no time left"; echo "{\"mixer\": \"$m\", \"skipped\": \"no time left\"}" >> "$TP"; continue; }
+    timeout "$t" python3 scripts/bench.py --mixers "$m" --dtype bf16 --backends auto "${SIZE[@]}" \
+        --timeout $((t - 5)) --out "/tmp/tp_$m.md" --json "/tmp/tp_$m.json" >> "$LOG" 2>&1
+    rc=$?
+    if [ -s "/tmp/tp_$m.json" ]; then
+        python3 -c "import json,sys; [print(json.dumps(r)) for r in json.load(open(sys.argv[1]))]" \
+            "/tmp/tp_$m.json" >> "$TP"
+    else
+        echo "{\"mixer\": \"$m\", \"exit\": $rc}" >> "$TP"
+    fi
+    say "$m: exit $rc"
+done
+
+say "6. CUDA tests"
+t=$(left 120)
+if [ "$t" -ge 20 ]; then
+    timeout "$t" python3 -m pytest -m cuda tests -q -rA -p no:cacheprovider \
+        > "$O/pytest_cuda.log" 2>&1
+    say "pytest exit $? ($(tail -n 1 "$O/pytest_cuda.log"))"
+else
+    say "no time left for the CUDA tests"
+fi
+say "done"

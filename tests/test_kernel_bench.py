@@ -1,0 +1,52 @@
+"""The GPU scripts run on a CPU as far as they can, so that GPU time is never spent debugging
+them: `scripts/kernel_bench.py --dry-run` and the shell syntax of `scripts/device/*.sh`."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _kernel_bench():
+    spec = importlib.util.spec_from_file_location("kernel_bench", ROOT / "scripts" /
+                                                  "kernel_bench.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_kernel_bench_dry_run_appends_one_json_line_per_row(tmp_path):
+    kb = _kernel_bench()
+    out = tmp_path / "rows.jsonl"
+    out.write_text('{"op": "earlier process"}\n')  # appended to, never overwritten
+    kb.main(["--dry-run", "--ops", "forgetting_attn", "causal_conv1d", "--jsonl", str(out),
+             "--reps", "1"])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[0] == {"op": "earlier process"}
+    assert [r["op"] for r in rows[1:]] == ["forgetting_attn", "causal_conv1d"]
+    for r in rows[1:]:
+        assert r["dry_run"] and r["T"] == 64 and r["device"] == "cpu (dry run)"
+        assert r["finite"] and r["out_rel_err"] == 0.0 and r["max_grad_rel_err"] == 0.0
+        assert r["ref_ms"] > 0 and r["kernel_ms"] > 0
+
+
+def test_kernel_bench_refuses_unknown_ops_and_a_missing_gpu():
+    kb = _kernel_bench()
+    with pytest.raises(SystemExit, match="unknown op"):
+        kb.main(["--dry-run", "--ops", "no_such_op"])
+    if not kb.torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="--dry-run"):
+            kb.main(["--ops", "ssd"])
+
+
+@pytest.mark.parametrize("script", sorted((ROOT / "scripts" / "device").glob("*.sh")),
+                         ids=lambda p: p.name)
+def test_device_scripts_parse(script):
+    proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
