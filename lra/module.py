@@ -58,12 +58,18 @@ class LRAModule(pl.LightningModule):
         init_from: a checkpoint of ``lra pretrain`` (same task and model configs): its encoder
             weights (embedding, blocks, final norm) replace the random ones when ``fit``
             starts (not when resuming); the head starts fresh. See :mod:`lra.pretrain`.
+        compile: run the model through ``torch.compile`` (opt-in, off by default). On the CPU
+            it paid for some mixers and not others (docs/bench/compile.md: ``mamba2`` 1.7x,
+            ``gdn`` 1.3x, ``mamba`` 0.9x, ``s4d`` 0.3x, each after 0.5-2.5 min of compiling;
+            outputs equal to fp32 round-off). Checkpoints are unchanged: the model's own
+            ``forward`` is compiled in place, so no wrapper appears in the state dict.
     """
 
     def __init__(self, model: ModelConfig | None = None, hints: dict[str, Any] | None = None,
                  lr: float = 1e-3, weight_decay: float = 0.1,
                  betas: tuple[float, float] = (0.9, 0.98), warmup_steps: int = 1000,
-                 min_lr_ratio: float = 0.0, init_from: str | None = None) -> None:
+                 min_lr_ratio: float = 0.0, init_from: str | None = None,
+                 compile: bool = False) -> None:
         super().__init__()
         cfg = model if model is not None else ModelConfig()
         if isinstance(cfg, dict):
@@ -73,9 +79,11 @@ class LRAModule(pl.LightningModule):
         self.save_hyperparameters({"model": cfg.to_dict(), "hints": None, "lr": lr,
                                    "weight_decay": weight_decay, "betas": list(betas),
                                    "warmup_steps": warmup_steps, "min_lr_ratio": min_lr_ratio,
-                                   "init_from": init_from})
+                                   "init_from": init_from, "compile": compile})
         self.cfg = cfg
         self.model = LRModel(cfg)
+        if compile:
+            self.model.compile()  # nn.Module.compile: in place, state-dict keys unchanged
         n_out = self.model.head[-1].out_features if cfg.head == "retrieval" else \
             self.model.head.out_features
         self.n_out = n_out

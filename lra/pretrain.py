@@ -77,7 +77,7 @@ class PretrainModule(LRAModule):
     """Pretrains the encoder of the task's LRModel on its inputs (see the module docstring).
 
     Args:
-        model, hints, lr, weight_decay, betas, warmup_steps, min_lr_ratio: as in
+        model, hints, lr, weight_decay, betas, warmup_steps, min_lr_ratio, compile: as in
             :class:`LRAModule` (``min_lr_ratio: 1.0`` gives the paper's constant schedule after
             warmup); use the task and model configs of the fine-tuning run, so the encoders
             match.
@@ -90,9 +90,9 @@ class PretrainModule(LRAModule):
                  lr: float = 1e-3, weight_decay: float = 0.1,
                  betas: tuple[float, float] = (0.9, 0.98), warmup_steps: int = 1000,
                  min_lr_ratio: float = 0.0, objective: str = "auto",
-                 mask_prob: float = 0.5) -> None:
+                 mask_prob: float = 0.5, compile: bool = False) -> None:
         super().__init__(model, hints, lr=lr, weight_decay=weight_decay, betas=betas,
-                         warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio)
+                         warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio, compile=compile)
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         if objective == "auto":

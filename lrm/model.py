@@ -242,6 +242,10 @@ class LRModel(nn.Module):
             raise ValueError(f"LRModel expects {what} of shape (B, L); got "
                              f"{tuple(tokens.shape)}. A single sequence needs a batch axis "
                              f"({what}[None]).")
+        # the range check reads values back (a graph break under torch.compile, a sync on a
+        # GPU); a compiled model skips it, and an id out of range fails in the embedding lookup
+        if torch.compiler.is_compiling():
+            return
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.cfg.vocab_size):
             raise ValueError(f"{what} must lie in [0, vocab_size={self.cfg.vocab_size}); got "
                              f"values in [{int(tokens.min())}, {int(tokens.max())}]. Raise "

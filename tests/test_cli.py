@@ -139,3 +139,17 @@ def test_the_main_job_prints_no_noise(tmp_path):
     assert "fit done" in out
     for noise in NOISE:
         assert noise not in out, f"{noise!r} in the output of lra fit:\n{out}"
+
+
+def test_compile_is_an_opt_in_that_leaves_checkpoints_alone():
+    """``--model.compile true`` compiles the model's forward in place: the state-dict keys (and so
+    every checkpoint) are those of the eager module, and the flag is saved with the run."""
+    from lra.module import LRAModule
+    from lrm import ModelConfig
+
+    cfg = ModelConfig(mixer="s4d", d_model=16, n_layers=1, vocab_size=10, n_classes=3)
+    eager, compiled = LRAModule(cfg), LRAModule(cfg, compile=True)
+    assert eager.model._compiled_call_impl is None  # off unless asked for
+    assert compiled.model._compiled_call_impl is not None
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    assert compiled.hparams["compile"] is True and eager.hparams["compile"] is False
