@@ -1,6 +1,6 @@
 """``lra leaderboard --suite recall``: the recall arena, every mixer on MQAR and passkey.
 
-    lra leaderboard --suite recall --quick             a smoke grid (about 15 min on 2 cores)
+    lra leaderboard --suite recall --quick             a smoke grid (about 10 min on 2 cores)
     lra leaderboard --suite recall                     the full arena (see FULL below)
     lra leaderboard --suite recall --mixers gdn fox --jobs 2 --steps 800
     lra leaderboard --suite recall --render            only rewrite docs/recall.md and the plots
@@ -16,7 +16,8 @@ does it **extrapolate**.
   ``state_size(L)`` of every layer (floats held per sequence after L tokens: the KV cache for
   attention, the recurrent state otherwise), so accuracy can be drawn against state size.
 - **Extrapolation.** MQAR and passkey models trained at L are tested at 2L, 4L, 8L and 16L
-  (with the same number of pairs; longer sequences put queries further from their keys).
+  (with the same number of pairs; longer sequences put queries further from their keys). The
+  MQAR ones are the state cells at one width (``extrapolate_d``), tested at more lengths.
 
 Every cell is one child process (``python -m lra.leaderboard.recall --cell JSON``) with one
 torch thread and a timeout; ``--jobs`` cells run at once (default: the machine's cores). A
