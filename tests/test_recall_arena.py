@@ -90,3 +90,20 @@ def test_failed_cell_is_recorded_retried_and_listed_missing(tmp_path):
 def test_unknown_mixer_is_refused_before_any_run(tmp_path):
     with pytest.raises(ValueError, match="unknown mixer 'atention'"):
         arena.main(["--mixers", "atention", "--out", str(tmp_path / "r.md")])
+
+
+def test_a_diverged_run_is_never_a_result_and_is_listed():
+    """A run whose loss went NaN scores 0% (argmax of NaN logits): it must not enter the tables
+    as a result, and the page must say it diverged."""
+    nan = float("nan")
+    (cell,) = [c for c in arena.grid(TINY, ["mamba"]) if c["kind"] == "state"]
+    rec = {**cell, "status": "ok", "acc": 0.0, "acc_by_length": {"16": 0.0}, "wall_s": 1.0,
+           "state_size": [1], "date": "2026-01-01", "final_loss": nan,
+           "loss_curve": [[1, 5.4], [3, nan]]}
+    assert arena.diverged(rec) == 3
+    assert arena.diverged({**rec, "final_loss": 1.0, "loss_curve": [[1, 5.4]]}) is None
+    assert arena.best_lr([rec]) == {}
+    page = arena.render([rec], [cell], store_name="runs.json", plots=("a.png", "b.png"),
+                        notes=None)
+    assert "## Runs that diverged" in page and "loss not finite from step 3" in page
+    assert "mamba mqar L=16 kv=2 d=8 lr=0.003: diverged" in page

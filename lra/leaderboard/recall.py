@@ -37,6 +37,7 @@ import concurrent.futures as cf
 import datetime as _dt
 import itertools
 import json
+import math
 import os
 import shlex
 import subprocess
@@ -89,6 +90,10 @@ TIMEOUT_S = 3600
 # model's) would give every width the same matrix state; here its head width follows d, so its
 # state grows with d as every other mixer's does.
 ARENA_KWARGS: dict[str, Any] = {"gdn": lambda d: {"head_dim": d}}
+# Learning rates of a mixer that diverges at the grid's own: Titans' loss went NaN within 600
+# steps at 3e-3 (MQAR, d = 32; the run stays in the store and on the page as diverged), and
+# stayed finite at 1e-3.
+ARENA_LR: dict[str, list[float]] = {"titans": [1e-3]}
 
 
 # ============================================================================ one cell
@@ -131,6 +136,7 @@ def run_cell(c: dict[str, Any]) -> dict[str, Any]:
         "loss_curve": [[i + 1, round(sum(losses[i:i + every]) / len(losses[i:i + every]), 4)]
                        for i in range(0, len(losses), every)],
         "final_loss": sum(losses[-20:]) / len(losses[-20:]),
+        "diverged_at": next((i + 1 for i, v in enumerate(losses) if not math.isfinite(v)), None),
         "fit_s": round(fit_s, 1),
     }
 
@@ -183,7 +189,9 @@ def grid(spec: dict[str, Any], mixers: Sequence[str], *, steps: int | None = Non
     skip = spec.get("skip", {})
     cells = []
     m = spec["mqar"]
-    for d, mixer, (L, kv), lr in itertools.product(m["d"], mixers, m["L_kv"], m["lr"]):
+    state = [(d, mixer, L_kv, lr) for d, mixer, L_kv in itertools.product(m["d"], mixers, m["L_kv"])
+             for lr in ARENA_LR.get(mixer, m["lr"])]
+    for d, mixer, (L, kv), lr in state:
         ext = [f * L for f in EXTRAP] if d == m.get("extrapolate_d") else []
         cells.append({**base, "kind": "state", "mixer": mixer, "task": "mqar", "L": L, "kv": kv,
                       "d": d, "lr": lr, "eval_lengths": ext, "mixer_kwargs": opts(mixer, d)})
@@ -192,10 +200,12 @@ def grid(spec: dict[str, Any], mixers: Sequence[str], *, steps: int | None = Non
     e = spec["extrapolation"]
     e_steps = int(steps if explicit_steps else e.get("steps", steps))
     e_base = {**base, "steps": e_steps, "n_train": min(N_TRAIN, e_steps * BATCH)}
-    for mixer, (task, L, kv), lr in itertools.product(mixers, e["cells"], e["lr"]):
-        cells.append({**e_base, "kind": "extrapolation", "mixer": mixer, "task": task, "L": L,
-                      "kv": kv, "d": e["d"], "lr": lr, "eval_lengths": [f * L for f in EXTRAP],
-                      "mixer_kwargs": opts(mixer, e["d"])})
+    for mixer, (task, L, kv) in itertools.product(mixers, e["cells"]):
+        for lr in ARENA_LR.get(mixer, e["lr"]):
+            cells.append({**e_base, "kind": "extrapolation", "mixer": mixer, "task": task, "L": L,
+                          "kv": kv, "d": e["d"], "lr": lr,
+                          "eval_lengths": [f * L for f in EXTRAP],
+                          "mixer_kwargs": opts(mixer, e["d"])})
     # the order cells are run in: MQAR at the extrapolated width, then the extrapolation cells,
     # then the other widths, so a sweep stopped early still has both figures
     first = [c for c in cells if c["kind"] == "state" and c["eval_lengths"]]
@@ -243,12 +253,24 @@ def run(cells: list[dict[str, Any]], store: Path, *, jobs: int, timeout: float =
 
 
 # ============================================================================ the page
+def diverged(r: dict[str, Any]) -> int | None:
+    """The first step whose training loss was not finite (NaN or inf), or None. Such a run's
+    accuracy means nothing: it is never a best cell, and the page lists it as diverged."""
+    if r.get("diverged_at"):
+        return int(r["diverged_at"])
+    curve = r.get("loss_curve") or []
+    bad = [step for step, loss in curve if not math.isfinite(loss)]
+    if bad or not math.isfinite(r.get("final_loss", 0.0)):
+        return bad[0] if bad else -1
+    return None
+
+
 def best_lr(recs: Iterable[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
     """The best-accuracy record of each (kind, mixer, task, L, kv, d) over learning rates (the
     newest record of each exact cell counts)."""
     newest: dict[str, dict[str, Any]] = {}
     for r in recs:
-        if r.get("status") == "ok":
+        if r.get("status") == "ok" and diverged(r) is None:
             k = cell_key(r)
             if k not in newest or str(r.get("date")) >= str(newest[k].get("date")):
                 newest[k] = r
@@ -272,8 +294,13 @@ def extrapolated(best: dict[tuple, dict[str, Any]]) -> dict[tuple, dict[str, dic
 
 def missing(cells: list[dict[str, Any]], recs: list[dict[str, Any]]) -> list[str]:
     """A line for each cell of the grid without an ok record: never run, or its last error."""
-    ok = {cell_key(r) for r in recs if r.get("status") == "ok"}
+    ok = {cell_key(r) for r in recs if r.get("status") == "ok" and diverged(r) is None}
     last_err = {cell_key(r): r.get("error") for r in recs if r.get("status") != "ok"}
+    for r in recs:
+        step = diverged(r) if r.get("status") == "ok" else None
+        if step is not None:
+            at = f" from step {step}" if step > 0 else ""
+            last_err[cell_key(r)] = f"diverged: the training loss was not finite{at}"
     out = []
     for c in cells:
         k = cell_key(c)
@@ -345,6 +372,13 @@ def render(recs: list[dict[str, Any]], cells: list[dict[str, Any]], *, store_nam
                 f"thread each); steps per cell: "
                 f"{', '.join(str(s) for s in sorted({r['steps'] for r in ok}))}; code: "
                 f"commit {', '.join(commits)}; device: {', '.join(devices)}.", ""]
+    div = [r for r in recs if r.get("status") == "ok" and diverged(r) is not None]
+    if div:
+        out += ["## Runs that diverged", "",
+                "Not counted in the tables: their training loss became NaN or inf.", ""]
+        out += [f"- {r['mixer']} {r['task']} L={r['L']} kv={r['kv']} d={r['d']} lr={r['lr']:g}"
+                f": loss not finite from step {diverged(r)}" for r in div]
+        out.append("")
     miss = missing(cells, recs)
     out += ["## Missing cells", ""]
     if not miss:
