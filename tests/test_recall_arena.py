@@ -107,3 +107,18 @@ def test_a_diverged_run_is_never_a_result_and_is_listed():
                         notes=None)
     assert "## Runs that diverged" in page and "loss not finite from step 3" in page
     assert "mamba mqar L=16 kv=2 d=8 lr=0.003: diverged" in page
+
+
+@pytest.mark.parametrize(("porcelain", "dirty"), [
+    ("", False),
+    (" M docs/recall_runs.json\n?? docs/x.png\n", False),  # a sweep's own results
+    (" M docs/recall_runs.json\n M lrm/model.py\n", True),  # code: the commit is not the code
+])
+def test_dirty_means_code_changes_not_the_results_a_sweep_writes(monkeypatch, porcelain, dirty):
+    import subprocess
+
+    from lra.leaderboard import store
+
+    monkeypatch.setattr(store.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(
+        a, 0, stdout=porcelain, stderr=""))
+    assert store.git_dirty() is dirty

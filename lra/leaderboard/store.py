@@ -120,13 +120,17 @@ def git_commit() -> str | None:
         return None
 
 
-def git_dirty() -> bool | None:
-    """True when the working tree has uncommitted changes to tracked files (the record then
-    does not match its commit exactly); None outside a git checkout."""
+def git_dirty(ignore: tuple[str, ...] = ("docs/",)) -> bool | None:
+    """True when the working tree has uncommitted changes to tracked files outside ``ignore``
+    (the record then does not match its commit exactly); None outside a git checkout. The
+    results under ``docs/`` are ignored: a sweep writes its own store there as it runs."""
     try:
         out = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain",
                               "--untracked-files=no"], capture_output=True, text=True,
                              timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return bool(out.stdout.strip()) if out.returncode == 0 else None
+    if out.returncode != 0:
+        return None
+    paths = [line[3:] for line in out.stdout.splitlines() if line.strip()]
+    return any(not p.startswith(ignore) for p in paths)
