@@ -358,7 +358,7 @@ def render(recs: list[dict[str, Any]], cells: list[dict[str, Any]], *, store_nam
                 f"{100 * r['acc_by_length'][str(n)]:.1f}" if str(n) in r["acc_by_length"]
                 else "" for n in lengths) + " |")
         out.append("")
-    ok = [r for r in recs if r.get("status") == "ok"]
+    ok = [r for r in recs if r.get("status") == "ok" and diverged(r) is None]
     if ok:
         walls = [r["wall_s"] for r in ok if r.get("wall_s")]
         cmds = sorted({r.get("grid_command") for r in ok if r.get("grid_command")})
