@@ -398,6 +398,21 @@ def render(recs: list[dict[str, Any]], cells: list[dict[str, Any]], *, store_nam
     return "\n".join(out)
 
 
+def _style(mixers: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """One color and marker per mixer, the same in every panel and both figures."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    return {m: {"color": cmap(i % 10), "marker": "os^Dv"[i // 10 % 5], "ms": 3, "label": m}
+            for i, m in enumerate(sorted(mixers))}
+
+
+def _legend_right(fig, ax) -> None:
+    """The legend beside the panels, never over a curve."""
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=7, loc="center right", frameon=False)
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
+
+
 def plot_state(recs: list[dict[str, Any]], path: Path) -> None:
     """Zoology-style: MQAR accuracy against state size (log x), one curve per mixer over d."""
     import matplotlib
@@ -408,22 +423,23 @@ def plot_state(recs: list[dict[str, Any]], path: Path) -> None:
     best = best_lr(recs)
     panels = sorted({(k[3], k[4]) for k in best if k[0] == "state"}) or [(0, 0)]
     mixers = sorted({k[1] for k in best if k[0] == "state"})
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
+    style = _style({k[1] for k in best})
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 1.6, 3.2),
+                             squeeze=False)
     for ax, (L, kv) in zip(axes[0], panels, strict=True):
-        for i, m in enumerate(mixers):
+        for m in mixers:
             pts = sorted((sum(r["state_size"]), 100 * r["acc"]) for k, r in best.items()
                          if k[0] == "state" and k[1] == m and (k[3], k[4]) == (L, kv))
             if pts:
-                ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=m,
-                        ls="-" if i < 10 else "--")
+                ax.plot(*zip(*pts, strict=True), **style[m])
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no crowded labels
         ax.set_ylim(-2, 102)
         ax.set_title(f"MQAR L={L}, {kv} pairs", fontsize=9)
         ax.set_xlabel("state size (floats per sequence)", fontsize=8)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("accuracy (%)")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    _legend_right(fig, axes[0][-1])
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
@@ -437,20 +453,22 @@ def plot_extrapolation(recs: list[dict[str, Any]], path: Path) -> None:
     best = best_lr(recs)
     ext = extrapolated(best)
     panels = sorted(ext) or [("none", 0, 0, 0)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
+    style = _style({k[1] for k in best})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.2, 3.2),
+                             squeeze=False)
     for ax, (task, L, kv, d) in zip(axes[0], panels, strict=True):
         for mixer, r in sorted(ext.get((task, L, kv, d), {}).items()):
             pts = sorted((int(n), 100 * a) for n, a in r["acc_by_length"].items())
-            ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=mixer)
+            ax.plot(*zip(*pts, strict=True), **style[mixer])
         ax.set_xscale("log", base=2)
         ax.axvline(L, color="k", lw=0.8, ls=":")
         ax.set_ylim(-2, 102)
-        ax.set_title(f"{task} trained at L={L}" + (f", {kv} pairs" if kv else ""), fontsize=9)
+        ax.set_title(f"{task} trained at L={L}" + (f", {kv} pairs" if kv else "")
+                     + f", d={d}", fontsize=9)
         ax.set_xlabel("test length", fontsize=8)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("accuracy (%)")
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
+    _legend_right(fig, axes[0][-1])
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
