@@ -78,7 +78,9 @@ FULL: dict[str, Any] = {
     "skip": {("mamba", 64): "left out of the 2-hour budget: about 74 min on one thread "
                             "(the other mixers at d = 64 take 2-22 min)",
              ("titans", 64): "left out of the 2-hour budget: Titans diverged on MQAR at d = 32 "
-                             "at 3e-3 and 1e-3, and a d = 64 cell takes about 22 min"},
+                             "at 3e-3 and 1e-3, and a d = 64 cell takes about 22 min",
+             ("oryx", 64): "left out of the 2-hour budget (about 14 min): Oryx reached 97% "
+                           "at d = 32 already"},
     "steps": 2000,
 }
 QUICK: dict[str, Any] = {
