@@ -72,15 +72,15 @@ EXTRAP = (2, 4, 8, 16)  # test lengths as multiples of the training length
 # their own number of steps at one d. ``skip``: (mixer, d) cells left out, with the reason, which
 # the page lists among the missing cells. Steps from a learning-curve check
 # (docs/recall_learning_curve.md).
+_OUT = "left out to keep the arena within 2 hours on 2 cores"
 FULL: dict[str, Any] = {
     "mqar": {"L_kv": [(128, 16)], "d": [32, 64], "lr": [3e-3], "extrapolate_d": 32},
     "extrapolation": {"cells": [("passkey", 64, 0)], "d": 32, "lr": [3e-3], "steps": 1000},
-    "skip": {("mamba", 64): "left out of the 2-hour budget: about 74 min on one thread "
-                            "(the other mixers at d = 64 take 2-22 min)",
-             ("titans", 64): "left out of the 2-hour budget: Titans diverged on MQAR at d = 32 "
-                             "at 3e-3 and 1e-3, and a d = 64 cell takes about 22 min",
-             ("oryx", 64): "left out of the 2-hour budget (about 14 min): Oryx reached 97% "
-                           "at d = 32 already"},
+    "skip": {("mamba", 64): f"{_OUT}: about 74 min on one thread (the other mixers at d = 64 "
+                            "take 2-22 min)",
+             ("titans", 64): f"{_OUT}: Titans diverged on MQAR at d = 32 at 3e-3 and 1e-3, and "
+                             "a d = 64 cell takes about 22 min",
+             ("oryx", 64): f"{_OUT} (about 14 min): Oryx reached 97% at d = 32 already"},
     "steps": 2000,
 }
 QUICK: dict[str, Any] = {
