@@ -34,5 +34,5 @@ cp scripts/device/build_causal_conv1d.py .kern/build_cc.py
 du -sh .whl .kern
 total=$(( $(git ls-files -z | xargs -0 du -cb | tail -n 1 | cut -f1) \
           + $(du -sb .whl | cut -f1) + $(du -sb .kern | cut -f1) ))
-echo "what a call carries: $((total / 1048576)) MiB of at most 64"
+echo "what travels to the GPU machine: $((total / 1048576)) MiB of at most 64"
 [ "$total" -lt $((64 * 1048576)) ] || { echo "over 64 MiB: carry less" >&2; exit 1; }

@@ -18,7 +18,7 @@
 #   5. a bf16 throughput row for every mixer (scripts/bench.py, backend auto, d 512, batch 8,
 #      L 4096), one mixer per process, appended to throughput.jsonl;
 #   6. the CUDA tests (pytest -m cuda), whatever time is left.
-# Everything lands in OUT_DIR as it is produced, in at most 8 files (what a device call returns).
+# Everything lands in OUT_DIR as it is produced, in six files.
 set -u
 O=${1:?usage: scripts/device/sweep.sh OUT_DIR}
 mkdir -p "$O"
