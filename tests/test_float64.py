@@ -41,13 +41,7 @@ F64 = torch.float64
 TOL = 1e-12  # relative, in the max norm: a few hundred ulps of float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: threads only add overhead (and the test machine is shared)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors
 
 
 def rand(*shape: int, seed: int, dtype: torch.dtype = F64) -> torch.Tensor:

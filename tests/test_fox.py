@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
+from _helpers import LargestTensor
 
 import lrm
 from lrm.mixers.fox import ForgettingAttention, ShiftLinear
@@ -111,30 +111,15 @@ def test_parity_with_fla_naive():
                                rtol=1e-4)
 
 
-class _LargestTensor(TorchDispatchMode):
-    """Records the largest tensor any op creates (forward or backward)."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
-
-
 def test_blockwise_ref_never_materialises_T_by_T():
     B, T, H, D = 1, 1024, 1, 16
     q, k, v, log_f = (t.requires_grad_(True) for t in make(B=B, Tk=T, H=H, D=D))
-    with _LargestTensor() as mode:
+    with LargestTensor() as mode:
         o = forgetting_attn_ref(q, k, v, log_f, block_q=64, block_k=128)
         o.square().sum().backward()
     # one tile is 64 x 128 = 8192 scores; T x T would be 1,048,576
     assert mode.largest <= max(64 * 128, T * D) * B * H, mode.largest
-    with _LargestTensor() as mode:
+    with LargestTensor() as mode:
         forgetting_attn_quadratic_ref(q, k, v, log_f)
     assert mode.largest >= T * T  # the check above can see a (T, T) tensor
 

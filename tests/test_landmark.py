@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
+from _helpers import LargestTensor
 
 import lrm
 from lrm.mixers.landmark import LandmarkAttention
@@ -136,30 +136,15 @@ def test_gradcheck():
         (q, k, v))
 
 
-class _LargestTensor(TorchDispatchMode):
-    """Records the largest tensor any op creates (forward or backward)."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
-
-
 def test_blockwise_ref_never_materialises_T_by_T():
     T, bl = 1024, 15
     q, k, v = (t.float().requires_grad_(True) for t in make(B=1, Tk=T, H=1, D=16))
-    with _LargestTensor() as mode:
+    with LargestTensor() as mode:
         o = landmark_attn_ref(q, k, v, block_len=bl, block_q=64)
         o.square().sum().backward()
     # a chunk of 64 rows holds 64 x T scores (padded to whole blocks); T x T is 1,048,576
     assert mode.largest <= 64 * (T + bl + 1), mode.largest
-    with _LargestTensor() as mode:
+    with LargestTensor() as mode:
         landmark_attn_quadratic_ref(q, k, v, block_len=bl)
     assert mode.largest >= T * T  # the check above can see a (T, T) tensor
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import scan_inputs
 
 from lrm.ops.delta_rule import (
     chunk_gated_delta_rule_lean,
@@ -58,32 +59,13 @@ def _saved_numel(fn) -> int:
 # ----------------------------------------------------------------------------- selective scan
 
 
-def _scan_inputs(form: str, with_state: bool, L: int = 37, b: int = 2, d: int = 8, n: int = 5):
-    g = _gen()
-
-    def r(*s):
-        return torch.randn(*s, generator=g).requires_grad_()
-
-    u, delta = r(b, d, L), r(b, d, L)
-    A = (-torch.rand(d, n, generator=g) * 4 - 0.1).requires_grad_()
-    if form == "shared":
-        B, C = r(b, n, L), r(b, n, L)
-    elif form == "grouped":
-        B, C = r(b, 2, n, L), r(b, 2, n, L)
-    else:  # time-invariant
-        B, C = r(d, n), r(d, n)
-    D, z, bias = r(d), r(b, d, L), r(d)
-    h0 = r(b, d, n) if with_state else None
-    return u, delta, A, B, C, D, z, bias, h0
-
-
 # (chunk, block): blocks of several chunks, the last block short (37 = 2·16 + 5); one chunk
 # per block; and the default (one block, one padded chunk)
 @pytest.mark.parametrize("chunk,block", [(1, 5), (4, 16), (8, 8), (64, None)])
 @pytest.mark.parametrize("with_state", [False, True], ids=["zero_state", "initial_state"])
 @pytest.mark.parametrize("form", ["shared", "grouped", "time_invariant"])
 def test_selective_scan_lean_equals_ref_and_recurrence(form, with_state, chunk, block):
-    u, delta, A, B, C, D, z, bias, h0 = inputs = _scan_inputs(form, with_state)
+    u, delta, A, B, C, D, z, bias, h0 = inputs = scan_inputs(form, with_state)
     args = (u, delta, A, B, C, D, z, bias, True, True)
     lean = selective_scan_lean(*args, initial_state=h0, chunk_size=chunk, block_size=block)
     _assert_same(lean, selective_scan_ref(*args, initial_state=h0, chunk_size=8), inputs)
@@ -93,7 +75,7 @@ def test_selective_scan_lean_equals_ref_and_recurrence(form, with_state, chunk, 
 @pytest.mark.parametrize("L", [1, 2])
 def test_selective_scan_lean_decode_steps(L):
     """One or two tokens with a state (decoding): a time axis of 1 is not time-invariance."""
-    u, delta, A, B, C, D, z, bias, h0 = inputs = _scan_inputs("shared", True, L=L)
+    u, delta, A, B, C, D, z, bias, h0 = inputs = scan_inputs("shared", True, L=L)
     args = (u, delta, A, B, C, D, z, bias, True, True)
     _assert_same(selective_scan_lean(*args, initial_state=h0),
                  selective_scan_recurrent_ref(*args, initial_state=h0), inputs)
@@ -138,7 +120,7 @@ def test_selective_scan_lean_keeps_inputs_and_one_state_per_chunk():
 
 
 def test_selective_scan_dispatch_uses_lean_path():
-    u, delta, A, B, C, D, z, bias, _ = _scan_inputs("grouped", False)
+    u, delta, A, B, C, D, z, bias, _ = scan_inputs("grouped", False)
     y = selective_scan(u, delta, A, B, C, D, z, bias, True)
     torch.testing.assert_close(y, selective_scan_ref(u, delta, A, B, C, D, z, bias, True))
     names = set()
@@ -152,7 +134,7 @@ def test_selective_scan_dispatch_uses_lean_path():
 
 
 def test_lean_scan_rejects_bad_chunk():
-    u, delta, A, B, C, *_ = _scan_inputs("shared", False)
+    u, delta, A, B, C, *_ = scan_inputs("shared", False)
     with pytest.raises(ValueError, match="chunk_size"):
         selective_scan_lean(u, delta, A, B, C, chunk_size=0)
     with pytest.raises(ValueError, match="block_size"):

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from _helpers import scan_inputs
 
 import lrm
 from lrm.mixers.mamba import Mamba
@@ -31,30 +32,10 @@ def _grads(out, inputs):
 # ----------------------------------------------------------------------------- selective scan
 
 
-def _scan_inputs(form: str, with_state: bool, L: int = 37, b: int = 2, d: int = 8, n: int = 5,
-                 seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-
-    def r(*s):
-        return torch.randn(*s, generator=g).requires_grad_()
-
-    u, delta = r(b, d, L), r(b, d, L)
-    A = (-torch.rand(d, n, generator=g) * 4 - 0.1).requires_grad_()
-    if form == "shared":
-        B, C = r(b, n, L), r(b, n, L)
-    elif form == "grouped":
-        B, C = r(b, 2, n, L), r(b, 2, n, L)
-    else:  # time-invariant
-        B, C = r(d, n), r(d, n)
-    D, z, bias = r(d), r(b, d, L), r(d)
-    h0 = r(b, d, n) if with_state else None
-    return u, delta, A, B, C, D, z, bias, h0
-
-
 @pytest.mark.parametrize("with_state", [False, True], ids=["zero_state", "initial_state"])
 @pytest.mark.parametrize("form", ["shared", "grouped", "time_invariant"])
 def test_selective_scan_ref_equals_recurrence(form, with_state):
-    u, delta, A, B, C, D, z, bias, h0 = inputs = _scan_inputs(form, with_state)
+    u, delta, A, B, C, D, z, bias, h0 = inputs = scan_inputs(form, with_state)
     args = (u, delta, A, B, C, D, z, bias, True, True)
     fast = selective_scan_ref(*args, initial_state=h0, chunk_size=8)  # 37 = 4·8 + 5
     slow = selective_scan_recurrent_ref(*args, initial_state=h0)
@@ -65,7 +46,7 @@ def test_selective_scan_ref_equals_recurrence(form, with_state):
 
 
 def test_selective_scan_without_options_and_streaming():
-    u, delta, A, B, C, *_ = _scan_inputs("shared", False, L=29)
+    u, delta, A, B, C, *_ = scan_inputs("shared", False, L=29)
     delta = torch.nn.functional.softplus(delta.detach())
     y = selective_scan_ref(u, delta, A, B, C, chunk_size=4)
     torch.testing.assert_close(y, selective_scan_recurrent_ref(u, delta, A, B, C), **TOL)
@@ -80,7 +61,7 @@ def test_selective_scan_without_options_and_streaming():
 
 
 def test_selective_scan_dispatch_on_cpu():
-    u, delta, A, B, C, D, z, bias, _ = _scan_inputs("shared", False)
+    u, delta, A, B, C, D, z, bias, _ = scan_inputs("shared", False)
     ref = selective_scan_ref(u, delta, A, B, C, D, z, bias, True)
     torch.testing.assert_close(selective_scan(u, delta, A, B, C, D, z, bias, True), ref)
     with pytest.raises(RuntimeError, match="kernel"):
@@ -306,7 +287,7 @@ def test_selective_scan_kernel_equals_ref(form):
         pytest.fail("mamba-ssm's selective_scan_fn does not import on this CUDA machine")
     u, delta, A, B, C, D, z, bias, _ = (
         None if t is None else t.detach().cuda().requires_grad_()
-        for t in _scan_inputs(form, False, L=301, d=64, n=16))
+        for t in scan_inputs(form, False, L=301, d=64, n=16))
     args = (u, delta, A, B, C, D, z, bias, True, True)
     k = selective_scan(*args, backend="kernel")
     r = selective_scan_ref(*args)

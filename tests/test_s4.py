@@ -23,13 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 H = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: threads only add overhead (and the test machine is shared)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors
 
 
 def _dt(h: int = H, seed: int = 0) -> torch.Tensor:
