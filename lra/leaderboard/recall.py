@@ -411,26 +411,42 @@ def _style(mixers: Iterable[str]) -> dict[str, dict[str, Any]]:
             for i, m in enumerate(sorted(mixers))}
 
 
-def _legend_right(fig, ax) -> None:
-    """The legend beside the panels, never over a curve."""
-    fig.legend(*ax.get_legend_handles_labels(), fontsize=7, loc="center right", frameon=False)
+def _panels(n: int, width: float, legend_width: float):
+    """A row of ``n`` accuracy panels (0-100%, grid) with room for a legend on the right."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, n, figsize=(width * n + legend_width, 3.2), squeeze=False)
+    for ax in axes[0]:
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy (%)")
+    return fig, list(axes[0])
+
+
+def _save(fig, axes: list, path: Path) -> None:
+    """The legend beside the panels, never over a curve; then the file."""
+    import matplotlib.pyplot as plt
+
+    fig.legend(*axes[-1].get_legend_handles_labels(), fontsize=7, loc="center right",
+               frameon=False)
     fig.tight_layout(rect=(0, 0, 0.8, 1))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def plot_state(recs: list[dict[str, Any]], path: Path) -> None:
     """Zoology-style: MQAR accuracy against state size (log x), one curve per mixer over d."""
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     best = best_lr(recs)
     panels = sorted({(k[3], k[4]) for k in best if k[0] == "state"}) or [(0, 0)]
     mixers = sorted({k[1] for k in best if k[0] == "state"})
     style = _style({k[1] for k in best})
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 1.6, 3.2),
-                             squeeze=False)
-    for ax, (L, kv) in zip(axes[0], panels, strict=True):
+    fig, axes = _panels(len(panels), 3.6, 1.6)
+    for ax, (L, kv) in zip(axes, panels, strict=True):
         for m in mixers:
             pts = sorted((sum(r["state_size"]), 100 * r["acc"]) for k, r in best.items()
                          if k[0] == "state" and k[1] == m and (k[3], k[4]) == (L, kv))
@@ -438,43 +454,27 @@ def plot_state(recs: list[dict[str, Any]], path: Path) -> None:
                 ax.plot(*zip(*pts, strict=True), **style[m])
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no crowded labels
-        ax.set_ylim(-2, 102)
         ax.set_title(f"MQAR L={L}, {kv} pairs", fontsize=9)
         ax.set_xlabel("state size (floats per sequence)", fontsize=8)
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("accuracy (%)")
-    _legend_right(fig, axes[0][-1])
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(fig, axes, path)
 
 
 def plot_extrapolation(recs: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     best = best_lr(recs)
     ext = extrapolated(best)
     panels = sorted(ext) or [("none", 0, 0, 0)]
     style = _style({k[1] for k in best})
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.2, 3.2),
-                             squeeze=False)
-    for ax, (task, L, kv, d) in zip(axes[0], panels, strict=True):
+    fig, axes = _panels(len(panels), 4.2, 1.2)
+    for ax, (task, L, kv, d) in zip(axes, panels, strict=True):
         for mixer, r in sorted(ext.get((task, L, kv, d), {}).items()):
             pts = sorted((int(n), 100 * a) for n, a in r["acc_by_length"].items())
             ax.plot(*zip(*pts, strict=True), **style[mixer])
         ax.set_xscale("log", base=2)
         ax.axvline(L, color="k", lw=0.8, ls=":")
-        ax.set_ylim(-2, 102)
         ax.set_title(f"{task} trained at L={L}" + (f", {kv} pairs" if kv else "")
                      + f", d={d}", fontsize=9)
         ax.set_xlabel("test length", fontsize=8)
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("accuracy (%)")
-    _legend_right(fig, axes[0][-1])
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(fig, axes, path)
 
 
 def write_outputs(store: Path, out: Path, cells: list[dict[str, Any]]) -> None:
