@@ -345,8 +345,7 @@ MUTANTS: list[Mutant] = [
       "(idx >= c.view(1, 1, R, 1) - kp4).long()", "(idx > c.view(1, 1, R, 1) - kp4).long()",
       (LM_RETRIEVAL,), "retrieval: the oldest of the k' most recent blocks is not shifted"),
     M("lmattn-retrieval-ties-to-oldest", "lrm/ops/landmark_attn.py",
-      "order = torch.sort(s_lm.flip(-1), dim=-1, descending=True, stable=True).indices",
-      "order = n_lm - 1 - torch.sort(s_lm, dim=-1, descending=True, stable=True).indices",
+      "s_lm = (s_lm + TIE_TOL * ref * recency)", "s_lm = (s_lm - TIE_TOL * ref * recency)",
       (f"{LM}retrieval_ties_go_to_the_most_recent_block",),
       "top-k ties go to the oldest block, not the most recent"),
 

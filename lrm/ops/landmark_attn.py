@@ -22,7 +22,8 @@ Top-k retrieval (inference; upstream's memory cache, ``llama/llama_mem.py`` and
 blocks and k' = min(k, n):
 
     1. score each landmark ℓ_b, b < c, against q_i, and keep the k' best blocks, per query and
-       per head;
+       per head; scores closer than a tie tolerance go to the most recent block (lrm's rule:
+       see ``TIE_TOL``; upstream leaves ties to ``torch.topk``);
     2. the grouped softmax above, with G_i restricted to the retrieved landmarks and the ordinary
        tokens of block c up to i (the local context), and the inner softmax over the retrieved
        blocks' ordinary tokens.
@@ -79,6 +80,14 @@ from lrm.dtypes import compute_dtype, upcast
 BLOCK_Q = 128  # query rows per chunk (rounded down to whole landmark blocks, at least one)
 
 _NEG = float("-inf")
+
+# Ties in retrieval go to the most recent block. In the first layer every landmark has the same
+# input, so scores tie exactly in exact arithmetic, but keys computed in different chunks of a
+# stream differ in their last bits (a GEMM rounds differently for different row counts). So a
+# tie is "within TIE_TOL of the row's largest |score|": block b < c gets the bonus
+# TIE_TOL · max|s| · (b + 1) / c before ranking. Adjacent blocks are then TIE_TOL · max|s| / c
+# apart, far above rounding noise, and no ranking moves by more than TIE_TOL · max|s|.
+TIE_TOL = 1e-3
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_len: int) -> None:
@@ -318,11 +327,13 @@ def _retrieval_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p0: int, 
         B, H, R * topk, D)).view(B, H, R, topk, D)
     s_near = (qd[:, :, :, 1:topk + 1] * lm_near).sum(-1)  # (B, H, R, k)
     s_lm = s_lm.scatter(3, b_near.expand(B, H, R, topk), s_near)[..., :n_lm]
-    s_lm = s_lm.masked_fill(~valid_lm, _NEG)
+    s_lm = s_lm.masked_fill(~valid_lm, 0.0)
+    ref = s_lm.detach().abs().amax(-1, keepdim=True)  # (B, H, R, 1)
+    recency = (b_ids[None, :] + 1) / c.clamp(min=1)[:, None]  # (R, n_lm), in (0, 1] if b < c
+    s_lm = (s_lm + TIE_TOL * ref * recency).masked_fill(~valid_lm, _NEG)
     # top-k'' per query and head, in original block order; ranks past a row's k' point at
-    # blocks b >= c (scores -inf), which sort after the valid ones. Ties go to the most recent
-    # block, deterministically: in the first layer every landmark has the same key, and
-    # torch.topk would break those ties differently for different chunkings of the stream
+    # blocks b >= c (scores -inf), which sort after the valid ones. Ties within TIE_TOL go to
+    # the most recent block (above); exact ties left (all scores 0) too, by the flip
     order = torch.sort(s_lm.flip(-1), dim=-1, descending=True, stable=True).indices
     idx = (n_lm - 1 - order[..., :kk]).sort(dim=-1).values  # (B, H, R, kk)
     ok = idx < c.view(1, 1, R, 1)
@@ -409,7 +420,9 @@ def landmark_retrieval_recurrent_ref(q: torch.Tensor, k: torch.Tensor, v: torch.
                 if kp:
                     lm_pos = [max(0, kp + 1 - (c - b)) * P + P - 1 for b in range(c)]
                     lms = rot(kh[bi, h, [b * P + P - 1 for b in range(c)]], lm_pos)
-                    score = (lms @ qv).tolist()  # ties to the most recent block
+                    score = (lms @ qv).tolist()
+                    top = max(abs(s) for s in score)  # ties to the most recent (TIE_TOL)
+                    score = [s + TIE_TOL * top * (b + 1) / c for b, s in enumerate(score)]
                     chosen = sorted(sorted(range(c), key=lambda b: (-score[b], -b))[:kp])
                 logits, groups = [], []  # groups: ("tok", j, pos) or ("blk", b, slot)
                 for r, b in enumerate(chosen):
