@@ -103,7 +103,8 @@ MUTANTS: list[Mutant] = [
       "streamed chunk: a query cannot see its own key"),
     M("attention-cache-offset", "lrm/mixers/attention.py",
       "offset = 0 if state is None else state.k.shape[2]",
-      "offset = 0 if state is None else state.k.shape[2] + 1",
+      # (a shift of every position alike, from the first chunk on, is invisible to RoPE)
+      "offset = 0 if state is None or not state.k.shape[2] else state.k.shape[2] + 1",
       (eq("attention"), stream("attention-default")), "RoPE positions off by one after a cache"),
     M("attn-op-window-off-by-one", "lrm/ops/attention.py", "visible &= back < window",
       "visible &= back <= window", (ATTN, f"{TT}sliding_window_attention_blockwise_equals_dense"),
