@@ -1,4 +1,4 @@
-"""Shared building blocks: norms, the short causal conv, the MLP, dt initialisation, tags.
+"""Shared building blocks: norms, the short causal conv, the MLP, dt initialisation, RoPE, tags.
 
 Everything here is small on purpose; the mixers in ``lrm/mixers/`` read as their papers do
 because the plumbing lives here.
@@ -50,10 +50,11 @@ class RMSNorm(nn.Module):
         norm_before_gate=True:  y = RMSNorm(x) · silu(z)   (Gated DeltaNet; fla's FusedRMSNormGated)
         norm_before_gate=False: y = RMSNorm(x · silu(z))   (Mamba-2's RMSNormGated)
 
-    Uses: ``RMSNorm(d)`` in the block; per head (``group_size`` = head width) for FoX's QK- and
-    output norms and Gated DeltaNet's output norm; per group of heads sharing B and C for
-    Mamba-2 (mamba-ssm's ``group_size``). Computed in promote(x dtype, float32)
-    (:mod:`lrm.dtypes`), returned in x's dtype.
+    Uses: ``RMSNorm(d)`` in the block and Titans' gate norms; per head (``group_size`` = head
+    width) for FoX's QK- and output norms, Gated DeltaNet's and Titans' memory output norms;
+    over the last axis of (…, heads, head width) tensors, gated, for Oryx's output norm; per
+    group of heads sharing B and C for Mamba-2 (mamba-ssm's ``group_size``). Computed in
+    promote(x dtype, float32) (:mod:`lrm.dtypes`), returned in x's dtype.
     """
 
     def __init__(self, d: int, eps: float = 1e-5, *, group_size: int | None = None,
@@ -75,6 +76,13 @@ class RMSNorm(nn.Module):
         if z is not None and self.norm_before_gate:
             y = y * F.silu(upcast(z, dtype))
         return y.to(x.dtype)
+
+
+def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """x / sqrt(Σx² + eps) over the last axis (fla's l2norm, for unit-norm queries and keys).
+    Computed in promote(x dtype, float32) (:mod:`lrm.dtypes`), returned in x's dtype."""
+    xf = upcast(x, compute_dtype(x))
+    return (xf * torch.rsqrt(xf.square().sum(-1, keepdim=True) + eps)).to(x.dtype)
 
 
 def make_norm(kind: str, d: int) -> nn.Module:
@@ -178,22 +186,22 @@ def init_dt(n: int, dt_min: float = 1e-3, dt_max: float = 1e-1, *,
 # ----------------------------------------------------------------------------- RoPE
 
 
-def apply_rope(x: torch.Tensor, offset: int = 0, base: float = 10000.0) -> torch.Tensor:
-    """Rotary position embedding (Su et al., 2021) on x: (B, H, L, Dh), positions offset..+L-1.
+def rope(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    """Rotary position embedding (Su et al., 2021) of x (..., L, Dh) at integer ``positions``
+    (broadcastable to x.shape[:-1]; a stream at offset T passes ``T + arange(L)``).
 
     Pairs are (i, i + Dh/2) ("rotate half", as in GPT-NeoX/LLaMA); Dh must be even. Computed
-    on the fly in promote(x dtype, float32): it is cheap next to attention and needs no length
-    limit; the angles are formed in float64 (positions times frequencies lose digits in fp32
-    at large offsets) and rounded once to the compute dtype.
+    on the fly in promote(x dtype, float32) and returned in x's dtype: it is cheap next to
+    attention and needs no length limit. The angles are formed in float64 (positions times
+    frequencies lose digits in fp32 at large positions) and rounded once to the compute dtype.
     """
-    Dh, L = x.shape[-1], x.shape[-2]
+    Dh = x.shape[-1]
     if Dh % 2:
         raise ValueError(f"RoPE needs an even head dimension, got {Dh}")
     dtype = compute_dtype(x)
     f64 = torch.float32 if x.device.type == "mps" else torch.float64  # no fp64 on MPS
     inv_freq = base ** (-torch.arange(0, Dh, 2, device=x.device, dtype=f64) / Dh)
-    pos = torch.arange(offset, offset + L, device=x.device, dtype=f64)
-    angles = pos[:, None] * inv_freq[None, :]  # (L, Dh/2)
+    angles = positions.to(device=x.device, dtype=f64)[..., None] * inv_freq  # (..., L, Dh/2)
     cos, sin = upcast(angles.cos(), dtype), upcast(angles.sin(), dtype)
     x1, x2 = upcast(x, dtype).chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)

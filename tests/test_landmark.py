@@ -13,7 +13,7 @@ from _helpers import LargestTensor
 
 import lrm
 from lrm.mixers.landmark import LandmarkAttention
-from lrm.nn import apply_rope
+from lrm.nn import rope
 from lrm.ops.landmark_attn import (
     landmark_attn,
     landmark_attn_quadratic_ref,
@@ -21,7 +21,6 @@ from lrm.ops.landmark_attn import (
     landmark_attn_ref,
     landmark_retrieval_attn_ref,
     landmark_retrieval_recurrent_ref,
-    rope_at,
 )
 
 F64 = dict(atol=1e-10, rtol=1e-10)
@@ -46,7 +45,7 @@ def outputs_and_grads(fn, q, k, v, Tq=None, **kw):
 def rotated(q, k):
     """q, k (B, T, H, D) rotated at their absolute positions 0..T-1 (training mode's RoPE)."""
     pos = torch.arange(k.shape[1])
-    return (rope_at(t.transpose(1, 2), pos).transpose(1, 2) for t in (q, k))
+    return (rope(t.transpose(1, 2), pos).transpose(1, 2) for t in (q, k))
 
 
 # ----------------------------------------------------------------------------- grouped softmax
@@ -163,10 +162,13 @@ def test_dispatch_and_errors():
         landmark_retrieval_attn_ref(q, k, v, block_len=3, topk=0)
 
 
-def test_rope_at_is_the_models_rope():
+def test_rope_positions_broadcast():
+    """Retrieval rotates with grids of positions: a grid equals the positions row by row."""
     x = torch.randn(2, 3, 11, 8)
-    torch.testing.assert_close(rope_at(x, torch.arange(5, 16)), apply_rope(x, 5), atol=1e-5,
-                               rtol=1e-5)
+    pos = torch.arange(5, 16)
+    rows = torch.stack([rope(x[:, :, t], pos[t]) for t in range(11)], dim=2)
+    torch.testing.assert_close(rope(x, pos), rows, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(rope(x, pos.expand(2, 3, 11)), rope(x, pos), atol=0, rtol=0)
 
 
 # ----------------------------------------------------------------------------- retrieval
@@ -264,13 +266,13 @@ def test_retrieval_ties_go_to_the_most_recent_block():
 
 def test_mixer_matches_the_equations():
     """Grouped mode equals the equations written out: projections, RoPE at absolute positions
-    (the attention mixer's apply_rope), the quadratic grouped softmax, o_proj."""
+    (lrm.nn.rope), the quadratic grouped softmax, o_proj."""
     torch.manual_seed(0)
     m = LandmarkAttention(32, n_heads=2, block_len=3).eval()
     x = torch.randn(2, 19, 32)
     y, _ = m(x)
     q, k, v = (p(x).view(2, 19, 2, 16).transpose(1, 2) for p in (m.q_proj, m.k_proj, m.v_proj))
-    q, k = apply_rope(q, 0), apply_rope(k, 0)
+    q, k = rope(q, torch.arange(19)), rope(k, torch.arange(19))
     o = landmark_attn_quadratic_ref(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                     block_len=3).reshape(2, 19, 32)
     torch.testing.assert_close(y, m.o_proj(o), atol=1e-5, rtol=1e-4)

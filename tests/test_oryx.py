@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 import lrm
-from lrm.mixers.oryx import Oryx, Schedule, hash_uniform, use_schedule
+from lrm.mixers.oryx import Oryx
+from lrm.oryx_schedule import Schedule, hash_uniform, use_schedule
 
 D, B, L = 32, 2, 29
 

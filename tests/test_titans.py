@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 import lrm
-from lrm.mixers.titans import Titans, _sliding_window_attn
-from lrm.nn import apply_rope
+from lrm.mixers.titans import Titans
+from lrm.nn import rope
+from lrm.ops.attention import attention
 from lrm.ops.delta_rule import chunk_gated_delta_rule_ref, gated_delta_rule_recurrent_ref
 from lrm.ops.neural_memory import (
     initial_state,
@@ -22,6 +23,11 @@ from lrm.ops.neural_memory import (
 )
 
 F64 = torch.float64
+
+
+def _rope(t: torch.Tensor) -> torch.Tensor:
+    """RoPE at positions 0..L−1."""
+    return rope(t, torch.arange(t.shape[-2]))
 
 
 def make(B=2, T=37, H=2, K=5, V=4, hidden=6, depth=2, momentum=True, decay=True, seed=0,
@@ -207,7 +213,7 @@ def _swa_by_hand(m, x):
     i, j = torch.arange(L)[:, None], torch.arange(L)[None]
     band = (j <= i) & (j > i - m.window)
     s = torch.cat([q @ kp.transpose(-1, -2),
-                   (apply_rope(q) @ apply_rope(k).transpose(-1, -2)).masked_fill(~band, -1e300)],
+                   (_rope(q) @ _rope(k).transpose(-1, -2)).masked_fill(~band, -1e300)],
                   -1) / q.shape[-1] ** 0.5
     o = torch.softmax(s, -1) @ torch.cat([vp, v], 2)
     return m.o_proj(o.transpose(1, 2).flatten(2))
@@ -252,10 +258,10 @@ def test_mac_against_the_papers_equations():
         hk, hv = m._heads(m.k_proj(h)), m._heads(m.v_proj(h))
         kp, vp = m._persistent_kv(xs)
         causal = torch.ones(L, L, dtype=torch.bool).tril()
-        qr = apply_rope(q)
+        qr = _rope(q)
         s = torch.cat([q @ kp.transpose(-1, -2),
-                       (qr @ apply_rope(hk).transpose(-1, -2)).masked_fill(~causal, -1e300),
-                       (qr @ apply_rope(k).transpose(-1, -2)).masked_fill(~causal, -1e300)],
+                       (qr @ _rope(hk).transpose(-1, -2)).masked_fill(~causal, -1e300),
+                       (qr @ _rope(k).transpose(-1, -2)).masked_fill(~causal, -1e300)],
                       -1) / q.shape[-1] ** 0.5
         o = torch.softmax(s, -1) @ torch.cat([vp, hv, v], 2)
         ys = m.o_proj(o.transpose(1, 2).flatten(2))
@@ -290,7 +296,7 @@ def test_sliding_window_attention_blockwise_equals_dense(Tk, Tq, w):
     g = torch.Generator().manual_seed(0)
     q, qr, k, v = (torch.randn(2, 2, n, 4, generator=g, dtype=F64) for n in (Tq, Tq, Tk, Tk))
     kp, vp = (torch.randn(2, 2, 3, 4, generator=g, dtype=F64) for _ in range(2))
-    o = _sliding_window_attn(q, qr, k, v, kp, vp, w)
+    o = attention(qr, k, v, window=w, k_persistent=kp, v_persistent=vp, q_persistent=q)
     i, j = torch.arange(Tk - Tq, Tk)[:, None], torch.arange(Tk)[None]
     band = (j <= i) & (j > i - w)
     s = torch.cat([q @ kp.transpose(-1, -2), (qr @ k.transpose(-1, -2)).masked_fill(

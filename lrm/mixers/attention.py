@@ -8,9 +8,10 @@
 Symbols: B batch, L length of this call, T tokens already in the cache, d model width,
 H heads, Dh = d / H head width.
 
-The full sequence uses PyTorch's ``scaled_dot_product_attention`` (flash/memory-efficient
-kernels where PyTorch has them). The state is the KV cache: streaming and decoding append to
-it and attend over cache + new tokens, so state_size grows linearly with the tokens seen.
+The attention is the op :func:`lrm.ops.attention.attention` (PyTorch's
+``scaled_dot_product_attention``: flash/memory-efficient kernels where PyTorch has them). The
+state is the KV cache: streaming and decoding append to it and attend over cache + new tokens,
+so state_size grows linearly with the tokens seen.
 Parameter names follow the common q_proj/k_proj/v_proj/o_proj convention.
 """
 
@@ -19,11 +20,11 @@ from __future__ import annotations
 from typing import ClassVar, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from lrm.nn import apply_rope
+from lrm.nn import rope
+from lrm.ops.attention import attention
 
 
 class AttentionState(NamedTuple):
@@ -58,19 +59,13 @@ class Attention(nn.Module):
         q, k, v = (rearrange(p(x), "b l (h e) -> b h l e", h=self.n_heads)
                    for p in (self.q_proj, self.k_proj, self.v_proj))
         if self.rope:
-            q = apply_rope(q, offset, self.rope_base)
-            k = apply_rope(k, offset, self.rope_base)
-        if state is not None:
+            pos = torch.arange(offset, offset + x.shape[1], device=x.device)
+            q = rope(q, pos, self.rope_base)
+            k = rope(k, pos, self.rope_base)
+        if state is not None:  # the queries are the last L of the T + L keys
             k = torch.cat([state.k.to(k.dtype), k], dim=2)  # (B, H, T+L, Dh)
             v = torch.cat([state.v.to(v.dtype), v], dim=2)
-        L = q.shape[2]
-        if offset == 0:
-            o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        elif L == 1:  # one new token sees the whole cache
-            o = F.scaled_dot_product_attention(q, k, v)
-        else:  # query i (absolute position offset+i) sees keys j <= offset+i
-            mask = torch.ones(L, offset + L, dtype=torch.bool, device=x.device).tril(offset)
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        o = attention(q, k, v)
         y = self.o_proj(rearrange(o, "b h l e -> b l (h e)"))
         return y, (None if state is None else AttentionState(k, v))
 

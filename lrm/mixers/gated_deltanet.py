@@ -50,7 +50,7 @@ from einops import rearrange
 from torch import nn
 
 from lrm.dtypes import compute_dtype, promote, upcast
-from lrm.nn import RMSNorm, ShortConv, init_dt, inv_softplus, tag
+from lrm.nn import RMSNorm, ShortConv, init_dt, inv_softplus, l2norm, tag
 from lrm.ops.delta_rule import gated_delta_rule, gdn2
 
 GATES = ("gdn", "gdn2")
@@ -63,10 +63,22 @@ class GatedDeltaNetState(NamedTuple):
     recurrent: torch.Tensor  # (B, H, K, V), in the compute dtype (fp32 unless float64)
 
 
-def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """x / sqrt(Σx² + eps) over the last axis, in the compute dtype (fla's l2norm)."""
-    xf = upcast(x, compute_dtype(x))
-    return (xf * torch.rsqrt(xf.square().sum(-1, keepdim=True) + eps)).to(x.dtype)
+def gdn_gates(a: torch.Tensor | None, b: torch.Tensor, A_log: torch.Tensor | None = None,
+              dt_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scalar gates of the gated delta rule from their projections a = W_a x and b = W_b x
+    (B, L, H), with A_log and dt_bias (H,):
+
+        g = log α = −exp(A_log) · softplus(a + dt_bias),    β = σ(b)
+
+    g ≡ 0 (α ≡ 1: DeltaNet) when a is None. Returns (g, β) in the compute dtype. Gated
+    DeltaNet and Oryx's recurrent mode both take their gates from here."""
+    dtype = compute_dtype(a, b)
+    beta = torch.sigmoid(upcast(b, dtype))
+    if a is None:
+        return beta.new_zeros(beta.shape), beta
+    A = upcast(A_log, dtype).exp()
+    g = -A * F.softplus(upcast(a, dtype) + upcast(dt_bias, dtype))
+    return g, beta
 
 
 class GatedDeltaNet(nn.Module):
@@ -148,13 +160,11 @@ class GatedDeltaNet(nn.Module):
         B, L, _ = x.shape
         H, K, V = self.n_heads, self.head_k_dim, self.head_v_dim
         dtype = compute_dtype(x)
-        A = upcast(self.A_log, dtype).exp() if self.use_forget_gate else None  # (H,)
         if self.gates == "gdn":
-            beta = torch.sigmoid(upcast(self.b_proj(x), dtype))  # (B, L, H)
-            if A is None:
-                g = beta.new_zeros(B, L, H)
+            if self.use_forget_gate:
+                g, beta = gdn_gates(self.a_proj(x), self.b_proj(x), self.A_log, self.dt_bias)
             else:
-                g = -A * F.softplus(upcast(self.a_proj(x), dtype) + upcast(self.dt_bias, dtype))
+                g, beta = gdn_gates(None, self.b_proj(x))  # (B, L, H) each
             if self.delta_rule:
                 return g, beta, None
             return (g[..., None].expand(B, L, H, K), beta.new_zeros(()).expand(B, L, H, K),
@@ -163,9 +173,10 @@ class GatedDeltaNet(nn.Module):
                           h=H)
         write = rearrange(torch.sigmoid(upcast(self.w_proj(x), dtype)), "b l (h v) -> b l h v",
                           h=H)
-        if A is None:
+        if not self.use_forget_gate:
             g = erase.new_zeros(()).expand(B, L, H, K)
         else:
+            A = upcast(self.A_log, dtype).exp()  # (H,)
             # (B, L, H·K)
             f = F.softplus(upcast(self.f_proj(x), dtype) + upcast(self.dt_bias, dtype))
             g = -A[:, None] * rearrange(f, "b l (h k) -> b l h k", h=H)

@@ -46,7 +46,8 @@ from einops import rearrange
 from torch import nn
 
 from lrm.dtypes import compute_dtype, upcast
-from lrm.ops.landmark_attn import landmark_attn, landmark_retrieval_attn_ref, rope_at
+from lrm.nn import rope
+from lrm.ops.landmark_attn import landmark_attn, landmark_retrieval_attn_ref
 
 
 class LandmarkState(NamedTuple):
@@ -105,9 +106,9 @@ class LandmarkAttention(nn.Module):
         if self.retrieval_topk is None:
             T = kc.shape[1]
             pos = torch.arange(T, device=x.device)
-            qr = rearrange(rope_at(rearrange(qc, "b l h e -> b h l e"), pos[offset:],
-                                   self.rope_base), "b h l e -> b l h e")
-            kr = rearrange(rope_at(rearrange(kc, "b t h e -> b h t e"), pos, self.rope_base),
+            qr = rearrange(rope(rearrange(qc, "b l h e -> b h l e"), pos[offset:],
+                                self.rope_base), "b h l e -> b l h e")
+            kr = rearrange(rope(rearrange(kc, "b t h e -> b h t e"), pos, self.rope_base),
                            "b h t e -> b t h e")
             o = landmark_attn(qr, kr, vc, block_len=self.block_len)
         else:

@@ -46,16 +46,9 @@ because each mode owns a full-rank query; ``tied_fraction(mlp_ratio=0)`` reports
 what is counted]
 
 **The schedule** decides m_t from the absolute position t, a seed and nothing else, so the
-full sequence, chunks with a state, and token-by-token decoding agree for every schedule
-(:class:`Schedule`, specs as strings):
-
-- ``attn`` (m ≡ 1), ``rec`` (m ≡ 0);
-- ``from:P``: attention at t ≥ P;
-- ``suffix:F``: attention on the last fraction F of the call, resolved to ``from:⌈(1−F)L⌉``
-  by a stateless call (which knows L). A stream does not know its end: pass ``from:P``;
-- ``every:N:W``: attention on the last W positions of every period of N (t mod N ≥ N − W);
-- ``rand:P[:C[:SEED]]``: chunk c = ⌊t / C⌋ (C = 64 unless given) is in attention mode iff
-  u(SEED, c) < P, u a fixed integer hash mapped to [0, 1). Schedules at different P are nested.
+full sequence, chunks with a state, and token-by-token decoding agree for every schedule. It
+lives in :mod:`lrm.oryx_schedule` (:class:`~lrm.oryx_schedule.Schedule`, specs as strings:
+``attn``, ``rec``, ``from:P``, ``suffix:F``, ``every:N:W``, ``rand:P[:C[:SEED]]``; see there).
 
 Training (``train_p_attn``, e.g. (0, 0.1, 0.5, 1), the reference note's set): each training
 forward draws P from the set and a seed, then runs ``rand:P:train_chunk:seed``. The n-th
@@ -65,17 +58,17 @@ mask in the same step without any model-level plumbing. [ours: the sources say o
 attention:linear ratio per chunk"; a per-chunk Bernoulli gives a fraction P in expectation]
 
 A schedule reaches the mixer, in order of precedence, by ``forward(x, state, schedule=...)``,
-by :func:`use_schedule` (a context manager that sets it on every Oryx layer of a model, so
-that ``LRModel`` and ``Block`` need no changes), by a training draw, or by the constructor's
-``schedule``.
+by :func:`lrm.oryx_schedule.use_schedule` (a context manager that sets it on every Oryx layer
+of a model, so that ``LRModel`` and ``Block`` need no changes), by a training draw, or by the
+constructor's ``schedule``.
 
 **Computation.** The recurrence runs over every token of the call through the core's op
 (:func:`lrm.ops.ssd.ssd`, :func:`lrm.ops.delta_rule.gated_delta_rule`; mamba-ssm / fla kernels
 on CUDA through their dispatch); its output is kept at the recurrent positions. Attention is
-computed only for the query rows in attention mode: one ``F.scaled_dot_product_attention`` call
-per contiguous attention span (and per K-wide slice of v, so that PyTorch's fused kernels
-serve), the span's queries against every earlier key. A span that starts the sequence uses
-``is_causal`` (the fused flash kernels, linear memory); a later span passes an explicit
+computed only for the query rows in attention mode: one call of the attention op
+(:func:`lrm.ops.attention.attention`, on ``F.scaled_dot_product_attention``) per contiguous
+attention span, the span's queries against every earlier key. A span that starts the sequence
+runs causal (the fused flash kernels, linear memory); a later span passes an explicit
 (span × keys) boolean mask, and PyTorch may then take its math path, O(span × keys) memory.
 A stateless call skips the memory that no position reads (no recurrence under ``attn``, no KV
 cache under ``rec``); with a state both are always updated.
@@ -88,10 +81,7 @@ cache is kept for every token, so this saves attention FLOPs, not decode memory.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import ClassVar, NamedTuple
 
 import torch
@@ -100,112 +90,14 @@ from einops import rearrange
 from torch import nn
 
 from lrm.dtypes import compute_dtype, upcast
-from lrm.nn import MLP, ShortConv, init_dt, inv_softplus, tag
+from lrm.mixers.gated_deltanet import gdn_gates
+from lrm.nn import MLP, RMSNorm, ShortConv, init_dt, inv_softplus, l2norm, tag
+from lrm.ops.attention import attention
 from lrm.ops.delta_rule import gated_delta_rule
 from lrm.ops.ssd import ssd
+from lrm.oryx_schedule import Schedule, hash_uniform, runs
 
 CORES = ("mamba2", "gdn")
-_M32 = 0xFFFFFFFF
-
-
-# ----------------------------------------------------------------------------- the schedule
-
-
-def hash_uniform(seed: int, idx: torch.Tensor) -> torch.Tensor:
-    """A fixed integer hash of (seed, idx) mapped to [0, 1), float64, elementwise on idx.
-
-    Every product stays below 2^63, so int64 never overflows and the result is the same on
-    every device and platform."""
-    x = (idx.long() * 0x9E3779B1 + (int(seed) & 0x7FFFFFFF) * 0x7FEB352D + 0x165667B1) & _M32
-    for mult in (0x2C1B3C6D, 0x297A2D39):
-        x = ((x ^ (x >> 15)) * mult) & _M32
-    x = x ^ (x >> 15)
-    return x.double() / 2.0 ** 32
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """Which absolute positions run in attention mode. Build it from a spec with
-    :meth:`parse` (see the module docstring for the specs)."""
-
-    kind: str  # "attn", "rec", "from", "suffix", "every", "rand"
-    p: float = 0.0  # suffix: F; rand: P
-    n: int = 0  # from: P; every: N; rand: C
-    w: int = 0  # every: W
-    seed: int = 0  # rand: SEED
-
-    @classmethod
-    def parse(cls, spec: str | Schedule) -> Schedule:
-        if isinstance(spec, Schedule):
-            return spec
-        if not isinstance(spec, str):
-            raise TypeError(f"a schedule is a spec string or a Schedule, got {type(spec)}")
-        parts = spec.strip().lower().split(":")
-        kind, args = parts[0], parts[1:]
-        try:
-            if kind in ("attn", "rec") and not args:
-                return cls(kind)
-            if kind == "from" and len(args) == 1 and int(args[0]) >= 0:
-                return cls(kind, n=int(args[0]))
-            if kind == "suffix" and len(args) == 1 and 0.0 <= float(args[0]) <= 1.0:
-                return cls(kind, p=float(args[0]))
-            if kind == "every" and len(args) == 2 and 0 <= int(args[1]) <= int(args[0]) > 0:
-                return cls(kind, n=int(args[0]), w=int(args[1]))
-            if kind == "rand" and 1 <= len(args) <= 3 and 0.0 <= float(args[0]) <= 1.0:
-                chunk = int(args[1]) if len(args) > 1 else 64
-                if chunk > 0:
-                    return cls(kind, p=float(args[0]), n=chunk,
-                               seed=int(args[2]) if len(args) > 2 else 0)
-        except ValueError:
-            pass
-        raise ValueError(
-            f"bad schedule {spec!r}; use one of 'attn', 'rec', 'from:P' (P >= 0), "
-            f"'suffix:F' (0 <= F <= 1), 'every:N:W' (0 <= W <= N), 'rand:P[:C[:SEED]]' "
-            f"(0 <= P <= 1, chunk C >= 1)")
-
-    def resolve(self, total_len: int) -> Schedule:
-        """``suffix:F`` at a known total length is ``from:⌈(1 − F)·total_len⌉``; others as is.
-        Use it before streaming a sequence whose length the caller knows."""
-        if self.kind != "suffix":
-            return self
-        return Schedule("from", n=math.ceil((1.0 - self.p) * total_len - 1e-9))
-
-    def mask(self, start: int, length: int, total_len: int | None = None) -> torch.Tensor:
-        """(length,) bool on the CPU: the mode of absolute positions start..start+length−1
-        (True = attention). ``total_len`` resolves ``suffix``; a stream has none."""
-        sched = self
-        if self.kind == "suffix":
-            if total_len is None:
-                raise ValueError("schedule 'suffix:F' needs the sequence's total length, which "
-                                 "a stream (a call with a state) does not know; resolve it "
-                                 "first: Schedule.parse('suffix:F').resolve(total_len), i.e. "
-                                 "'from:P'")
-            sched = self.resolve(total_len)
-        t = torch.arange(start, start + length)
-        if sched.kind == "attn":
-            return torch.ones(length, dtype=torch.bool)
-        if sched.kind == "rec":
-            return torch.zeros(length, dtype=torch.bool)
-        if sched.kind == "from":
-            return t >= sched.n
-        if sched.kind == "every":
-            return t % sched.n >= sched.n - sched.w
-        return hash_uniform(sched.seed, t // sched.n) < sched.p  # rand
-
-    def fraction(self, length: int) -> float:
-        """The share of attention positions in a sequence of ``length`` tokens from 0."""
-        return self.mask(0, length, length).double().mean().item() if length else 0.0
-
-
-def _runs(mask: torch.Tensor) -> list[tuple[int, int, bool]]:
-    """Maximal runs of equal values in a 1-D bool mask: [(start, end, value), ...]."""
-    m = mask.tolist()
-    runs, s = [], 0
-    for i in range(1, len(m) + 1):
-        if i == len(m) or m[i] != m[s]:
-            runs.append((s, i, bool(m[s])))
-            s = i
-    return runs
 
 
 # ----------------------------------------------------------------------------- the mixer
@@ -218,28 +110,6 @@ class OryxState(NamedTuple):
     v: torch.Tensor  # (B, H, T, V)
     rec: torch.Tensor  # recurrent state in the compute dtype: (B, H, V, K) for mamba2
     #                    (SSD's (P, N) layout), (B, H, K, V) for gdn (fla's layout)
-
-
-def _l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """x / sqrt(Σx² + eps) over the last axis, in the compute dtype."""
-    xf = upcast(x, compute_dtype(x))
-    return xf * torch.rsqrt(xf.square().sum(-1, keepdim=True) + eps)
-
-
-class GatedHeadRMSNorm(nn.Module):
-    """RMSNorm over each head's last axis (one scale per channel, shared by the heads), then
-    times SiLU(g): y = RMSNorm(o) ⊙ SiLU(g), in the compute dtype."""
-
-    def __init__(self, dim: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, o: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        cd = compute_dtype(o, g)
-        of = upcast(o, cd)
-        y = of * torch.rsqrt(of.square().mean(-1, keepdim=True) + self.eps)
-        return y * upcast(self.weight, cd) * F.silu(upcast(g, cd))
 
 
 class Oryx(nn.Module):
@@ -299,7 +169,7 @@ class Oryx(nn.Module):
         self.k_conv1d = ShortConv(self.key_dim, conv_size, bias=False, activation="silu")
         self.v_conv1d = ShortConv(self.value_dim, conv_size, bias=False, activation="silu")
         self.g_proj = nn.Linear(d, self.value_dim, bias=False)
-        self.o_norm = GatedHeadRMSNorm(head_v_dim, eps=norm_eps)
+        self.o_norm = RMSNorm(head_v_dim, norm_eps, norm_before_gate=True)
         self.o_proj = nn.Linear(self.value_dim, d, bias=False)
         # ---- attention mode
         self.q_proj_attn = nn.Linear(d, self.key_dim, bias=False)
@@ -376,7 +246,7 @@ class Oryx(nn.Module):
 
         k, conv_k = self.k_conv1d(self.k_proj(x), None if s is None else s.conv_k)
         v, conv_v = self.v_conv1d(self.v_proj(x), None if s is None else s.conv_v)
-        k = _l2norm(rearrange(k, "b l (h e) -> b l h e", h=H))  # (B, L, H, K), unit norm
+        k = l2norm(upcast(rearrange(k, "b l (h e) -> b l h e", h=H), cd))  # (B, L, H, K)
         v = upcast(rearrange(v, "b l (h e) -> b l h e", h=H), cd)  # (B, L, H, V)
 
         # recurrent memory: every token writes it; read at the recurrent positions
@@ -396,9 +266,12 @@ class Oryx(nn.Module):
         q_attn = None
         if any_attn:
             q_attn = rearrange(upcast(self.q_proj_attn(x), cd), "b l (h e) -> b h l e", h=H)
-        for start, end, attn in _runs(mode):
+        for start, end, attn in runs(mode):
             if attn:
-                o = self._attend(q_attn[:, :, start:end], k_all, v_all, T + start)
+                # queries at T+start..T+end−1 over keys 0..T+end−1 (unit-norm keys: scale 1)
+                n = T + end
+                o = attention(q_attn[:, :, start:end], k_all[:, :, :n], v_all[:, :, :n],
+                              scale=1.0)
                 pieces.append(rearrange(o, "b h l e -> b l h e"))
             else:
                 pieces.append(o_rec[:, start:end])
@@ -411,23 +284,6 @@ class Oryx(nn.Module):
             return y, None
         dt = s.k.dtype
         return y, OryxState(conv_k, conv_v, k_all.to(dt), v_all.to(dt), rec)
-
-    def _attend(self, q: torch.Tensor, k_all: torch.Tensor, v_all: torch.Tensor,
-                q0: int) -> torch.Tensor:
-        """Softmax attention of the queries at absolute positions q0..q0+n−1 over keys
-        0..q0+n−1; q (B, H, n, K), k_all (B, H, ≥q0+n, K) -> (B, H, n, V)."""
-        n, K = q.shape[2], q.shape[-1]
-        k, v = k_all[:, :, :q0 + n], v_all[:, :, :q0 + n]
-        mask = None
-        if q0 > 0:  # query i (absolute position q0+i) sees keys j <= q0+i
-            mask = torch.ones(n, q0 + n, dtype=torch.bool, device=q.device).tril(q0)
-        # PyTorch's fused (flash) SDPA needs the value width to equal the key width; with
-        # V = expand_v·K it falls back to the math path (5x slower and O(n·keys) memory on a
-        # CPU). The attention weights do not depend on v, so attend to each K-wide slice of v.
-        v_parts = v.split(K, dim=-1) if v.shape[-1] % K == 0 else (v,)
-        return torch.cat([F.scaled_dot_product_attention(q, k, vp, attn_mask=mask,
-                                                         is_causal=mask is None, scale=1.0)
-                          for vp in v_parts], dim=-1)
 
     def _recurrence(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     h0: torch.Tensor | None, cd: torch.dtype
@@ -443,10 +299,9 @@ class Oryx(nn.Module):
                       initial_states=h0, return_final_states=want_state)
             o, h = out if want_state else (out, None)
         else:
-            q = _l2norm(F.silu(upcast(q, cd)))
-            g = -torch.exp(upcast(self.A_log, cd)) * F.softplus(
-                upcast(self.a_proj(x), cd) + upcast(self.dt_bias, cd))  # log α (B, L, H)
-            beta = torch.sigmoid(upcast(self.b_proj(x), cd))
+            q = l2norm(F.silu(upcast(q, cd)))
+            # log α and β (B, L, H), as in Gated DeltaNet
+            g, beta = gdn_gates(self.a_proj(x), self.b_proj(x), self.A_log, self.dt_bias)
             o, h = gated_delta_rule(q, k, v, g, beta, initial_state=h0,
                                     output_final_state=want_state)
         return upcast(o, cd), upcast(h, cd)
@@ -472,25 +327,3 @@ class Oryx(nn.Module):
         conv = (self.k_conv1d.width - 1) * (self.key_dim + self.value_dim)
         return conv + seq_len * (self.key_dim + self.value_dim) + (
             self.n_heads * self.head_k_dim * self.head_v_dim)
-
-
-@contextmanager
-def use_schedule(model: nn.Module, schedule: str | Schedule | None) -> Iterator[None]:
-    """Run every Oryx layer of ``model`` with ``schedule`` inside the block (None: back to
-    each layer's own); the previous settings come back on exit.
-
-        with use_schedule(model, "suffix:0.1"):
-            logits = model(tokens)
-    """
-    layers = [m for m in model.modules() if isinstance(m, Oryx)]
-    if not layers:
-        raise ValueError("use_schedule: the model has no Oryx layer")
-    sched = None if schedule is None else Schedule.parse(schedule)
-    before = [m.schedule_override for m in layers]
-    try:
-        for m in layers:
-            m.schedule_override = sched
-        yield
-    finally:
-        for m, old in zip(layers, before, strict=True):
-            m.schedule_override = old

@@ -68,7 +68,8 @@ from einops import rearrange
 from torch import nn
 
 from lrm.dtypes import compute_dtype, upcast
-from lrm.nn import ShortConv, apply_rope
+from lrm.nn import RMSNorm, ShortConv, l2norm, rope
+from lrm.ops.attention import attention, causal_mask, masked_attention
 from lrm.ops.neural_memory import (
     ACTIVATIONS,
     NeuralMemoryState,
@@ -88,28 +89,6 @@ class TitansState(NamedTuple):
     h_k: torch.Tensor | None  # MAC: keys of the memory tokens h of the current segment
     h_v: torch.Tensor | None  # MAC: their values
     segment_weights: tuple[torch.Tensor, ...] | None  # MAC: the memory at the segment's start
-
-
-def _l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """x / sqrt(Σx² + eps) over the last axis, in the compute dtype."""
-    xc = upcast(x, compute_dtype(x))
-    return (xc * torch.rsqrt(xc.square().sum(-1, keepdim=True) + eps)).to(x.dtype)
-
-
-class _RMSNorm(nn.Module):
-    """RMSNorm over groups of ``group`` channels (one per head), learned scale per channel."""
-
-    def __init__(self, d: int, group: int | None = None, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.group, self.eps = group or d, eps
-        self.weight = nn.Parameter(torch.ones(d))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = compute_dtype(x)
-        xg = rearrange(upcast(x, dtype), "... (h e) -> ... h e", e=self.group)
-        y = rearrange(xg * torch.rsqrt(xg.square().mean(-1, keepdim=True) + self.eps),
-                      "... h e -> ... (h e)")
-        return (y * upcast(self.weight, dtype)).to(x.dtype)
 
 
 class _LongTermMemory(nn.Module):
@@ -140,7 +119,7 @@ class _LongTermMemory(nn.Module):
             for h in range(H):
                 nn.init.xavier_uniform_(w[h])
             self.memory_model_parameters.append(nn.Parameter(w))
-        self.o_norm = _RMSNorm(H * K, K)
+        self.o_norm = RMSNorm(H * K, 1e-6, group_size=K)
         self.g_proj = nn.Linear(d, H * K, bias=False)
         self.o_proj = nn.Linear(H * K, d, bias=False)
 
@@ -155,7 +134,7 @@ class _LongTermMemory(nn.Module):
     def queries(self, x: torch.Tensor) -> torch.Tensor:
         """Read-only queries without the conv (MAC's step 1): (B, L, H, K)."""
         q = rearrange(F.silu(self.to_queries(x)), "b l (h k) -> b l h k", h=self.n_heads)
-        return _l2norm(q)
+        return l2norm(q)
 
     def forward(self, x: torch.Tensor, memory: NeuralMemoryState,
                 conv_state: torch.Tensor | None
@@ -167,7 +146,7 @@ class _LongTermMemory(nn.Module):
             qkv = F.silu(qkv)
         q, k, v = (rearrange(t, "b l (h k) -> b l h k", h=self.n_heads)
                    for t in qkv.chunk(3, dim=-1))
-        q, k = _l2norm(q), _l2norm(k)
+        q, k = l2norm(q), l2norm(k)
         dtype = compute_dtype(x)
         gates = [upcast(p(x), dtype) for p in (self.to_adaptive_step, self.to_momentum,
                                                self.to_decay_factor)]
@@ -177,49 +156,6 @@ class _LongTermMemory(nn.Module):
                                   chunk_size=self.chunk_size, activation=self.activation)
         o = self.o_norm(rearrange(o, "b l h k -> b l (h k)")) * F.silu(self.g_proj(x))
         return self.o_proj(o.to(x.dtype)), memory, conv_state
-
-
-def _attend(q: torch.Tensor, qr: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-            mask: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor) -> torch.Tensor:
-    """Softmax attention over [persistent ‖ ordinary] keys. qr, k carry RoPE; the persistent keys
-    kp carry no position, so they meet the unrotated q (q·kp does not depend on where the query
-    is). q, qr (..., Lq, E); k, v (..., Lk, E); mask (Lq, Lk) or broadcastable, True = visible;
-    kp, vp (..., Np, E). In the compute dtype."""
-    dtype = compute_dtype(q, k, v, kp)
-    q, qr, k, v, kp, vp = (upcast(t, dtype) for t in (q, qr, k, v, kp, vp))
-    scale = q.shape[-1] ** -0.5
-    s = (qr @ k.transpose(-1, -2)).masked_fill(~mask, float("-inf"))
-    s = torch.cat([q @ kp.transpose(-1, -2), s], -1) * scale
-    return torch.softmax(s, -1) @ torch.cat([vp, v], -2)
-
-
-def _sliding_window_attn(q: torch.Tensor, qr: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                         kp: torch.Tensor, vp: torch.Tensor, window: int) -> torch.Tensor:
-    """Causal sliding-window attention, blockwise: q (B, Ha, Tq, E) are the last Tq of the keys
-    k, v (B, Ha, Tk, E) (qr, k with RoPE, q without); the query at key position p sees keys
-    p−w+1..p and the always-visible kp, vp (B, Ha, Np, E). Blocks of w queries attend to 2w
-    keys: O(T·w) memory, never T×T."""
-    B, Ha, Tq, _ = q.shape
-    Tk, w = k.shape[2], window
-    off = Tk - Tq
-    nb = -(-Tq // w)
-    # key windows: block b's queries are q[b·w : (b+1)·w], at key positions off + b·w + r; its
-    # window holds padded positions off + b·w .. off + b·w + 2w − 1 (original = padded − w)
-    pad_end = nb * w + w - (Tk - off)
-    kw, vw = (F.pad(t, (0, 0, w, pad_end))[:, :, off:off + (nb + 1) * w].unfold(2, 2 * w, w)
-              for t in (k, v))  # (B, Ha, nb, E, 2w)
-    kw, vw = (rearrange(t, "b h n e c -> b h n c e") for t in (kw, vw))
-    qb, qrb = (rearrange(F.pad(t, (0, 0, 0, nb * w - Tq)), "b h (n r) e -> b h n r e", r=w)
-               for t in (q, qr))
-    r = torch.arange(w, device=q.device)[:, None]
-    c = torch.arange(2 * w, device=q.device)[None, :]
-    start = off + torch.arange(nb, device=q.device) * w  # padded index of each window's start
-    # key c of query r: r + 1 ≤ c ≤ r + w (the band), and it is a real key (not left padding)
-    band = (c >= r + 1) & (c <= r + w)
-    mask = band & ((start[:, None, None] + c[None]) >= w)  # (nb, w, 2w)
-    kp, vp = (t[:, :, None].expand(B, Ha, nb, *t.shape[2:]) for t in (kp, vp))
-    o = _attend(qb, qrb, kw, vw, mask, kp, vp)
-    return rearrange(o, "b h n r e -> b h (n r) e")[:, :, :Tq]
 
 
 class Titans(nn.Module):
@@ -276,12 +212,12 @@ class Titans(nn.Module):
             self.o_proj = nn.Linear(d, d, bias=False)
             self.persistent = nn.Parameter(torch.randn(n_persistent, d) * d ** -0.5)
         if variant in ("mac", "mag"):  # o = N_y(y) ⊙ σ(N_m(m))
-            self.norm_y, self.norm_m = _RMSNorm(d), _RMSNorm(d)
+            self.norm_y, self.norm_m = RMSNorm(d, 1e-6), RMSNorm(d, 1e-6)
         if variant == "mac":  # memory read (H·K) -> the tokens h (d)
             self.h_proj = nn.Linear(n_heads * head_dim, d, bias=False)
             # the memory learns from y, which no block norm has seen: an RMSNorm keeps its
             # values (and so the size of its gradient steps) at the scale x has in MAG and MAL
-            self.norm_mem_in = _RMSNorm(d)
+            self.norm_mem_in = RMSNorm(d, 1e-6)
 
     # ------------------------------------------------------------------ attention parts
 
@@ -300,9 +236,12 @@ class Titans(nn.Module):
         if cache_k is not None:
             k, v = torch.cat([cache_k.to(k.dtype), k], 2), torch.cat([cache_v.to(v.dtype), v], 2)
         Tk, L = k.shape[2], q.shape[2]
-        # RoPE by position in [cache ‖ new]: only differences matter, so no absolute count
-        qr, kr = apply_rope(q, Tk - L), apply_rope(k, 0)
-        o = _sliding_window_attn(q, qr, kr, v, *self._persistent_kv(x), self.window)
+        # RoPE by position in [cache ‖ new]: only differences matter, so no absolute count;
+        # the persistent keys carry no position and meet the unrotated q
+        pos = torch.arange(Tk, device=x.device)
+        kp, vp = self._persistent_kv(x)
+        o = attention(rope(q, pos[Tk - L:]), rope(k, pos), v, window=self.window,
+                      k_persistent=kp, v_persistent=vp, q_persistent=q)
         keep = max(0, min(Tk, self.window - 1))  # the next token sees w − 1 of these
         new_k, new_v = k[:, :, Tk - keep:], v[:, :, Tk - keep:]
         return self.o_proj(rearrange(o, "b h l e -> b l (h e)").to(x.dtype)), new_k, new_v
@@ -330,10 +269,12 @@ class Titans(nn.Module):
         hk, hv = torch.cat([s.h_k.to(hk.dtype), hk], 2), torch.cat([s.h_v.to(hv.dtype), hv], 2)
         T, L = k.shape[2], q.shape[2]
         kp, vp = self._persistent_kv(x)
-        keys = torch.cat([apply_rope(hk, 0), apply_rope(k, 0)], 2)
-        causal = torch.ones(L, T, dtype=torch.bool, device=x.device).tril(T - L)
-        o = _attend(q, apply_rope(q, T - L), keys, torch.cat([hv, v], 2),
-                    torch.cat([causal, causal], -1), kp, vp)
+        pos = torch.arange(T, device=x.device)
+        keys = torch.cat([rope(hk, pos), rope(k, pos)], 2)
+        causal = causal_mask(L, T, device=x.device)  # the same rule for h and for x
+        o = masked_attention(rope(q, pos[T - L:]), keys, torch.cat([hv, v], 2),
+                             torch.cat([causal, causal], -1), k_persistent=kp, v_persistent=vp,
+                             q_persistent=q)
         y = self.o_proj(rearrange(o, "b h l e -> b l (h e)").to(x.dtype))
         # 3. the memory learns from the attention output; 4. o = y ⊗ M_t(y)
         m, memory, conv = self.memory(self.norm_mem_in(y), s.memory, s.conv)

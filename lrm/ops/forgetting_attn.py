@@ -44,6 +44,7 @@ from einops import rearrange
 
 from lrm.dtypes import compute_dtype, upcast
 from lrm.ops import _kernels
+from lrm.ops.attention import causal_mask
 
 BLOCK_Q = 128
 BLOCK_K = 512
@@ -86,7 +87,7 @@ def forgetting_attn_quadratic_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     c = _cumsum64(log_fgate)  # (B, H, Tk)
     decay = upcast(c[..., Tk - Tq:, None] - c[..., None, :], dtype)  # D_ij, (B, H, Tq, Tk)
     s = torch.einsum("bqhd,bkhd->bhqk", upcast(q, dtype), upcast(k, dtype)) * scale + decay
-    visible = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(Tk - Tq)
+    visible = causal_mask(Tq, Tk, device=q.device)
     p = torch.softmax(s.masked_fill(~visible, float("-inf")), dim=-1)
     return torch.einsum("bhqk,bkhd->bqhd", p, upcast(v, dtype)).to(q.dtype)
 
@@ -131,9 +132,7 @@ def _tile_logits(qb: torch.Tensor, kb: torch.Tensor, cq: torch.Tensor, ck: torch
     s = (qb @ kb.transpose(-1, -2)).add_(cq[..., :, None]).sub_(ck[..., None, :])
     bq, bk = s.shape[-2:]
     if k0 + bk - 1 > q0:  # some key of this tile lies after the first query
-        qpos = torch.arange(q0, q0 + bq, device=s.device)
-        kpos = torch.arange(k0, k0 + bk, device=s.device)
-        s.masked_fill_(kpos[None, :] > qpos[:, None], float("-inf"))
+        s.masked_fill_(~causal_mask(bq, bk, q0=q0, k0=k0, device=s.device), float("-inf"))
     return s
 
 

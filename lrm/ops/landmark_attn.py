@@ -76,6 +76,8 @@ from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
 from lrm.dtypes import compute_dtype, upcast
+from lrm.nn import rope
+from lrm.ops.attention import attention
 
 BLOCK_Q = 128  # query rows per chunk (rounded down to whole landmark blocks, at least one)
 
@@ -109,24 +111,6 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_len: int) ->
 def is_landmark(pos: torch.Tensor, block_len: int) -> torch.Tensor:
     """True where an absolute position holds a landmark: (pos + 1) mod (block_len + 1) == 0."""
     return (pos + 1) % (block_len + 1) == 0
-
-
-def rope_at(x: torch.Tensor, pos: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
-    """RoPE of x (..., L, D) at integer positions ``pos`` (broadcastable to x.shape[:-1]).
-
-    The rotate-half convention of ``lrm.nn.apply_rope`` (pairs i, i + D/2), computed in x's
-    dtype (the caller upcasts), with the angles formed in fp64 so that large positions keep
-    their precision.
-    """
-    D = x.shape[-1]
-    if D % 2:
-        raise ValueError(f"RoPE needs an even head dimension, got {D}")
-    adt = torch.float32 if x.device.type == "mps" else torch.float64  # no fp64 on MPS
-    inv_freq = base ** (-torch.arange(0, D, 2, device=x.device, dtype=adt) / D)
-    angles = pos.to(adt)[..., None] * inv_freq  # (..., L, D/2)
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
 def _prepare(q, k, v, scale):
@@ -293,7 +277,7 @@ def _retrieval_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p0: int, 
     # back: <R(a)q, R(b)k> = <R(a − b)q, k>, so only these relative angles are ever formed
     # (only the keys that are read get rotated: landmarks, retrieved blocks, the local block)
     delta = torch.arange(topk + 2, device=dev)
-    qd = rope_at(q[:, :, :, None, :].expand(B, H, R, topk + 2, D),
+    qd = rope(q[:, :, :, None, :].expand(B, H, R, topk + 2, D),
                  delta[None, :] * P + jq[:, None], base)  # (B, H, R, k+2, D)
 
     # local context: the ordinary tokens of the query's own block up to the query
@@ -301,7 +285,7 @@ def _retrieval_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p0: int, 
     kpos = torch.arange(lo, n, device=dev)
     local = ((kpos[None, :] // P == c[:, None]) & (kpos[None, :] <= pos[:, None])
              & ~is_landmark(kpos, P - 1)[None, :])  # (R, n − lo)
-    k_local = rope_at(k[:, :, lo:], kpos % P, base)
+    k_local = rope(k[:, :, lo:], kpos % P, base)
     s_loc = scale * qd[:, :, :, 0] @ k_local.transpose(-1, -2)
     s_loc = s_loc.masked_fill(~local, _NEG)
     o_loc_v = v[:, :, lo:]
@@ -313,7 +297,7 @@ def _retrieval_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p0: int, 
         return o, (torch.full((B, H, R, 0), -1, device=dev) if want_blocks else None)
 
     lms = k[:, :, P - 1:n_lm * P:P]  # (B, H, n_lm, D), landmark keys rotated by P − 1
-    lms = rope_at(lms, torch.full((n_lm,), P - 1, device=dev), base)
+    lms = rope(lms, torch.full((n_lm,), P - 1, device=dev), base)
     b_ids = torch.arange(n_lm, device=dev)
     valid_lm = b_ids[None, :] < c[:, None]  # (R, n_lm)
     # 1. scoring: every landmark at distance k' + 1 blocks, then the k' nearest at their own
@@ -347,7 +331,7 @@ def _retrieval_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p0: int, 
     vb = rearrange(v[:, :, :n_lm * P], "b h (n p) d -> b h n p d", p=P)
     gidx = idx.reshape(B, H, R * kk, 1, 1)
     k_ret = kb.gather(2, gidx.expand(B, H, R * kk, P, D)).view(B, H, R, kk, P, D)
-    k_ret = rope_at(k_ret, torch.arange(P, device=dev), base)  # by the offset in the block
+    k_ret = rope(k_ret, torch.arange(P, device=dev), base)  # by the offset in the block
     v_ret = vb.gather(2, gidx.expand(B, H, R * kk, P, vb.shape[-1])).view(
         B, H, R, kk, P, vb.shape[-1])
     s_ret = scale * torch.einsum("bhrkd,bhrkpd->bhrkp", q_ret, k_ret)  # (B, H, R, kk, P)
@@ -406,7 +390,7 @@ def landmark_retrieval_recurrent_ref(q: torch.Tensor, k: torch.Tensor, v: torch.
     out = torch.zeros(B, H, Tq, vh.shape[-1], dtype=qh.dtype, device=q.device)
 
     def rot(x, p):  # x (m, D) at positions p (list of m ints)
-        return rope_at(x, torch.tensor(p, device=q.device), rope_base)
+        return rope(x, torch.tensor(p, device=q.device), rope_base)
 
     for i in range(Tq):
         p = Tk - Tq + i
@@ -453,17 +437,23 @@ def landmark_retrieval_recurrent_ref(q: torch.Tensor, k: torch.Tensor, v: torch.
 
 def landmark_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block_len: int,
                   scale: float | None = None, backend: str = "auto") -> torch.Tensor:
-    """The dispatch point of the grouped softmax; the reference is the only path."""
+    """The dispatch point of the grouped softmax. While the keys hold no landmark (Tk ≤
+    block_len) it is causal softmax attention and runs on :func:`lrm.ops.attention.attention`;
+    otherwise the reference is the only path."""
     if backend not in ("auto", "ref", "kernel"):
         raise ValueError(f"backend must be 'auto', 'ref' or 'kernel', got {backend!r}")
     if backend == "kernel":
         raise RuntimeError("no kernel package ships landmark attention (upstream's Triton "
                            "kernel is not released as a package); use backend='auto' or 'ref'")
+    _check(q, k, v, block_len)
+    if backend == "auto" and k.shape[1] <= block_len:  # no landmark yet: plain causal softmax
+        qh, kh, vh, scale = _prepare(q, k, v, scale)
+        o = attention(qh, kh, vh, scale=scale)
+        return rearrange(o, "b h t d -> b t h d").to(q.dtype)
     return landmark_attn_ref(q, k, v, block_len=block_len, scale=scale)
 
 
 __all__ = [
     "is_landmark", "landmark_attn", "landmark_attn_quadratic_ref", "landmark_attn_recurrent_ref",
     "landmark_attn_ref", "landmark_retrieval_attn_ref", "landmark_retrieval_recurrent_ref",
-    "rope_at",
 ]

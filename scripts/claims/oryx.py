@@ -38,7 +38,7 @@ import torch
 import lrm
 from lra.quick import accuracy, fit
 from lra.recall import PASSKEY_VOCAB, mqar, passkey
-from lrm.mixers.oryx import Schedule, use_schedule
+from lrm.oryx_schedule import Schedule, use_schedule
 
 D_MODEL, N_LAYERS, TRAIN_CHUNK = 64, 2, 8
 ORYX = {"head_dim": 16, "n_heads": 2, "train_p_attn": (0.0, 0.1, 0.5, 1.0),
