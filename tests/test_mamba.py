@@ -52,10 +52,10 @@ def test_selective_scan_without_options_and_streaming():
     torch.testing.assert_close(y, selective_scan_recurrent_ref(u, delta, A, B, C), **TOL)
     # two calls with the state passed along == one call
     y1, h = selective_scan_ref(u[..., :11], delta[..., :11], A, B[..., :11], C[..., :11],
-                               return_last_state=True)
+                               return_final_state=True)
     y2, h2 = selective_scan_ref(u[..., 11:], delta[..., 11:], A, B[..., 11:], C[..., 11:],
-                                return_last_state=True, initial_state=h)
-    y_full, h_full = selective_scan_ref(u, delta, A, B, C, return_last_state=True)
+                                return_final_state=True, initial_state=h)
+    y_full, h_full = selective_scan_ref(u, delta, A, B, C, return_final_state=True)
     torch.testing.assert_close(torch.cat([y1, y2], -1), y_full, **TOL)
     torch.testing.assert_close(h2, h_full, **TOL)
 
@@ -124,8 +124,8 @@ def _ssd_inputs(with_state: bool, D_shape: str, L: int = 37, b: int = 2, H: int 
 @pytest.mark.parametrize("with_state", [False, True], ids=["zero_state", "initial_state"])
 def test_ssd_ref_equals_recurrence(with_state, chunk):
     x, dt, A, B, C, D, z, dt_bias, h0 = inputs = _ssd_inputs(with_state, "HP" if chunk % 2 else "H")
-    kw = dict(D=D, z=z, dt_bias=dt_bias, initial_states=h0, dt_softplus=True,
-              return_final_states=True)
+    kw = dict(D=D, z=z, dt_bias=dt_bias, initial_state=h0, dt_softplus=True,
+              return_final_state=True)
     fast = ssd_ref(x, dt, A, B, C, chunk, **kw)
     slow = ssd_recurrent_ref(x, dt, A, B, C, chunk, **kw)
     torch.testing.assert_close(fast[0], slow[0], **TOL)
@@ -310,8 +310,8 @@ def test_ssd_kernel_equals_ref():
     x, dt, A, B, C, D, z, dt_bias, h0 = (
         t.detach().cuda().requires_grad_()
         for t in _ssd_inputs(True, "H", L=301, H=8, P=16, G=2, N=16))
-    kw = dict(D=D, z=z, dt_bias=dt_bias, initial_states=h0, dt_softplus=True,
-              return_final_states=True)
+    kw = dict(D=D, z=z, dt_bias=dt_bias, initial_state=h0, dt_softplus=True,
+              return_final_state=True)
     k = ssd(x, dt, A, B, C, 64, **kw, backend="kernel")
     r = ssd_ref(x, dt, A, B, C, 64, **kw)
     torch.testing.assert_close(k[0], r[0], atol=1e-3, rtol=1e-3)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import lrm
 from lrm.mixers.titans import Titans, _sliding_window_attn
 from lrm.nn import apply_rope
-from lrm.ops.delta_rule import chunk_gated_delta_rule_ref, gated_delta_rule_recurrent_ref
+from lrm.ops.delta_rule import gated_delta_rule_recurrent_ref, gated_delta_rule_ref
 from lrm.ops.neural_memory import (
     initial_state,
     memory_forward,
@@ -115,8 +115,8 @@ def test_linear_memory_with_chunk_one_no_momentum_no_decay_is_the_delta_rule():
     h0 = ws[0].expand(B, *ws[0].shape)
     y, s = neural_memory_ref(q, k, v, theta, eta, alpha, initial_state(ws, B), chunk_size=1)
     zero = torch.zeros_like(theta)  # g = log α = 0: no decay
-    o_chunk, h_chunk = chunk_gated_delta_rule_ref(q, k, v, zero, 2 * theta, scale=1.0,
-                                                  initial_state=h0, output_final_state=True)
+    o_chunk, h_chunk = gated_delta_rule_ref(q, k, v, zero, 2 * theta, scale=1.0,
+                                                  initial_state=h0, return_final_state=True)
     o_loop, _ = gated_delta_rule_recurrent_ref(q, k, v, zero, 2 * theta, scale=1.0,
                                                initial_state=h0)
     torch.testing.assert_close(o_loop.double(), o_chunk.double(), atol=1e-5, rtol=1e-5)

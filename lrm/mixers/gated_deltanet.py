@@ -189,10 +189,10 @@ class GatedDeltaNet(nn.Module):
         h0 = None if s is None else s.recurrent
         if write is None:  # scalar gates: the gated delta rule (fla's GDN kernels)
             o, h = gated_delta_rule(q, k, v, g, beta_or_erase, initial_state=h0,
-                                    output_final_state=s is not None)
+                                    return_final_state=s is not None)
         else:  # channel-wise gates: GDN-2, or GDN without the delta rule
             o, h = gdn2(q, k, v, g, beta_or_erase, write, initial_state=h0,
-                        output_final_state=s is not None)
+                        return_final_state=s is not None)
 
         if self.use_gate:
             o = self.o_norm(o, rearrange(self.g_proj(x), "b l (h v) -> b l h v", h=H))

@@ -21,7 +21,7 @@ State: the last W-1 conv inputs (B, d_in + 2GN, W-1) and the SSM state (B, H, P,
 compute dtype (fp32 for half precision, float64 for float64; :mod:`lrm.dtypes`).
 
 Kernels: SSD runs on mamba-ssm's Triton ``mamba_chunk_scan_combined`` on CUDA (with the state
-as ``initial_states``, so streaming uses it too), the conv on causal-conv1d's
+as ``initial_state``, so streaming uses it too), the conv on causal-conv1d's
 ``causal_conv1d_fn`` for stateless calls; otherwise on the pure-PyTorch chunked SSD of
 :mod:`lrm.ops.ssd`. Δ is computed here, before the scan, so that the optional LongMamba filter
 (:mod:`lrm.ops.longmamba`, option ``longmamba``) can act on it, as the LongMamba code does.
@@ -131,8 +131,8 @@ class Mamba2(nn.Module):
             self.chunk_size,
             D=rearrange(self.D, "(h p) -> h p", p=self.headdim) if self.D_has_hdim else self.D,
             z=None if self.rmsnorm else rearrange(z, "b l (h p) -> b l h p", p=self.headdim),
-            initial_states=None if state is None else state.ssm,
-            return_final_states=state is not None)
+            initial_state=None if state is None else state.ssm,
+            return_final_state=state is not None)
         if state is not None:
             y, ssm_state = y
         y = rearrange(y, "b l h p -> b l (h p)")

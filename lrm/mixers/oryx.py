@@ -440,7 +440,7 @@ class Oryx(nn.Module):
             delta = F.softplus(upcast(self.dt_proj(x), cd) + upcast(self.dt_bias, cd))
             A = -torch.exp(upcast(self.A_log, cd))  # (H,)
             out = ssd(v, delta, A, k, upcast(q, cd), self.chunk_size, D=upcast(self.D, cd),
-                      initial_states=h0, return_final_states=want_state)
+                      initial_state=h0, return_final_state=want_state)
             o, h = out if want_state else (out, None)
         else:
             q = _l2norm(F.silu(upcast(q, cd)))
@@ -448,7 +448,7 @@ class Oryx(nn.Module):
                 upcast(self.a_proj(x), cd) + upcast(self.dt_bias, cd))  # log α (B, L, H)
             beta = torch.sigmoid(upcast(self.b_proj(x), cd))
             o, h = gated_delta_rule(q, k, v, g, beta, initial_state=h0,
-                                    output_final_state=want_state)
+                                    return_final_state=want_state)
         return upcast(o, cd), upcast(h, cd)
 
     # ---------------------------------------------------------------------------- state
