@@ -103,13 +103,13 @@ def test_matches_fla_naive(use_h0):
     naive = fla_naive("gated_delta_rule")
     q, k, v, g, beta, h0 = gdn_inputs(77)
     h0 = h0 if use_h0 else None
-    o, h = dr.gated_delta_rule_ref(q, k, v, g, beta, initial_state=h0,
-                                         return_final_state=True)
-    # mind the orders: naive_recurrent takes (..., beta, g), naive_chunk (..., g, beta)
+    o, h = dr.gated_delta_rule_ref(q, k, v, g, beta, initial_state=h0, return_final_state=True)
+    # mind the orders: naive_recurrent takes (..., beta, g), naive_chunk (..., g, beta); fla
+    # spells return_final_state as output_final_state
     o_r, h_r = naive.naive_recurrent_gated_delta_rule(q, k, v, beta, g, initial_state=h0,
-                                                      return_final_state=True)
+                                                      output_final_state=True)
     o_c, h_c = naive.naive_chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0,
-                                                  return_final_state=True)
+                                                  output_final_state=True)
     for o_ref, h_ref in ((o_r, h_r), (o_c, h_c)):
         torch.testing.assert_close(o, o_ref.float(), **TOL)
         torch.testing.assert_close(h, h_ref.float(), **TOL)
@@ -128,7 +128,7 @@ def test_delta_rule_overwrites_where_linear_attention_accumulates():
         torch.testing.assert_close(o[0, 1, 0], v[0, 1, 0])  # k2 untouched
     # linear attention (GDN-2 with erase gate 0, write gate 1) sums both writes at k1
     o_lin, _ = dr.gdn2_ref(q, k, v, torch.zeros(1, 3, 1, K), torch.zeros(1, 3, 1, K),
-                                 torch.ones(1, 3, 1, V))
+                           torch.ones(1, 3, 1, V))
     torch.testing.assert_close(o_lin[0, 2, 0], v[0, 0, 0] + v[0, 2, 0])
 
 
@@ -136,7 +136,7 @@ def test_dispatch_on_cpu():
     q, k, v, g, beta, h0 = gdn_inputs(20)
     o, h = dr.gated_delta_rule(q, k, v, g, beta, initial_state=h0, return_final_state=True)
     o_ref, h_ref = dr.gated_delta_rule_ref(q, k, v, g, beta, initial_state=h0,
-                                                 return_final_state=True)
+                                           return_final_state=True)
     torch.testing.assert_close(o, o_ref)
     torch.testing.assert_close(h, h_ref)
     with pytest.raises(RuntimeError, match="kernel"):
@@ -168,8 +168,9 @@ def test_gdn2_matches_fla_naive(use_h0):
     kw = dict(initial_state=h0, return_final_state=True)
     o, h = dr.gdn2_recurrent_ref(q, k, v, g, b, w, **kw)
     o_c, h_c = dr.gdn2_ref(q, k, v, g, b, w, **kw)
-    o_n, h_n = naive.naive_recurrent_gdn2(q, k, v, g, b, w, **kw)
-    o_nc, h_nc = naive.naive_chunk_gdn2(q, k, v, g, b, w, **kw)
+    fla_kw = dict(initial_state=h0, output_final_state=True)  # fla's spelling
+    o_n, h_n = naive.naive_recurrent_gdn2(q, k, v, g, b, w, **fla_kw)
+    o_nc, h_nc = naive.naive_chunk_gdn2(q, k, v, g, b, w, **fla_kw)
     for o_x, h_x in ((o_c, h_c), (o_n, h_n), (o_nc, h_nc)):
         torch.testing.assert_close(o_x.float(), o, **TOL)
         torch.testing.assert_close(h_x.float(), h, **TOL)
@@ -305,7 +306,7 @@ def test_kernel_matches_ref_cuda(use_h0):
             o_k, h_k = fla_fn(*ins[:5], initial_state=ins[5] if use_h0 else None,
                               return_final_state=True)
             o_r, h_r = dr.gated_delta_rule_ref(*ins[:5], initial_state=ins[5] if use_h0
-                                                     else None, return_final_state=True)
+                                               else None, return_final_state=True)
         torch.testing.assert_close(o_k, o_r, atol=2e-3, rtol=2e-3)
         torch.testing.assert_close(h_k, h_r, atol=2e-3, rtol=2e-3)
         return

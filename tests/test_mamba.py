@@ -198,7 +198,7 @@ def test_mamba_init_follows_upstream():
 
 def test_mamba2_init_follows_upstream():
     torch.manual_seed(0)
-    m = Mamba2(64, d_state=8, headdim=16, ngroups=2)
+    m = Mamba2(64, d_state=8, head_dim=16, ngroups=2)
     assert m.nheads == 8 and m.in_proj.out_features == 2 * 128 + 2 * 2 * 8 + 8
     A = torch.exp(m.A_log)
     assert A.min() >= 1 and A.max() <= 16
@@ -209,7 +209,7 @@ def test_mamba2_init_follows_upstream():
 
 @pytest.mark.parametrize("cls", [Mamba, Mamba2])
 def test_ssm_parameters_take_no_weight_decay(cls):
-    m = cls(64, d_state=8, **({"headdim": 16} if cls is Mamba2 else {}))
+    m = cls(64, d_state=8, **({"head_dim": 16} if cls is Mamba2 else {}))
     no_decay = {id(p) for grp in param_groups(m, lr=1e-3, weight_decay=0.1)
                 if grp["weight_decay"] == 0.0 for p in grp["params"]}
     for name in ("A_log", "D") + (("dt_bias",) if cls is Mamba2 else ()):
@@ -221,7 +221,7 @@ def test_mamba2_block_matches_a_direct_recurrence():
     """The mixer's wiring (split order, conv over x|B|C, gated norm) against the per-token
     equations of the module docstring written out by hand."""
     torch.manual_seed(0)
-    m = Mamba2(32, d_state=4, headdim=8, chunk_size=5).eval()
+    m = Mamba2(32, d_state=4, head_dim=8, chunk_size=5).eval()
     x = torch.randn(1, 11, 32)
     with torch.no_grad():
         y, _ = m(x)
@@ -245,7 +245,7 @@ def test_mamba2_block_matches_a_direct_recurrence():
 
 
 def test_ngroups_norm_is_per_group():
-    m = Mamba2(32, d_state=4, headdim=8, ngroups=2)
+    m = Mamba2(32, d_state=4, head_dim=8, ngroups=2)
     y = torch.randn(3, 64)
     out = m.norm(y)
     for g in range(2):

@@ -261,7 +261,7 @@ class Oryx(nn.Module):
     }
 
     def __init__(self, d: int, *, core: str = "gdn", n_heads: int | None = None,
-                 head_dim: int = 64, expand_v: float = 2.0, conv_size: int = 4,
+                 head_dim: int = 64, expand_v: float = 2.0, d_conv: int = 4,
                  schedule: str = "every:64:6",
                  train_p_attn: Sequence[float] | None = (0.0, 0.1, 0.5, 1.0),
                  train_chunk: int = 64, train_seed: int = 0, chunk_size: int = 64,
@@ -296,8 +296,8 @@ class Oryx(nn.Module):
         # ---- shared by both modes
         self.k_proj = nn.Linear(d, self.key_dim, bias=False)
         self.v_proj = nn.Linear(d, self.value_dim, bias=False)
-        self.k_conv1d = ShortConv(self.key_dim, conv_size, bias=False, activation="silu")
-        self.v_conv1d = ShortConv(self.value_dim, conv_size, bias=False, activation="silu")
+        self.k_conv1d = ShortConv(self.key_dim, d_conv, bias=False, activation="silu")
+        self.v_conv1d = ShortConv(self.value_dim, d_conv, bias=False, activation="silu")
         self.g_proj = nn.Linear(d, self.value_dim, bias=False)
         self.o_norm = GatedHeadRMSNorm(head_v_dim, eps=norm_eps)
         self.o_proj = nn.Linear(self.value_dim, d, bias=False)

@@ -237,8 +237,8 @@ def gated_delta_rule(
         return o.to(v.dtype), h
     # the CPU path: the memory-lean block recomputation of the reference (same results)
     return gated_delta_rule_lean(q, k, v, g, beta, scale=scale,
-                                       initial_state=initial_state,
-                                       return_final_state=return_final_state)
+                                 initial_state=initial_state,
+                                 return_final_state=return_final_state)
 
 
 # ----------------------------------------------------------------------------- GDN-2
@@ -350,7 +350,7 @@ def gdn2(
                   scale=scale, initial_state=h0, output_final_state=return_final_state)
         return o.to(v.dtype), h
     return gdn2_lean(q, k, v, g, b, w, scale=scale, initial_state=initial_state,
-                           return_final_state=return_final_state)
+                     return_final_state=return_final_state)
 
 
 # ----------------------------------------------------------------------------- memory-lean path
