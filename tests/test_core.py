@@ -266,6 +266,45 @@ def test_kernel_flags_follow_what_imports(monkeypatch):
     assert _kernels.get("test_present") is torch.nn.functional.silu
 
 
+def test_dispatch_passes_the_state_under_each_kernels_own_name(monkeypatch):
+    """lrm's ops say initial_state / return_final_state; each kernel package has its own names
+    (mamba-ssm: return_last_state, initial_states / return_final_states; fla:
+    output_final_state). A recording stand-in for every kernel checks the translation on CPU."""
+    from lrm.ops.delta_rule import gated_delta_rule, gdn2
+    from lrm.ops.selective_scan import selective_scan
+    from lrm.ops.ssd import ssd
+
+    calls: dict[str, tuple[tuple, dict]] = {}
+
+    def fake(name):
+        def kernel(*args, **kwargs):
+            calls[name] = (args, kwargs)
+            return torch.zeros(1), torch.zeros(1)
+        return kernel
+
+    monkeypatch.setattr(_kernels, "use_kernel", lambda *a, **kw: True)
+    monkeypatch.setattr(_kernels, "get", fake)
+    B, L, d, n = 1, 5, 4, 3
+    u = torch.randn(B, d, L)
+    selective_scan(u, u, -torch.ones(d, n), torch.randn(B, n, L), torch.randn(B, n, L),
+                   return_final_state=True)
+    assert calls["selective_scan_fn"][1] == {"return_last_state": True}
+    x, h0 = torch.randn(B, L, 2, 4), torch.randn(B, 2, 4, n)
+    ssd(x, torch.rand(B, L, 2), -torch.ones(2), torch.randn(B, L, 1, n), torch.randn(B, L, 1, n),
+        4, initial_state=h0, return_final_state=True)
+    kw = calls["mamba_chunk_scan_combined"][1]
+    assert kw["initial_states"] is h0 and kw["return_final_states"] is True
+    assert not {"initial_state", "return_final_state"} & set(kw)
+    q, g, h0 = torch.randn(B, L, 2, 4), torch.rand(B, L, 2), torch.randn(B, 2, 4, 4)
+    # no gradient and T <= 64: fla's fused recurrent kernels (the chunk ones take the same names)
+    for name, op, gates in (("fused_recurrent_gated_delta_rule", gated_delta_rule, (g, g)),
+                            ("fused_recurrent_gdn2", gdn2, (q, q, q))):
+        op(q, q, q, *gates, initial_state=h0, return_final_state=True)
+        kw = calls[name][1]
+        assert kw["output_final_state"] is True and "return_final_state" not in kw, name
+        torch.testing.assert_close(kw["initial_state"], h0)
+
+
 @pytest.mark.parametrize("width", [1, 2, 4, 5])
 def test_causal_conv_ref_equals_loop(width):
     torch.manual_seed(width)
