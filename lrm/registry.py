@@ -34,6 +34,15 @@ ALIASES: dict[str, str] = {
     "mha": "attention",
 }
 
+# Upstream spellings of mixer options -> lrm's one spelling (mamba-ssm's ``headdim``, fla's
+# ``conv_size``, titans-pytorch's ``conv_width``). Parameter names (state-dict keys) are not
+# options and keep upstream's spelling, so upstream weights still load.
+OPTION_ALIASES: dict[str, str] = {
+    "headdim": "head_dim",
+    "conv_size": "d_conv",
+    "conv_width": "d_conv",
+}
+
 
 def available() -> list[str]:
     """Names accepted by :func:`build` and :func:`mixer` (aliases not included)."""
@@ -73,9 +82,29 @@ def check_kwargs(cls: type, kwargs: dict[str, Any], what: str) -> None:
                         f"{', '.join(valid) or '(none)'}.")
 
 
+def resolve_options(kwargs: dict[str, Any], what: str) -> dict[str, Any]:
+    """``kwargs`` with every upstream spelling of :data:`OPTION_ALIASES` replaced by lrm's;
+    a TypeError when an option is given under both spellings."""
+    out: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        primary = OPTION_ALIASES.get(key, key)
+        if primary in out or (primary != key and primary in kwargs):
+            spelled = sorted(k for k in kwargs if OPTION_ALIASES.get(k, k) == primary)
+            raise TypeError(f"{what} got the option {primary!r} under more than one spelling "
+                            f"({', '.join(map(repr, spelled))}); they mean the same thing. "
+                            f"Pass it once, as {primary!r}.")
+        out[primary] = value
+    return out
+
+
 def mixer(name: str, d: int, **kwargs: Any) -> nn.Module:
-    """The bare mixer ``name`` of width ``d``: (B, L, d) -> ((B, L, d), state)."""
+    """The bare mixer ``name`` of width ``d``: (B, L, d) -> ((B, L, d), state).
+
+    Options may use an upstream spelling from :data:`OPTION_ALIASES` (``headdim`` for
+    ``head_dim``, ...); :func:`build` and ``LRModel`` build their mixers here too.
+    """
     cls = mixer_class(name)
+    kwargs = resolve_options(kwargs, f"mixer {canonical(name)!r}")
     check_kwargs(cls, kwargs, f"mixer {canonical(name)!r}")
     return cls(d, **kwargs)
 

@@ -239,7 +239,7 @@ def fla_naive(op):
     return mod
 if impl in ("lrm mamba", "lrm mamba2"):
     import lrm
-    kw = {"d_state": 16} if impl == "lrm mamba" else {"d_state": 64, "headdim": 64,
+    kw = {"d_state": 16} if impl == "lrm mamba" else {"d_state": 64, "head_dim": 64,
                                                        "chunk_size": 64}
     m = lrm.mixer(impl.split()[1], d, **kw)
     xs = [leaf(B, L, d)]
@@ -313,7 +313,7 @@ PEERS = {  # op -> the implementations compared, lrm's first
 }
 WHAT = {
     "mamba": "the whole mixer (d_state 16), forward+backward, x of shape (B, L, d)",
-    "mamba2": "the whole mixer (d_state 64, headdim 64, chunk 64), x of shape (B, L, d)",
+    "mamba2": "the whole mixer (d_state 64, head_dim 64, chunk 64), x of shape (B, L, d)",
     "gdn": "the op: q, k, v (B, L, H, d/H), gates (B, L, H); k L2-normalised inside",
     "fox": "the op: q, k, v (B, L, H, d/H), forget-gate logits (B, L, H)",
     "titans": "titans-pytorch's NeuralMemory (a peer only: lrm has no Titans mixer yet)",

@@ -45,7 +45,7 @@ torch.manual_seed(0)
 d, H, K, C = cfg["d"], cfg["heads"], cfg["head_dim"], cfg["chunk"]
 if cfg["impl"].startswith("lrm"):
     m = lrm.mixer("titans", d, variant="lmm", n_heads=H, head_dim=K, depth=2, expansion=2.0,
-                  chunk_size=C, conv_width=0 if cfg["impl"] == "lrm_noconv" else 4)
+                  chunk_size=C, d_conv=0 if cfg["impl"] == "lrm_noconv" else 4)
     fwd = lambda x: m(x)[0]
 else:
     from titans_pytorch import NeuralMemory
@@ -74,7 +74,7 @@ for _ in range(cfg["repeats"]):
 print("RESULT " + json.dumps({"time_s": statistics.median(ts), "mem_mb": mem}))
 """
 
-IMPLS = {"lrm": "lrm `titans` (lmm)", "lrm_noconv": "lrm `titans` (lmm), conv_width=0",
+IMPLS = {"lrm": "lrm `titans` (lmm)", "lrm_noconv": "lrm `titans` (lmm), d_conv=0",
          "peer": "titans-pytorch, default (batch_size=None)",
          "peer_batch": "titans-pytorch, batch_size=chunk"}
 

@@ -202,8 +202,8 @@ MUTANTS: list[Mutant] = [
     M("mamba2-dt-limit-ignored", "lrm/mixers/mamba2.py",
       "delta = delta.clamp(min=self.dt_limit[0], max=self.dt_limit[1])", "delta = delta",
       (eq("mamba2"),), "dt_limit not applied"),
-    M("mamba2-D-hdim-layout", "lrm/mixers/mamba2.py", '"(h p) -> h p", p=self.headdim',
-      '"(p h) -> h p", p=self.headdim', (eq("mamba2"),), "per-channel D read transposed"),
+    M("mamba2-D-hdim-layout", "lrm/mixers/mamba2.py", '"(h p) -> h p", p=self.head_dim',
+      '"(p h) -> h p", p=self.head_dim', (eq("mamba2"),), "per-channel D read transposed"),
     M("mamba2-norm-groups-interleaved", "lrm/nn.py", '"... (g c) -> ... g c", c=self.group_size',
       '"... (c g) -> ... g c", c=self.group_size', (eq("mamba2"),),
       "grouped RMSNorm over the wrong channels"),
@@ -223,8 +223,8 @@ MUTANTS: list[Mutant] = [
 
     # ------------------------------------------------------------------ op: selective_scan
     M("scan-decay-sign", "lrm/ops/selective_scan.py",
-      "a = torch.exp(delta[..., None] * A[:, :, None, :])",
-      "a = torch.exp(-delta[..., None] * A[:, :, None, :])",
+      "a = torch.exp(delta[..., None] * A[:, :, None, :])  # decay of each step",
+      "a = torch.exp(-delta[..., None] * A[:, :, None, :])  # decay of each step",
       (SCAN, eq("mamba")), "decay exp(−ΔA) grows"),
     M("scan-no-delta-in-B", "lrm/ops/selective_scan.py", "b = (delta * u)[..., None] * B",
       "b = u[..., None] * B", (SCAN, eq("mamba")),

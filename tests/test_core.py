@@ -38,6 +38,67 @@ def test_unknown_mixer_option_lists_valid_options():
         lrm.mixer("attention", d=64, nheads=2)
 
 
+# (mixer, upstream spelling, lrm's spelling, a value other than the default, other options)
+OPTION_ALIAS_CASES = [
+    ("mamba2", "headdim", "head_dim", 16, {"d_state": 4}),
+    ("gdn", "conv_size", "d_conv", 3, {"head_dim": 16}),
+    ("oryx", "conv_size", "d_conv", 3, {"head_dim": 16}),
+    ("titans", "conv_width", "d_conv", 3, {"head_dim": 16}),
+]
+
+
+def _same_module(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    assert type(a) is type(b) and repr(a) == repr(b)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for key in sa:
+        torch.testing.assert_close(sa[key], sb[key], rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize("name, alias, primary, value, other", OPTION_ALIAS_CASES,
+                         ids=[f"{c[0]}-{c[1]}" for c in OPTION_ALIAS_CASES])
+def test_upstream_option_spelling_builds_the_same_mixer(name, alias, primary, value, other):
+    assert lrm.registry.OPTION_ALIASES[alias] == primary
+
+    def build(how, key):
+        torch.manual_seed(0)
+        if how == "mixer":
+            return lrm.mixer(name, 32, **other, **{key: value})
+        if how == "build":
+            return lrm.build(name, 32, **other, **{key: value})
+        cfg = lrm.ModelConfig(pattern=[name], n_layers=1, d_model=32, vocab_size=5, n_classes=2,
+                              mixer_kwargs={name: {**other, key: value}})
+        return lrm.LRModel(cfg)
+
+    for how in ("mixer", "build", "model"):
+        _same_module(build(how, alias), build(how, primary))
+    # the value reached the mixer: the alias is not silently dropped for the default
+    torch.manual_seed(0)
+    default = lrm.mixer(name, 32, **other)
+    assert repr(default) != repr(build("mixer", alias))
+
+
+@pytest.mark.parametrize("name, alias, primary, value, other", OPTION_ALIAS_CASES,
+                         ids=[f"{c[0]}-{c[1]}" for c in OPTION_ALIAS_CASES])
+def test_both_spellings_of_an_option_are_an_error(name, alias, primary, value, other):
+    with pytest.raises(TypeError, match=f"'{primary}' under more than one spelling") as err:
+        lrm.mixer(name, 32, **other, **{alias: value, primary: value})
+    assert repr(alias) in str(err.value)
+    cfg = lrm.ModelConfig(mixer=name, n_layers=1, d_model=32, vocab_size=5, n_classes=2,
+                          mixer_kwargs={**other, alias: value, primary: value})
+    with pytest.raises(TypeError, match="more than one spelling"):
+        lrm.LRModel(cfg)
+
+
+def test_no_mixer_takes_an_upstream_spelling():
+    """Every mixer option has lrm's one spelling; the upstream one lives in the alias table."""
+    import inspect
+
+    for name in lrm.available():
+        params = inspect.signature(lrm.registry.mixer_class(name).__init__).parameters
+        assert not set(params) & set(lrm.registry.OPTION_ALIASES), name
+
+
 def test_unknown_config_key_lists_valid_keys():
     with pytest.raises(ValueError, match="did you mean 'd_model'") as err:
         lrm.ModelConfig.from_dict({"d_modle": 64})
@@ -203,6 +264,45 @@ def test_kernel_flags_follow_what_imports(monkeypatch):
     assert _kernels.get("test_missing") is None
     assert "ModuleNotFoundError" in _kernels._IMPORT_ERRORS["test_missing"]
     assert _kernels.get("test_present") is torch.nn.functional.silu
+
+
+def test_dispatch_passes_the_state_under_each_kernels_own_name(monkeypatch):
+    """lrm's ops say initial_state / return_final_state; each kernel package has its own names
+    (mamba-ssm: return_last_state, initial_states / return_final_states; fla:
+    output_final_state). A recording stand-in for every kernel checks the translation on CPU."""
+    from lrm.ops.delta_rule import gated_delta_rule, gdn2
+    from lrm.ops.selective_scan import selective_scan
+    from lrm.ops.ssd import ssd
+
+    calls: dict[str, tuple[tuple, dict]] = {}
+
+    def fake(name):
+        def kernel(*args, **kwargs):
+            calls[name] = (args, kwargs)
+            return torch.zeros(1), torch.zeros(1)
+        return kernel
+
+    monkeypatch.setattr(_kernels, "use_kernel", lambda *a, **kw: True)
+    monkeypatch.setattr(_kernels, "get", fake)
+    B, L, d, n = 1, 5, 4, 3
+    u = torch.randn(B, d, L)
+    selective_scan(u, u, -torch.ones(d, n), torch.randn(B, n, L), torch.randn(B, n, L),
+                   return_final_state=True)
+    assert calls["selective_scan_fn"][1] == {"return_last_state": True}
+    x, h0 = torch.randn(B, L, 2, 4), torch.randn(B, 2, 4, n)
+    ssd(x, torch.rand(B, L, 2), -torch.ones(2), torch.randn(B, L, 1, n), torch.randn(B, L, 1, n),
+        4, initial_state=h0, return_final_state=True)
+    kw = calls["mamba_chunk_scan_combined"][1]
+    assert kw["initial_states"] is h0 and kw["return_final_states"] is True
+    assert not {"initial_state", "return_final_state"} & set(kw)
+    q, g, h0 = torch.randn(B, L, 2, 4), torch.rand(B, L, 2), torch.randn(B, 2, 4, 4)
+    # no gradient and T <= 64: fla's fused recurrent kernels (the chunk ones take the same names)
+    for name, op, gates in (("fused_recurrent_gated_delta_rule", gated_delta_rule, (g, g)),
+                            ("fused_recurrent_gdn2", gdn2, (q, q, q))):
+        op(q, q, q, *gates, initial_state=h0, return_final_state=True)
+        kw = calls[name][1]
+        assert kw["output_final_state"] is True and "return_final_state" not in kw, name
+        torch.testing.assert_close(kw["initial_state"], h0)
 
 
 @pytest.mark.parametrize("width", [1, 2, 4, 5])

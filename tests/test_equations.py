@@ -159,7 +159,7 @@ GDN_OPTIONS = {
     "deltanet_with_output_gate": {"head_dim": 16, "use_forget_gate": False},
     "no_delta_no_forget": {"head_dim": 16, "delta_rule": False, "use_forget_gate": False},
     "gdn2_no_forget": {"head_dim": 16, "gates": "gdn2", "use_forget_gate": False},
-    "conv_bias_three_heads": {"head_dim": 8, "conv_bias": True, "conv_size": 3},
+    "conv_bias_three_heads": {"head_dim": 8, "conv_bias": True, "d_conv": 3},
 }
 
 
@@ -434,7 +434,7 @@ def mamba2_equations(m: Mamba2, x: torch.Tensor) -> torch.Tensor:
     H_t = exp(Δ_t a_h) H_{t−1} + Δ_t x_t B_tᵀ, y_t = H_t C_t + D_h x_t, a_h = −exp(A_log_h);
     out = W_out RMSNorm_group(y ⊙ SiLU(z)) (or W_out (y ⊙ SiLU(z)) without the norm)."""
     Bsz, L, _ = x.shape
-    H, P, G, N = m.nheads, m.headdim, m.ngroups, m.d_state
+    H, P, G, N = m.nheads, m.head_dim, m.ngroups, m.d_state
     xs, Bm, Cm, z, delta = mamba2_step_sizes(m, x)
     delta = longmamba_filter(m, delta, L)
     a = -torch.exp(m.A_log)
@@ -460,10 +460,10 @@ MAMBA_OPTIONS = {
     "bias": {"d_state": 4, "bias": True, "conv_bias": False, "chunk_size": 5},
 }
 MAMBA2_OPTIONS = {
-    "default": {"d_state": 4, "headdim": 8, "chunk_size": 4},
-    "groups": {"d_state": 4, "headdim": 8, "ngroups": 2, "chunk_size": 5},
-    "no_norm_dhdim": {"d_state": 4, "headdim": 8, "rmsnorm": False, "D_has_hdim": True},
-    "dt_limit": {"d_state": 4, "headdim": 16, "dt_limit": (0.02, 0.06), "chunk_size": 8},
+    "default": {"d_state": 4, "head_dim": 8, "chunk_size": 4},
+    "groups": {"d_state": 4, "head_dim": 8, "ngroups": 2, "chunk_size": 5},
+    "no_norm_dhdim": {"d_state": 4, "head_dim": 8, "rmsnorm": False, "D_has_hdim": True},
+    "dt_limit": {"d_state": 4, "head_dim": 16, "dt_limit": (0.02, 0.06), "chunk_size": 8},
 }
 
 
@@ -499,7 +499,7 @@ def receptive_field_score(m, x: torch.Tensor, step_sizes) -> torch.Tensor:
 
 @pytest.mark.parametrize(("cls", "kw", "equations", "step_sizes"), [
     (Mamba, {"d_state": 4, "chunk_size": 8}, mamba_equations, mamba_step_sizes),
-    (Mamba2, {"d_state": 4, "headdim": 4, "chunk_size": 8}, mamba2_equations, mamba2_step_sizes),
+    (Mamba2, {"d_state": 4, "head_dim": 4, "chunk_size": 8}, mamba2_equations, mamba2_step_sizes),
 ], ids=["mamba", "mamba2"])
 def test_longmamba_follows_the_paper(cls, kw, equations, step_sizes):
     """Calibrated at T_tr = 8, a prefill of 30 tokens is filtered in the global channels."""

@@ -22,10 +22,10 @@ from lrm.nn import RMSNorm, rope
 from lrm.ops import ssm_conv as sc
 from lrm.ops.causal_conv import causal_conv1d_recurrent_ref, causal_conv1d_ref
 from lrm.ops.delta_rule import (
-    chunk_gated_delta_rule_ref,
-    chunk_gdn2_ref,
     gated_delta_rule_recurrent_ref,
+    gated_delta_rule_ref,
     gdn2_recurrent_ref,
+    gdn2_ref,
 )
 from lrm.ops.forgetting_attn import (
     forgetting_attn_quadratic_ref,
@@ -89,7 +89,7 @@ def _scan_inputs(L: int, grouped: bool):
 @pytest.mark.parametrize("grouped", [False, True])
 def test_selective_scan_ref_equals_recurrent_ref(grouped):
     u, delta, A, B, C, Dskip, z, bias, h0 = _scan_inputs(37, grouped)
-    kw = dict(delta_bias=bias, delta_softplus=True, return_last_state=True, initial_state=h0)
+    kw = dict(delta_bias=bias, delta_softplus=True, return_final_state=True, initial_state=h0)
     y, h = selective_scan_ref(u, delta, A, B, C, Dskip, z, chunk_size=8, **kw)
     y_ref, h_ref = selective_scan_recurrent_ref(u, delta, A, B, C, Dskip, z, **kw)
     assert_f64_close(y, y_ref)
@@ -121,8 +121,8 @@ def _ssd_inputs(L: int):
 
 def test_ssd_ref_equals_recurrent_ref():
     x, dt, A, B, C, D, z, dt_bias, h0 = _ssd_inputs(37)
-    kw = dict(D=D, z=z, dt_bias=dt_bias, initial_states=h0, dt_softplus=True,
-              return_final_states=True)
+    kw = dict(D=D, z=z, dt_bias=dt_bias, initial_state=h0, dt_softplus=True,
+              return_final_state=True)
     y, h = ssd_ref(x, dt, A, B, C, 8, **kw)
     y_ref, h_ref = ssd_recurrent_ref(x, dt, A, B, C, **kw)
     assert_f64_close(y, y_ref)
@@ -131,8 +131,8 @@ def test_ssd_ref_equals_recurrent_ref():
 
 def test_ssd_gradcheck():
     def fn(x, dt, A, B, C, D, z, dt_bias, h0):
-        return ssd_ref(x, dt, A, B, C, 3, D=D, z=z, dt_bias=dt_bias, initial_states=h0,
-                       dt_softplus=True, return_final_states=True)
+        return ssd_ref(x, dt, A, B, C, 3, D=D, z=z, dt_bias=dt_bias, initial_state=h0,
+                       dt_softplus=True, return_final_state=True)
 
     check_grad(fn, *_ssd_inputs(7))
 
@@ -154,8 +154,8 @@ def _delta_inputs(L: int, gdn2: bool):
 
 def test_gated_delta_rule_ref_equals_recurrent_ref():
     *args, h0 = _delta_inputs(37, gdn2=False)
-    kw = dict(initial_state=h0, output_final_state=True)
-    o, h = chunk_gated_delta_rule_ref(*args, chunk_size=8, **kw)
+    kw = dict(initial_state=h0, return_final_state=True)
+    o, h = gated_delta_rule_ref(*args, chunk_size=8, **kw)
     o_ref, h_ref = gated_delta_rule_recurrent_ref(*args, **kw)
     assert_f64_close(o, o_ref)
     assert_f64_close(h, h_ref)
@@ -163,8 +163,8 @@ def test_gated_delta_rule_ref_equals_recurrent_ref():
 
 def test_gdn2_ref_equals_recurrent_ref():
     *args, h0 = _delta_inputs(37, gdn2=True)
-    kw = dict(initial_state=h0, output_final_state=True)
-    o, h = chunk_gdn2_ref(*args, chunk_size=8, **kw)
+    kw = dict(initial_state=h0, return_final_state=True)
+    o, h = gdn2_ref(*args, chunk_size=8, **kw)
     o_ref, h_ref = gdn2_recurrent_ref(*args, **kw)
     assert_f64_close(o, o_ref)
     assert_f64_close(h, h_ref)
@@ -172,11 +172,11 @@ def test_gdn2_ref_equals_recurrent_ref():
 
 @pytest.mark.parametrize("gdn2", [False, True], ids=["gdn", "gdn2"])
 def test_delta_rule_gradcheck(gdn2):
-    op = chunk_gdn2_ref if gdn2 else chunk_gated_delta_rule_ref
+    op = gdn2_ref if gdn2 else gated_delta_rule_ref
 
     def fn(*args):
         *gates, h0 = args
-        return op(*gates, initial_state=h0, output_final_state=True, chunk_size=3)
+        return op(*gates, initial_state=h0, return_final_state=True, chunk_size=3)
 
     check_grad(fn, *_delta_inputs(7, gdn2))
 

@@ -60,7 +60,7 @@ def run_with_grads(fn, tensors, use_h0: bool, seed: int = 1):
     """fn(*tensors[:-1], initial_state=...) -> outputs, final state, grads of a random loss."""
     tensors = [t.clone().requires_grad_(True) for t in tensors]
     *args, h0 = tensors
-    o, h = fn(*args, initial_state=h0 if use_h0 else None, output_final_state=True)
+    o, h = fn(*args, initial_state=h0 if use_h0 else None, return_final_state=True)
     g_ = torch.Generator().manual_seed(seed)
     loss = (o * torch.randn(o.shape, generator=g_).to(o)).sum() + \
         (h * torch.randn(h.shape, generator=g_).to(h)).sum()
@@ -80,7 +80,7 @@ TOL = dict(atol=1e-4, rtol=1e-4)
 def test_chunk_equals_recurrent(T, use_h0):
     ins = gdn_inputs(T)
     ref = run_with_grads(dr.gated_delta_rule_recurrent_ref, ins, use_h0)
-    chk = run_with_grads(lambda *a, **kw: dr.chunk_gated_delta_rule_ref(*a, chunk_size=16, **kw),
+    chk = run_with_grads(lambda *a, **kw: dr.gated_delta_rule_ref(*a, chunk_size=16, **kw),
                          ins, use_h0)
     torch.testing.assert_close(chk[0], ref[0], **TOL)
     torch.testing.assert_close(chk[1], ref[1], **TOL)
@@ -91,7 +91,7 @@ def test_chunk_equals_recurrent(T, use_h0):
 def test_chunk_is_stable_under_strong_decay():
     ins = gdn_inputs(50, strong_decay=True)
     ref = run_with_grads(dr.gated_delta_rule_recurrent_ref, ins, True)
-    chk = run_with_grads(lambda *a, **kw: dr.chunk_gated_delta_rule_ref(*a, chunk_size=32, **kw),
+    chk = run_with_grads(lambda *a, **kw: dr.gated_delta_rule_ref(*a, chunk_size=32, **kw),
                          ins, True)
     for a, b in zip([chk[0], chk[1], *chk[2]], [ref[0], ref[1], *ref[2]], strict=True):
         assert torch.isfinite(a).all()
@@ -103,9 +103,9 @@ def test_matches_fla_naive(use_h0):
     naive = fla_naive("gated_delta_rule")
     q, k, v, g, beta, h0 = gdn_inputs(77)
     h0 = h0 if use_h0 else None
-    o, h = dr.chunk_gated_delta_rule_ref(q, k, v, g, beta, initial_state=h0,
-                                         output_final_state=True)
-    # mind the orders: naive_recurrent takes (..., beta, g), naive_chunk (..., g, beta)
+    o, h = dr.gated_delta_rule_ref(q, k, v, g, beta, initial_state=h0, return_final_state=True)
+    # mind the orders: naive_recurrent takes (..., beta, g), naive_chunk (..., g, beta); fla
+    # spells return_final_state as output_final_state
     o_r, h_r = naive.naive_recurrent_gated_delta_rule(q, k, v, beta, g, initial_state=h0,
                                                       output_final_state=True)
     o_c, h_c = naive.naive_chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0,
@@ -122,21 +122,21 @@ def test_delta_rule_overwrites_where_linear_attention_accumulates():
     v = torch.randn(1, 3, 1, V)
     ones = torch.ones(1, 3, 1)
     q = k * K ** 0.5  # undo the default 1/√K scale: o_t = h_tᵀ k_t
-    for fn in (dr.gated_delta_rule_recurrent_ref, dr.chunk_gated_delta_rule_ref):
+    for fn in (dr.gated_delta_rule_recurrent_ref, dr.gated_delta_rule_ref):
         o, _ = fn(q, k, v, torch.zeros_like(ones), ones)
         torch.testing.assert_close(o[0, 2, 0], v[0, 2, 0])  # k1 now reads v3, not v1 + v3
         torch.testing.assert_close(o[0, 1, 0], v[0, 1, 0])  # k2 untouched
     # linear attention (GDN-2 with erase gate 0, write gate 1) sums both writes at k1
-    o_lin, _ = dr.chunk_gdn2_ref(q, k, v, torch.zeros(1, 3, 1, K), torch.zeros(1, 3, 1, K),
-                                 torch.ones(1, 3, 1, V))
+    o_lin, _ = dr.gdn2_ref(q, k, v, torch.zeros(1, 3, 1, K), torch.zeros(1, 3, 1, K),
+                           torch.ones(1, 3, 1, V))
     torch.testing.assert_close(o_lin[0, 2, 0], v[0, 0, 0] + v[0, 2, 0])
 
 
 def test_dispatch_on_cpu():
     q, k, v, g, beta, h0 = gdn_inputs(20)
-    o, h = dr.gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True)
-    o_ref, h_ref = dr.chunk_gated_delta_rule_ref(q, k, v, g, beta, initial_state=h0,
-                                                 output_final_state=True)
+    o, h = dr.gated_delta_rule(q, k, v, g, beta, initial_state=h0, return_final_state=True)
+    o_ref, h_ref = dr.gated_delta_rule_ref(q, k, v, g, beta, initial_state=h0,
+                                           return_final_state=True)
     torch.testing.assert_close(o, o_ref)
     torch.testing.assert_close(h, h_ref)
     with pytest.raises(RuntimeError, match="kernel"):
@@ -153,7 +153,7 @@ def test_dispatch_on_cpu():
 def test_gdn2_chunk_equals_recurrent(T, use_h0):
     ins = gdn2_inputs(T)
     ref = run_with_grads(dr.gdn2_recurrent_ref, ins, use_h0)
-    chk = run_with_grads(lambda *a, **kw: dr.chunk_gdn2_ref(*a, chunk_size=16, **kw), ins, use_h0)
+    chk = run_with_grads(lambda *a, **kw: dr.gdn2_ref(*a, chunk_size=16, **kw), ins, use_h0)
     torch.testing.assert_close(chk[0], ref[0], **TOL)
     torch.testing.assert_close(chk[1], ref[1], **TOL)
     for name, a, b in zip(["q", "k", "v", "g", "b", "w", "h0"], chk[2], ref[2], strict=False):
@@ -165,11 +165,12 @@ def test_gdn2_matches_fla_naive(use_h0):
     naive = fla_naive("gdn2")
     q, k, v, g, b, w, h0 = gdn2_inputs(77)
     h0 = h0 if use_h0 else None
-    kw = dict(initial_state=h0, output_final_state=True)
+    kw = dict(initial_state=h0, return_final_state=True)
     o, h = dr.gdn2_recurrent_ref(q, k, v, g, b, w, **kw)
-    o_c, h_c = dr.chunk_gdn2_ref(q, k, v, g, b, w, **kw)
-    o_n, h_n = naive.naive_recurrent_gdn2(q, k, v, g, b, w, **kw)
-    o_nc, h_nc = naive.naive_chunk_gdn2(q, k, v, g, b, w, **kw)
+    o_c, h_c = dr.gdn2_ref(q, k, v, g, b, w, **kw)
+    fla_kw = dict(initial_state=h0, output_final_state=True)  # fla's spelling
+    o_n, h_n = naive.naive_recurrent_gdn2(q, k, v, g, b, w, **fla_kw)
+    o_nc, h_nc = naive.naive_chunk_gdn2(q, k, v, g, b, w, **fla_kw)
     for o_x, h_x in ((o_c, h_c), (o_n, h_n), (o_nc, h_nc)):
         torch.testing.assert_close(o_x.float(), o, **TOL)
         torch.testing.assert_close(h_x.float(), h, **TOL)
@@ -177,10 +178,10 @@ def test_gdn2_matches_fla_naive(use_h0):
 
 @pytest.mark.parametrize("fn2, fn1", [
     (dr.gdn2_recurrent_ref, dr.gated_delta_rule_recurrent_ref),
-    (dr.chunk_gdn2_ref, dr.chunk_gated_delta_rule_ref)], ids=["recurrent", "chunk"])
+    (dr.gdn2_ref, dr.gated_delta_rule_ref)], ids=["recurrent", "chunk"])
 def test_gdn2_with_tied_scalar_gates_is_gdn(fn2, fn1):
     q, k, v, g, beta, h0 = gdn_inputs(45)
-    kw = dict(initial_state=h0, output_final_state=True)
+    kw = dict(initial_state=h0, return_final_state=True)
     o2, h2 = fn2(q, k, v, g[..., None].expand(-1, -1, -1, K), beta[..., None].expand(q.shape),
                  beta[..., None].expand(v.shape), **kw)
     o1, h1 = fn1(q, k, v, g, beta, **kw)
@@ -303,14 +304,14 @@ def test_kernel_matches_ref_cuda(use_h0):
             run_with_grads(fla_fn, ins, use_h0)
         with torch.no_grad():  # the chunk forward kernel still serves
             o_k, h_k = fla_fn(*ins[:5], initial_state=ins[5] if use_h0 else None,
-                              output_final_state=True)
-            o_r, h_r = dr.chunk_gated_delta_rule_ref(*ins[:5], initial_state=ins[5] if use_h0
-                                                     else None, output_final_state=True)
+                              return_final_state=True)
+            o_r, h_r = dr.gated_delta_rule_ref(*ins[:5], initial_state=ins[5] if use_h0
+                                               else None, return_final_state=True)
         torch.testing.assert_close(o_k, o_r, atol=2e-3, rtol=2e-3)
         torch.testing.assert_close(h_k, h_r, atol=2e-3, rtol=2e-3)
         return
     ker = run_with_grads(fla_fn, ins, use_h0)
-    ref = run_with_grads(dr.chunk_gated_delta_rule_ref, ins, use_h0)
+    ref = run_with_grads(dr.gated_delta_rule_ref, ins, use_h0)
     tol = dict(atol=2e-3, rtol=2e-3)  # the kernel's tf32 matmuls
     torch.testing.assert_close(ker[0], ref[0], **tol)
     torch.testing.assert_close(ker[1], ref[1], **tol)
@@ -320,9 +321,9 @@ def test_kernel_matches_ref_cuda(use_h0):
         q, k, v, g, beta = (t[:, :7] for t in ins[:5])
         h0 = ins[5] if use_h0 else None
         o_k, h_k = dr.gated_delta_rule(q, k, v, g, beta, initial_state=h0,
-                                       output_final_state=True, backend="kernel")
+                                       return_final_state=True, backend="kernel")
         o_r, h_r = dr.gated_delta_rule_recurrent_ref(q, k, v, g, beta, initial_state=h0,
-                                                     output_final_state=True)
+                                                     return_final_state=True)
     torch.testing.assert_close(o_k, o_r, **tol)
     torch.testing.assert_close(h_k, h_r, **tol)
 
@@ -332,7 +333,7 @@ def test_kernel_matches_ref_cuda(use_h0):
 def test_gdn2_kernel_matches_ref_cuda():
     ins = gdn2_inputs(300, device="cuda")
     ker = run_with_grads(lambda *a, **kw: dr.gdn2(*a, backend="kernel", **kw), ins, True)
-    ref = run_with_grads(dr.chunk_gdn2_ref, ins, True)
+    ref = run_with_grads(dr.gdn2_ref, ins, True)
     tol = dict(atol=2e-3, rtol=2e-3)
     for a, b in zip([ker[0], ker[1], *ker[2]], [ref[0], ref[1], *ref[2]], strict=True):
         torch.testing.assert_close(a, b, **tol)

@@ -10,17 +10,22 @@ import torch.nn.functional as F
 from _helpers import scan_inputs
 
 from lrm.ops.delta_rule import (
-    chunk_gated_delta_rule_lean,
-    chunk_gated_delta_rule_ref,
-    chunk_gdn2_lean,
     gated_delta_rule,
+    gated_delta_rule_lean,
     gated_delta_rule_recurrent_ref,
+    gated_delta_rule_ref,
     gdn2,
+    gdn2_lean,
     gdn2_recurrent_ref,
 )
 from lrm.ops.recompute import block_recompute
-from lrm.ops.selective_scan import selective_scan, selective_scan_recurrent_ref, selective_scan_ref
-from lrm.ops.selective_scan_lean import lean_scan_core, selective_scan_lean
+from lrm.ops.selective_scan import (
+    lean_scan_core,
+    selective_scan,
+    selective_scan_lean,
+    selective_scan_recurrent_ref,
+    selective_scan_ref,
+)
 from lrm.ops.ssd import ssd, ssd_lean, ssd_recurrent_ref, ssd_ref
 
 
@@ -193,8 +198,8 @@ def test_ssd_lean_equals_ref_and_recurrence(with_state, options):
     if not options:
         D = z = dt_bias = None
     inputs = (x, dt, A, B, C, D, z, dt_bias, h0)
-    kw = dict(D=D, z=z, dt_bias=dt_bias, initial_states=h0, dt_softplus=True,
-              return_final_states=True)
+    kw = dict(D=D, z=z, dt_bias=dt_bias, initial_state=h0, dt_softplus=True,
+              return_final_state=True)
     lean = ssd_lean(x, dt, A, B, C, 4, block_size=8, **kw)  # 5 blocks, the last one short
     _assert_same(lean, ssd_ref(x, dt, A, B, C, 4, **kw), inputs)
     _assert_same(lean, ssd_recurrent_ref(x, dt, A, B, C, **kw), inputs)
@@ -232,10 +237,10 @@ def test_gated_delta_rule_lean_equals_ref_and_recurrence(with_state):
 
     def run(fn, **kw):
         return fn(q, F.normalize(k, dim=-1), v, F.logsigmoid(a), beta.sigmoid(),
-                  initial_state=h0, output_final_state=True, **kw)
+                  initial_state=h0, return_final_state=True, **kw)
 
-    lean = run(chunk_gated_delta_rule_lean, chunk_size=4, block_size=8)
-    _assert_same(lean, run(chunk_gated_delta_rule_ref, chunk_size=4), inputs)
+    lean = run(gated_delta_rule_lean, chunk_size=4, block_size=8)
+    _assert_same(lean, run(gated_delta_rule_ref, chunk_size=4), inputs)
     _assert_same(lean, run(gated_delta_rule_recurrent_ref), inputs)
     o, _ = gated_delta_rule(q, k, v, F.logsigmoid(a), beta.sigmoid())
     assert "BlockRecompute" in type(o.grad_fn).__name__
@@ -251,9 +256,9 @@ def test_gdn2_lean_equals_recurrence(with_state):
 
     def run(fn, **kw):
         return fn(q, F.normalize(k, dim=-1), v, F.logsigmoid(gk), b.sigmoid(), w.sigmoid(),
-                  initial_state=h0, output_final_state=True, **kw)
+                  initial_state=h0, return_final_state=True, **kw)
 
-    _assert_same(run(chunk_gdn2_lean, chunk_size=4, block_size=8), run(gdn2_recurrent_ref),
+    _assert_same(run(gdn2_lean, chunk_size=4, block_size=8), run(gdn2_recurrent_ref),
                  inputs)
     o, _ = gdn2(q, k, v, F.logsigmoid(gk), b.sigmoid(), w.sigmoid())
     assert "BlockRecompute" in type(o.grad_fn).__name__
@@ -262,6 +267,6 @@ def test_gdn2_lean_equals_recurrence(with_state):
 def test_gated_delta_rule_lean_keeps_less_than_the_reference():
     q, k, v, a, beta, _ = _gdn_inputs(False, T=1024, B=1, H=2, K=16, V=16)
     args = (q, F.normalize(k, dim=-1), v, F.logsigmoid(a), beta.sigmoid())
-    lean = _saved_numel(lambda: chunk_gated_delta_rule_lean(*args, block_size=128))
-    ref = _saved_numel(lambda: chunk_gated_delta_rule_ref(*args))
+    lean = _saved_numel(lambda: gated_delta_rule_lean(*args, block_size=128))
+    ref = _saved_numel(lambda: gated_delta_rule_ref(*args))
     assert lean < ref / 3, (lean, ref)

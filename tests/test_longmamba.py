@@ -12,7 +12,7 @@ from lrm.ops.longmamba import LongMambaConfig, LongMambaFilter, channel_statisti
 
 MIXERS = {
     "mamba": {"d_state": 8, "chunk_size": 16},
-    "mamba2": {"d_state": 8, "headdim": 16, "chunk_size": 16},
+    "mamba2": {"d_state": 8, "head_dim": 16, "chunk_size": 16},
 }
 T_TR = 8  # a tiny "training length", so that the conformance length 37 is a long input
 

@@ -52,10 +52,10 @@ def test_selective_scan_without_options_and_streaming():
     torch.testing.assert_close(y, selective_scan_recurrent_ref(u, delta, A, B, C), **TOL)
     # two calls with the state passed along == one call
     y1, h = selective_scan_ref(u[..., :11], delta[..., :11], A, B[..., :11], C[..., :11],
-                               return_last_state=True)
+                               return_final_state=True)
     y2, h2 = selective_scan_ref(u[..., 11:], delta[..., 11:], A, B[..., 11:], C[..., 11:],
-                                return_last_state=True, initial_state=h)
-    y_full, h_full = selective_scan_ref(u, delta, A, B, C, return_last_state=True)
+                                return_final_state=True, initial_state=h)
+    y_full, h_full = selective_scan_ref(u, delta, A, B, C, return_final_state=True)
     torch.testing.assert_close(torch.cat([y1, y2], -1), y_full, **TOL)
     torch.testing.assert_close(h2, h_full, **TOL)
 
@@ -124,8 +124,8 @@ def _ssd_inputs(with_state: bool, D_shape: str, L: int = 37, b: int = 2, H: int 
 @pytest.mark.parametrize("with_state", [False, True], ids=["zero_state", "initial_state"])
 def test_ssd_ref_equals_recurrence(with_state, chunk):
     x, dt, A, B, C, D, z, dt_bias, h0 = inputs = _ssd_inputs(with_state, "HP" if chunk % 2 else "H")
-    kw = dict(D=D, z=z, dt_bias=dt_bias, initial_states=h0, dt_softplus=True,
-              return_final_states=True)
+    kw = dict(D=D, z=z, dt_bias=dt_bias, initial_state=h0, dt_softplus=True,
+              return_final_state=True)
     fast = ssd_ref(x, dt, A, B, C, chunk, **kw)
     slow = ssd_recurrent_ref(x, dt, A, B, C, chunk, **kw)
     torch.testing.assert_close(fast[0], slow[0], **TOL)
@@ -198,7 +198,7 @@ def test_mamba_init_follows_upstream():
 
 def test_mamba2_init_follows_upstream():
     torch.manual_seed(0)
-    m = Mamba2(64, d_state=8, headdim=16, ngroups=2)
+    m = Mamba2(64, d_state=8, head_dim=16, ngroups=2)
     assert m.nheads == 8 and m.in_proj.out_features == 2 * 128 + 2 * 2 * 8 + 8
     A = torch.exp(m.A_log)
     assert A.min() >= 1 and A.max() <= 16
@@ -209,7 +209,7 @@ def test_mamba2_init_follows_upstream():
 
 @pytest.mark.parametrize("cls", [Mamba, Mamba2])
 def test_ssm_parameters_take_no_weight_decay(cls):
-    m = cls(64, d_state=8, **({"headdim": 16} if cls is Mamba2 else {}))
+    m = cls(64, d_state=8, **({"head_dim": 16} if cls is Mamba2 else {}))
     no_decay = {id(p) for grp in param_groups(m, lr=1e-3, weight_decay=0.1)
                 if grp["weight_decay"] == 0.0 for p in grp["params"]}
     for name in ("A_log", "D") + (("dt_bias",) if cls is Mamba2 else ()):
@@ -221,7 +221,7 @@ def test_mamba2_block_matches_a_direct_recurrence():
     """The mixer's wiring (split order, conv over x|B|C, gated norm) against the per-token
     equations of the module docstring written out by hand."""
     torch.manual_seed(0)
-    m = Mamba2(32, d_state=4, headdim=8, chunk_size=5).eval()
+    m = Mamba2(32, d_state=4, head_dim=8, chunk_size=5).eval()
     x = torch.randn(1, 11, 32)
     with torch.no_grad():
         y, _ = m(x)
@@ -245,7 +245,7 @@ def test_mamba2_block_matches_a_direct_recurrence():
 
 
 def test_ngroups_norm_is_per_group():
-    m = Mamba2(32, d_state=4, headdim=8, ngroups=2)
+    m = Mamba2(32, d_state=4, head_dim=8, ngroups=2)
     y = torch.randn(3, 64)
     out = m.norm(y)
     for g in range(2):
@@ -310,8 +310,8 @@ def test_ssd_kernel_equals_ref():
     x, dt, A, B, C, D, z, dt_bias, h0 = (
         t.detach().cuda().requires_grad_()
         for t in _ssd_inputs(True, "H", L=301, H=8, P=16, G=2, N=16))
-    kw = dict(D=D, z=z, dt_bias=dt_bias, initial_states=h0, dt_softplus=True,
-              return_final_states=True)
+    kw = dict(D=D, z=z, dt_bias=dt_bias, initial_state=h0, dt_softplus=True,
+              return_final_state=True)
     k = ssd(x, dt, A, B, C, 64, **kw, backend="kernel")
     r = ssd_ref(x, dt, A, B, C, 64, **kw)
     torch.testing.assert_close(k[0], r[0], atol=1e-3, rtol=1e-3)

@@ -13,7 +13,7 @@ import lrm
 from lrm.mixers.titans import Titans
 from lrm.nn import rope
 from lrm.ops.attention import attention
-from lrm.ops.delta_rule import chunk_gated_delta_rule_ref, gated_delta_rule_recurrent_ref
+from lrm.ops.delta_rule import gated_delta_rule_recurrent_ref, gated_delta_rule_ref
 from lrm.ops.neural_memory import (
     initial_state,
     memory_forward,
@@ -121,8 +121,8 @@ def test_linear_memory_with_chunk_one_no_momentum_no_decay_is_the_delta_rule():
     h0 = ws[0].expand(B, *ws[0].shape)
     y, s = neural_memory_ref(q, k, v, theta, eta, alpha, initial_state(ws, B), chunk_size=1)
     zero = torch.zeros_like(theta)  # g = log α = 0: no decay
-    o_chunk, h_chunk = chunk_gated_delta_rule_ref(q, k, v, zero, 2 * theta, scale=1.0,
-                                                  initial_state=h0, output_final_state=True)
+    o_chunk, h_chunk = gated_delta_rule_ref(q, k, v, zero, 2 * theta, scale=1.0,
+                                            initial_state=h0, return_final_state=True)
     o_loop, _ = gated_delta_rule_recurrent_ref(q, k, v, zero, 2 * theta, scale=1.0,
                                                initial_state=h0)
     torch.testing.assert_close(o_loop.double(), o_chunk.double(), atol=1e-5, rtol=1e-5)
@@ -242,7 +242,7 @@ def test_mac_against_the_papers_equations():
     torch.manual_seed(0)
     S = 8
     m = Titans(32, variant="mac", head_dim=8, chunk_size=4, segment_len=S, n_persistent=3,
-               attn_heads=2, conv_width=0).double()
+               attn_heads=2, d_conv=0).double()
     x = torch.randn(2, 21, 32, dtype=F64)
     y, _ = m(x)
     mem = m.memory
@@ -265,7 +265,7 @@ def test_mac_against_the_papers_equations():
                       -1) / q.shape[-1] ** 0.5
         o = torch.softmax(s, -1) @ torch.cat([vp, hv, v], 2)
         ys = m.o_proj(o.transpose(1, 2).flatten(2))
-        # the memory learns from N(y), token by token (no conv here: conv_width=0)
+        # the memory learns from N(y), token by token (no conv here: d_conv=0)
         yn = m.norm_mem_in(ys)
         qm, km, vm = (F.silu(p(yn)).unflatten(-1, (H, -1)) for p in (
             mem.to_queries, mem.to_keys, mem.to_values))

@@ -94,7 +94,7 @@ class GatedDeltaNet(nn.Module):
 
     def __init__(self, d: int, *, n_heads: int | None = None, head_dim: int = 256,
                  expand_v: float = 2.0, gates: str = "gdn", use_forget_gate: bool = True,
-                 delta_rule: bool = True, use_gate: bool = True, conv_size: int = 4,
+                 delta_rule: bool = True, use_gate: bool = True, d_conv: int = 4,
                  conv_bias: bool = False, norm_eps: float = 1e-5) -> None:
         super().__init__()
         if gates not in GATES:
@@ -116,9 +116,9 @@ class GatedDeltaNet(nn.Module):
         self.q_proj = nn.Linear(d, self.key_dim, bias=False)
         self.k_proj = nn.Linear(d, self.key_dim, bias=False)
         self.v_proj = nn.Linear(d, self.value_dim, bias=False)
-        self.q_conv1d = ShortConv(self.key_dim, conv_size, bias=conv_bias, activation="silu")
-        self.k_conv1d = ShortConv(self.key_dim, conv_size, bias=conv_bias, activation="silu")
-        self.v_conv1d = ShortConv(self.value_dim, conv_size, bias=conv_bias, activation="silu")
+        self.q_conv1d = ShortConv(self.key_dim, d_conv, bias=conv_bias, activation="silu")
+        self.k_conv1d = ShortConv(self.key_dim, d_conv, bias=conv_bias, activation="silu")
+        self.v_conv1d = ShortConv(self.value_dim, d_conv, bias=conv_bias, activation="silu")
 
         if gates == "gdn":
             self.b_proj = nn.Linear(d, n_heads, bias=False)  # β, one per head
@@ -200,10 +200,10 @@ class GatedDeltaNet(nn.Module):
         h0 = None if s is None else s.recurrent
         if write is None:  # scalar gates: the gated delta rule (fla's GDN kernels)
             o, h = gated_delta_rule(q, k, v, g, beta_or_erase, initial_state=h0,
-                                    output_final_state=s is not None)
+                                    return_final_state=s is not None)
         else:  # channel-wise gates: GDN-2, or GDN without the delta rule
             o, h = gdn2(q, k, v, g, beta_or_erase, write, initial_state=h0,
-                        output_final_state=s is not None)
+                        return_final_state=s is not None)
 
         if self.use_gate:
             o = self.o_norm(o, rearrange(self.g_proj(x), "b l (h v) -> b l h v", h=H))

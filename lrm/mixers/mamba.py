@@ -118,7 +118,7 @@ class Mamba(nn.Module):
         y = selective_scan(
             xs, delta, A, rearrange(B, "b l n -> b n l"), rearrange(C, "b l n -> b n l"),
             upcast(self.D, dtype), z=rearrange(z, "b l e -> b e l"),
-            return_last_state=state is not None,
+            return_final_state=state is not None,
             initial_state=None if state is None else state.ssm, chunk_size=self.chunk_size)
         if state is not None:
             y, ssm_state = y

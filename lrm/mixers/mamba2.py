@@ -8,7 +8,7 @@
     out_t  = W_out RMSNorm(y_t ⊙ silu(z_t))              (gated RMSNorm, per group of heads)
 
 Symbols: B batch, L length, d model width, d_in = expand · d, H = d_in / P heads of P =
-``headdim`` channels, G = ``ngroups`` groups of heads sharing B and C (head h uses group
+``head_dim`` channels, G = ``ngroups`` groups of heads sharing B and C (head h uses group
 g(h) = h // (H/G)), N = ``d_state``, W = ``d_conv``, Q = ``chunk_size`` (SSD chunk).
 
 Parameter names and initialisation follow mamba-ssm's ``modules/mamba2.Mamba2``: ``in_proj``
@@ -21,7 +21,7 @@ State: the last W-1 conv inputs (B, d_in + 2GN, W-1) and the SSM state (B, H, P,
 compute dtype (fp32 for half precision, float64 for float64; :mod:`lrm.dtypes`).
 
 Kernels: SSD runs on mamba-ssm's Triton ``mamba_chunk_scan_combined`` on CUDA (with the state
-as ``initial_states``, so streaming uses it too), the conv on causal-conv1d's
+as ``initial_state``, so streaming uses it too), the conv on causal-conv1d's
 ``causal_conv1d_fn`` for stateless calls; otherwise on the pure-PyTorch chunked SSD of
 :mod:`lrm.ops.ssd`. Δ is computed here, before the scan, so that the optional LongMamba filter
 (:mod:`lrm.ops.longmamba`, option ``longmamba``) can act on it, as the LongMamba code does.
@@ -49,7 +49,7 @@ from lrm.ops.ssd import ssd
 
 class Mamba2State(NamedTuple):
     conv: torch.Tensor  # (B, d_inner + 2 * ngroups * d_state, d_conv - 1), oldest first
-    ssm: torch.Tensor  # (B, nheads, headdim, d_state), in the compute dtype
+    ssm: torch.Tensor  # (B, nheads, head_dim, d_state), in the compute dtype
 
 
 class Mamba2(nn.Module):
@@ -59,15 +59,15 @@ class Mamba2(nn.Module):
     variants: ClassVar[dict[str, dict]] = {
         "default": {},
         # small and fast: 8 heads of 16, two groups, SSD chunks of 16 (37 = 2·16 + 5)
-        "small": {"d_state": 8, "headdim": 16, "ngroups": 2, "chunk_size": 16},
-        "no_norm_dhdim": {"d_state": 8, "headdim": 16, "chunk_size": 16, "rmsnorm": False,
+        "small": {"d_state": 8, "head_dim": 16, "ngroups": 2, "chunk_size": 16},
+        "no_norm_dhdim": {"d_state": 8, "head_dim": 16, "chunk_size": 16, "rmsnorm": False,
                           "D_has_hdim": True},
         # uncalibrated, the filter is the identity: checks the plumbing keeps the contract
-        "longmamba": {"d_state": 8, "headdim": 16, "chunk_size": 16, "longmamba": {}},
+        "longmamba": {"d_state": 8, "head_dim": 16, "chunk_size": 16, "longmamba": {}},
     }
 
     def __init__(self, d: int, *, d_state: int = 128, d_conv: int = 4, expand: float = 2,
-                 headdim: int = 64, ngroups: int = 1,
+                 head_dim: int = 64, ngroups: int = 1,
                  A_init_range: tuple[float, float] = (1.0, 16.0), D_has_hdim: bool = False,
                  rmsnorm: bool = True, norm_before_gate: bool = False, dt_min: float = 1e-3,
                  dt_max: float = 0.1, dt_init_floor: float = 1e-4,
@@ -77,10 +77,10 @@ class Mamba2(nn.Module):
         super().__init__()
         self.d, self.d_state, self.d_conv = d, d_state, d_conv
         self.d_inner = int(expand * d)
-        if self.d_inner % headdim:
+        if self.d_inner % head_dim:
             raise ValueError(f"expand * d = {self.d_inner} is not divisible by "
-                             f"headdim={headdim}")
-        self.headdim, self.nheads, self.ngroups = headdim, self.d_inner // headdim, ngroups
+                             f"head_dim={head_dim}")
+        self.head_dim, self.nheads, self.ngroups = head_dim, self.d_inner // head_dim, ngroups
         if self.nheads % ngroups:
             raise ValueError(f"nheads={self.nheads} is not divisible by ngroups={ngroups}")
         if not 0 < A_init_range[0] <= A_init_range[1]:
@@ -125,14 +125,14 @@ class Mamba2(nn.Module):
             delta = rearrange(self.longmamba(rearrange(delta, "b l h -> b h l"), A),
                               "b h l -> b l h")
         y = ssd(
-            rearrange(xs, "b l (h p) -> b l h p", p=self.headdim), delta, A,
+            rearrange(xs, "b l (h p) -> b l h p", p=self.head_dim), delta, A,
             rearrange(B, "b l (g n) -> b l g n", g=self.ngroups),
             rearrange(C, "b l (g n) -> b l g n", g=self.ngroups),
             self.chunk_size,
-            D=rearrange(self.D, "(h p) -> h p", p=self.headdim) if self.D_has_hdim else self.D,
-            z=None if self.rmsnorm else rearrange(z, "b l (h p) -> b l h p", p=self.headdim),
-            initial_states=None if state is None else state.ssm,
-            return_final_states=state is not None)
+            D=rearrange(self.D, "(h p) -> h p", p=self.head_dim) if self.D_has_hdim else self.D,
+            z=None if self.rmsnorm else rearrange(z, "b l (h p) -> b l h p", p=self.head_dim),
+            initial_state=None if state is None else state.ssm,
+            return_final_state=state is not None)
         if state is not None:
             y, ssm_state = y
         y = rearrange(y, "b l h p -> b l (h p)")
@@ -146,8 +146,8 @@ class Mamba2(nn.Module):
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> Mamba2State:
         return Mamba2State(
             self.conv1d.init_state(batch_size, device=device, dtype=dtype or torch.float32),
-            torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=device,
+            torch.zeros(batch_size, self.nheads, self.head_dim, self.d_state, device=device,
                         dtype=promote(dtype)))
 
     def state_size(self, seq_len: int) -> int:
-        return self.conv_dim * (self.d_conv - 1) + self.nheads * self.headdim * self.d_state
+        return self.conv_dim * (self.d_conv - 1) + self.nheads * self.head_dim * self.d_state

@@ -131,7 +131,7 @@ class Oryx(nn.Module):
     }
 
     def __init__(self, d: int, *, core: str = "gdn", n_heads: int | None = None,
-                 head_dim: int = 64, expand_v: float = 2.0, conv_size: int = 4,
+                 head_dim: int = 64, expand_v: float = 2.0, d_conv: int = 4,
                  schedule: str = "every:64:6",
                  train_p_attn: Sequence[float] | None = (0.0, 0.1, 0.5, 1.0),
                  train_chunk: int = 64, train_seed: int = 0, chunk_size: int = 64,
@@ -166,8 +166,8 @@ class Oryx(nn.Module):
         # ---- shared by both modes
         self.k_proj = nn.Linear(d, self.key_dim, bias=False)
         self.v_proj = nn.Linear(d, self.value_dim, bias=False)
-        self.k_conv1d = ShortConv(self.key_dim, conv_size, bias=False, activation="silu")
-        self.v_conv1d = ShortConv(self.value_dim, conv_size, bias=False, activation="silu")
+        self.k_conv1d = ShortConv(self.key_dim, d_conv, bias=False, activation="silu")
+        self.v_conv1d = ShortConv(self.value_dim, d_conv, bias=False, activation="silu")
         self.g_proj = nn.Linear(d, self.value_dim, bias=False)
         self.o_norm = RMSNorm(head_v_dim, norm_eps, norm_before_gate=True)
         self.o_proj = nn.Linear(self.value_dim, d, bias=False)
@@ -296,14 +296,14 @@ class Oryx(nn.Module):
             delta = F.softplus(upcast(self.dt_proj(x), cd) + upcast(self.dt_bias, cd))
             A = -torch.exp(upcast(self.A_log, cd))  # (H,)
             out = ssd(v, delta, A, k, upcast(q, cd), self.chunk_size, D=upcast(self.D, cd),
-                      initial_states=h0, return_final_states=want_state)
+                      initial_state=h0, return_final_state=want_state)
             o, h = out if want_state else (out, None)
         else:
             q = l2norm(F.silu(upcast(q, cd)))
             # log α and β (B, L, H), as in Gated DeltaNet
             g, beta = gdn_gates(self.a_proj(x), self.b_proj(x), self.A_log, self.dt_bias)
             o, h = gated_delta_rule(q, k, v, g, beta, initial_state=h0,
-                                    output_final_state=want_state)
+                                    return_final_state=want_state)
         return upcast(o, cd), upcast(h, cd)
 
     # ---------------------------------------------------------------------------- state

@@ -95,7 +95,7 @@ class _LongTermMemory(nn.Module):
     """The LMM branch: projections, short convs, gates, the neural memory and its output."""
 
     def __init__(self, d: int, n_heads: int, head_dim: int, *, depth: int, expansion: float,
-                 chunk_size: int, activation: str, conv_width: int, theta_max: float) -> None:
+                 chunk_size: int, activation: str, d_conv: int, theta_max: float) -> None:
         super().__init__()
         H, K = n_heads, head_dim
         self.n_heads, self.head_dim, self.chunk_size = H, K, chunk_size
@@ -103,7 +103,7 @@ class _LongTermMemory(nn.Module):
         self.to_queries = nn.Linear(d, H * K, bias=False)
         self.to_keys = nn.Linear(d, H * K, bias=False)
         self.to_values = nn.Linear(d, H * K, bias=False)
-        self.conv = ShortConv(3 * H * K, conv_width, activation="silu") if conv_width else None
+        self.conv = ShortConv(3 * H * K, d_conv, activation="silu") if d_conv else None
         self.to_adaptive_step = nn.Linear(d, H)  # θ
         self.to_momentum = nn.Linear(d, H)  # η
         self.to_decay_factor = nn.Linear(d, H)  # α
@@ -173,13 +173,13 @@ class Titans(nn.Module):
         # bidirectional check needs the first output to depend on the last input) gets w > L
         "swa": {"variant": "swa", "window": 48, "n_persistent": 4},
         "mag_no_persistent_no_conv": {"variant": "mag", "window": 8, "chunk_size": 8,
-                                      "n_persistent": 0, "conv_width": 0},
+                                      "n_persistent": 0, "d_conv": 0},
     }
 
     def __init__(self, d: int, *, variant: str = "mac", n_heads: int | None = None,
                  head_dim: int = 32, depth: int = 2, expansion: float = 2.0,
                  chunk_size: int = 16, activation: str = "gelu", theta_max: float = 0.02,
-                 conv_width: int = 4, window: int = 64, segment_len: int = 64,
+                 d_conv: int = 4, window: int = 64, segment_len: int = 64,
                  n_persistent: int = 4, attn_heads: int | None = None) -> None:
         super().__init__()
         if variant not in VARIANTS:
@@ -203,7 +203,7 @@ class Titans(nn.Module):
         self.n_persistent, self.attn_heads = n_persistent, attn_heads
         self.memory = _LongTermMemory(
             d, n_heads, head_dim, depth=depth, expansion=expansion, chunk_size=chunk_size,
-            activation=activation, conv_width=conv_width, theta_max=theta_max,
+            activation=activation, d_conv=d_conv, theta_max=theta_max,
         ) if variant != "swa" else None
         if variant != "lmm":
             self.q_proj = nn.Linear(d, d, bias=False)

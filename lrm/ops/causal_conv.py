@@ -2,10 +2,11 @@
 
     y[b, c, t] = act( bias[c] + Σ_{i=0..W-1} weight[c, i] · x[b, c, t - (W-1) + i] )
 
-with x[b, c, t] = 0 for t < 0 (or taken from the carried ``state`` when streaming).
+with x[b, c, t] = 0 for t < 0 (or taken from the carried ``initial_state`` when streaming).
 
 Symbols: B batch, C channels, L length, W kernel width.
-The state is the last W-1 inputs, ``(B, C, W-1)``, oldest first, in x's dtype. The sum is
+The state is the last W-1 inputs, ``(B, C, W-1)``, oldest first, in x's dtype; every tier
+takes it as ``initial_state`` and always returns the final one (it costs nothing). The sum is
 taken in promote(x dtype, float32) (:mod:`lrm.dtypes`) and y is returned in x's dtype.
 
 Kernel: ``causal_conv1d_fn`` from the causal-conv1d package serves the full-sequence case for
@@ -35,14 +36,15 @@ def causal_conv1d_ref(
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
     activation: str | None = None,
-    state: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """x: (B, C, L), weight: (C, W), state: (B, C, W-1) or None -> (y (B, C, L), new state)."""
+    """x: (B, C, L), weight: (C, W), initial_state: (B, C, W-1) or None (zeros)
+    -> (y (B, C, L), final state (B, C, W-1))."""
     width = weight.shape[-1]
     dtype = compute_dtype(x, weight, bias)
-    if state is None:
-        state = x.new_zeros(x.shape[0], x.shape[1], width - 1)
-    xs = torch.cat([state.to(x.dtype), x], dim=-1)  # (B, C, W-1+L)
+    if initial_state is None:
+        initial_state = x.new_zeros(x.shape[0], x.shape[1], width - 1)
+    xs = torch.cat([initial_state.to(x.dtype), x], dim=-1)  # (B, C, W-1+L)
     y = F.conv1d(upcast(xs, dtype), upcast(weight, dtype).unsqueeze(1), upcast(bias, dtype),
                  groups=x.shape[1])  # (B, C, L)
     return _act(y, activation).to(x.dtype), xs[..., xs.shape[-1] - (width - 1):]
@@ -53,13 +55,14 @@ def causal_conv1d_recurrent_ref(
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
     activation: str | None = None,
-    state: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The same conv as a loop over time with a rolling window. The oracle for tests."""
     width = weight.shape[-1]
     dtype = compute_dtype(x, weight, bias)
     w, b = upcast(weight, dtype), upcast(bias, dtype)
-    window = x.new_zeros(x.shape[0], x.shape[1], width - 1) if state is None else state
+    window = (x.new_zeros(x.shape[0], x.shape[1], width - 1) if initial_state is None
+              else initial_state)
     window = window.to(x.dtype)
     ys = []
     for t in range(x.shape[-1]):
@@ -75,7 +78,7 @@ def causal_conv1d(
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
     activation: str | None = None,
-    state: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
     *,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,7 +87,7 @@ def causal_conv1d(
         raise ValueError(f"causal_conv1d expects x (B, C, L) and weight (C, W); "
                          f"got {tuple(x.shape)} and {tuple(weight.shape)}")
     width = weight.shape[-1]
-    ok = (state is None and 2 <= width <= 4 and activation in (None, "silu", "swish")
+    ok = (initial_state is None and 2 <= width <= 4 and activation in (None, "silu", "swish")
           and x.dtype in (torch.float32, torch.float16, torch.bfloat16))
     if _kernels.use_kernel("causal_conv1d", backend, "causal_conv1d_fn", x, weight, bias,
                            supported=ok,
@@ -100,4 +103,4 @@ def causal_conv1d(
         pad = max(0, width - 1 - x.shape[-1])
         new_state = F.pad(x[..., -(width - 1):], (pad, 0))
         return y, new_state
-    return causal_conv1d_ref(x, weight, bias, activation, state)
+    return causal_conv1d_ref(x, weight, bias, activation, initial_state)

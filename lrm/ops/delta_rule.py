@@ -43,11 +43,18 @@ gc_i − gc_j with i ≥ j, so it is ≤ 0 and never overflows (entries with i <
 A_ij = Σ_c b_ic k_ic k_jc exp(gc_ic − gc_jc); to keep every exponent ≤ 0 without forming a
 (C, C, K) tensor per chunk, its columns are built in a loop over j ∈ [0, C) (chunk size, not T).
 
+Implementations, for each of the two rules: ``*_recurrent_ref`` (the loop, the oracle),
+``*_ref`` (the chunkwise algorithm above, pure PyTorch), ``*_lean`` (``*_ref`` with block
+recomputation, the memory-lean path) and the dispatch :func:`gated_delta_rule` / :func:`gdn2`
+(an fla kernel on CUDA, else the lean path). All take ``initial_state`` and
+``return_final_state`` and return (o, final state or None).
+
 Kernels (CUDA, flash-linear-attention): ``chunk_gated_delta_rule`` for training/prefill,
 ``fused_recurrent_gated_delta_rule`` for short no-grad calls (decoding; it has no backward);
 ``chunk_gdn2``/``fused_recurrent_gdn2`` for GDN-2. Both take q/k already normalised here
 (``use_qk_l2norm_in_kernel`` stays False: normalisation is the mixer's job), g in natural-log
-space, scale defaulting to K^-1/2, states (B, H, K, V) in fp32: the same contract as the refs,
+space, scale defaulting to K^-1/2, states (B, H, K, V) in fp32 (fla spells
+``return_final_state`` as ``output_final_state``): the same contract as the refs,
 which compute in promote(input dtypes, float32) (:mod:`lrm.dtypes`), so float64 stays float64.
 """
 
@@ -132,7 +139,7 @@ def _ut_solve(A: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
 def gated_delta_rule_recurrent_ref(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, *,
     scale: float | None = None, initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
+    return_final_state: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The paper's recurrence, token by token, in the compute dtype. The oracle for tests.
 
@@ -156,20 +163,20 @@ def gated_delta_rule_recurrent_ref(
         h = h + k_t[..., None] * v_new[..., None, :]
         outs.append(torch.einsum("bhk,bhkv->bhv", qf[:, t] * scale, h))
     o = torch.stack(outs, dim=1) if outs else vf.new_zeros(v.shape)
-    return o.to(v.dtype), (h if output_final_state else None)
+    return o.to(v.dtype), (h if return_final_state else None)
 
 
-def chunk_gated_delta_rule_ref(
+def gated_delta_rule_ref(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, *,
     scale: float | None = None, initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False, chunk_size: int = 64,
+    return_final_state: bool = False, chunk_size: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The chunkwise (WY / UT-transform) gated delta rule; same contract as the recurrent ref.
 
     Memory is O(T·C) for the intra-chunk scores, never O(T²).
     """
     _check(q, k, v, {"g": (g, q.shape[:3]), "beta": (beta, q.shape[:3])}, initial_state,
-           "chunk_gated_delta_rule_ref")
+           "gated_delta_rule_ref")
     B, T, H, K = q.shape
     scale = K ** -0.5 if scale is None else scale
     C = max(1, min(chunk_size, T))  # a decode step (T = 1) is a chunk of one, not 64
@@ -193,18 +200,15 @@ def chunk_gated_delta_rule_ref(
     h0 = (qc.new_zeros(B, H, K, v.shape[-1]) if initial_state is None
           else upcast(initial_state, dtype))
     o, h = _across_chunks(qg, kd, w, u, attn, gc[..., -1:].exp(), h0)
-    return _from_chunks(o, T).to(v.dtype), (h if output_final_state else None)
-
-
-gated_delta_rule_ref = chunk_gated_delta_rule_ref
+    return _from_chunks(o, T).to(v.dtype), (h if return_final_state else None)
 
 
 def gated_delta_rule(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, *,
     scale: float | None = None, initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False, backend: str = "auto",
+    return_final_state: bool = False, backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Dispatching gated delta rule; same contract as :func:`chunk_gated_delta_rule_ref`.
+    """Dispatching gated delta rule; same contract as :func:`gated_delta_rule_ref`.
 
     On CUDA with fla: ``fused_recurrent_gated_delta_rule`` when no gradient is needed and
     T ≤ 64 (decoding, as fla's layer does), else ``chunk_gated_delta_rule``.
@@ -229,12 +233,12 @@ def gated_delta_rule(
         h0 = None if initial_state is None else initial_state.to(torch.float32)
         # by keyword: fused_recurrent's positional order is (q, k, v, g, gk, gv, beta, ...)
         o, h = fn(q=q, k=k, v=v, g=g.to(torch.float32), beta=beta.to(q.dtype), scale=scale,
-                  initial_state=h0, output_final_state=output_final_state)
+                  initial_state=h0, output_final_state=return_final_state)
         return o.to(v.dtype), h
     # the CPU path: the memory-lean block recomputation of the reference (same results)
-    return chunk_gated_delta_rule_lean(q, k, v, g, beta, scale=scale,
-                                       initial_state=initial_state,
-                                       output_final_state=output_final_state)
+    return gated_delta_rule_lean(q, k, v, g, beta, scale=scale,
+                                 initial_state=initial_state,
+                                 return_final_state=return_final_state)
 
 
 # ----------------------------------------------------------------------------- GDN-2
@@ -247,7 +251,7 @@ def _gdn2_shapes(q, v) -> dict[str, tuple[int, ...]]:
 def gdn2_recurrent_ref(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, b: torch.Tensor,
     w: torch.Tensor, *, scale: float | None = None, initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
+    return_final_state: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """GDN-2 token by token, in the compute dtype: the oracle.
 
@@ -270,13 +274,13 @@ def gdn2_recurrent_ref(
         h = h + k_t[..., None] * (wf[:, t] * vf[:, t] - erase)[..., None, :]
         outs.append(torch.einsum("bhk,bhkv->bhv", qf[:, t] * scale, h))
     o = torch.stack(outs, dim=1) if outs else vf.new_zeros(v.shape)
-    return o.to(v.dtype), (h if output_final_state else None)
+    return o.to(v.dtype), (h if return_final_state else None)
 
 
-def chunk_gdn2_ref(
+def gdn2_ref(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, b: torch.Tensor,
     w: torch.Tensor, *, scale: float | None = None, initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False, chunk_size: int = 16,
+    return_final_state: bool = False, chunk_size: int = 16,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Chunkwise GDN-2 (WY / UT transform with channel-wise decay); same contract as the
     recurrent ref.
@@ -288,7 +292,7 @@ def chunk_gdn2_ref(
     """
     shapes = _gdn2_shapes(q, v)
     _check(q, k, v, {n: (t, shapes[n]) for n, t in (("g", g), ("b", b), ("w", w))},
-           initial_state, "chunk_gdn2_ref")
+           initial_state, "gdn2_ref")
     B, T, H, K = q.shape
     V = v.shape[-1]
     scale = K ** -0.5 if scale is None else scale
@@ -316,18 +320,15 @@ def chunk_gdn2_ref(
     kd = kc * (gc[..., -1:, :] - gc).exp()
     h0 = qc.new_zeros(B, H, K, V) if initial_state is None else upcast(initial_state, dtype)
     o, h = _across_chunks(qg, kd, wk, u, attn, gc[..., -1, :].exp(), h0)
-    return _from_chunks(o, T).to(v.dtype), (h if output_final_state else None)
-
-
-gdn2_ref = chunk_gdn2_ref
+    return _from_chunks(o, T).to(v.dtype), (h if return_final_state else None)
 
 
 def gdn2(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, b: torch.Tensor,
     w: torch.Tensor, *, scale: float | None = None, initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False, backend: str = "auto",
+    return_final_state: bool = False, backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Dispatching GDN-2; same contract as :func:`chunk_gdn2_ref`.
+    """Dispatching GDN-2; same contract as :func:`gdn2_ref`.
 
     On CUDA with fla: ``fused_recurrent_gdn2`` for no-grad calls with T ≤ 64, else
     ``chunk_gdn2``.
@@ -346,10 +347,10 @@ def gdn2(
         h0 = None if initial_state is None else initial_state.to(torch.float32)
         # by keyword: fused_recurrent_gdn2 takes (A_log, dt_bias) positionally after w
         o, h = fn(q=q, k=k, v=v, g=g.to(torch.float32), b=b.to(q.dtype), w=w.to(q.dtype),
-                  scale=scale, initial_state=h0, output_final_state=output_final_state)
+                  scale=scale, initial_state=h0, output_final_state=return_final_state)
         return o.to(v.dtype), h
-    return chunk_gdn2_lean(q, k, v, g, b, w, scale=scale, initial_state=initial_state,
-                           output_final_state=output_final_state)
+    return gdn2_lean(q, k, v, g, b, w, scale=scale, initial_state=initial_state,
+                     return_final_state=return_final_state)
 
 
 # ----------------------------------------------------------------------------- memory-lean path
@@ -370,34 +371,34 @@ def _lean(ref, seqs, q, v, initial_state, chunk_size, block_size, **kw):
 
     def step(*blocks_and_h):
         *blocks, h = blocks_and_h
-        return ref(*blocks, initial_state=h, output_final_state=True, chunk_size=C, **kw)
+        return ref(*blocks, initial_state=h, return_final_state=True, chunk_size=C, **kw)
 
     return block_recompute(step, seqs, [1] * len(seqs), [], h0, block=block, out_dim=1)
 
 
-def chunk_gated_delta_rule_lean(
+def gated_delta_rule_lean(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, *,
     scale: float | None = None, initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False, chunk_size: int = 64, block_size: int = BLOCK_SIZE,
+    return_final_state: bool = False, chunk_size: int = 64, block_size: int = BLOCK_SIZE,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """:func:`chunk_gated_delta_rule_ref` with block recomputation (memory O(B·T·H·(K+V)) plus
+    """:func:`gated_delta_rule_ref` with block recomputation (memory O(B·T·H·(K+V)) plus
     one state per block, instead of every chunk's intermediates). Same contract."""
     _check(q, k, v, {"g": (g, q.shape[:3]), "beta": (beta, q.shape[:3])}, initial_state,
-           "chunk_gated_delta_rule_lean")
-    o, h = _lean(chunk_gated_delta_rule_ref, [q, k, v, g, beta], q, v, initial_state,
+           "gated_delta_rule_lean")
+    o, h = _lean(gated_delta_rule_ref, [q, k, v, g, beta], q, v, initial_state,
                  chunk_size, block_size, scale=scale)
-    return o, (h if output_final_state else None)
+    return o, (h if return_final_state else None)
 
 
-def chunk_gdn2_lean(
+def gdn2_lean(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, b: torch.Tensor,
     w: torch.Tensor, *, scale: float | None = None, initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False, chunk_size: int = 16, block_size: int = BLOCK_SIZE,
+    return_final_state: bool = False, chunk_size: int = 16, block_size: int = BLOCK_SIZE,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """:func:`chunk_gdn2_ref` with block recomputation; same contract."""
+    """:func:`gdn2_ref` with block recomputation; same contract."""
     shapes = _gdn2_shapes(q, v)
     _check(q, k, v, {n: (t, shapes[n]) for n, t in (("g", g), ("b", b), ("w", w))},
-           initial_state, "chunk_gdn2_lean")
-    o, h = _lean(chunk_gdn2_ref, [q, k, v, g, b, w], q, v, initial_state, chunk_size,
+           initial_state, "gdn2_lean")
+    o, h = _lean(gdn2_ref, [q, k, v, g, b, w], q, v, initial_state, chunk_size,
                  block_size, scale=scale)
-    return o, (h if output_final_state else None)
+    return o, (h if return_final_state else None)

@@ -22,7 +22,7 @@ Symbols: L length, block the tokens per block (a multiple of the op's chunk size
 cut the sequence where the op's own chunks end), h the recurrent state.
 
 ``step`` is the op's reference itself (e.g. :func:`lrm.ops.ssd.ssd_ref` with
-``initial_states`` and ``return_final_states``), so the lean path computes the same arithmetic
+``initial_state`` and ``return_final_state``), so the lean path computes the same arithmetic
 as the oracle, chunk for chunk; tests check outputs and gradients against the oracles.
 """
 

@@ -1,6 +1,6 @@
 """SSD, the state space dual of Mamba-2 (Dao & Gu, 2024): a scalar-decay SSM per head.
 
-For every batch b and head h (headdim P, state size N):
+For every batch b and head h (head dim P, state size N):
 
     H_t = exp(Δ_t · a_h) · H_{t-1} + Δ_t · x_t B_tᵀ          H_t: (P, N)
     y_t = H_t C_t + D_h · x_t
@@ -22,11 +22,12 @@ Memory is O(L·Q) for the decay masks and O(L/Q · P·N) for the chunk states; n
 Symbols and shapes (mamba-ssm's ``mamba_chunk_scan_combined`` conventions):
     x : (B, L, H, P)   dt : (B, L, H)   A : (H,) negative   B, C : (B, L, G, N), head h uses
     group h // (H / G)   D : (H,) or (H, P)   z : (B, L, H, P)   dt_bias : (H,)
-    initial_states / final states : (B, H, P, N)
+    initial_state / final state : (B, H, P, N)   (``return_final_state`` returns the latter)
 
 Implementations: :func:`ssd_recurrent_ref` (the loop, the oracle), :func:`ssd_ref` (the chunked
-algorithm above, pure PyTorch) and :func:`ssd` (dispatch to mamba-ssm's Triton
-``mamba_chunk_scan_combined`` on CUDA, else the reference). Not supported here: ``seq_idx`` /
+algorithm above, pure PyTorch), :func:`ssd_lean` (:func:`ssd_ref` with block recomputation, the
+memory-lean path) and :func:`ssd` (dispatch to mamba-ssm's Triton ``mamba_chunk_scan_combined``
+on CUDA, else :func:`ssd_lean`). Not supported here: ``seq_idx`` /
 ``cu_seqlens`` (packed variable-length batches). The references compute in
 promote(input dtypes, float32) (:mod:`lrm.dtypes`): fp32 for half precision, float64 kept.
 """
@@ -91,8 +92,8 @@ def segsum(a: torch.Tensor) -> torch.Tensor:
     return out.masked_fill(~causal, -math.inf)
 
 
-def ssd_ref(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None,
-            dt_softplus=False, dt_limit=NO_LIMIT, return_final_states=False):
+def ssd_ref(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_state=None,
+            dt_softplus=False, dt_limit=NO_LIMIT, return_final_state=False):
     """The chunked SSD algorithm in pure PyTorch (in the compute dtype); the contract of
     mamba-ssm's ``mamba_chunk_scan_combined``. Returns out (B, L, H, P) in x's dtype [, final
     states (B, H, P, N) in the compute dtype]."""
@@ -100,7 +101,7 @@ def ssd_ref(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_st
     batch, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     dtype_in = x.dtype
-    dtype = compute_dtype(x, dt, A, B, C, D, z, dt_bias, initial_states)
+    dtype = compute_dtype(x, dt, A, B, C, D, z, dt_bias, initial_state)
     dt = _discretise_dt(dt, dt_bias, dt_softplus, dt_limit, dtype)
     # Chunks longer than the input only cost padding; Δ = 0 on the padding means "no decay and
     # no write", so the final state is unaffected.
@@ -126,10 +127,10 @@ def ssd_ref(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_st
     states = torch.einsum("bcqgn,bghcq,bcqghp->bcghpn", Bc, decay_to_end, xc)
 
     # 3. inter-chunk recurrence (a loop over L/Q chunks, linear in L)
-    if initial_states is None:
+    if initial_state is None:
         h = xf.new_zeros(batch, G, H // G, P, N)
     else:
-        h = rearrange(upcast(initial_states, dtype), "b (g h) p n -> b g h p n", g=G)
+        h = rearrange(upcast(initial_state, dtype), "b (g h) p n -> b g h p n", g=G)
     chunk_decay = torch.exp(A_cum[..., -1])  # (b, g, h, c)
     entering = []
     # unbind, not an index per chunk: autograd then stacks the gradients once (O(L))
@@ -143,26 +144,26 @@ def ssd_ref(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_st
 
     y = rearrange(y_diag + y_off, "b c q g h p -> b (c q) (g h) p")[:, :L]
     out = _finish(y, x, D, z, dtype_in)
-    if return_final_states:
+    if return_final_state:
         return out, rearrange(h, "b g h p n -> b (g h) p n")
     return out
 
 
 def ssd_recurrent_ref(x, dt, A, B, C, chunk_size=None, D=None, z=None, dt_bias=None,
-                      initial_states=None, dt_softplus=False, dt_limit=NO_LIMIT,
-                      return_final_states=False):
+                      initial_state=None, dt_softplus=False, dt_limit=NO_LIMIT,
+                      return_final_state=False):
     """The recurrence token by token, in the compute dtype: the oracle. ``chunk_size`` is
     accepted for a uniform signature and ignored."""
     _check(x, dt, A, B, C)
     batch, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
-    dtype = compute_dtype(x, dt, A, B, C, D, z, dt_bias, initial_states)
+    dtype = compute_dtype(x, dt, A, B, C, D, z, dt_bias, initial_state)
     dt = _discretise_dt(dt, dt_bias, dt_softplus, dt_limit, dtype)
     Bh = repeat(upcast(B, dtype), "b l g n -> b l (g h) n", h=H // G)
     Ch = repeat(upcast(C, dtype), "b l g n -> b l (g h) n", h=H // G)
     xf, Af = upcast(x, dtype), upcast(A, dtype)
-    h = (xf.new_zeros(batch, H, P, N) if initial_states is None
-         else upcast(initial_states, dtype))
+    h = (xf.new_zeros(batch, H, P, N) if initial_state is None
+         else upcast(initial_state, dtype))
     ys = []
     for t in range(L):
         decay = torch.exp(dt[:, t] * Af)  # (b, H)
@@ -170,26 +171,27 @@ def ssd_recurrent_ref(x, dt, A, B, C, chunk_size=None, D=None, z=None, dt_bias=N
             "bh,bhp,bhn->bhpn", dt[:, t], xf[:, t], Bh[:, t])
         ys.append(torch.einsum("bhpn,bhn->bhp", h, Ch[:, t]))
     out = _finish(torch.stack(ys, dim=1), x, D, z, x.dtype)
-    return (out, h) if return_final_states else out
+    return (out, h) if return_final_state else out
 
 
-def ssd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None,
-        dt_softplus=False, dt_limit=NO_LIMIT, return_final_states=False, *,
+def ssd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_state=None,
+        dt_softplus=False, dt_limit=NO_LIMIT, return_final_state=False, *,
         backend: str = "auto"):
     """Dispatching SSD: mamba-ssm's Triton ``mamba_chunk_scan_combined`` on CUDA where it
     imports, else :func:`ssd_lean` (:func:`ssd_ref` with block recomputation). Same arguments
     and results."""
     ok = x.dtype in (torch.float32, torch.float16, torch.bfloat16)
     if _kernels.use_kernel("ssd", backend, "mamba_chunk_scan_combined", x, dt, A, B, C, D, z,
-                           dt_bias, initial_states, supported=ok,
+                           dt_bias, initial_state, supported=ok,
                            why_unsupported="the kernel needs fp32/fp16/bf16 inputs"):
         fn = _kernels.get("mamba_chunk_scan_combined")
+        # the kernel's own names for the state arguments: initial_states, return_final_states
         return fn(x, dt, A.to(torch.float32), B, C, chunk_size, D=D, z=z, dt_bias=dt_bias,
-                  initial_states=initial_states, dt_softplus=dt_softplus,
-                  dt_limit=tuple(dt_limit), return_final_states=return_final_states)
+                  initial_states=initial_state, dt_softplus=dt_softplus,
+                  dt_limit=tuple(dt_limit), return_final_states=return_final_state)
     # the CPU path: the memory-lean block recomputation of the reference (same results)
-    return ssd_lean(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus,
-                    dt_limit, return_final_states)
+    return ssd_lean(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_state, dt_softplus,
+                    dt_limit, return_final_state)
 
 
 # ----------------------------------------------------------------------------- memory-lean path
@@ -197,8 +199,8 @@ def ssd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states
 BLOCK_SIZE = 1024  # tokens per recomputed block of the lean path (rounded up to whole chunks)
 
 
-def ssd_lean(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None,
-             dt_softplus=False, dt_limit=NO_LIMIT, return_final_states=False, *,
+def ssd_lean(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_state=None,
+             dt_softplus=False, dt_limit=NO_LIMIT, return_final_state=False, *,
              block_size: int = BLOCK_SIZE):
     """:func:`ssd_ref` run through :func:`lrm.ops.recompute.block_recompute`: the backward pass
     keeps the inputs and one (B, H, P, N) state per block of ``block_size`` tokens, and
@@ -210,10 +212,10 @@ def ssd_lean(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_s
     Q = max(1, min(int(chunk_size), L))
     block = Q * max(1, -(-int(block_size) // Q))
     dtype = compute_dtype(x, dt, B, C)
-    if initial_states is None:
+    if initial_state is None:
         h0 = x.new_zeros(batch, H, P, N, dtype=dtype)
     else:
-        h0 = upcast(initial_states, dtype)
+        h0 = upcast(initial_state, dtype)
     seqs = [x, dt, B, C] + ([] if z is None else [z])
     shared = [A] + [t for t in (D, dt_bias) if t is not None]
 
@@ -225,8 +227,8 @@ def ssd_lean(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_s
         bias_ = rest.pop(0) if dt_bias is not None else None
         (h,) = rest
         return ssd_ref(x_b, dt_b, A_, B_b, C_b, Q, D=D_, z=z_b, dt_bias=bias_,
-                       initial_states=h, dt_softplus=dt_softplus, dt_limit=dt_limit,
-                       return_final_states=True)
+                       initial_state=h, dt_softplus=dt_softplus, dt_limit=dt_limit,
+                       return_final_state=True)
 
     out, h = block_recompute(step, seqs, [1] * len(seqs), shared, h0, block=block, out_dim=1)
-    return (out, h) if return_final_states else out
+    return (out, h) if return_final_state else out

@@ -184,16 +184,16 @@ def fft_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 
 def _check(u: torch.Tensor, dA: torch.Tensor, dB: torch.Tensor, dC: torch.Tensor,
-           state: torch.Tensor | None) -> None:
+           initial_state: torch.Tensor | None) -> None:
     H, N = dB.shape
     if u.dim() != 3 or u.shape[1] != H or dC.shape != (H, N) or dA.shape not in ((H, N),
                                                                                  (H, N, N)):
         raise ValueError(f"ssm_conv expects u (B, H, L), dA (H, N) or (H, N, N), dB and dC "
                          f"(H, N); got {tuple(u.shape)}, {tuple(dA.shape)}, {tuple(dB.shape)}, "
                          f"{tuple(dC.shape)}")
-    if state is not None and state.shape != (u.shape[0], H, N):
-        raise ValueError(f"state must be (B, H, N) = {(u.shape[0], H, N)}, got "
-                         f"{tuple(state.shape)}")
+    if initial_state is not None and initial_state.shape != (u.shape[0], H, N):
+        raise ValueError(f"initial_state must be (B, H, N) = {(u.shape[0], H, N)}, got "
+                         f"{tuple(initial_state.shape)}")
 
 
 def _re(z: torch.Tensor) -> torch.Tensor:
@@ -201,18 +201,19 @@ def _re(z: torch.Tensor) -> torch.Tensor:
 
 
 def ssm_conv_recurrent_ref(u: torch.Tensor, dA: torch.Tensor, dB: torch.Tensor,
-                           dC: torch.Tensor, state: torch.Tensor | None = None
+                           dC: torch.Tensor, initial_state: torch.Tensor | None = None
                            ) -> tuple[torch.Tensor, torch.Tensor]:
     """The discretised SSM step by step (the oracle).
 
         x_t = Ā x_{t−1} + B̄ u_t,   y_t = Re(Σ_n dC_n x_t[n])
 
     u (B, H, L) real; dA (H, N) complex diagonal, or (H, N, N) dense (real or complex); dB, dC
-    (H, N) of dA's dtype; state (B, H, N) or None (zeros). Returns y (B, H, L) real and the
+    (H, N) of dA's dtype; initial_state (B, H, N) or None (zeros). Returns y (B, H, L) real and the
     final state.
     """
-    _check(u, dA, dB, dC, state)
-    x = u.new_zeros(u.shape[0], *dB.shape, dtype=dB.dtype) if state is None else state
+    _check(u, dA, dB, dC, initial_state)
+    x = (u.new_zeros(u.shape[0], *dB.shape, dtype=dB.dtype) if initial_state is None
+         else initial_state)
     ys = []
     for t in range(u.shape[-1]):
         Ax = dA * x if dA.dim() == 2 else torch.einsum("hmn,bhn->bhm", dA, x)
@@ -254,7 +255,7 @@ def ssm_filter(dA: torch.Tensor, dB: torch.Tensor, dC: torch.Tensor, L: int,
 
 
 def ssm_conv_ref(u: torch.Tensor, dA: torch.Tensor, dB: torch.Tensor, dC: torch.Tensor,
-                 state: torch.Tensor | None = None, *, taps: torch.Tensor | None = None,
+                 initial_state: torch.Tensor | None = None, *, taps: torch.Tensor | None = None,
                  block: int = DENSE_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
     """The same SSM as :func:`ssm_conv_recurrent_ref`, without a loop over time steps.
 
@@ -268,10 +269,10 @@ def ssm_conv_ref(u: torch.Tensor, dA: torch.Tensor, dB: torch.Tensor, dC: torch.
     state a transposed one. Dense Ā: both run over time blocks of ``block`` steps with
     precomputed Ā^k B̄ and dCᵀĀ^{k+1} (k < block), never holding (B, H, N, n).
     """
-    _check(u, dA, dB, dC, state)
+    _check(u, dA, dB, dC, initial_state)
     Bsz, H, n = u.shape
     N = dB.shape[-1]
-    x0 = u.new_zeros(Bsz, H, N, dtype=dB.dtype) if state is None else state
+    x0 = u.new_zeros(Bsz, H, N, dtype=dB.dtype) if initial_state is None else initial_state
     if n == 1:  # one recurrence step is the cheapest exact answer
         Ax = dA * x0 if dA.dim() == 2 else torch.einsum("hmn,bhn->bhm", dA, x0)
         x = Ax + dB * u
@@ -297,7 +298,7 @@ def ssm_conv_ref(u: torch.Tensor, dA: torch.Tensor, dB: torch.Tensor, dC: torch.
 
 
 def ssm_conv(u: torch.Tensor, dA: torch.Tensor, dB: torch.Tensor, dC: torch.Tensor,
-             state: torch.Tensor | None = None, *, taps: torch.Tensor | None = None,
+             initial_state: torch.Tensor | None = None, *, taps: torch.Tensor | None = None,
              backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Dispatching :func:`ssm_conv_ref`. No kernel package serves it (the S4 repository's
     Cauchy/Vandermonde CUDA extension and pykeops are not wired in), so ``auto`` and ``ref``
@@ -305,7 +306,7 @@ def ssm_conv(u: torch.Tensor, dA: torch.Tensor, dB: torch.Tensor, dC: torch.Tens
     if _kernels.resolve_backend(backend) == "kernel":
         raise RuntimeError("ssm_conv: backend='kernel' was requested but no kernel package "
                            "serves it; use backend='auto' (the PyTorch reference).")
-    return ssm_conv_ref(u, dA, dB, dC, state, taps=taps)
+    return ssm_conv_ref(u, dA, dB, dC, initial_state, taps=taps)
 
 
 __all__ = [

@@ -40,7 +40,7 @@ SEQ_LEN, VOCAB, D_MODEL, N_LAYERS = 64, 64, 64, 2
 
 MODELS: dict[str, tuple[str, dict]] = {
     "attention": ("attention", {"n_heads": 2}),
-    "mamba2": ("mamba2", {"d_state": 4, "expand": 2, "headdim": 32}),
+    "mamba2": ("mamba2", {"d_state": 4, "expand": 2, "head_dim": 32}),
     "gdn": ("gdn", {"n_heads": 1, "head_dim": 16}),
     "gdn2": ("gdn", {"n_heads": 1, "head_dim": 16, "gates": "gdn2"}),
 }

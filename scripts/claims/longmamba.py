@@ -5,7 +5,7 @@ training, so a model trained at a short length retrieves from much longer inputs
     python scripts/claims/longmamba.py --quick    # a smoke run (about 1 min)
 
 Protocol (everything seeded):
-1. Train a small Mamba-2 LM (d_model 64, 2 layers, d_state 16, headdim 16) on passkey retrieval
+1. Train a small Mamba-2 LM (d_model 64, 2 layers, d_state 16, head_dim 16) on passkey retrieval
    (``lra.recall.passkey``, one digit hidden at a random depth in repeated filler, asked at the
    end) with ``lra.quick.fit``. A 1-digit passkey at L=256 does not take off from scratch in a
    CPU budget, so the lengths grow 32 -> 64 -> 128 -> 256; the last and longest stage sets the
@@ -34,7 +34,7 @@ from lra import quick, recall
 def build(mixer: str) -> lrm.LRModel:
     kw = {"d_state": 16, "longmamba": True}
     if mixer == "mamba2":
-        kw.update(headdim=16, chunk_size=64)
+        kw.update(head_dim=16, chunk_size=64)
     return lrm.LRModel(lrm.ModelConfig(mixer=mixer, d_model=64, n_layers=2, head="lm",
                                        vocab_size=recall.PASSKEY_VOCAB, mixer_kwargs=kw))
 

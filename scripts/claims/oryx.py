@@ -48,7 +48,7 @@ MODELS: dict[str, dict] = {
     "oryx-mamba2": {"mixer": "oryx", "mixer_kwargs": {**ORYX, "core": "mamba2"}},
     "attention": {"mixer": "attention", "mixer_kwargs": {"n_heads": 2}},
     "gdn": {"mixer": "gdn", "mixer_kwargs": {"n_heads": 2, "head_dim": 16}},
-    "mamba2": {"mixer": "mamba2", "mixer_kwargs": {"d_state": 16, "headdim": 32,
+    "mamba2": {"mixer": "mamba2", "mixer_kwargs": {"d_state": 16, "head_dim": 32,
                                                    "chunk_size": 16}},
     "hybrid gdn+attention": {"pattern": ["gdn", "attention"],
                              "mixer_kwargs": {"gdn": {"n_heads": 2, "head_dim": 16},
