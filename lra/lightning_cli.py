@@ -37,21 +37,17 @@ import torch
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 from lightning.pytorch import Callback  # noqa: E402
-from lightning.pytorch.callbacks import (  # noqa: E402
-    EarlyStopping,
-    ModelCheckpoint,
-    ModelSummary,
-    RichProgressBar,
-)
+from lightning.pytorch.callbacks import EarlyStopping, ModelSummary  # noqa: E402
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason  # noqa: E402
-from lightning.pytorch.cli import (  # noqa: E402
-    LightningArgumentParser,
-    LightningCLI,
-    SaveConfigCallback,
-)
+from lightning.pytorch.cli import LightningArgumentParser, SaveConfigCallback  # noqa: E402
 from lightning.pytorch.utilities.model_helpers import is_overridden  # noqa: E402
 from lightning.pytorch.utilities.model_summary import get_human_readable_count  # noqa: E402
 
+from lra.lightning_compat import (  # noqa: E402
+    DescribedProgressBar,
+    HookedCLI,
+    ResumableCheckpoint,
+)
 from lra.module import LRAModule  # noqa: E402
 
 
@@ -78,7 +74,7 @@ DEFAULT_DATA_ARGS = ["--data", DEFAULT_DATA, "--trainer.val_check_interval", "10
 # ----------------------------------------------------------------------------- callbacks
 
 
-class Checkpoint(ModelCheckpoint):
+class Checkpoint(ResumableCheckpoint):
     """ModelCheckpoint whose best checkpoint is scored by a validation of its own weights.
 
     Lightning's step-triggered save runs before that step's validation, so a ``best-step=400``
@@ -89,17 +85,11 @@ class Checkpoint(ModelCheckpoint):
     """
 
     best_step: int | None = None
-    resuming = False  # set by the CLI before a fit from a checkpoint
     _stage = "fit"
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         self._stage = stage
         super().setup(trainer, pl_module, stage)
-
-    def _ModelCheckpoint__warn_if_dir_not_empty(self, dirpath) -> None:
-        # a resumed run writes into its own, non-empty folder: that is the point, not a risk
-        if not self.resuming:
-            super()._ModelCheckpoint__warn_if_dir_not_empty(dirpath)
 
     def _uses_split_saves(self) -> bool:
         return self.monitor is not None and self._every_n_train_steps >= 1
@@ -157,15 +147,15 @@ class ValidateAtLastStep(Callback):
             trainer.should_stop = True
 
 
-class ProgressBar(RichProgressBar):
+class ProgressBar(DescribedProgressBar):
     """Rich progress bar that names the step limit (Lightning prints ``Epoch 9/-2`` when only
     ``max_steps`` bounds the run) and leaves out the logger's version (``v_num``)."""
 
-    def _get_train_description(self, current_epoch: int) -> str:
+    def train_description(self, current_epoch: int) -> str | None:
         trainer = self.trainer
         if trainer.max_epochs in (None, -1) and trainer.max_steps > 0:
             return f"Epoch {current_epoch} (stops at step {trainer.max_steps})"
-        return super()._get_train_description(current_epoch)
+        return None
 
     def get_metrics(self, trainer, pl_module) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)
@@ -284,7 +274,7 @@ def _check_checkpoint(path: str | None, subcommand: str) -> None:
 # ----------------------------------------------------------------------------- the CLI
 
 
-class LRACLI(LightningCLI):
+class LRACLI(HookedCLI):
     started: float | None = None  # set by run(): the wall time of the summary counts from here
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -328,12 +318,10 @@ class LRACLI(LightningCLI):
             ],
         })
 
-    def _parse_ckpt_path(self) -> None:
-        # Lightning reads the checkpoint's hyperparameters here, before any hook of ours
+    def before_checkpoint_is_read(self) -> None:
         sub = self.config.get("subcommand")
         if sub:
             _check_checkpoint(self.config[sub].get("ckpt_path"), sub)
-        super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
@@ -366,7 +354,8 @@ class LRACLI(LightningCLI):
                 for a in args:
                     a["version"] = f"{version}/{_numbered(self.subcommand, n)}"
 
-    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]):
+    def adjust_trainer(self, config: dict[str, Any], callbacks: list[Callback]
+                       ) -> tuple[dict[str, Any], list[Callback]]:
         callbacks = [*callbacks, ValidateAtLastStep()]
         if config.get("enable_progress_bar") is not False:
             callbacks.append(ProgressBar())
@@ -374,7 +363,7 @@ class LRACLI(LightningCLI):
             callbacks.append(Summary())
             # ours replaces Lightning's; the flag only stops Lightning announcing that
             config = {**config, "enable_model_summary": False}
-        return super()._instantiate_trainer(config, callbacks)
+        return config, callbacks
 
     def before_fit(self) -> None:
         if isinstance(self.trainer.checkpoint_callback, Checkpoint):
@@ -392,6 +381,8 @@ class LRACLI(LightningCLI):
         score = getattr(ckpt, "best_model_score", None)
         score = None if score is None else float(score)
         best_step, last = getattr(ckpt, "best_step", None), getattr(ckpt, "last_model_path", "")
+        guard = getattr(self.model, "step_guard", None)
+        skipped = guard.summary() if guard is not None else None
         cfg = self.config.get("fit", self.config)
         test: dict[str, float] | str | None = None
         if not cfg.get("test_after_fit", True):
@@ -410,7 +401,7 @@ class LRACLI(LightningCLI):
         if trainer.is_global_zero:
             print(run_summary(trainer, monitor, score, best_step, best, last, test,
                               time.monotonic() - (self.started or time.monotonic()),
-                              log_dir=log_dir), flush=True)
+                              log_dir=log_dir, skipped=skipped), flush=True)
 
 
 def _numbered(name: str, n: int) -> str:
@@ -419,8 +410,9 @@ def _numbered(name: str, n: int) -> str:
 
 def run_summary(trainer, monitor: str | None, score: float | None, best_step: int | None,
                 best: str | None, last: str | None, test: dict[str, float] | str | None,
-                seconds: float, log_dir: str | None = None) -> str:
-    """The last lines of a fit: what was reached, where it is, how to go on."""
+                seconds: float, log_dir: str | None = None, skipped: str | None = None) -> str:
+    """The last lines of a fit: what was reached, where it is, how to go on. ``skipped``
+    says how many optimizer steps were refused for non-finite gradients (lra.step_guard)."""
     lines = ["", f"fit done: {trainer.global_step} steps in {_duration(seconds)}"]
     stopper = trainer.early_stopping_callback
     if stopper is not None and stopper.stopping_reason == EarlyStoppingReason.STOPPING_THRESHOLD:
@@ -428,6 +420,8 @@ def run_summary(trainer, monitor: str | None, score: float | None, best_step: in
                       f"{stopper.stopping_threshold})")
     elif stopper is not None and stopper.stopping_reason_message:
         lines[-1] += f" (stopped early: {stopper.stopping_reason_message})"
+    if skipped:
+        lines.append(f"  {skipped}")
     if score is not None:
         at = f" at step {best_step}" if best_step is not None else ""
         lines.append(f"  best {monitor}: {score:.4f}{at}")

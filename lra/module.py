@@ -1,6 +1,6 @@
 """The one LightningModule every task trains with.
 
-Batches are dicts (see ``lra/data`` and :mod:`lra.recall_data`):
+Batches are dicts (see :mod:`lra.data`, and :mod:`lra.data.recall` for the recall tasks):
 
 - classification: ``inputs`` (B, L) tokens, ``lengths`` (B,) valid tokens, ``targets`` (B,);
 - retrieval (two towers): the above plus ``inputs2``, ``lengths2``;
@@ -18,10 +18,11 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
-from lra.quick import IGNORE, warmup_cosine
+from lra.init_from import load_encoder
+from lra.objective import IGNORE, cross_entropy, warmup_cosine
+from lra.step_guard import StepGuard, grad_norm
 from lrm import LRModel, ModelConfig
 from lrm.optim import param_groups
 
@@ -57,12 +58,18 @@ class LRAModule(pl.LightningModule):
         warmup_steps: linear warmup; then cosine decay to ``min_lr_ratio``·lr at the last step.
         init_from: a checkpoint of ``lra pretrain`` (same task and model configs): its encoder
             weights (embedding, blocks, final norm) replace the random ones when ``fit``
-            starts (not when resuming); the head starts fresh. See :mod:`lra.pretrain`.
+            starts (not when resuming); the head starts fresh. See :mod:`lra.init_from` and
+            :mod:`lra.pretrain`.
         compile: run the model through ``torch.compile`` (opt-in, off by default). On the CPU
             it paid for some mixers and not others (docs/bench/compile.md: ``mamba2`` 1.7x,
             ``gdn`` 1.3x, ``mamba`` 0.9x, ``s4d`` 0.3x, each after 0.5-2.5 min of compiling;
             outputs equal to fp32 round-off). Checkpoints are unchanged: the model's own
             ``forward`` is compiled in place, so no wrapper appears in the state dict.
+
+    A step whose gradients are not finite is skipped (:mod:`lra.step_guard`): the weights and
+    the optimizer's state stay as they were, the step is logged and counted
+    (``skipped_steps``, the metric ``train/skipped_steps``, the end-of-fit summary), and the
+    run stops with what to do after ``lra.step_guard.MAX_IN_A_ROW`` of them in a row.
     """
 
     def __init__(self, model: ModelConfig | None = None, hints: dict[str, Any] | None = None,
@@ -89,6 +96,7 @@ class LRAModule(pl.LightningModule):
         self.n_out = n_out
         self.metrics = torch.nn.ModuleDict()
         self._names: dict[str, list[str]] = {}
+        self.step_guard = StepGuard()
 
     # -- data-dependent setup -----------------------------------------------------------------
 
@@ -96,8 +104,6 @@ class LRAModule(pl.LightningModule):
         init_from = self.hparams.get("init_from")
         if stage == "fit" and init_from and self.trainer.ckpt_path is None:
             # a resumed run restores its own weights after setup, so it skips this
-            from lra.pretrain import load_encoder
-
             load_encoder(self.model, init_from)
         dm = getattr(self.trainer, "datamodule", None)
         for split in ("train", "val", "test"):
@@ -125,9 +131,10 @@ class LRAModule(pl.LightningModule):
     def _score(self, logits: torch.Tensor, targets: torch.Tensor, split: str, idx: int,
                batch_size: int, what: str = "loss") -> torch.Tensor:
         """Cross-entropy of (N, C) logits against (N,) targets (-100 ignored), logged with the
-        split's accuracy; a non-finite loss stops the run with what to do."""
-        loss = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE)
-        if not torch.isfinite(loss):
+        split's accuracy. A non-finite evaluation loss stops the run with what to do; in
+        training, its gradients are not finite either, and the step guard skips the step."""
+        loss = cross_entropy(logits, targets)
+        if split != "train" and not torch.isfinite(loss):
             raise FloatingPointError(
                 f"{split} {what} is {loss.item()} at step {self.global_step}; lower the learning "
                 f"rate, enable gradient clipping (trainer.gradient_clip_val) or use fp32")
@@ -166,13 +173,39 @@ class LRAModule(pl.LightningModule):
             opt, lambda step: warmup_cosine(step, total, warmup, hp.min_lr_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    @property
+    def skipped_steps(self) -> int:
+        """Optimizer steps refused so far for non-finite gradients."""
+        return self.step_guard.skipped
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer,
+                                    gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        # Lightning calls this after the backward pass and right before the optimizer step,
+        # with the gradients unscaled: the one place to refuse a step. With every gradient
+        # set to None, AdamW leaves each parameter and its state as they are.
+        finite = bool(torch.isfinite(grad_norm(self.parameters())))
+        if self.trainer.world_size > 1:  # gradients may be sharded: all ranks must agree
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        allowed = self.step_guard.allows(finite, self.global_step)
+        self.log("train/skipped_steps", float(self.step_guard.skipped), on_step=True,
+                 on_epoch=False)
+        if not allowed:
+            optimizer.zero_grad(set_to_none=True)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val,
+                            gradient_clip_algorithm=gradient_clip_algorithm)
+
     # -- exact resume -------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # dropout and any sampling draw from the global RNG: keep it so a resumed run
         # continues with the same random stream
         checkpoint["lrm_rng"] = torch.get_rng_state()
+        checkpoint["lrm_step_guard"] = self.step_guard.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "lrm_rng" in checkpoint:
             torch.set_rng_state(checkpoint["lrm_rng"])
+        if "lrm_step_guard" in checkpoint:
+            self.step_guard.load_state_dict(checkpoint["lrm_step_guard"])

@@ -24,7 +24,7 @@ n the valid length of a sequence; h_t the encoder's output (after the final norm
 W the pretraining head, a linear map d -> vocab_size; M_t ~ Bernoulli(p) the mask; m ∈ R^d
 the mask vector. The retrieval task pretrains on each document of a pair on its own.
 
-What carries over to fine-tuning (``LRAModule(init_from=...)``, :func:`load_encoder`): every
+What carries over to fine-tuning (``LRAModule(init_from=...)``, :mod:`lra.init_from`): every
 encoder weight, i.e. the embedding (or the linear pixel encoder), all blocks and the final
 norm. The pretraining head W and the mask vector m are thrown away; the task head starts fresh.
 
@@ -40,7 +40,6 @@ regression on the value is not offered).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -49,16 +48,10 @@ from torch import nn
 
 from lra.lightning_cli import LRACLI, run
 from lra.module import LRAModule
-from lra.quick import IGNORE
-from lrm import LRModel, ModelConfig
+from lra.objective import IGNORE
+from lrm import ModelConfig
 
 OBJECTIVES = ("auto", "causal", "masked")
-# ModelConfig fields that decide the shape or meaning of an encoder weight; the rest (head,
-# classes, pooling, dropout) may differ between pretraining and fine-tuning
-ENCODER_FIELDS = ("mixer", "d_model", "n_layers", "pattern", "mixer_kwargs", "vocab_size",
-                  "encoder", "bidirectional", "norm", "prenorm", "mlp_ratio")
-# (landmarks.: the learned landmark token of a landmark-attention model, an input like embed)
-ENCODER_PREFIXES = ("embed.", "landmarks.", "blocks.", "norm.")
 
 
 class PretrainHead(nn.Module):
@@ -110,18 +103,9 @@ class PretrainModule(LRAModule):
         self.hparams.update(objective=objective, mask_prob=mask_prob)
         # the task head is never trained here: replace it by the pretraining head, which
         # init_from leaves behind
-        self.model.head = PretrainHead(self.cfg.d_model, self.cfg.vocab_size)
+        self.model.replace_head(PretrainHead(self.cfg.d_model, self.cfg.vocab_size))
         self.n_out = self.cfg.vocab_size
-        # the mask vector enters right after the input encoder, inside LRModel.encode
-        self._mask: torch.Tensor | None = None
         self._val_batches = 0
-        self.model.embed.register_forward_hook(self._apply_mask)
-
-    def _apply_mask(self, module: nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor:
-        if self._mask is None:
-            return out
-        m = self.model.head.mask_vector.to(out.dtype)
-        return torch.where(self._mask[..., None], m, out)
 
     # -- the objectives -----------------------------------------------------------------------
 
@@ -164,11 +148,11 @@ class PretrainModule(LRAModule):
         else:
             mask = self.draw_mask(tokens, lengths, generator)
             targets = torch.where(mask, tokens, IGNORE)
-            self._mask = mask
-            try:
+            m = self.model.head.mask_vector
+            # the mask vector enters right after the input encoder, inside LRModel.encode
+            with self.model.input_transform(
+                    lambda x: torch.where(mask[..., None], m.to(x.dtype), x)):
                 h = self.model.encode(tokens, lengths)
-            finally:
-                self._mask = None
         return self.model.head(h), targets
 
     def _step(self, batch: dict[str, torch.Tensor], split: str, idx: int = 0) -> torch.Tensor:
@@ -193,43 +177,6 @@ class PretrainModule(LRAModule):
                   dataloader_idx: int = 0) -> None:
         raise RuntimeError("self-pretraining never reads the test split; evaluate the "
                            "fine-tuned model with `lra test` instead")
-
-
-# ------------------------------------------------------------------------------ carrying over
-def load_encoder(model: LRModel, path: str | Path) -> list[str]:
-    """Copy the encoder weights (embedding, blocks, final norm) of a pretraining checkpoint
-    into ``model``; the head is left as it is. Returns the names of the copied weights.
-
-    Raises a ValueError naming the difference when the checkpoint's encoder was built with
-    another configuration (mixer, width, depth, vocabulary, ...).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"init_from: no checkpoint at {path}; run `lra pretrain` with "
-                                f"the same task and model configs first")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    state = ckpt.get("state_dict", ckpt)
-    theirs = (ckpt.get("hyper_parameters") or {}).get("model")
-    if theirs is not None:
-        mine = model.cfg.to_dict()
-        theirs = ModelConfig.from_dict(theirs).to_dict()
-        diff = [f"{k}: checkpoint {theirs[k]!r}, this model {mine[k]!r}"
-                for k in ENCODER_FIELDS if theirs[k] != mine[k]]
-        if diff:
-            raise ValueError(f"init_from {path} holds another encoder ({'; '.join(diff)}); "
-                             f"pretrain with the same task and model configs as this run")
-    enc = {k[len("model."):]: v for k, v in state.items()
-           if k.startswith("model.") and k[len("model."):].startswith(ENCODER_PREFIXES)}
-    want = {k: v for k, v in model.state_dict().items() if k.startswith(ENCODER_PREFIXES)}
-    missing, extra = sorted(set(want) - set(enc)), sorted(set(enc) - set(want))
-    shapes = [f"{k} {tuple(enc[k].shape)} vs {tuple(v.shape)}" for k, v in want.items()
-              if k in enc and enc[k].shape != v.shape]
-    if missing or extra or shapes:
-        raise ValueError(f"init_from {path} does not fit this model's encoder: missing "
-                         f"{missing[:5]}, unexpected {extra[:5]}, shapes {shapes[:5]}; pretrain "
-                         f"with the same task and model configs as this run")
-    model.load_state_dict(enc, strict=False)
-    return sorted(enc)
 
 
 # ------------------------------------------------------------------------------------ the CLI

@@ -7,32 +7,33 @@ AdamW over :func:`lrm.optim.param_groups`, linear warmup then cosine decay.
 
 from __future__ import annotations
 
-import math
 import time
 
 import torch
-import torch.nn.functional as F
 
+from lra.objective import IGNORE, cross_entropy, warmup_cosine
+from lra.step_guard import StepGuard, grad_norm
 from lrm.optim import param_groups
 
-IGNORE = -100
+__all__ = ["IGNORE", "Losses", "accuracy", "fit", "warmup_cosine"]
 
 
-def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float = 0.0) -> float:
-    """The learning-rate multiplier at ``step``: linear warmup, then cosine down to min_ratio."""
-    if step < warmup:
-        return (step + 1) / max(1, warmup)
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+class Losses(list):
+    """The training loss of every step, in order; ``skipped_steps`` counts the steps whose
+    optimizer update was refused for non-finite gradients (:mod:`lra.step_guard`)."""
+
+    skipped_steps: int = 0
 
 
 def fit(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, steps: int,
         batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 0.1,
         warmup: int | None = None, seed: int = 0, log_every: int = 0,
-        grad_clip: float = 1.0) -> list[float]:
+        grad_clip: float = 1.0) -> Losses:
     """Train an LM-head model on (inputs, targets) for ``steps`` steps; returns the losses.
 
     Batches are drawn by seeded shuffling, epoch after epoch. ``log_every`` > 0 prints the loss.
+    A step whose gradients are not finite is skipped (the weights and AdamW's state stay as
+    they were), logged, and counted in the result's ``skipped_steps``.
     """
     if inputs.shape != targets.shape:
         raise ValueError(f"inputs {tuple(inputs.shape)} and targets {tuple(targets.shape)} differ")
@@ -41,7 +42,8 @@ def fit(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, 
                             betas=(0.9, 0.98))
     base = [grp["lr"] for grp in opt.param_groups]
     g = torch.Generator().manual_seed(seed)
-    order, pos, losses = torch.randperm(len(inputs), generator=g), 0, []
+    order, pos, losses = torch.randperm(len(inputs), generator=g), 0, Losses()
+    guard = StepGuard(max_in_a_row=None)
     model.train()
     t0 = time.time()
     for step in range(steps):
@@ -53,23 +55,28 @@ def fit(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, 
         for grp, b in zip(opt.param_groups, base, strict=True):
             grp["lr"] = b * scale
         logits = model(inputs[idx])
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets[idx].flatten(),
-                               ignore_index=IGNORE)
+        loss = cross_entropy(logits.flatten(0, 1), targets[idx].flatten())
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
+        # clipping measures the norm anyway (before scaling); a NaN in it leaves the clipped
+        # gradients NaN too, which is harmless: the step is refused and they are discarded
+        norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip) if grad_clip
+                else grad_norm(model.parameters()))
+        if guard.allows(bool(torch.isfinite(norm)), step):
+            opt.step()
         losses.append(loss.item())
         if log_every and (step % log_every == 0 or step == steps - 1):
             print(f"step {step:5d}  loss {loss.item():.4f}  {time.time() - t0:6.1f}s", flush=True)
+    losses.skipped_steps = guard.skipped
+    if guard.summary():
+        print(f"fit done: {guard.summary()}", flush=True)
     return losses
 
 
 @torch.no_grad()
 def accuracy(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *,
              batch_size: int = 64) -> float:
-    """Accuracy of argmax predictions on the positions where targets != -100."""
+    """Accuracy of argmax predictions on the positions where targets != IGNORE (-100)."""
     model.eval()
     correct = total = 0
     for i in range(0, len(inputs), batch_size):

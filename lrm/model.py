@@ -11,6 +11,8 @@ intensity.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -287,6 +289,42 @@ class LRModel(nn.Module):
         self._check_tokens(tokens2, "tokens2")
         v = self.pool(self.encode(tokens2, lengths2), lengths2)
         return self.head(torch.cat([u, v, u * v, u - v], dim=-1))
+
+    # -- for pretraining: another head, a transformed input -----------------------------------
+
+    def replace_head(self, head: nn.Module) -> nn.Module:
+        """Put ``head`` in the place of the output head; returns the old one.
+
+        ``forward`` and ``step`` then end in ``head``, which receives what the old head did:
+        the hidden states (B, L, d) for ``head="lm"``, the pooled features for ``classify``
+        and ``retrieval``. Self-pretraining (lra.pretrain) trains a token head this way while
+        the task's head waits; the encoder weights do not change.
+        """
+        if not isinstance(head, nn.Module):
+            raise TypeError(f"replace_head expects an nn.Module (e.g. nn.Linear(d_model, "
+                            f"n_out)); got {type(head).__name__}")
+        old, self.head = self.head, head
+        return old
+
+    @contextlib.contextmanager
+    def input_transform(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+        """Inside the ``with`` block, every embedding of tokens (in :meth:`encode`, so in
+        ``forward``, and in ``step``) passes through ``fn``.
+
+        ``fn`` receives the input encoder's output x (B, L, d), before dropout and before any
+        landmark token is inserted, and returns what goes on in its place (same shape).
+        Masked denoising replaces the masked positions by a learned vector m this way::
+
+            with model.input_transform(lambda x: torch.where(mask[..., None], m, x)):
+                h = model.encode(tokens, lengths)
+
+        Outside the block the model is untouched.
+        """
+        handle = self.embed.register_forward_hook(lambda module, args, out: fn(out))
+        try:
+            yield
+        finally:
+            handle.remove()
 
     # -- streaming ----------------------------------------------------------------------------
 

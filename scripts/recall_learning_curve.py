@@ -2,7 +2,7 @@
 
     python scripts/recall_learning_curve.py --mixers attention mamba2 --steps 250 500 1000 2000
 
-Trains the arena's cell (L=128, 16 pairs, d=64, lr 3e-3; `lra/leaderboard/recall.py`) for each
+Trains the arena's cell (L=128, 16 pairs, d=64, lr 3e-3; `lra/leaderboard/arena.py`) for each
 step count, each in its own process, and writes `docs/recall_learning_curve.md`. The arena's
 step count is chosen where the curves flatten.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lra.leaderboard import recall as arena
+from lra.leaderboard import arena
 from lra.leaderboard.store import load_store
 
 

@@ -215,10 +215,11 @@ def test_state_holds_kv_cache_log_gates_and_shift():
 
 
 def test_short_training_lowers_the_loss():
-    from lra import quick, recall
+    from lra import quick
+    from lra.data import recall_tasks
 
     torch.manual_seed(0)
-    x, y = recall.induction_heads(64, 32, vocab_size=8, seed=0)
+    x, y = recall_tasks.induction_heads(64, 32, vocab_size=8, seed=0)
     y = torch.where(torch.arange(32) > 0, x.roll(-1, 1), y)  # next-token targets everywhere
     y[:, -1] = -100
     model = lrm.LRModel(lrm.ModelConfig(mixer="fox", d_model=32, n_layers=1, vocab_size=8,

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 import lrm
-from lra import quick, recall
+from lra import quick
 from lra.cli import main as lra_main
+from lra.data import recall_tasks
 from lra.module import merge_hints
 from lra.resumable import EpochBatchSampler
 
@@ -23,13 +24,13 @@ from lra.resumable import EpochBatchSampler
 
 def test_mqar_matches_zoology_layout():
     P, L, V = 8, 96, 200
-    x, y = recall.mqar(50, L, vocab_size=V, num_kv_pairs=P, seed=3)
+    x, y = recall_tasks.mqar(50, L, vocab_size=V, num_kv_pairs=P, seed=3)
     assert x.shape == y.shape == (50, L)
-    assert torch.equal(x, recall.mqar(50, L, vocab_size=V, num_kv_pairs=P, seed=3)[0])
+    assert torch.equal(x, recall_tasks.mqar(50, L, vocab_size=V, num_kv_pairs=P, seed=3)[0])
     keys, values = x[:, 0:2 * P:2], x[:, 1:2 * P:2]
     assert ((keys >= 1) & (keys < V // 2)).all() and ((values >= V // 2) & (values < V)).all()
     assert all(len(set(k.tolist())) == P for k in keys)  # each key once per example
-    scored = y != recall.IGNORE
+    scored = y != recall_tasks.IGNORE
     assert (scored.sum(1) == P).all() and not scored[:, :2 * P].any()
     for i in range(50):  # at each scored position the input is a key, the target its value
         kv = dict(zip(keys[i].tolist(), values[i].tolist(), strict=True))
@@ -41,35 +42,35 @@ def test_mqar_matches_zoology_layout():
 
 
 def test_selective_copying_targets_are_the_data_in_order():
-    x, y = recall.selective_copying(20, 64, vocab_size=10, n_tokens=8, seed=1)
+    x, y = recall_tasks.selective_copying(20, 64, vocab_size=10, n_tokens=8, seed=1)
     for i in range(20):
         data = x[i, :56][x[i, :56] >= 2]
         assert torch.equal(data, y[i, 56:]) and (x[i, 56:] == 1).all()
-        assert (y[i, :56] == recall.IGNORE).all()
+        assert (y[i, :56] == recall_tasks.IGNORE).all()
 
 
 def test_induction_heads_target_follows_the_earlier_special_token():
-    x, y = recall.induction_heads(30, 50, vocab_size=8, seed=2)
+    x, y = recall_tasks.induction_heads(30, 50, vocab_size=8, seed=2)
     for i in range(30):
         (p,) = (x[i, :-1] == 0).nonzero().flatten().tolist()
         assert x[i, -1] == 0 and y[i, -1] == x[i, p + 1]
-        assert (y[i, :-1] == recall.IGNORE).all()
+        assert (y[i, :-1] == recall_tasks.IGNORE).all()
 
 
 def test_passkey_answer_is_the_hidden_number():
-    x, y = recall.passkey(20, 100, n_digits=5, seed=4)
+    x, y = recall_tasks.passkey(20, 100, n_digits=5, seed=4)
     for i in range(20):
-        (k,) = (x[i] == recall.PASSKEY_KEY).nonzero().flatten().tolist()
+        (k,) = (x[i] == recall_tasks.PASSKEY_KEY).nonzero().flatten().tolist()
         assert torch.equal(y[i, -5:], x[i, k + 1:k + 6])
-        assert x[i, -5] == recall.PASSKEY_QUERY
-    assert x.max() < recall.PASSKEY_VOCAB
+        assert x[i, -5] == recall_tasks.PASSKEY_QUERY
+    assert x.max() < recall_tasks.PASSKEY_VOCAB
 
 
 def test_generators_reject_impossible_settings():
     with pytest.raises(ValueError, match="seq_len"):
-        recall.mqar(1, 20, vocab_size=100, num_kv_pairs=8)
+        recall_tasks.mqar(1, 20, vocab_size=100, num_kv_pairs=8)
     with pytest.raises(ValueError, match="unknown recall task"):
-        recall.make("copy", 1, 10)
+        recall_tasks.make("copy", 1, 10)
 
 
 # ----------------------------------------------------------------------------- training
@@ -77,7 +78,7 @@ def test_generators_reject_impossible_settings():
 
 def test_short_cpu_training_lowers_the_loss():
     torch.manual_seed(0)
-    x, y = recall.mqar(512, 32, vocab_size=32, num_kv_pairs=4, seed=0)
+    x, y = recall_tasks.mqar(512, 32, vocab_size=32, num_kv_pairs=4, seed=0)
     model = lrm.LRModel(lrm.ModelConfig(d_model=32, n_layers=2, vocab_size=32, head="lm"))
     losses = quick.fit(model, x, y, steps=80, batch_size=32, lr=3e-3)
     assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:10]) / 10

@@ -22,20 +22,18 @@ from lra.data import (
     fixtures,
 )
 from lra.data.common import DataFormatError
-from lra.data.generate import (
-    ListOpsConfig,
+from lra.data.generate import main
+from lra.data.image import to_gray
+from lra.data.listops import tokenize
+from lra.data.listops_generator import ListOpsConfig, generate_listops, listops_value
+from lra.data.pathfinder_generator import (
     PathfinderParams,
     batch_scenes,
-    generate_listops,
-    listops_value,
-    main,
     render,
     sample_scene,
     seg_seg_distance,
     to_uint8,
 )
-from lra.data.image import to_gray
-from lra.data.listops import tokenize
 
 
 def _batches(dm, split="train"):
@@ -355,7 +353,7 @@ def test_pathfinder_labels_balanced_and_examples_figure(tmp_path):
     p = PathfinderParams.lra(32)
     labels = [s.label for s in batch_scenes(p, 7, 0, 40)]
     assert 10 <= sum(labels) <= 30
-    from lra.data.generate import plot_examples
+    from lra.data.pathfinder_generator import plot_examples
 
     plot_examples(tmp_path / "ex.png", sizes=(32,), per_label=1)
     assert Image.open(tmp_path / "ex.png").size[0] > 100

@@ -12,10 +12,11 @@ import torch
 import lrm
 from lra.cli import main as lra_main
 from lra.data import fixtures
+from lra.init_from import load_encoder
 from lra.lightning_cli import LRACLI
 from lra.module import LRAModule
-from lra.pretrain import PretrainCLI, PretrainModule, load_encoder
-from lra.quick import IGNORE
+from lra.objective import IGNORE
+from lra.pretrain import PretrainCLI, PretrainModule
 
 ROOT = Path(__file__).parents[1]
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from lra.leaderboard import recall as arena
+from lra.leaderboard import arena
 from lra.leaderboard.store import load_store
 
 TINY = {"mqar": {"L_kv": [(16, 2)], "d": [8], "lr": [3e-3], "extrapolate_d": 8},

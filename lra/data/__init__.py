@@ -14,8 +14,11 @@ Path-X      ``PathfinderDataModule(res=128)``   16384     2        256    releas
 Batches are dicts: ``inputs`` (B, L) long token ids, right-padded with 0; ``lengths`` (B,);
 ``targets`` (B,); retrieval adds ``inputs2`` and ``lengths2``. ``dm.model_hints()`` gives the
 ModelConfig fields a task fixes (vocab_size, n_classes, head, pooling). Each task module's
-docstring states its vocabulary, splits and sources; :mod:`lra.data.generate` documents the
-generators (``lra generate listops|pathfinder --out DIR``).
+docstring states its vocabulary, splits and sources. Generators, one module each:
+:mod:`lra.data.listops_generator` and :mod:`lra.data.pathfinder_generator` (the command line
+``lra generate listops|pathfinder --out DIR`` is :mod:`lra.data.generate`), and
+:mod:`lra.data.recall_tasks` for the synthetic recall tasks (MQAR, copying, induction, passkey),
+served by :class:`lra.data.recall.RecallDataModule`.
 
 The DataModules are imported lazily, so ``lra generate`` and the generator's worker processes
 start without importing Lightning.

@@ -1,10 +1,10 @@
 """Tiny stand-ins for the six LRA tasks, written in the real on-disk formats.
 
 The tests and ``notebooks/lra_tour.ipynb`` use them where the real data cannot be downloaded.
-ListOps and Pathfinder come from the real generators (:mod:`lra.data.generate`), just small;
-IMDB, AAN and CIFAR-10 are synthetic: made-up reviews, made-up paper pairs and colour-block
-"images", in exactly the files and columns the loaders read (HF parquet, LRA TSV). Their
-*content* says nothing about the real tasks.
+ListOps and Pathfinder come from the real generators (:mod:`lra.data.listops_generator`,
+:mod:`lra.data.pathfinder_generator`), just small; IMDB, AAN and CIFAR-10 are synthetic: made-up
+reviews, made-up paper pairs and colour-block "images", in exactly the files and columns the loaders
+read (HF parquet, LRA TSV). Their *content* says nothing about the real tasks.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from lra.data.generate import ListOpsConfig, generate_listops, generate_pathfinder
+from lra.data.listops_generator import ListOpsConfig, generate_listops
+from lra.data.pathfinder_generator import generate_pathfinder
 
 POSITIVE = ["a wonderful film", "truly great acting", "I loved every minute", "a délight"]
 NEGATIVE = ["a boring mess", "terrible pacing", "I want my two hours back", "the plot is awful"]

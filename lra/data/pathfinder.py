@@ -42,7 +42,7 @@ from lra.data.common import (
     LRADataModule,
     file_stamp,
 )
-from lra.data.generate import DIFFICULTY_DIRS
+from lra.data.pathfinder_generator import DIFFICULTY_DIRS
 
 RESOLUTIONS = (32, 64, 128, 256)
 

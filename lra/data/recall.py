@@ -13,7 +13,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lra import recall
+from lra.data import recall_tasks
 from lra.resumable import ResumableLoader
 
 
@@ -29,7 +29,7 @@ class _Pairs(Dataset):
 
 
 class RecallDataModule(pl.LightningDataModule):
-    """MQAR, selective copying, induction heads or passkey (see :mod:`lra.recall`).
+    """MQAR, selective copying, induction heads or passkey (see :mod:`lra.data.recall_tasks`).
 
     Args:
         task: ``mqar`` | ``selective_copying`` | ``induction_heads`` | ``passkey``.
@@ -50,8 +50,9 @@ class RecallDataModule(pl.LightningDataModule):
                  batch_size: int = 64, eval_batch_size: int | None = None, seed: int = 0,
                  num_workers: int = 0) -> None:
         super().__init__()
-        if task not in recall.TASKS:
-            raise ValueError(f"unknown recall task {task!r}; valid: {', '.join(recall.TASKS)}")
+        if task not in recall_tasks.TASKS:
+            raise ValueError(f"unknown recall task {task!r}; valid: "
+                             f"{', '.join(recall_tasks.TASKS)}")
         if task_kwargs is None:
             task_kwargs = {"vocab_size": 256, "num_kv_pairs": 16} if task == "mqar" else {}
         self.task, self.seq_len, self.task_kwargs = task, seq_len, dict(task_kwargs)
@@ -61,14 +62,14 @@ class RecallDataModule(pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.val_names = ["val"] + [f"val_L{n}" for n in self.lengths[1:]]
         self.test_names = ["test"] + [f"test_L{n}" for n in self.lengths[1:]]
-        self.vocab_size = recall.vocab_size_of(task, **self.task_kwargs)
+        self.vocab_size = recall_tasks.vocab_size_of(task, **self.task_kwargs)
         self._train: _Pairs | None = None
 
     def model_hints(self) -> dict[str, Any]:
         return {"vocab_size": self.vocab_size, "n_classes": self.vocab_size, "head": "lm"}
 
     def _make(self, n: int, length: int, seed: int) -> _Pairs:
-        return _Pairs(*recall.make(self.task, n, length, seed=seed, **self.task_kwargs))
+        return _Pairs(*recall_tasks.make(self.task, n, length, seed=seed, **self.task_kwargs))
 
     def setup(self, stage: str | None = None) -> None:
         if self._train is None:

@@ -147,9 +147,9 @@ def main(argv: list[str] | None = None) -> None:
         suite = argv[i + 1] if i + 1 < len(argv) else ""
         rest = argv[:i] + argv[i + 2:]
         if suite == "recall":
-            from lra.leaderboard.recall import main as recall
+            from lra.leaderboard.arena import main as arena
 
-            return recall(rest)
+            return arena(rest)
         if suite != "lra":
             raise SystemExit(f"--suite must be 'lra' (the default) or 'recall', got {suite!r}")
         argv = rest

@@ -18,7 +18,8 @@ import time
 import torch
 
 import lrm
-from lra import quick, recall
+from lra import quick
+from lra.data import recall_tasks
 
 MODELS = {  # name -> (mixer, options)
     "FoX (Pro), b_f = 0 (authors' init)": ("fox", {}),
@@ -52,8 +53,8 @@ def main() -> None:
     torch.set_num_threads(a.threads)
 
     task = dict(vocab_size=a.vocab, num_kv_pairs=a.kv)
-    x_tr, y_tr = recall.mqar(a.n_train, a.L, seed=0, **task)
-    tests = recall.extrapolation_sets("mqar", a.n_test, [f * a.L for f in a.factors], **task)
+    x_tr, y_tr = recall_tasks.mqar(a.n_train, a.L, seed=0, **task)
+    tests = recall_tasks.extrapolation_sets("mqar", a.n_test, [f * a.L for f in a.factors], **task)
 
     rows = []
     for name in a.models:

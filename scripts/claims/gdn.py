@@ -6,9 +6,9 @@ sequence) is the ceiling. Also: does GDN-2's channel-wise erase/write gating cha
     python scripts/claims/gdn.py --ablation   # + GDN without the delta rule (gated lin. attn.)
     python scripts/claims/gdn.py --steps 5    # a smoke run
 
-Task: lra.recall.mqar (Zoology's generator: keys from the lower half of the vocabulary, values
-from the upper half, queries at power-law gaps, loss only at query positions), sequence length
-64, vocabulary 64, 4 / 8 / 16 key-value pairs; 8000 training and 500 held-out sequences per
+Task: lra.data.recall_tasks.mqar (Zoology's generator: keys from the lower half of the vocabulary,
+values from the upper half, queries at power-law gaps, loss only at query positions), sequence
+length 64, vocabulary 64, 4 / 8 / 16 key-value pairs; 8000 training and 500 held-out sequences per
 pair count. Chance is 1/32.
 
 Models: lrm.LRModel(head="lm"), 2 layers, d_model 64, no MLP in any block (the mixers alone do
@@ -33,8 +33,8 @@ import time
 import torch
 
 import lrm
+from lra.data.recall_tasks import mqar
 from lra.quick import accuracy, fit
-from lra.recall import mqar
 
 SEQ_LEN, VOCAB, D_MODEL, N_LAYERS = 64, 64, 64, 2
 

@@ -2,9 +2,9 @@
 passkey far beyond the training length while attending to a few blocks per query.
 
 The paper fine-tunes LLaMA-7B with landmarks and retrieves a passkey up to 32k tokens with k = 4
-blocks of 50 tokens. A CPU-sized stand-in: the passkey task (``lra.recall.passkey``: a 5-digit
-key at a random depth in repeated filler, asked for at the end, teacher-forced) trained at L and
-evaluated at 4L, 8L and 16L. Three models of equal size (same width, depth, MLP; landmark
+blocks of 50 tokens. A CPU-sized stand-in: the passkey task (``lra.data.recall_tasks.passkey``: a
+5-digit key at a random depth in repeated filler, asked for at the end, teacher-forced) trained at L
+and evaluated at 4L, 8L and 16L. Three models of equal size (same width, depth, MLP; landmark
 attention adds one learned d-vector):
 
 - attention + RoPE (the baseline);
@@ -28,7 +28,8 @@ import time
 import torch
 
 import lrm
-from lra import quick, recall
+from lra import quick
+from lra.data import recall_tasks
 
 
 def set_topk(model: lrm.LRModel, k: int | None) -> None:
@@ -96,9 +97,9 @@ def main() -> None:
     t_start = time.time()
 
     n_digits = 5
-    x_tr, y_tr = recall.passkey(a.n_train, a.L, n_digits=n_digits, seed=0)
+    x_tr, y_tr = recall_tasks.passkey(a.n_train, a.L, n_digits=n_digits, seed=0)
     lengths = [f * a.L for f in a.factors]
-    tests = recall.extrapolation_sets("passkey", a.n_test, lengths, n_digits=n_digits)
+    tests = recall_tasks.extrapolation_sets("passkey", a.n_test, lengths, n_digits=n_digits)
 
     trained = {}
     curves = {}
@@ -107,7 +108,8 @@ def main() -> None:
         t0 = time.time()
         torch.manual_seed(a.seed)
         model = lrm.LRModel(lrm.ModelConfig(mixer=mixer, mixer_kwargs=kw, d_model=a.d,
-                                            n_layers=a.layers, vocab_size=recall.PASSKEY_VOCAB,
+                                            n_layers=a.layers,
+                                            vocab_size=recall_tasks.PASSKEY_VOCAB,
                                             head="lm"))
         losses = quick.fit(model, x_tr, y_tr, steps=a.steps, batch_size=a.batch, lr=a.lr,
                            seed=a.seed)

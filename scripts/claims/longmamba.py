@@ -6,9 +6,9 @@ training, so a model trained at a short length retrieves from much longer inputs
 
 Protocol (everything seeded):
 1. Train a small Mamba-2 LM (d_model 64, 2 layers, d_state 16, head_dim 16) on passkey retrieval
-   (``lra.recall.passkey``, one digit hidden at a random depth in repeated filler, asked at the
-   end) with ``lra.quick.fit``. A 1-digit passkey at L=256 does not take off from scratch in a
-   CPU budget, so the lengths grow 32 -> 64 -> 128 -> 256; the last and longest stage sets the
+   (``lra.data.recall_tasks.passkey``, one digit hidden at a random depth in repeated filler, asked
+   at the end) with ``lra.quick.fit``. A 1-digit passkey at L=256 does not take off from scratch in
+   a CPU budget, so the lengths grow 32 -> 64 -> 128 -> 256; the last and longest stage sets the
    training length T_tr = 256.
 2. Calibrate LongMamba on 32 fresh passkey inputs of length 256 (``lrm.longmamba.calibrate``,
    defaults: channel threshold 0.05, top-10% clamp, mean over samples).
@@ -28,7 +28,8 @@ import torch
 
 import lrm
 import lrm.longmamba as lm
-from lra import quick, recall
+from lra import quick
+from lra.data import recall_tasks
 
 
 def build(mixer: str) -> lrm.LRModel:
@@ -36,7 +37,7 @@ def build(mixer: str) -> lrm.LRModel:
     if mixer == "mamba2":
         kw.update(head_dim=16, chunk_size=64)
     return lrm.LRModel(lrm.ModelConfig(mixer=mixer, d_model=64, n_layers=2, head="lm",
-                                       vocab_size=recall.PASSKEY_VOCAB, mixer_kwargs=kw))
+                                       vocab_size=recall_tasks.PASSKEY_VOCAB, mixer_kwargs=kw))
 
 
 def main() -> None:
@@ -61,18 +62,18 @@ def main() -> None:
     if args.quick:
         stages = [(T // 8, 40), (T, 10)]
     for i, (L, steps) in enumerate(stages):
-        X, Y = recall.passkey(8192, L, n_digits=1, seed=args.seed + 100 * i)
+        X, Y = recall_tasks.passkey(8192, L, n_digits=1, seed=args.seed + 100 * i)
         losses = quick.fit(model, X, Y, steps=steps, batch_size=32, lr=5e-3, seed=args.seed + i)
         print(f"trained {steps} steps at L={L}: final loss {losses[-1]:.3f} "
               f"({time.time() - t0:.0f}s)", flush=True)
 
-    Xc, _ = recall.passkey(32, T, n_digits=1, seed=args.seed + 7)
+    Xc, _ = recall_tasks.passkey(32, T, n_digits=1, seed=args.seed + 7)
     lm.calibrate(model, [Xc], train_len=T)
     heads = ", ".join(f"{r['global']}/{r['channels']}" for r in lm.summary(model))
 
     rows = []
     for i, L in enumerate([T, *args.lengths]):
-        X, Y = recall.passkey(args.n_eval, L, n_digits=1, seed=args.seed + 10_000 + i)
+        X, Y = recall_tasks.passkey(args.n_eval, L, n_digits=1, seed=args.seed + 10_000 + i)
         with lm.disabled(model):
             vanilla = quick.accuracy(model, X, Y, batch_size=16)
         filtered = quick.accuracy(model, X, Y, batch_size=16)

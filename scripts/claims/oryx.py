@@ -6,8 +6,8 @@ of the tokens in attention mode.
     python scripts/claims/oryx.py --task passkey --steps 400 --out docs/claims/oryx_passkey
     python scripts/claims/oryx.py --steps 5 --n-test 50 --out runs/oryx-smoke   # a smoke run
 
-Tasks (generated): ``mqar`` (lra.recall.mqar, Zoology's generator) at L = 64, vocabulary 64,
-8 key-value pairs; ``passkey`` (lra.recall.passkey) at L = 128, 5 digits.
+Tasks (generated): ``mqar`` (lra.data.recall_tasks.mqar, Zoology's generator) at L = 64,
+vocabulary 64, 8 key-value pairs; ``passkey`` (lra.data.recall_tasks.passkey) at L = 128, 5 digits.
 
 Models: lrm.LRModel(head="lm"), 2 layers, d_model 64, no MLP in any block (the mixers alone do
 the recall), trained with lra.quick.fit (AdamW, warmup + cosine, batch 32, the same steps and
@@ -36,8 +36,8 @@ from pathlib import Path
 import torch
 
 import lrm
+from lra.data.recall_tasks import PASSKEY_VOCAB, mqar, passkey
 from lra.quick import accuracy, fit
-from lra.recall import PASSKEY_VOCAB, mqar, passkey
 from lrm.oryx_schedule import Schedule, use_schedule
 
 D_MODEL, N_LAYERS, TRAIN_CHUNK = 64, 2, 8

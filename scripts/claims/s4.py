@@ -33,9 +33,8 @@ import time
 import torch
 
 import lrm
+from lra.objective import IGNORE
 from lra.quick import accuracy, fit
-
-IGNORE = -100
 
 
 def delayed_copy(n: int, seq_len: int, delay: int, *, vocab: int = 4, hold: int = 16,

@@ -4,15 +4,15 @@ attention window.
     python scripts/claims/titans.py              # recorded in docs/claims/titans.md
     python scripts/claims/titans.py --steps 5    # a smoke run
 
-Part 1, passkey (lra.recall.passkey: a 5-digit key hidden at a uniformly random depth in a
-repeated filler sentence, asked for at the end; teacher-forced digits, chance 0.1) at L = 256
+Part 1, passkey (lra.data.recall_tasks.passkey: a 5-digit key hidden at a uniformly random depth
+in a repeated filler sentence, asked for at the end; teacher-forced digits, chance 0.1) at L = 256
 with attention windows of w = 32 tokens (L = 8w). The KEY token lies outside the last query's
 window in ~85% of the examples; accuracy is reported separately for those ("beyond w") and the
 others. Models, 2 layers of d = 32 with no MLP (memory heads of 16): Titans MAG, MAL, MAC
 (w = segment = 32), the same sliding-window attention alone (Titans' ``swa`` variant: the
 MAG/MAL attention without the memory), and full causal attention with RoPE.
 
-Part 2, MQAR (lra.recall.mqar, L = 64, vocabulary 64, 8 key-value pairs, d = 32) with the
+Part 2, MQAR (lra.data.recall_tasks.mqar, L = 64, vocabulary 64, 8 key-value pairs, d = 32) with the
 memory alone (``lmm``) against Gated DeltaNet at equal memory: 512 weights per layer (LMM
 linear: 2 heads of 16×16; LMM MLP: 1 head, 16×16 then 16×16; GDN: 1 head, K = 16, V = 32).
 
@@ -29,8 +29,8 @@ import time
 import torch
 
 import lrm
+from lra.data.recall_tasks import PASSKEY_KEY, PASSKEY_VOCAB, mqar, passkey
 from lra.quick import accuracy, fit
-from lra.recall import PASSKEY_KEY, PASSKEY_VOCAB, mqar, passkey
 
 N_LAYERS = 2
 W = 32

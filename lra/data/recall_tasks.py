@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import torch
 
-IGNORE = -100
+from lra.objective import IGNORE
 
 
 def _gen(seed: int) -> torch.Generator:
