@@ -1,22 +1,38 @@
-"""Forward+backward time and peak memory of mixers across sequence lengths and backends.
+"""Speed and memory of lrm's mixers: one script, one mode per question.
 
-    python scripts/bench.py --mixers attention fox --lengths 1024 2048 4096 8192 \
-        --d 256 --batch 1 --backends ref --out docs/bench/fox.md
-    python scripts/bench.py --peers --mixers mamba mamba2 gdn fox titans --lengths 2048 \
-        --threads 1 --out docs/bench/peers.md
+    python scripts/bench.py --mixers attention fox --lengths 1024 2048 4096 8192
+    python scripts/bench.py peers --mixers mamba gdn fox titans --lengths 2048 --threads 1
+    python scripts/bench.py decode --mixers attention landmark:retrieval_topk=4
+    python scripts/bench.py decode --whole-model --mixers attention gdn mamba2
+    python scripts/bench.py compile --mixers mamba2 gdn --lengths 2048 --d 128
+    python scripts/bench.py train-step --mixers attention gdn --lengths 128 512
 
-Each (mixer, backend, length) case runs in a fresh subprocess, so that timings do not share
-caches and the peak memory is the case's own:
+Modes (``scaling`` when none is named):
 
-- time: median over ``--repeats`` timed forward+backward passes of the bare mixer (after one
-  warm-up pass), on ``x`` of shape (batch, L, d);
-- memory: on CUDA, ``torch.cuda.max_memory_allocated`` during the pass; on CPU, the growth of
-  the process's peak resident set (ru_maxrss) over its value just before the first pass, which
-  counts activations, gradients and workspace but not the model and inputs.
+- ``scaling``: forward+backward time and peak memory of the bare mixer against the sequence
+  length, per backend, with growth exponents log(t2/t1)/log(L2/L1) between consecutive lengths
+  (~1 linear, ~2 quadratic) and a log-log plot.
+- ``peers``: lrm beside the pure-PyTorch peers at matched sizes, one table per op: mambapy's
+  Mamba and Mamba2 blocks, fla's naive gated delta rule and forgetting attention (loaded from
+  their files: importing fla needs Triton), SDPA, and titans-pytorch's ``NeuralMemory`` (with
+  ``--parity``: the float64 agreement of the two memories where they compute the same rule).
+  Each row also gives the effective bandwidth (compulsory bytes of inputs, parameters, outputs
+  and their gradients over the time) against the copy bandwidth measured in the same run.
+- ``decode``: the cost of one decoded token after N tokens. By default the bare KV-cache mixer
+  (its cache filled to N with random keys and values), with the read alone beside it for
+  ``attention`` and ``landmark``; with ``--whole-model``, an ``LRModel`` that prefills N tokens
+  and then decodes, with the state it carries per sequence.
+- ``compile``: eager against ``torch.compile`` (Inductor) for the mixer's block, with the
+  compile time and how far the compiled output and input gradient are from the eager ones.
+- ``train-step``: one optimizer step (forward, backward, gradient clipping, AdamW) of the
+  ``LRModel`` the recall arena trains, every mixer as a ratio to attention measured in the
+  same run.
 
-Growth exponents are log(t2/t1)/log(L2/L1) between consecutive lengths: ~1 is linear, ~2 is
-quadratic; L log L shows as slightly above 1. The script writes a markdown table and a log-log
-plot next to it (``<out>.png``).
+Every case of ``scaling``, ``peers`` and ``train-step`` runs in a fresh process
+(``scripts/measure.py``); ``decode`` and ``compile`` run their cases one after the other in
+this process. Output goes to a run folder under ``runs/bench/`` (a Markdown report and a JSON
+file of the raw results); ``--publish DOC`` also writes the report into its marked section of a
+tracked doc (the rest of the doc is kept).
 """
 
 from __future__ import annotations
@@ -25,112 +41,179 @@ import argparse
 import json
 import math
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-CASE_SCRIPT = r"""
-import json, resource, sys, time, statistics
-import torch
-import lrm
-from lrm.ops import _kernels
-cfg = json.loads(sys.argv[1])
-torch.manual_seed(0)
-dev = cfg["device"]
-dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg["dtype"]]
-if cfg["threads"]:
-    torch.set_num_threads(cfg["threads"])
-import os
-os.environ["LRM_BACKEND"] = cfg["backend"]
-m = lrm.mixer(cfg["mixer"], cfg["d"], **cfg["kwargs"]).to(dev, dtype)
-x = torch.randn(cfg["batch"], cfg["L"], cfg["d"], device=dev, dtype=dtype, requires_grad=True)
-def sync():
-    if dev == "cuda":
-        torch.cuda.synchronize()
-def rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-def step():
-    y, _ = m(x)
-    y.float().square().mean().backward()
-    m.zero_grad(set_to_none=True)
-    x.grad = None
-base = rss_mb()
-if dev == "cuda":
-    torch.cuda.reset_peak_memory_stats()
-    base_cuda = torch.cuda.memory_allocated()
-step(); sync()
-mem = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20 if dev == "cuda" else rss_mb() - base
-times = []
-for _ in range(cfg["repeats"]):
-    sync(); t = time.perf_counter(); step(); sync(); times.append(time.perf_counter() - t)
-print("RESULT " + json.dumps({"time_s": statistics.median(times), "mem_mb": mem}))
-"""
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import measure  # scripts/ is not a package: imported from its folder
+
+SCRIPT = "scripts/bench.py"
+MODES = ("scaling", "peers", "decode", "compile", "train-step")
+# The doc a mode publishes into when --publish names none.
+DEFAULT_DOC = {"train-step": measure.DOCS / "bench" / "train_step.md"}
+PNG = "<plot.png>"  # in a report: the name of its plot, which differs between run and doc
 
 
-def run_case(case: dict, timeout: float, script: str = CASE_SCRIPT) -> dict:
+# ============================================================================ shared
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``name`` or ``name:key=value,key=value`` -> (name, options); values are JSON where
+    they parse as JSON (``null``, numbers, lists), else strings."""
+    name, _, opts = spec.partition(":")
+    kwargs: dict[str, Any] = {}
+    for opt in filter(None, opts.split(",")):
+        key, _, val = opt.partition("=")
+        try:
+            kwargs[key] = json.loads(val)
+        except json.JSONDecodeError:
+            kwargs[key] = val
+    return name, kwargs
+
+
+def section_tag(mode: str) -> str:
+    # a run with glibc's mmap threshold set measures live memory: a section of its own
+    return f"bench-{mode}" + ("-mmap" if os.environ.get("MALLOC_MMAP_THRESHOLD_") else "")
+
+
+def finish(args: argparse.Namespace, body: str, results: Any,
+           extra: dict[str, Any] | None = None) -> Path:
+    """Write the run folder's report and JSON; with --publish, the doc's section too."""
+    out = measure.run_dir(args.mode, args.out)
+    md = out / f"{args.mode}.md"
+    md.write_text(body.replace(PNG, f"{args.mode}.png") + "\n", encoding="utf-8")
+    (out / f"{args.mode}.json").write_text(json.dumps(
+        {"provenance": args.provenance, **(extra or {}), "results": results}, indent=1))
+    print(f"wrote {md} and {args.mode}.json")
+    if args.publish is not None:
+        doc = Path(args.publish) if args.publish else DEFAULT_DOC.get(args.mode)
+        if doc is None:
+            raise SystemExit(f"--publish: the {args.mode} mode has no doc of its own; name one "
+                             f"(--publish docs/bench/NAME.md)")
+        png = doc.with_suffix(".png")
+        if (out / f"{args.mode}.png").exists():
+            png.write_bytes((out / f"{args.mode}.png").read_bytes())
+        measure.write_section(doc, section_tag(args.mode), body.replace(PNG, png.name))
+        print(f"published into {doc} (section {section_tag(args.mode)})")
+    return out
+
+
+def _add_common(p: argparse.ArgumentParser, *, repeats: int, threads: int) -> None:
+    own = ", ".join(f"{m}: {d.relative_to(measure.REPO)}" for m, d in DEFAULT_DOC.items())
+    p.add_argument("--repeats", type=int, default=repeats, help="timed repeats per case")
+    p.add_argument("--threads", type=int, default=threads,
+                   help="torch threads per case (0: torch's default)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="run folder for the report and the JSON (default: a new folder under "
+                        "runs/bench/)")
+    p.add_argument("--publish", nargs="?", const="", default=None, metavar="DOC",
+                   help="also write the report into its marked section of this tracked doc "
+                        f"(without a path: the mode's own doc; {own})")
+
+
+def _add_timeout(p: argparse.ArgumentParser, default: float) -> None:
+    p.add_argument("--timeout", type=float, default=default, help="seconds per case")
+
+
+def _cuda() -> bool:
     try:
-        out = subprocess.run([sys.executable, "-c", script, json.dumps(case)],
-                             capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timeout > {timeout:.0f}s"}
-    for line in out.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    err = (out.stderr.strip().splitlines() or ["no output"])[-1]
-    return {"error": err[:200]}
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
 
 
 def exponent(a: float, b: float, la: int, lb: int) -> float:
     return math.log(b / a) / math.log(lb / la) if a > 0 and b > 0 else float("nan")
 
 
-def write_report(rows: list[dict], args: argparse.Namespace, out: Path, wall: float) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    device = args.device
-    if device == "cpu":
-        device_desc = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-    else:
-        import torch
-        device_desc = torch.cuda.get_device_name()
+# ============================================================================ scaling
+def mixer_case(cfg: dict[str, Any]) -> measure.Case:
+    """Forward+backward of the bare mixer on x of shape (batch, L, d)."""
+    import torch
+
+    import lrm
+
+    torch.manual_seed(0)
+    dev = cfg["device"]
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg["dtype"]]
+    m = lrm.mixer(cfg["mixer"], cfg["d"], **cfg["kwargs"]).to(dev, dtype)
+    x = torch.randn(cfg["batch"], cfg["L"], cfg["d"], device=dev, dtype=dtype,
+                    requires_grad=True)
+
+    def step() -> None:
+        y, _ = m(x)
+        y.float().square().mean().backward()
+        m.zero_grad(set_to_none=True)
+        x.grad = None
+
+    return measure.Case(step, device=dev)
+
+
+def run_scaling(args: argparse.Namespace) -> None:
+    from lrm import registry
+
+    rows, t0 = [], time.time()
+    for spec in args.mixers:
+        name, kwargs = parse_spec(spec)
+        registry.canonical(name)  # an unknown name fails here, listing the valid ones
+        for backend in args.backends:
+            prev = None
+            for L in args.lengths:
+                cfg = dict(mixer=name, kwargs=kwargs, L=L, d=args.d, batch=args.batch,
+                           dtype=args.dtype, device=args.device, repeats=args.repeats,
+                           warmup=1, threads=args.threads)
+                res = measure.run_fresh("bench:mixer_case", cfg, timeout=args.timeout,
+                                        env={"LRM_BACKEND": backend})
+                row = {"label": spec, "backend": backend, "L": L, **res}
+                if prev is not None and "error" not in row and "error" not in prev:
+                    row["t_exp"] = exponent(prev["time_s"], row["time_s"], prev["L"], L)
+                    row["m_exp"] = exponent(prev["mem_mb"], row["mem_mb"], prev["L"], L)
+                shown = (f"{1000 * row['time_s']:.1f} ms, {row['mem_mb']:.1f} MB"
+                         if "error" not in row else row["error"])
+                print(f"{spec:>16s} {backend:>6s} L={L:<6d} {shown}", flush=True)
+                rows.append(row)
+                prev = row
     lines = [
-        f"# Benchmark: {', '.join(args.mixers)}",
+        f"# Benchmark: {', '.join(args.mixers)}", "",
+        *measure.provenance_lines(args.provenance),
+        f"dtype {args.dtype}; d={args.d}, batch={args.batch}; median of {args.repeats} "
+        f"forward+backward passes after one warm-up pass; wall time {time.time() - t0:.0f} s.",
         "",
-        f"Command: `python scripts/bench.py {' '.join(sys.argv[1:])}`  ",
-        f"Device: {device_desc}; dtype {args.dtype}; d={args.d}, batch={args.batch}; "
-        f"median of {args.repeats} forward+backward passes; wall time {wall:.0f} s; "
-        f"{time.strftime('%Y-%m-%d')}.",
-        "",
-        "| mixer | backend | L | fwd+bwd (ms) | time exponent | peak mem (MB) | mem exponent |",
-        "|---|---|---|---|---|---|---|",
-    ]
+        "| mixer | backend | L | fwd+bwd (ms) | min-max (ms) | time exponent | peak mem (MB) "
+        "| mem exponent |",
+        "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['label']} | {r['backend']} | {r['L']} | {r['error']} | | | |")
+            lines.append(f"| {r['label']} | {r['backend']} | {r['L']} | {r['error']} | | | | |")
             continue
         te = "" if r.get("t_exp") is None else f"{r['t_exp']:.2f}"
         me = "" if r.get("m_exp") is None else f"{r['m_exp']:.2f}"
         lines.append(f"| {r['label']} | {r['backend']} | {r['L']} | {1000 * r['time_s']:.1f} | "
-                     f"{te} | {r['mem_mb']:.1f} | {me} |")
+                     f"{1000 * r['min_s']:.1f}-{1000 * r['max_s']:.1f} | {te} | "
+                     f"{r['mem_mb']:.1f} | {me} |")
     lines += ["", "Exponents are log(t2/t1)/log(L2/L1) against the previous length: 1 = linear, "
               "2 = quadratic.", ""]
+    out = measure.run_dir(args.mode, args.out)
+    args.out = out
     try:
-        plot(rows, out.with_suffix(".png"))
-        lines.append(f"![time and memory vs length]({out.with_suffix('.png').name})")
+        plot_scaling(rows, out / "scaling.png")
+        lines.append(f"![time and memory vs length]({PNG})")
     except ImportError:
         lines.append("(matplotlib is not installed: no plot)")
-    out.write_text("\n".join(lines) + "\n")
+    finish(args, "\n".join(lines), rows)
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot_scaling(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    series: dict[tuple[str, str], list[dict]] = {}
+    series: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in rows:
         if "error" not in r:
             series.setdefault((r["label"], r["backend"]), []).append(r)
@@ -150,85 +233,35 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--mixers", nargs="+", required=True,
-                   help="registry names; NAME:key=value,key=value passes mixer options")
-    p.add_argument("--lengths", nargs="+", type=int, default=[1024, 2048, 4096, 8192])
-    p.add_argument("--backends", nargs="+", default=["ref"], choices=["ref", "auto", "kernel"])
-    p.add_argument("--d", type=int, default=256)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--timeout", type=float, default=600, help="seconds per case")
-    p.add_argument("--out", type=Path, default=Path("docs/bench.md"))
-    p.add_argument("--json", type=Path, default=None, help="also write the raw rows as JSON")
-    p.add_argument("--peers", action="store_true",
-                   help="one table per op (--mixers among mamba, mamba2, gdn, fox, titans): "
-                        "lrm beside mambapy, fla's naive references, SDPA, titans-pytorch")
-    p.add_argument("--heads", type=int, default=4, help="heads of the op-level peers")
-    args = p.parse_args(argv)
-    if args.peers:
-        run_peers(args)
-        return
-
-    import lrm  # noqa: F401  (fail early on an unknown mixer name)
-    from lrm import registry
-
-    rows, t_start = [], time.time()
-    for spec in args.mixers:
-        name, _, opts = spec.partition(":")
-        registry.canonical(name)
-        kwargs = dict(_parse_opt(o) for o in opts.split(",") if o)
-        for backend in args.backends:
-            prev = None
-            for L in args.lengths:
-                case = dict(mixer=name, kwargs=kwargs, backend=backend, L=L, d=args.d,
-                            batch=args.batch, dtype=args.dtype, device=args.device,
-                            repeats=args.repeats, threads=args.threads)
-                res = run_case(case, args.timeout)
-                row = {"label": spec, "backend": backend, "L": L, **res}
-                if prev is not None and "error" not in row and "error" not in prev:
-                    row["t_exp"] = exponent(prev["time_s"], row["time_s"], prev["L"], L)
-                    row["m_exp"] = exponent(prev["mem_mb"], row["mem_mb"], prev["L"], L)
-                shown = (f"{1000 * row['time_s']:.1f} ms, {row['mem_mb']:.1f} MB"
-                         if "error" not in row else row["error"])
-                print(f"{spec:>16s} {backend:>6s} L={L:<6d} {shown}", flush=True)
-                rows.append(row)
-                prev = row
-    write_report(rows, args, args.out, time.time() - t_start)
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
-    print(f"wrote {args.out}")
+# ============================================================================ peers
+PEERS = {  # op -> the implementations compared, lrm's first
+    "mamba": ["lrm mamba", "mambapy Mamba"],
+    "mamba2": ["lrm mamba2", "mambapy Mamba2"],
+    "gdn": ["lrm gated_delta_rule", "fla naive_chunk_gated_delta_rule"],
+    "fox": ["lrm forgetting_attn", "torch SDPA (causal softmax)", "fla naive_forgetting_attn"],
+    "titans": ["lrm titans (lmm)", "lrm titans (lmm), d_conv=0",
+               "titans-pytorch NeuralMemory, default (batch_size=None)",
+               "titans-pytorch NeuralMemory, batch_size=chunk"],
+}
+WHAT = {
+    "mamba": "the whole mixer (d_state 16), forward+backward, x of shape (B, L, d)",
+    "mamba2": "the whole mixer (d_state 64, headdim 64, chunk 64), x of shape (B, L, d)",
+    "gdn": "the op: q, k, v (B, L, H, d/H), gates (B, L, H); k L2-normalised inside",
+    "fox": "the op: q, k, v (B, L, H, d/H), forget-gate logits (B, L, H)",
+    "titans": "the memory module alone, x of shape (B, L, d): lrm's `titans` mixer as "
+              "`variant=\"lmm\"` and titans-pytorch's `NeuralMemory`, with the same heads, head "
+              "width d/H, memory MLP (depth 2, expansion 2) and chunk; the peer at its default "
+              "(every chunk's gradient at the weights the call started with) and with "
+              "batch_size = chunk (gradients at each chunk's start, as in the paper and in lrm)",
+}
 
 
-# ----------------------------------------------------------------------------- --peers
-#
-# One table per op: lrm's CPU path beside the pure-PyTorch peers at matched sizes, every case in
-# its own subprocess, the cases of one length run one after the other (so a noisy machine hits
-# both sides alike). Effective bandwidth = the compulsory traffic of a forward+backward pass
-# (read every input and write its gradient, write every output and read its gradient, once)
-# divided by the time, against the machine's copy bandwidth measured in the same run.
+def _fla_naive(op: str):
+    """fla's naive reference of ``op``: it imports only torch and einops, but importing the fla
+    package needs Triton, so the one file is loaded by path."""
+    import importlib.util
+    import pathlib
 
-PEER_SCRIPT = r"""
-import json, resource, statistics, sys, time
-import torch
-import torch.nn.functional as F
-cfg = json.loads(sys.argv[1])
-if cfg["threads"]:
-    torch.set_num_threads(cfg["threads"])
-torch.manual_seed(0)
-L, d, B = cfg["L"], cfg["d"], cfg["batch"]
-H, Dh = cfg["heads"], d // cfg["heads"]
-impl = cfg["impl"]
-def leaf(*s):
-    return torch.randn(*s, requires_grad=True)
-def fla_naive(op):
-    # fla's naive references import only torch and einops, but importing the fla package
-    # needs Triton: load the one file by path
-    import importlib.util, pathlib
     spec = importlib.util.find_spec("fla")
     if spec is None:
         raise ModuleNotFoundError("No module named 'fla'")
@@ -237,87 +270,96 @@ def fla_naive(op):
     mod = importlib.util.module_from_spec(mod_spec)
     mod_spec.loader.exec_module(mod)
     return mod
-if impl in ("lrm mamba", "lrm mamba2"):
-    import lrm
-    kw = {"d_state": 16} if impl == "lrm mamba" else {"d_state": 64, "head_dim": 64,
-                                                       "chunk_size": 64}
-    m = lrm.mixer(impl.split()[1], d, **kw)
-    xs = [leaf(B, L, d)]
-    fwd = lambda x: m(x)[0]
-elif impl == "mambapy Mamba":
-    from mambapy.mamba import MambaBlock, MambaConfig
-    m = MambaBlock(MambaConfig(d_model=d, n_layers=1, d_state=16))
-    xs = [leaf(B, L, d)]
-    fwd = m
-elif impl == "mambapy Mamba2":
-    from mambapy.mamba2 import Mamba2Block, Mamba2Config
-    m = Mamba2Block(Mamba2Config(d_model=d, n_layers=1, d_head=64, d_state=64))
-    m.config.chunk_size = 64
-    xs = [leaf(B, L, d)]
-    fwd = m
-elif impl in ("lrm gated_delta_rule", "fla naive_chunk_gated_delta_rule"):
-    q, k, v = leaf(B, L, H, Dh), leaf(B, L, H, Dh), leaf(B, L, H, Dh)
-    g, beta = leaf(B, L, H), leaf(B, L, H)
-    xs = [q, k, v, g, beta]
-    if impl.startswith("lrm"):
-        from lrm.ops.delta_rule import gated_delta_rule as op
-    else:
-        op = fla_naive("gated_delta_rule").naive_chunk_gated_delta_rule
-    fwd = lambda q, k, v, g, beta: op(q, F.normalize(k, dim=-1), v, F.logsigmoid(g),
-                                      beta.sigmoid())[0]
-elif impl in ("lrm forgetting_attn", "torch SDPA (causal softmax)",
-              "fla naive_forgetting_attn"):
-    q, k, v, g = leaf(B, L, H, Dh), leaf(B, L, H, Dh), leaf(B, L, H, Dh), leaf(B, L, H)
-    xs = [q, k, v, g]
-    if impl.startswith("lrm"):
-        from lrm.ops.forgetting_attn import forgetting_attn
-        fwd = lambda q, k, v, g: forgetting_attn(q, k, v, F.logsigmoid(g))
-    elif impl.startswith("fla"):
-        naive_forgetting_attn = fla_naive("forgetting_attn").naive_forgetting_attn
-        fwd = lambda q, k, v, g: naive_forgetting_attn(q, k, v, F.logsigmoid(g))
-    else:
-        fwd = lambda q, k, v, g: F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
-elif impl == "titans-pytorch NeuralMemory":
-    from titans_pytorch import NeuralMemory
-    m = NeuralMemory(dim=d, chunk_size=64)
-    xs = [leaf(B, L, d)]
-    fwd = lambda x: m(x)[0]
-else:
-    raise SystemExit(f"unknown impl {impl}")
-params = list(m.parameters()) if "m" in dir() else []
-def step():
-    y = fwd(*xs)
-    y.square().mean().backward()
-    for t in xs + params:
-        t.grad = None
-    return y
-rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-base = rss()
-y = step()
-mem = rss() - base
-ts = []
-for _ in range(cfg["repeats"]):
-    t = time.perf_counter(); step(); ts.append(time.perf_counter() - t)
-nbytes = 2 * (sum(t.numel() for t in xs + params) + y.numel()) * 4
-print("RESULT " + json.dumps({"time_s": statistics.median(ts), "mem_mb": mem,
-                              "bytes": nbytes}))
-"""
 
-PEERS = {  # op -> the implementations compared, lrm's first
-    "mamba": ["lrm mamba", "mambapy Mamba"],
-    "mamba2": ["lrm mamba2", "mambapy Mamba2"],
-    "gdn": ["lrm gated_delta_rule", "fla naive_chunk_gated_delta_rule"],
-    "fox": ["lrm forgetting_attn", "torch SDPA (causal softmax)", "fla naive_forgetting_attn"],
-    "titans": ["titans-pytorch NeuralMemory"],
-}
-WHAT = {
-    "mamba": "the whole mixer (d_state 16), forward+backward, x of shape (B, L, d)",
-    "mamba2": "the whole mixer (d_state 64, head_dim 64, chunk 64), x of shape (B, L, d)",
-    "gdn": "the op: q, k, v (B, L, H, d/H), gates (B, L, H); k L2-normalised inside",
-    "fox": "the op: q, k, v (B, L, H, d/H), forget-gate logits (B, L, H)",
-    "titans": "titans-pytorch's NeuralMemory (a peer only: lrm has no Titans mixer yet)",
-}
+
+def peer_case(cfg: dict[str, Any]) -> measure.Case:
+    """Forward+backward of one implementation of ``PEERS``; info: the compulsory bytes."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    L, d, B, dev = cfg["L"], cfg["d"], cfg["batch"], cfg["device"]
+    H, impl, C = cfg["heads"], cfg["impl"], cfg["chunk"]
+    Dh = d // H
+    m: torch.nn.Module | None = None
+
+    def leaf(*s: int) -> torch.Tensor:
+        return torch.randn(*s, device=dev, requires_grad=True)
+
+    if impl in ("lrm mamba", "lrm mamba2"):
+        import lrm
+
+        kw = ({"d_state": 16} if impl == "lrm mamba"
+              else {"d_state": 64, "head_dim": 64, "chunk_size": 64})
+        m = lrm.mixer(impl.split()[1], d, **kw)
+        xs = [leaf(B, L, d)]
+        fwd = lambda x: m(x)[0]  # noqa: E731
+    elif impl == "mambapy Mamba":
+        from mambapy.mamba import MambaBlock, MambaConfig
+
+        m = MambaBlock(MambaConfig(d_model=d, n_layers=1, d_state=16))
+        xs, fwd = [leaf(B, L, d)], m
+    elif impl == "mambapy Mamba2":
+        from mambapy.mamba2 import Mamba2Block, Mamba2Config
+
+        m = Mamba2Block(Mamba2Config(d_model=d, n_layers=1, d_head=64, d_state=64))
+        m.config.chunk_size = 64
+        xs, fwd = [leaf(B, L, d)], m
+    elif impl in PEERS["gdn"]:
+        xs = [leaf(B, L, H, Dh), leaf(B, L, H, Dh), leaf(B, L, H, Dh), leaf(B, L, H),
+              leaf(B, L, H)]
+        if impl.startswith("lrm"):
+            from lrm.ops.delta_rule import gated_delta_rule as op
+        else:
+            op = _fla_naive("gated_delta_rule").naive_chunk_gated_delta_rule
+        fwd = lambda q, k, v, g, beta: op(q, F.normalize(k, dim=-1), v,  # noqa: E731
+                                          F.logsigmoid(g), beta.sigmoid())[0]
+    elif impl in PEERS["fox"]:
+        xs = [leaf(B, L, H, Dh), leaf(B, L, H, Dh), leaf(B, L, H, Dh), leaf(B, L, H)]
+        if impl.startswith("lrm"):
+            from lrm.ops.forgetting_attn import forgetting_attn
+
+            fwd = lambda q, k, v, g: forgetting_attn(q, k, v, F.logsigmoid(g))  # noqa: E731
+        elif impl.startswith("fla"):
+            naive = _fla_naive("forgetting_attn").naive_forgetting_attn
+            fwd = lambda q, k, v, g: naive(q, k, v, F.logsigmoid(g))  # noqa: E731
+        else:
+            fwd = lambda q, k, v, g: F.scaled_dot_product_attention(  # noqa: E731
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+    elif impl in PEERS["titans"]:
+        if impl.startswith("lrm"):
+            import lrm
+
+            m = lrm.mixer("titans", d, variant="lmm", n_heads=H, head_dim=Dh, depth=2,
+                          expansion=2.0, chunk_size=C,
+                          d_conv=0 if "d_conv=0" in impl else 4)
+        else:
+            from titans_pytorch import NeuralMemory
+
+            m = NeuralMemory(d, chunk_size=C, heads=H, dim_head=Dh,
+                             batch_size=C if "batch_size=chunk" in impl else None,
+                             default_model_kwargs=dict(depth=2, expansion_factor=2.0))
+        xs = [leaf(B, L, d)]
+        fwd = lambda x: m(x)[0]  # noqa: E731
+    else:
+        raise SystemExit(f"unknown implementation {impl!r}; known: "
+                         f"{[i for v in PEERS.values() for i in v]}")
+    if m is not None:
+        m.to(dev)
+    params = list(m.parameters()) if m is not None else []
+    last: list[torch.Tensor] = []
+
+    def step() -> None:
+        y = fwd(*xs)
+        y.square().mean().backward()
+        for t in xs + params:
+            t.grad = None
+        last[:] = [y.detach()]
+
+    def info() -> dict[str, Any]:
+        return {"bytes": 2 * (sum(t.numel() for t in xs + params) + last[0].numel()) * 4}
+
+    return measure.Case(step, device=dev, info=info)
 
 
 def copy_bandwidth(threads: int, mib: int = 256) -> float:
@@ -336,29 +378,70 @@ def copy_bandwidth(threads: int, mib: int = 256) -> float:
     return 2 * x.numel() * 4 / best / 1e9
 
 
+def titans_parity() -> list[str]:
+    """Max |lrm - titans-pytorch| in float64 where the two compute the same rule (chunk 1:
+    the weights updated after every token), and the size of the difference where they do not.
+    titans-pytorch's loss is a mean over features, lrm's a sum: its step size is divided by
+    the width."""
+    import torch
+    from titans_pytorch import NeuralMemory
+
+    from lrm.ops.neural_memory import initial_state, neural_memory
+
+    lines = ["| memory | peer config | our chunk_size | max abs difference | max abs output |",
+             "|---|---|---|---|---|"]
+    dim, T = 16, 48
+    for depth in (1, 2):
+        for peer_chunk, peer_batch, ours_c in ((1, 1, 1), (8, None, 8), (8, 8, 8)):
+            torch.manual_seed(depth)
+            nm = NeuralMemory(dim, chunk_size=peer_chunk, batch_size=peer_batch, heads=1,
+                              pre_rmsnorm=False, mem_model_norm_add_residual=False,
+                              default_model_kwargs=dict(depth=depth, expansion_factor=2.0)
+                              ).double()
+            x = torch.randn(1, T, dim, dtype=torch.float64)
+            with torch.no_grad():
+                theirs, _ = nm(x)
+                q, k, v = (p(x)[:, :, None] for p in (nm.to_queries, nm.to_keys, nm.to_values))
+                theta = nm.adaptive_step_transform(nm.to_adaptive_step[0](x)) / dim
+                eta, alpha = (p[0](x).sigmoid() for p in (nm.to_momentum, nm.to_decay_factor))
+                ours, _ = neural_memory(q, k, v, theta, eta, alpha,
+                                        initial_state(list(nm.memory_model_parameters), 1),
+                                        chunk_size=ours_c, backend="ref")
+            diff = (ours[:, :, 0] - theirs).abs().max().item()
+            kind = "linear" if depth == 1 else "MLP (depth 2)"
+            lines.append(f"| {kind} | chunk_size={peer_chunk}, batch_size={peer_batch} | "
+                         f"{ours_c} | {diff:.1e} | {theirs.abs().max().item():.2f} |")
+    return lines
+
+
 def run_peers(args: argparse.Namespace) -> None:
     t0 = time.time()
     bw = copy_bandwidth(args.threads)
     print(f"copy bandwidth: {bw:.1f} GB/s", flush=True)
-    sections = []
+    sections, results = [], []
     for op in args.mixers:
         if op not in PEERS:
-            raise SystemExit(f"--peers knows {sorted(PEERS)}, not {op!r}")
-        lines = [f"## {op}", "", f"Measured: {WHAT[op]}.", "",
-                 "| L | implementation | fwd+bwd (ms) | time / lrm | peak mem (MB) | "
-                 "mem / lrm | effective GB/s | % of copy bandwidth |",
-                 "|---|---|---|---|---|---|---|---|"]
+            raise SystemExit(f"peers compares {sorted(PEERS)}, not {op!r}")
+        lines = [f"## {op}", "", f"Measured: {WHAT[op]}.", ""]
+        if op == "titans" and args.parity:
+            lines += ["Output parity (float64, T = 48, width 16, one head):", "",
+                      *titans_parity(), ""]
+        lines += ["| L | implementation | fwd+bwd (ms) | min-max (ms) | time / lrm | "
+                  "peak mem (MB) | mem / lrm | effective GB/s | % of copy bandwidth |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for L in args.lengths:
             first = None
             for impl in PEERS[op]:
-                case = dict(impl=impl, L=L, d=args.d, batch=args.batch, heads=args.heads,
-                            repeats=args.repeats, threads=args.threads)
-                r = run_case(case, args.timeout, script=PEER_SCRIPT)
+                cfg = dict(impl=impl, L=L, d=args.d, batch=args.batch, heads=args.heads,
+                           chunk=args.chunk, device=args.device, repeats=args.repeats,
+                           warmup=1, threads=args.threads)
+                r = measure.run_fresh("bench:peer_case", cfg, timeout=args.timeout)
+                results.append({"op": op, "impl": impl, "L": L, **r})
                 if "error" in r:
                     why = r["error"]
                     if "No module named" in why:
                         why = f"not installed ({why.split('No module named')[-1].strip()})"
-                    lines.append(f"| {L} | {impl} | {why} | | | | | |")
+                    lines.append(f"| {L} | {impl} | {why} | | | | | | |")
                     print(f"{op:>8s} L={L:<6d} {impl}: {why}", flush=True)
                     continue
                 first = first or (r if impl.startswith("lrm") else None)
@@ -366,7 +449,8 @@ def run_peers(args: argparse.Namespace) -> None:
                 rel_m = (f"{r['mem_mb'] / first['mem_mb']:.2f}"
                          if first and first["mem_mb"] > 0 else "")
                 gbs = r["bytes"] / r["time_s"] / 1e9
-                lines.append(f"| {L} | {impl} | {1000 * r['time_s']:.0f} | {rel_t} | "
+                lines.append(f"| {L} | {impl} | {1000 * r['time_s']:.0f} | "
+                             f"{1000 * r['min_s']:.0f}-{1000 * r['max_s']:.0f} | {rel_t} | "
                              f"{r['mem_mb']:.0f} | {rel_m} | {gbs:.2f} | "
                              f"{100 * gbs / bw:.1f} |")
                 print(f"{op:>8s} L={L:<6d} {impl}: {1000 * r['time_s']:.0f} ms, "
@@ -374,36 +458,421 @@ def run_peers(args: argparse.Namespace) -> None:
         sections.append("\n".join(lines))
     head = [
         f"# Peers: {', '.join(args.mixers)}", "",
-        f"Command: `python scripts/bench.py {' '.join(sys.argv[1:])}`  ",
-        f"Device: CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), "
-        f"threads {args.threads or 'default'}; fp32; d={args.d}, heads={args.heads}, "
+        *measure.provenance_lines(args.provenance),
+        f"device {args.device}; fp32; d={args.d}, heads={args.heads}, chunk={args.chunk}, "
         f"batch={args.batch}; median of {args.repeats} forward+backward passes after a "
         f"warm-up; copy bandwidth {bw:.1f} GB/s (best of 5 copies of a 256 MiB tensor); "
-        f"wall {time.time() - t0:.0f} s; {time.strftime('%Y-%m-%d')}.", "",
+        f"wall {time.time() - t0:.0f} s.", "",
         "Memory is the growth of the process's peak resident set during the first pass. "
         "Effective bandwidth counts only the compulsory traffic (inputs, parameters and "
         "outputs, and their gradients, once each), so it is a floor on the real traffic; its "
         "share of the copy bandwidth says how far an op is from being memory-bound.", ""]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(head) + "\n" + "\n\n".join(sections) + "\n")
-    print(f"wrote {args.out}")
+    finish(args, "\n".join(head) + "\n" + "\n\n".join(sections), results,
+           {"copy_bandwidth_gbs": bw})
 
 
-def _parse_opt(opt: str) -> tuple[str, object]:
-    key, _, val = opt.partition("=")
+# ============================================================================ decode
+def _grow(t, n: int, g):
+    import torch
+
+    if 0 not in t.shape:
+        return t
+    shape = [n if s == 0 else s for s in t.shape]
+    return torch.randn(shape, generator=g, dtype=t.dtype) if t.is_floating_point() else t
+
+
+def filled_state(m, n: int):
+    """The mixer's state with every zero-length axis (a KV cache's time axis) grown to n
+    random entries: the cost of a read does not depend on what the cache holds."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    state = m.init_state(1, dtype=torch.float32)
+    return type(state)(*(None if t is None else _grow(t, n, g) for t in state))
+
+
+def read_fn(name: str, kw: dict[str, Any], n: int, d: int):
+    """A closure that reads a cache of n tokens for one query, or None for other mixers."""
+    import torch
+
+    H = max(1, d // 64)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, t, H, d // H, generator=g) for t in (1, n + 1, n + 1))
+    if name == "attention":
+        qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))
+        return lambda: torch.nn.functional.scaled_dot_product_attention(qh, kh, vh)
+    if name == "landmark":
+        from lrm.ops import landmark_attn as la
+
+        bl = kw.get("block_len", 32)
+        if kw.get("retrieval_topk") is None:
+            return lambda: la.landmark_attn(q, k, v, block_len=bl)
+        return lambda: la.landmark_retrieval_attn_ref(q, k, v, block_len=bl,
+                                                      topk=kw["retrieval_topk"])
+    return None
+
+
+def decode_cache(args: argparse.Namespace) -> tuple[list[str], list[dict[str, Any]]]:
+    """The bare mixer's one-token forward with a state of n cached tokens (wall clock)."""
+    import torch
+
+    import lrm
+
+    rows = []
+    for spec in args.mixers:
+        name, kw = parse_spec(spec)
+        torch.manual_seed(0)
+        m = lrm.mixer(name, args.d, **kw).eval()
+        for n in args.context:
+            state, x = filled_state(m, n), torch.randn(1, 1, args.d)
+            with torch.no_grad():
+                res = measure.time_calls(lambda m=m, x=x, state=state: m(x, state),
+                                         repeats=args.repeats, warmup=1)
+                read = read_fn(name, kw, n, args.d)
+                rd = measure.time_calls(read, repeats=args.repeats) if read else None
+            rows.append({"mixer": spec, "context": n, **res, "read": rd})
+            print(f"{spec:>28s} cache {n:>6d}: {1000 * res['median_s']:8.2f} ms/token (read "
+                  f"alone: {rd and round(1000 * rd['median_s'], 2)} ms)", flush=True)
+
+    def table(key: str | None) -> list[str]:
+        lines = ["| mixer | " + " | ".join(f"cache {n}" for n in args.context) + " |",
+                 "|---" * (len(args.context) + 1) + "|"]
+        for spec in args.mixers:
+            rs = [r if key is None else r[key] for r in rows if r["mixer"] == spec]
+            if all(r is not None for r in rs):
+                lines.append(f"| {spec} | " + " | ".join(
+                    f"{1000 * r['median_s']:.2f} ms ({1000 * r['min_s']:.2f}-"
+                    f"{1000 * r['max_s']:.2f})" for r in rs) + " |")
+        return lines
+
+    text = [f"fp32; d={args.d}, batch 1; median (min-max) of {args.repeats} one-token forward "
+            "calls after a warm-up, wall clock.", "", *table(None), "",
+            "The read alone (one query against the cache in place):", "", *table("read")]
+    return text, rows
+
+
+def decode_model(args: argparse.Namespace) -> tuple[list[str], list[dict[str, Any]]]:
+    """An LRModel's decoding step after a prefill of n tokens (CPU time of this process)."""
+    import torch
+
+    import lrm
+
+    rows = []
+    for spec in args.mixers:
+        name, kw = parse_spec(spec)
+        for n in args.context:
+            torch.manual_seed(0)
+            model = lrm.LRModel(lrm.ModelConfig(mixer=name, mixer_kwargs=kw, d_model=args.d,
+                                                n_layers=args.layers, vocab_size=256,
+                                                head="lm")).eval()
+            with torch.no_grad():
+                logits, state = model.step(torch.randint(0, 256, (1, n)), model.init_state(1))
+                carry = {"state": state, "next": logits[:, -1:].argmax(-1)}
+
+                def one(carry: dict[str, Any] = carry, model: lrm.LRModel = model) -> None:
+                    logits, carry["state"] = model.step(carry["next"], carry["state"])
+                    carry["next"] = logits[:, -1:].argmax(-1)
+
+                # the prefill was the warm-up
+                res = measure.time_calls(one, repeats=args.repeats, warmup=0,
+                                         clock=time.process_time)
+            floats = sum(b.mixer.state_size(n) for b in model.blocks)
+            rows.append({"mixer": spec, "context": n, **res, "state_floats": floats})
+            print(f"| {spec} | {n} | {1e3 * res['median_s']:.2f} | {floats:,} |", flush=True)
+    text = [f"{args.layers} layers, d={args.d}, vocabulary 256, batch 1, fp32; per case a prefill "
+            f"of the context in one `step`, then {args.repeats} decoding steps; CPU time of this "
+            "process (`time.process_time`, which other work on a shared machine inflates less "
+            "than wall time).", "",
+            "| mixer | context | CPU ms per token, median (min-max) | state floats per sequence |",
+            "|---|---|---|---|"]
+    text += [f"| {r['mixer']} | {r['context']:,} | {1e3 * r['median_s']:.2f} "
+             f"({1e3 * r['min_s']:.2f}-{1e3 * r['max_s']:.2f}) | {r['state_floats']:,} |"
+             for r in rows]
+    return text, rows
+
+
+def run_decode(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    text, rows = (decode_model if args.whole_model else decode_cache)(args)
+    title = ("# Decoding: one token after a context, whole model" if args.whole_model
+             else "# Decoding: one token against a KV cache of N tokens")
+    body = [title, "", *measure.provenance_lines(args.provenance),
+            f"All cases in one process, one after the other; wall {time.time() - t0:.0f} s.", "",
+            *text]
+    print("\n".join(body))
+    finish(args, "\n".join(body), rows)
+
+
+# ============================================================================ compile
+def _fwd_bwd(m, x):
+    import torch
+
+    x = x.detach().requires_grad_()
+    y = m(x)
+    y = y[0] if isinstance(y, tuple) else y
+    (g,) = torch.autograd.grad(y.square().mean(), x)
+    return y.detach(), g
+
+
+def compile_trial(mixer: str, L: int, d: int, repeats: int) -> dict[str, Any]:
+    import torch
+
+    import lrm
+
+    name, kw = parse_spec(mixer)
+    torch.manual_seed(0)
+    m = lrm.build(name, d=d, **kw).eval()
+    x = torch.randn(1, L, d)
+    y_e, g_e = _fwd_bwd(m, x)
+    eager = measure.time_calls(lambda: _fwd_bwd(m, x), repeats=repeats, warmup=1)
+    row: dict[str, Any] = {"mixer": mixer, "L": L, "eager_s": eager["median_s"], "eager": eager}
     try:
-        return key, json.loads(val)
-    except json.JSONDecodeError:
-        return key, val
+        mc = torch.compile(m)
+        t0 = time.perf_counter()
+        y_c, g_c = _fwd_bwd(mc, x)
+        row["compile_s"] = time.perf_counter() - t0
+        comp = measure.time_calls(lambda: _fwd_bwd(mc, x), repeats=repeats, warmup=1)
+        row.update(compiled=comp, compiled_s=comp["median_s"],
+                   speedup=eager["median_s"] / comp["median_s"],
+                   out_diff=float((y_c - y_e).abs().max() / y_e.abs().max()),
+                   grad_diff=float((g_c - g_e).abs().max() / g_e.abs().max()))
+    except Exception as err:  # a failed compilation is a result here
+        row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+    torch._dynamo.reset()
+    return row
 
 
-def _cuda() -> bool:
-    try:
-        import torch
+def run_compile(args: argparse.Namespace) -> None:
+    import torch
 
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
+    torch.set_num_threads(args.threads)
+    rows = []
+    for L in args.lengths:
+        for mixer in args.mixers:
+            row = compile_trial(mixer, L, args.d, args.repeats)
+            print({k: v for k, v in row.items() if k not in ("eager", "compiled")}, flush=True)
+            rows.append(row)
+    lines = [f"# torch.compile on the CPU path: d = {args.d}, batch 1, fp32", "",
+             *measure.provenance_lines(args.provenance),
+             f"The mixer's block (`lrm.build`), forward+backward; median of {args.repeats} "
+             "passes after a warm-up, eager and compiled (Inductor, default mode), in this "
+             "process; compile time = the first compiled call; diffs = max |compiled - eager| "
+             "over max |eager|, for the output and the input gradient.", "",
+             "| mixer | L | eager s | compiled s | speedup | compile s | out diff | grad diff |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['mixer']} | {r['L']} | {r['eager_s']:.3f} | failed: "
+                         f"{r['error']} | | | | |")
+        else:
+            lines.append(f"| {r['mixer']} | {r['L']} | {r['eager_s']:.3f} | "
+                         f"{r['compiled_s']:.3f} | {r['speedup']:.2f}x | {r['compile_s']:.0f} | "
+                         f"{r['out_diff']:.1e} | {r['grad_diff']:.1e} |")
+    print("\n".join(lines))
+    finish(args, "\n".join(lines), rows)
+
+
+# ============================================================================ train-step
+def train_step_case(cfg: dict[str, Any]) -> measure.Case:
+    """One optimizer step of the recall arena's model: an ``LRModel`` with the arena's layers,
+    vocabulary, LM head and per-mixer options (``lra.leaderboard.arena``), on an MQAR batch,
+    with ``lra.quick.fit``'s step: cross-entropy on the query positions, backward, gradient
+    clipping at 1, AdamW over ``lrm.optim.param_groups``."""
+    import torch
+    import torch.nn.functional as F
+
+    import lrm
+    from lra.data import recall_tasks
+    from lra.leaderboard.arena import ARENA_KWARGS, N_LAYERS, VOCAB
+    from lra.quick import IGNORE
+    from lrm.optim import param_groups
+
+    torch.manual_seed(0)
+    mixer, d, L = cfg["mixer"], cfg["d"], cfg["L"]
+    opts = ARENA_KWARGS.get(mixer)
+    model = lrm.LRModel(lrm.ModelConfig(mixer=mixer, d_model=d, n_layers=N_LAYERS,
+                                        vocab_size=VOCAB, head="lm",
+                                        mixer_kwargs=opts(d) if opts else {}))
+    # the arena's 16 pairs where the length holds them (MQAR needs L >= 4 * pairs)
+    x, y = recall_tasks.mqar(cfg["batch"], L, vocab_size=VOCAB, num_kv_pairs=min(16, L // 4),
+                             seed=0)
+    opt = torch.optim.AdamW(param_groups(model, lr=3e-3, weight_decay=0.1), betas=(0.9, 0.98))
+    model.train()
+
+    def step() -> None:
+        logits = model(x)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    return measure.Case(step, info=lambda: {
+        "params": sum(p.numel() for p in model.parameters())})
+
+
+def ratio(r: dict[str, Any], base: dict[str, Any]) -> tuple[float, float, float]:
+    """(median ratio, low, high): the ratio of the medians, and the range that the two
+    interquartile ranges allow (each case's timings come from a different process, so
+    there is no pairing of repeats to take ratios of)."""
+    return (r["median_s"] / base["median_s"], r["q1_s"] / base["q3_s"],
+            r["q3_s"] / base["q1_s"])
+
+
+def run_train_step(args: argparse.Namespace) -> None:
+    import lrm
+
+    mixers = args.mixers or lrm.available()
+    unknown = sorted(set(mixers) - set(lrm.available()))
+    if unknown:
+        raise SystemExit(f"train-step: unknown mixer(s) {unknown}; registered: "
+                         f"{lrm.available()}")
+    # attention first: every ratio is to the attention of the same run
+    order = ["attention", *[m for m in mixers if m != "attention"]]
+    t0, rows = time.time(), []
+    for d in args.d:
+        for L in args.lengths:
+            base = None
+            for mixer in order:
+                cfg = dict(mixer=mixer, d=d, L=L, batch=args.batch, repeats=args.repeats,
+                           warmup=args.warmup, threads=args.threads)
+                r = {"mixer": mixer, "d": d, "L": L,
+                     **measure.run_fresh("bench:train_step_case", cfg, timeout=args.timeout)}
+                if mixer == "attention":
+                    base = r if "error" not in r else None
+                if "error" not in r and base is not None:
+                    r["ratio"], r["ratio_lo"], r["ratio_hi"] = ratio(r, base)
+                rows.append(r)
+                shown = (r["error"] if "error" in r else
+                         f"{1000 * r['median_s']:.1f} ms, x{r.get('ratio', float('nan')):.2f}")
+                print(f"d={d:<4d} L={L:<5d} {mixer:>10s} {shown}", flush=True)
+    lines = [
+        "# Training step: every mixer against attention", "",
+        *measure.provenance_lines(args.provenance),
+        f"One optimizer step (forward, cross-entropy, backward, gradient clipping, AdamW) of "
+        f"the recall arena's model: `LRModel`, 2 layers, LM head, vocabulary 256, the arena's "
+        f"per-mixer options, an MQAR batch of {args.batch}; each case in a fresh process, "
+        f"{args.warmup} warm-up step(s) untimed, then {args.repeats} timed. Ratio = median "
+        f"time / attention's median at the same L and d in this run; its range combines the "
+        f"two interquartile ranges. Wall {time.time() - t0:.0f} s.", "",
+        "| mixer | d | L | step (ms), median | min-max (ms) | ratio to attention | "
+        "ratio range | peak mem (MB) | params |",
+        "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['mixer']} | {r['d']} | {r['L']} | {r['error']} | | | | | |")
+            continue
+        rat = f"{r['ratio']:.2f}" if "ratio" in r else "–"
+        rng = f"{r['ratio_lo']:.2f}-{r['ratio_hi']:.2f}" if "ratio" in r else ""
+        lines.append(f"| {r['mixer']} | {r['d']} | {r['L']} | {1000 * r['median_s']:.1f} | "
+                     f"{1000 * r['min_s']:.1f}-{1000 * r['max_s']:.1f} | {rat} | {rng} | "
+                     f"{r['mem_mb']:.0f} | {r['params']:,} |")
+    print("\n".join(lines))
+    finish(args, "\n".join(lines), rows)
+
+
+# ============================================================================ CLI
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = argparse.ArgumentParser(prog=SCRIPT, description=__doc__.split("\n\n")[0],
+                                formatter_class=fmt)
+    sub = p.add_subparsers(dest="mode", required=True, metavar="MODE",
+                           help=f"one of {', '.join(MODES)} (scaling when none is named)")
+    device = "cuda" if _cuda() else "cpu"
+
+    s = sub.add_parser("scaling", formatter_class=fmt, help="time and memory against length",
+                       description="Forward+backward time and peak memory of bare mixers "
+                                   "against the sequence length, one fresh process per case.")
+    s.add_argument("--mixers", nargs="+", required=True,
+                   help="registry names; NAME:key=value,key=value passes mixer options")
+    s.add_argument("--lengths", nargs="+", type=int, default=[1024, 2048, 4096, 8192],
+                   help="sequence lengths")
+    s.add_argument("--backends", nargs="+", default=["ref"], choices=["ref", "auto", "kernel"],
+                   help="LRM_BACKEND of each case")
+    s.add_argument("--d", type=int, default=256, help="width")
+    s.add_argument("--batch", type=int, default=1, help="batch size")
+    s.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="parameter and input dtype")
+    s.add_argument("--device", default=device, help="torch device")
+    _add_timeout(s, 600)
+    _add_common(s, repeats=3, threads=0)
+
+    s = sub.add_parser("peers", formatter_class=fmt, help="lrm beside pure-PyTorch peers",
+                       description="lrm beside mambapy, fla's naive references, SDPA and "
+                                   "titans-pytorch, one table per op, one fresh process per "
+                                   "case.")
+    s.add_argument("--mixers", nargs="+", default=list(PEERS), choices=list(PEERS),
+                   help="ops to compare")
+    s.add_argument("--lengths", nargs="+", type=int, default=[1024, 4096],
+                   help="sequence lengths")
+    s.add_argument("--d", type=int, default=256, help="width")
+    s.add_argument("--heads", type=int, default=4, help="heads of the op-level peers and titans")
+    s.add_argument("--chunk", type=int, default=64, help="chunk size of the titans memories")
+    s.add_argument("--batch", type=int, default=1, help="batch size")
+    s.add_argument("--device", default="cpu", help="torch device")
+    s.add_argument("--parity", action="store_true",
+                   help="with titans: also check float64 output parity with titans-pytorch")
+    _add_timeout(s, 600)
+    _add_common(s, repeats=3, threads=0)
+
+    s = sub.add_parser("decode", formatter_class=fmt, help="cost of one decoded token",
+                       description="The cost of one decoded token after a context: the bare "
+                                   "KV-cache mixer with a filled cache, or (--whole-model) an "
+                                   "LRModel after a prefill.")
+    s.add_argument("--mixers", nargs="+", default=["attention", "landmark"],
+                   help="registry names; NAME:key=value,key=value passes mixer options")
+    s.add_argument("--context", nargs="+", type=int, default=[4096, 16384, 65536],
+                   help="tokens cached (or prefilled) before the timed token")
+    s.add_argument("--d", type=int, default=256, help="width")
+    s.add_argument("--whole-model", action="store_true",
+                   help="time an LRModel's decoding step after a prefill, not the bare mixer")
+    s.add_argument("--layers", type=int, default=4, help="layers of the --whole-model model")
+    _add_common(s, repeats=20, threads=1)
+
+    s = sub.add_parser("compile", formatter_class=fmt, help="eager against torch.compile",
+                       description="Eager against torch.compile (Inductor) for each mixer's "
+                                   "block, forward+backward, in this process.")
+    s.add_argument("--mixers", nargs="+", default=["mamba", "mamba2", "gdn", "fox", "s4d"],
+                   help="registry names; NAME:key=value,key=value passes mixer options")
+    s.add_argument("--lengths", nargs="+", type=int, default=[2048], help="sequence lengths")
+    s.add_argument("--d", type=int, default=128, help="width")
+    _add_common(s, repeats=3, threads=1)
+
+    s = sub.add_parser("train-step", formatter_class=fmt,
+                       help="one optimizer step of the arena's model, as a ratio to attention",
+                       description="One optimizer step of the recall arena's LRModel per "
+                                   "mixer, each in a fresh process, as a ratio to attention "
+                                   "in the same run.")
+    s.add_argument("--mixers", nargs="+", default=None,
+                   help="registry names (default: every registered mixer; attention is always "
+                        "measured, as the baseline)")
+    s.add_argument("--lengths", nargs="+", type=int, default=[128, 512, 2048],
+                   help="sequence lengths")
+    s.add_argument("--d", nargs="+", type=int, default=[32, 64, 128], help="widths")
+    s.add_argument("--batch", type=int, default=32, help="batch size (the arena's)")
+    s.add_argument("--warmup", type=int, default=2, help="untimed steps before the timed ones")
+    s.add_argument("--dry-run", action="store_true",
+                   help="tiny sizes (L 32, d 16, batch 2, 1 warm-up step, 1 repeat): checks "
+                        "the plumbing, not a measurement")
+    _add_timeout(s, 1200)
+    _add_common(s, repeats=5, threads=1)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] not in MODES and argv[0] not in ("-h", "--help")):
+        argv = ["scaling", *argv]
+    args = build_parser().parse_args(argv)
+    if getattr(args, "dry_run", False):
+        args.lengths, args.d, args.batch, args.warmup, args.repeats = [32], [16], 2, 1, 1
+    args.provenance = measure.provenance(SCRIPT, argv, threads=args.threads,
+                                         device=getattr(args, "device", "cpu"))
+    {"scaling": run_scaling, "peers": run_peers, "decode": run_decode,
+     "compile": run_compile, "train-step": run_train_step}[args.mode](args)
 
 
 if __name__ == "__main__":

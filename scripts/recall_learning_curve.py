@@ -20,12 +20,16 @@ from lra.leaderboard.store import load_store
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--mixers", nargs="+", default=["attention", "mamba2"])
-    ap.add_argument("--steps", nargs="+", type=int, default=[250, 500, 1000, 2000])
-    ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--store", default="docs/recall_learning_curve_runs.json")
-    ap.add_argument("--out", default="docs/recall_learning_curve.md")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--mixers", nargs="+", default=["attention", "mamba2"],
+                    help="registry names")
+    ap.add_argument("--steps", nargs="+", type=int, default=[250, 500, 1000, 2000],
+                    help="training step counts, one run each")
+    ap.add_argument("--jobs", type=int, default=2, help="runs at once")
+    ap.add_argument("--store", default="docs/recall_learning_curve_runs.json",
+                    help="the run store (resumed: cells already in it are skipped)")
+    ap.add_argument("--out", default="docs/recall_learning_curve.md", help="the page")
     ap.add_argument("--render", action="store_true",
                     help="only rewrite the page from the store (cells not in it show as –)")
     args = ap.parse_args()

@@ -12,12 +12,10 @@ tokens). Same recipe for every model; accuracy on the query positions.
 
 from __future__ import annotations
 
-import argparse
 import time
 
-import torch
+from common import build_lm, parser, report, setup, train
 
-import lrm
 from lra import quick
 from lra.data import recall_tasks
 
@@ -31,26 +29,27 @@ MODELS = {  # name -> (mixer, options)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = parser(__doc__, seed=None, out=True)
     p.add_argument("--L", type=int, default=64, help="training length")
-    p.add_argument("--factors", type=int, nargs="+", default=[1, 2, 4, 8])
+    p.add_argument("--factors", type=int, nargs="+", default=[1, 2, 4, 8],
+                   help="test lengths as multiples of L")
     p.add_argument("--kv", type=int, default=8, help="key-value pairs per example")
-    p.add_argument("--vocab", type=int, default=256)
-    p.add_argument("--d", type=int, default=64)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--n_train", type=int, default=20_000)
-    p.add_argument("--n_test", type=int, default=256)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1: fair on a shared CPU)")
+    p.add_argument("--vocab", type=int, default=256, help="vocabulary size")
+    p.add_argument("--d", type=int, default=64, help="model width")
+    p.add_argument("--layers", type=int, default=2, help="layers")
+    p.add_argument("--steps", type=int, default=1000, help="training steps")
+    p.add_argument("--batch", type=int, default=64, help="batch size")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+    p.add_argument("--n_train", type=int, default=20_000, help="training sequences")
+    p.add_argument("--n_test", type=int, default=256, help="test sequences per length")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="seeds (accuracies are averaged over them)")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS),
+                   help="models to train")
     p.add_argument("--quick", action="store_true", help="tiny smoke run")
-    a = p.parse_args()
+    a = setup(p)
     if a.quick:
         a.steps, a.n_train, a.n_test, a.factors = 30, 512, 32, [1, 2]
-    torch.set_num_threads(a.threads)
 
     task = dict(vocab_size=a.vocab, num_kv_pairs=a.kv)
     x_tr, y_tr = recall_tasks.mqar(a.n_train, a.L, seed=0, **task)
@@ -62,12 +61,10 @@ def main() -> None:
         accs = []
         t0 = time.time()
         for seed in a.seeds:
-            torch.manual_seed(seed)
-            model = lrm.LRModel(lrm.ModelConfig(
-                mixer=mixer, mixer_kwargs=kw, d_model=a.d, n_layers=a.layers,
-                vocab_size=a.vocab, head="lm"))
-            losses = quick.fit(model, x_tr, y_tr, steps=a.steps, batch_size=a.batch, lr=a.lr,
-                               seed=seed)
+            model = build_lm(mixer=mixer, mixer_kwargs=kw, d=a.d, layers=a.layers,
+                             vocab=a.vocab, seed=seed)
+            losses, _ = train(model, x_tr, y_tr, steps=a.steps, batch_size=a.batch, lr=a.lr,
+                              seed=seed)
             accs.append([quick.accuracy(model, *tests[f * a.L]) for f in a.factors])
         mean = [sum(col) / len(col) for col in zip(*accs, strict=True)]
         rows.append((name, mean, losses[-1], time.time() - t0))
@@ -75,13 +72,14 @@ def main() -> None:
               flush=True)
 
     head = " | ".join(f"{f}L = {f * a.L}" for f in a.factors)
-    print(f"\nMQAR accuracy, trained at L = {a.L} ({a.kv} kv pairs, vocab {a.vocab}, "
-          f"d {a.d}, {a.layers} layers, {a.steps} steps, seeds {a.seeds})\n")
-    print(f"| model | {head} | final train loss | time |")
-    print("|---" * (len(a.factors) + 3) + "|")
+    lines = [f"\nMQAR accuracy, trained at L = {a.L} ({a.kv} kv pairs, vocab {a.vocab}, "
+             f"d {a.d}, {a.layers} layers, {a.steps} steps, seeds {a.seeds})\n",
+             f"| model | {head} | final train loss | time |",
+             "|---" * (len(a.factors) + 3) + "|"]
     for name, mean, loss, secs in rows:
         cells = " | ".join(f"{v:.3f}" for v in mean)
-        print(f"| {name} | {cells} | {loss:.3f} | {secs:.0f} s |")
+        lines.append(f"| {name} | {cells} | {loss:.3f} | {secs:.0f} s |")
+    report("\n".join(lines), a)
 
 
 if __name__ == "__main__":

@@ -26,15 +26,13 @@ Prints a markdown table (accuracy per pair count) to stdout, progress to stderr.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
-import torch
+from common import build_lm, mqar_split, parser, report, setup, train
 
 import lrm
-from lra.data.recall_tasks import mqar
-from lra.quick import accuracy, fit
+from lra.quick import accuracy
 
 SEQ_LEN, VOCAB, D_MODEL, N_LAYERS = 64, 64, 64, 2
 
@@ -48,62 +46,57 @@ ABLATION = {"gdn (no delta rule)": ("gdn", {"n_heads": 1, "head_dim": 16, "delta
 
 
 def build(mixer: str, kwargs: dict, seed: int) -> lrm.LRModel:
-    torch.manual_seed(seed)
-    return lrm.LRModel(lrm.ModelConfig(mixer=mixer, mixer_kwargs=kwargs, d_model=D_MODEL,
-                                       n_layers=N_LAYERS, vocab_size=VOCAB, head="lm",
-                                       mlp_ratio=0))
+    return build_lm(mixer=mixer, mixer_kwargs=kwargs, d=D_MODEL, layers=N_LAYERS, vocab=VOCAB,
+                    seed=seed, mlp_ratio=0)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--kv", nargs="+", type=int, default=[4, 8, 16])
-    p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--n-train", type=int, default=8000)
-    p.add_argument("--n-test", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
+    p = parser(__doc__, out=True)
+    p.add_argument("--kv", nargs="+", type=int, default=[4, 8, 16],
+                   help="key-value pair counts")
+    p.add_argument("--steps", type=int, default=600, help="training steps")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+    p.add_argument("--n-train", type=int, default=8000, help="training sequences")
+    p.add_argument("--n-test", type=int, default=500, help="held-out sequences")
     p.add_argument("--ablation", action="store_true", help="add GDN without the delta rule")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads; 1 avoids oversubscription on a shared CPU")
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    args = setup(p)
     models = {**MODELS, **(ABLATION if args.ablation else {})}
 
-    t_start = time.time()
+    t_start = args.t_start
     acc: dict[tuple[str, int], float] = {}
     secs: dict[str, float] = {}
     info: dict[str, tuple[int, int]] = {}
     for kv in args.kv:
-        x, y = mqar(args.n_train, SEQ_LEN, vocab_size=VOCAB, num_kv_pairs=kv, seed=args.seed)
-        xt, yt = mqar(args.n_test, SEQ_LEN, vocab_size=VOCAB, num_kv_pairs=kv,
-                      seed=args.seed + 10_000)
+        x, y, xt, yt = mqar_split(args.n_train, args.n_test, SEQ_LEN, vocab=VOCAB, kv=kv,
+                                  seed=args.seed)
         for label, (mixer, kw) in models.items():
             model = build(mixer, kw, args.seed)
             mix = model.blocks[0].mixer
             info[label] = (mix.state_size(SEQ_LEN), sum(q.numel() for q in model.parameters()))
-            t0 = time.time()
-            losses = fit(model, x, y, steps=args.steps, batch_size=32, lr=args.lr, seed=args.seed)
-            secs[label] = secs.get(label, 0.0) + time.time() - t0
+            losses, took = train(model, x, y, steps=args.steps, batch_size=32, lr=args.lr,
+                                 seed=args.seed)
+            secs[label] = secs.get(label, 0.0) + took
             acc[label, kv] = accuracy(model, xt, yt)
             print(f"kv={kv:3d} {label:22s} acc {acc[label, kv]:.3f}  final loss "
-                  f"{sum(losses[-20:]) / min(20, len(losses)):.3f}  {time.time() - t0:5.0f}s",
+                  f"{sum(losses[-20:]) / min(20, len(losses)):.3f}  {took:5.0f}s",
                   file=sys.stderr, flush=True)
 
     head = " | ".join(f"{kv} pairs" for kv in args.kv)
-    print(f"MQAR, L={SEQ_LEN}, vocab {VOCAB}, {N_LAYERS} layers, d={D_MODEL}, {args.steps} steps, "
-          f"lr {args.lr}, seed {args.seed} (accuracy on {args.n_test} held-out sequences; "
-          f"chance {2 / VOCAB:.3f})\n")
-    print(f"| model | state floats / layer (L={SEQ_LEN}) | params | {head} | train time (s) |")
-    print("|---|---|---|" + "---|" * len(args.kv) + "---|")
+    lines = [f"MQAR, L={SEQ_LEN}, vocab {VOCAB}, {N_LAYERS} layers, d={D_MODEL}, {args.steps} "
+             f"steps, lr {args.lr}, seed {args.seed} (accuracy on {args.n_test} held-out "
+             f"sequences; chance {2 / VOCAB:.3f})\n",
+             f"| model | state floats / layer (L={SEQ_LEN}) | params | {head} | train time (s) |",
+             "|---|---|---|" + "---|" * len(args.kv) + "---|"]
     for label in models:
         cells = " | ".join(f"{acc[label, kv]:.3f}" for kv in args.kv)
         state, params = info[label]
-        print(f"| {label} | {state} | {params} | {cells} | {secs[label]:.0f} |")
+        lines.append(f"| {label} | {state} | {params} | {cells} | {secs[label]:.0f} |")
     if "gdn" in models and "gdn2" in models:
         diffs = ", ".join(f"{acc['gdn2', kv] - acc['gdn', kv]:+.3f} ({kv} pairs)"
                           for kv in args.kv)
-        print(f"\nGDN-2 minus GDN: {diffs}")
-    print(f"\nwall time {time.time() - t_start:.0f} s")
+        lines.append(f"\nGDN-2 minus GDN: {diffs}")
+    lines.append(f"\nwall time {time.time() - t_start:.0f} s")
+    report("\n".join(lines), args)
 
 
 if __name__ == "__main__":

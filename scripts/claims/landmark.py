@@ -22,10 +22,10 @@ every cached landmark, then attends over k blocks and its own block).
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
+from common import build_lm, parser, report, setup, train
 
 import lrm
 from lra import quick
@@ -74,27 +74,24 @@ def attended(mode: str, L: int, bl: int, n_digits: int) -> tuple[float, float]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = parser(__doc__, out=True)
     p.add_argument("--L", type=int, default=128, help="training length")
-    p.add_argument("--factors", type=int, nargs="+", default=[1, 4, 8, 16])
-    p.add_argument("--block_len", type=int, default=16)
-    p.add_argument("--topk", type=int, nargs="+", default=[2, 4])
-    p.add_argument("--d", type=int, default=64)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--steps", type=int, default=800)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--n_train", type=int, default=20_000)
-    p.add_argument("--n_test", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1: fair on a shared CPU)")
-    p.add_argument("--out", default=None, help="also write the markdown report here")
+    p.add_argument("--factors", type=int, nargs="+", default=[1, 4, 8, 16],
+                   help="test lengths as multiples of L")
+    p.add_argument("--block_len", type=int, default=16, help="landmark block length")
+    p.add_argument("--topk", type=int, nargs="+", default=[2, 4], help="retrieved blocks k")
+    p.add_argument("--d", type=int, default=64, help="model width")
+    p.add_argument("--layers", type=int, default=2, help="layers")
+    p.add_argument("--steps", type=int, default=800, help="training steps")
+    p.add_argument("--batch", type=int, default=32, help="batch size")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+    p.add_argument("--n_train", type=int, default=20_000, help="training examples")
+    p.add_argument("--n_test", type=int, default=64, help="test examples per length")
     p.add_argument("--quick", action="store_true", help="tiny smoke run")
-    a = p.parse_args()
+    a = setup(p)
     if a.quick:
         a.steps, a.n_train, a.n_test, a.factors = 20, 256, 8, [1, 2]
-    torch.set_num_threads(a.threads)
-    t_start = time.time()
+    t_start = a.t_start
 
     n_digits = 5
     x_tr, y_tr = recall_tasks.passkey(a.n_train, a.L, n_digits=n_digits, seed=0)
@@ -106,13 +103,10 @@ def main() -> None:
     for name, mixer, kw in [("attention + RoPE", "attention", {"rope": True}),
                             ("landmark", "landmark", {"block_len": a.block_len})]:
         t0 = time.time()
-        torch.manual_seed(a.seed)
-        model = lrm.LRModel(lrm.ModelConfig(mixer=mixer, mixer_kwargs=kw, d_model=a.d,
-                                            n_layers=a.layers,
-                                            vocab_size=recall_tasks.PASSKEY_VOCAB,
-                                            head="lm"))
-        losses = quick.fit(model, x_tr, y_tr, steps=a.steps, batch_size=a.batch, lr=a.lr,
-                           seed=a.seed)
+        model = build_lm(mixer=mixer, mixer_kwargs=kw, d=a.d, layers=a.layers,
+                         vocab=recall_tasks.PASSKEY_VOCAB, seed=a.seed)
+        losses, _ = train(model, x_tr, y_tr, steps=a.steps, batch_size=a.batch, lr=a.lr,
+                          seed=a.seed)
         trained[name] = model
         every = max(1, a.steps // 10)
         curves[name] = [(s, sum(losses[max(0, s - every + 1):s + 1]) / len(
@@ -154,11 +148,8 @@ def main() -> None:
     for i in range(len(next(iter(curves.values())))):
         step = next(iter(curves.values()))[i][0] + 1
         out.append(f"| {step} | " + " | ".join(f"{c[i][1]:.3f}" for c in curves.values()) + " |")
-    text = "\n".join(out)
-    print("\n" + text)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
+    print()
+    report("\n".join(out), a)
 
 
 if __name__ == "__main__":

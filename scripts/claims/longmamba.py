@@ -20,11 +20,11 @@ Prints a markdown table (accuracy ± binomial standard error) and the global hea
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 
 import torch
+from common import parser, setup
 
 import lrm
 import lrm.longmamba as lm
@@ -41,19 +41,17 @@ def build(mixer: str) -> lrm.LRModel:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--mixer", default="mamba2", choices=["mamba2", "mamba"])
-    p.add_argument("--train-len", type=int, default=256)
-    p.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
-    p.add_argument("--n-eval", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
+    p = parser(__doc__)
+    p.add_argument("--mixer", default="mamba2", choices=["mamba2", "mamba"], help="the model")
+    p.add_argument("--train-len", type=int, default=256, help="training length T_tr")
+    p.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192],
+                   help="evaluation lengths beyond T_tr")
+    p.add_argument("--n-eval", type=int, default=100, help="test inputs per length")
     p.add_argument("--quick", action="store_true", help="tiny smoke run, not a result")
-    args = p.parse_args()
+    args = setup(p)
     if args.quick:
         args.lengths, args.n_eval = [512, 1024], 16
-    torch.set_num_threads(args.threads)
-    t0 = time.time()
+    t0 = args.t_start
 
     torch.manual_seed(args.seed)
     model = build(args.mixer)

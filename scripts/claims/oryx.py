@@ -27,17 +27,16 @@ attention tokens); prints a markdown table to stdout, progress to stderr.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
-import torch
+from common import build_lm, parser, setup, train
 
 import lrm
 from lra.data.recall_tasks import PASSKEY_VOCAB, mqar, passkey
-from lra.quick import accuracy, fit
+from lra.quick import accuracy
 from lrm.oryx_schedule import Schedule, use_schedule
 
 D_MODEL, N_LAYERS, TRAIN_CHUNK = 64, 2, 8
@@ -66,29 +65,27 @@ TASKS: dict[str, dict] = {
 
 
 def build(spec: dict, vocab: int, seed: int) -> lrm.LRModel:
-    torch.manual_seed(seed)
-    return lrm.LRModel(lrm.ModelConfig(d_model=D_MODEL, n_layers=N_LAYERS, vocab_size=vocab,
-                                       head="lm", mlp_ratio=0, **spec))
+    return build_lm(d=D_MODEL, layers=N_LAYERS, vocab=vocab, seed=seed, mlp_ratio=0, **spec)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--n-train", type=int, default=8000)
-    p.add_argument("--n-test", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--p-attn", nargs="+", type=float, default=[0, 0.05, 0.1, 0.25, 0.5, 1])
+    p = parser(__doc__)
+    p.add_argument("--steps", type=int, default=600, help="training steps")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+    p.add_argument("--n-train", type=int, default=8000, help="training sequences")
+    p.add_argument("--n-test", type=int, default=500, help="held-out sequences")
+    p.add_argument("--p-attn", nargs="+", type=float, default=[0, 0.05, 0.1, 0.25, 0.5, 1],
+                   help="attention shares p_attn at which Oryx is evaluated")
     p.add_argument("--placements", type=int, default=3, help="random placements per p_attn")
-    p.add_argument("--task", default="mqar", choices=list(TASKS))
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    p.add_argument("--out", type=Path, default=Path("docs/claims/oryx"))
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads; 1 avoids oversubscription on a shared CPU")
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    t_start = time.time()
-    results: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "tasks": {}}
+    p.add_argument("--task", default="mqar", choices=list(TASKS), help="the task")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS),
+                   help="models to train")
+    p.add_argument("--out", type=Path, default=Path("docs/claims/oryx"),
+                   help="output stem: writes <out>.json and <out>.png")
+    args = setup(p)
+    t_start = args.t_start
+    shown_args = {k: v for k, v in vars(args).items() if k not in ("command", "t_start")}
+    results: dict = {"args": {k: str(v) for k, v in shown_args.items()}, "tasks": {}}
 
     for task, t in [(args.task, TASKS[args.task])]:
         L = t["L"]
@@ -98,10 +95,8 @@ def main() -> None:
         for label in args.models:
             model = build(MODELS[label], t["vocab"], args.seed)
             n_params = sum(q.numel() for q in model.parameters())
-            t0 = time.time()
-            losses = fit(model, x, y, steps=args.steps, batch_size=32, lr=args.lr,
-                         seed=args.seed)
-            secs = time.time() - t0
+            losses, secs = train(model, x, y, steps=args.steps, batch_size=32, lr=args.lr,
+                                 seed=args.seed)
             final = sum(losses[-20:]) / min(20, len(losses))
             if label not in SHARE:  # an Oryx model: sweep the schedule
                 rows = []

@@ -26,15 +26,15 @@ sequences. Prints a markdown table.
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 
 import torch
+from common import build_lm, parser, setup, train
 
 import lrm
 from lra.objective import IGNORE
-from lra.quick import accuracy, fit
+from lra.quick import accuracy
 
 
 def delayed_copy(n: int, seq_len: int, delay: int, *, vocab: int = 4, hold: int = 16,
@@ -65,31 +65,27 @@ def long_filter(n: int, seq_len: int, delay: int, *, tau: float = 400.0, period:
     return inputs, targets
 
 
-def build(mixer: str, d: int, layers: int, vocab: int) -> lrm.LRModel:
+def build(mixer: str, d: int, layers: int, vocab: int, seed: int) -> lrm.LRModel:
     kw = {"d_state": 64} if mixer == "s4d" else {}
-    return lrm.LRModel(lrm.ModelConfig(mixer=mixer, d_model=d, n_layers=layers, mixer_kwargs=kw,
-                                       vocab_size=vocab + 1, head="lm"))
+    return build_lm(mixer=mixer, mixer_kwargs=kw, d=d, layers=layers, vocab=vocab + 1, seed=seed)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--task", choices=["filter", "copy"], default="filter")
-    p.add_argument("--seq-len", type=int, default=1280)
-    p.add_argument("--delay", type=int, default=1024)
-    p.add_argument("--d", type=int, default=64)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--train", type=int, default=1000)
-    p.add_argument("--test", type=int, default=100)
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--batch", type=int, default=16)
+    p = parser(__doc__, threads=2)
+    p.add_argument("--task", choices=["filter", "copy"], default="filter", help="the task")
+    p.add_argument("--seq-len", type=int, default=1280, help="sequence length")
+    p.add_argument("--delay", type=int, default=1024, help="the dependency's distance D")
+    p.add_argument("--d", type=int, default=64, help="model width")
+    p.add_argument("--layers", type=int, default=2, help="layers")
+    p.add_argument("--train", type=int, default=1000, help="training sequences")
+    p.add_argument("--test", type=int, default=100, help="test sequences")
+    p.add_argument("--steps", type=int, default=100, help="training steps")
+    p.add_argument("--batch", type=int, default=16, help="batch size")
     p.add_argument("--runs", nargs="+", default=["s4d:0.01", "attention:0.001"],
                    help="mixer:lr pairs")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    args = setup(p)
 
-    t0 = time.time()
+    t0 = args.t_start
     make = long_filter if args.task == "filter" else delayed_copy
     vocab, chance = (2, 0.5) if args.task == "filter" else (4, 0.25)
     x_tr, y_tr = make(args.train, args.seq_len, args.delay, seed=args.seed)
@@ -100,14 +96,11 @@ def main() -> None:
     rows = []
     for run in args.runs:
         mixer, lr = run.split(":")
-        torch.manual_seed(args.seed)
-        model = build(mixer, args.d, args.layers, vocab)
+        model = build(mixer, args.d, args.layers, vocab, args.seed)
         n_params = sum(q.numel() for q in model.parameters())
-        t = time.time()
-        losses = fit(model, x_tr, y_tr, steps=args.steps, batch_size=args.batch, lr=float(lr),
-                     weight_decay=0.05, seed=args.seed,
-                     log_every=max(1, args.steps // 5))
-        secs = time.time() - t
+        losses, secs = train(model, x_tr, y_tr, steps=args.steps, batch_size=args.batch,
+                             lr=float(lr), weight_decay=0.05, seed=args.seed,
+                             log_every=max(1, args.steps // 5))
         acc = accuracy(model, x_te, y_te, batch_size=50)
         tail = sum(losses[-20:]) / len(losses[-20:])
         rows.append((mixer, lr, n_params, tail, acc, secs))

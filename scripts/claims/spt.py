@@ -241,16 +241,21 @@ def render(recs: list[dict[str, Any]], facts: dict[str, Any], args: argparse.Nam
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", type=Path, default=REPO / "data" / "spt")
-    p.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "claims-spt")
-    p.add_argument("--out", type=Path, default=REPO / "docs" / "claims" / "spt.md")
-    p.add_argument("--pf-steps", type=int, default=120)
-    p.add_argument("--pf-pretrain", type=int, default=60)
-    p.add_argument("--lo-steps", type=int, default=200)
-    p.add_argument("--lo-pretrain", type=int, default=100)
-    p.add_argument("--jobs", type=int, default=3)
-    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data-dir", type=Path, default=REPO / "data" / "spt",
+                   help="generated task data (made with `lra generate` when missing)")
+    p.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "claims-spt",
+                   help="where each chain's runs and logs go")
+    p.add_argument("--out", type=Path, default=REPO / "docs" / "claims" / "spt.md",
+                   help="the markdown page")
+    p.add_argument("--pf-steps", type=int, default=120, help="Pathfinder: total steps N")
+    p.add_argument("--pf-pretrain", type=int, default=60, help="Pathfinder: pretraining steps P")
+    p.add_argument("--lo-steps", type=int, default=200, help="ListOps: total steps N")
+    p.add_argument("--lo-pretrain", type=int, default=100, help="ListOps: pretraining steps P")
+    p.add_argument("--jobs", type=int, default=3, help="chains run at once")
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS),
+                   help="tasks to run")
     p.add_argument("--smoke", action="store_true", help="4 steps per run, output to stdout")
     p.add_argument("--records", type=Path, help="only render the page from a records.json "
                    "that an earlier run wrote into its runs folder")

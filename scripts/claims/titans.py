@@ -22,15 +22,15 @@ curves (mean loss per tenth of the run).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 import torch
+from common import build_lm, mqar_split, parser, setup, train
 
 import lrm
-from lra.data.recall_tasks import PASSKEY_KEY, PASSKEY_VOCAB, mqar, passkey
-from lra.quick import accuracy, fit
+from lra.data.recall_tasks import PASSKEY_KEY, PASSKEY_VOCAB, passkey
+from lra.quick import accuracy
 
 N_LAYERS = 2
 W = 32
@@ -53,10 +53,8 @@ MQAR_MODELS: dict[str, tuple[str, dict]] = {
 
 
 def build(mixer: str, kwargs: dict, vocab: int, seed: int, d: int) -> lrm.LRModel:
-    torch.manual_seed(seed)
-    return lrm.LRModel(lrm.ModelConfig(mixer=mixer, mixer_kwargs=kwargs, d_model=d,
-                                       n_layers=N_LAYERS, vocab_size=vocab, head="lm",
-                                       mlp_ratio=0))
+    return build_lm(mixer=mixer, mixer_kwargs=kwargs, d=d, layers=N_LAYERS, vocab=vocab,
+                    seed=seed, mlp_ratio=0)
 
 
 @torch.no_grad()
@@ -80,18 +78,15 @@ def curve(losses: list[float], parts: int = 10) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__)
     p.add_argument("--steps", type=int, default=200, help="passkey training steps")
     p.add_argument("--batch", type=int, default=8, help="passkey batch size")
     p.add_argument("--d", type=int, default=32, help="model width")
-    p.add_argument("--mqar-steps", type=int, default=200)
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    t_start = time.time()
+    p.add_argument("--mqar-steps", type=int, default=200, help="MQAR training steps")
+    p.add_argument("--seq-len", type=int, default=256, help="passkey sequence length")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+    args = setup(p)
+    t_start = args.t_start
     L = args.seq_len
 
     x, y = passkey(4000, L, seed=args.seed)
@@ -100,10 +95,8 @@ def main() -> None:
     for label, (mixer, kw) in PASSKEY_MODELS.items():
         model = build(mixer, kw, PASSKEY_VOCAB, args.seed, args.d)
         params = sum(q.numel() for q in model.parameters())
-        t0 = time.time()
-        losses = fit(model, x, y, steps=args.steps, batch_size=args.batch, lr=args.lr,
-                     seed=args.seed)
-        secs = time.time() - t0
+        losses, secs = train(model, x, y, steps=args.steps, batch_size=args.batch, lr=args.lr,
+                             seed=args.seed)
         far, near = passkey_accuracy(model, xt, yt, L)
         rows.append(f"| {label} | {params} | {far:.3f} | {near:.3f} | {secs:.0f} |")
         curves.append(f"| {label} | {curve(losses)} |")
@@ -121,18 +114,15 @@ def main() -> None:
     print("\n".join(curves))
 
     kv, Lm, vocab = 8, 64, 64
-    x, y = mqar(8000, Lm, vocab_size=vocab, num_kv_pairs=kv, seed=args.seed)
-    xt, yt = mqar(500, Lm, vocab_size=vocab, num_kv_pairs=kv, seed=args.seed + 10_000)
+    x, y, xt, yt = mqar_split(8000, 500, Lm, vocab=vocab, kv=kv, seed=args.seed)
     rows, curves = [], []
     for label, (mixer, kw) in MQAR_MODELS.items():
         model = build(mixer, kw, vocab, args.seed, args.d)
         mix = model.blocks[0].mixer
         mem = (mix.memory.memory_size() if mixer == "titans"
                else mix.n_heads * mix.head_k_dim * mix.head_v_dim)
-        t0 = time.time()
-        losses = fit(model, x, y, steps=args.mqar_steps, batch_size=16, lr=args.lr,
-                     seed=args.seed)
-        secs = time.time() - t0
+        losses, secs = train(model, x, y, steps=args.mqar_steps, batch_size=16, lr=args.lr,
+                             seed=args.seed)
         acc = accuracy(model, xt, yt)
         rows.append(f"| {label} | {mem} | {mix.state_size(Lm)} | "
                     f"{sum(q.numel() for q in model.parameters())} | {acc:.3f} | {secs:.0f} |")

@@ -116,11 +116,11 @@ for m in $(python3 -c "import lrm; print(' '.join(lrm.available()))"); do
     t=$(left 40)
     [ "$t" -lt 10 ] && { say "$m: no time left"; echo "{\"mixer\": \"$m\", \"skipped\": \"no time left\"}" >> "$TP"; continue; }
     timeout "$t" python3 scripts/bench.py --mixers "$m" --dtype bf16 --backends auto "${SIZE[@]}" \
-        --timeout $((t - 5)) --out "/tmp/tp_$m.md" --json "/tmp/tp_$m.json" >> "$LOG" 2>&1
+        --timeout $((t - 5)) --out "/tmp/tp_$m" >> "$LOG" 2>&1
     rc=$?
-    if [ -s "/tmp/tp_$m.json" ]; then
-        python3 -c "import json,sys; [print(json.dumps(r)) for r in json.load(open(sys.argv[1]))]" \
-            "/tmp/tp_$m.json" >> "$TP"
+    if [ -s "/tmp/tp_$m/scaling.json" ]; then
+        python3 -c "import json,sys; [print(json.dumps(r)) for r in json.load(open(sys.argv[1]))['results']]" \
+            "/tmp/tp_$m/scaling.json" >> "$TP"
     else
         echo "{\"mixer\": \"$m\", \"exit\": $rc}" >> "$TP"
     fi

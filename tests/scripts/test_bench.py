@@ -1,0 +1,82 @@
+"""scripts/bench.py and scripts/measure.py: the train-step dry run, the output rules (tracked
+docs only with --publish) and the marked-section writer."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load(name: str):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _table(md: str) -> list[dict[str, str]]:
+    rows = [line.strip("|").split("|") for line in md.splitlines() if line.startswith("|")]
+    head = [c.strip() for c in rows[0]]
+    return [dict(zip(head, (c.strip() for c in r), strict=True)) for r in rows[2:]]
+
+
+def test_train_step_dry_run_reports_ratios_to_attention(tmp_path):
+    bench = _load("bench")
+    bench.main(["train-step", "--dry-run", "--mixers", "gdn", "attention", "--out",
+                str(tmp_path)])
+    rows = _table((tmp_path / "train-step.md").read_text())
+    assert [r["mixer"] for r in rows] == ["attention", "gdn"]
+    by = {r["mixer"]: r for r in rows}
+    assert by["attention"]["ratio to attention"] == "1.00"
+    assert float(by["gdn"]["ratio to attention"]) > 0
+    saved = json.loads((tmp_path / "train-step.json").read_text())
+    assert saved["provenance"]["threads"] == 1 and saved["provenance"]["torch"]
+    assert "train-step --dry-run" in saved["provenance"]["command"]
+    gdn = next(r for r in saved["results"] if r["mixer"] == "gdn")
+    assert gdn["n"] == 1 and gdn["ratio"] == pytest.approx(
+        gdn["median_s"] / saved["results"][0]["median_s"])
+
+
+def test_docs_are_written_only_with_publish(tmp_path):
+    measure = _load("measure")
+    with pytest.raises(SystemExit, match="--publish"):
+        measure.run_dir("scaling", measure.DOCS / "bench")
+    assert measure.run_dir("scaling", tmp_path / "run") == tmp_path / "run"
+
+
+def test_summarize_median_and_spread():
+    measure = _load("measure")
+    s = measure.summarize([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert (s["median_s"], s["min_s"], s["max_s"], s["q1_s"], s["q3_s"]) == (3, 1, 5, 2, 4)
+    assert measure.summarize([2.0])["q1_s"] == 2.0
+
+
+def test_write_section_replaces_only_its_own_section(tmp_path):
+    measure = _load("measure")
+    doc = tmp_path / "doc.md"
+    doc.write_text("# Title\n\nhand-written notes\n")
+    measure.write_section(doc, "bench-x", "first table")
+    measure.write_section(doc, "bench-y", "other table")
+    measure.write_section(doc, "bench-x", "second table")
+    text = doc.read_text()
+    assert text.startswith("# Title\n\nhand-written notes\n")
+    assert "second table" in text and "first table" not in text and "other table" in text
+    assert text.count("<!-- bench-x:begin -->") == 1
+    assert text.index("second table") < text.index("other table")
+
+
+def test_every_option_has_help_and_shows_its_default():
+    bench = _load("bench")
+    parser = bench.build_parser()
+    for mode, sub in parser._subparsers._group_actions[0].choices.items():
+        for action in sub._actions:
+            if action.dest != "help":
+                assert action.help, f"{mode} {action.option_strings} has no help text"
+        assert "(default:" in sub.format_help(), mode
