@@ -139,9 +139,9 @@ def use_schedule(model: nn.Module, schedule: str | Schedule | None) -> Iterator[
         with use_schedule(model, "suffix:0.1"):
             logits = model(tokens)
     """
-    from lrm.mixers.oryx import Oryx  # the mixer imports this module
-
-    layers = [m for m in model.modules() if isinstance(m, Oryx)]
+    # an Oryx layer is a module with a schedule_override slot (read by the mixer, so this
+    # module need not import the mixer, which imports this module)
+    layers = [m for m in model.modules() if hasattr(m, "schedule_override")]
     if not layers:
         raise ValueError("use_schedule: the model has no Oryx layer")
     sched = None if schedule is None else Schedule.parse(schedule)
