@@ -5,7 +5,8 @@ The long-term memory (LMM, the paper's §3; the math is :mod:`lrm.ops.neural_mem
 
     q_t, k_t, v_t = SiLU(conv(W_Q x), conv(W_K x), conv(W_V x))_t,   q_t, k_t ← q_t/‖q_t‖, k_t/‖k_t‖
     θ_t = θ_max σ(w_θᵀ x_t + b_θ),   η_t = σ(w_ηᵀ x_t + b_η),   α_t = σ(w_αᵀ x_t + b_α)
-    S_t = η_t S_{t−1} − θ_t 𝒯(∇ℓ(W; k_t, v_t)),  ℓ = ‖M_W(k_t) − v_t‖²,  W_t = (1 − α_t) W_{t−1} + S_t
+    S_t = η_t S_{t−1} − θ_t 𝒯(∇ℓ(W; k_t, v_t)),   ℓ = ‖M_W(k_t) − v_t‖²
+    W_t = (1 − α_t) W_{t−1} + S_t
     𝒯(G) = G · tanh(n/c)/(n/c),  n = ‖G‖_F, per weight matrix    (soft clamp; see below)
     o_t = M_{W_t}(q_t)                                     (gradients at each chunk's start)
     LMM(x)_t = W_O (RMSNorm_h(o_t) ⊙ SiLU(W_G x_t))        normalisation and a gate before W_O
@@ -33,8 +34,8 @@ initialisation on MQAR (its step sizes scale with its values).
 Symbols: B batch, L tokens of this call, d width, H memory heads, K = head_dim (query, key
 and value width of a memory head), F = expansion · K (hidden width of the depth-2 memory),
 C memory chunk size, c = max_grad_norm (the soft cap on a token's gradient norm), 𝒯 the
-transform of each token's gradient matrix G (𝒯(G) = G without stabilisers), w window, S segment length (MAC), N_p persistent tokens, Ha attention
-heads of width d/Ha.
+transform of each token's gradient matrix G (𝒯(G) = G without stabilisers), w window,
+S segment length (MAC), N_p persistent tokens, Ha attention heads of width d/Ha.
 
 Choices where the paper is silent, and simplifications:
 - causality inside a MAC segment: the paper attends over [P ‖ h ‖ x_s]; h_j is read with a
