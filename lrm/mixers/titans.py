@@ -62,10 +62,10 @@ Choices where the paper is silent, and simplifications:
   :mod:`lrm.ops.neural_memory` for how lrm's options differ. lrm defaults to the soft clamp
   ``max_grad_norm = 3``: each token's gradient matrix G keeps its direction and gets the norm
   3 tanh(‖G‖/3) < 3, so a token moves the memory by at most θ_max · 3 and the geometric growth
-  is gone, while the gradients of an initialised memory (‖G‖ about 1–3 on these inputs) are
-  scaled by 0.8–1 only. ``normalize_surprise=True`` (five Newton–Schulz steps, a surprise of
-  norm ≈ 0.7 whatever its size) is the stronger option; ``max_grad_norm=None`` with it off is
-  the paper's rule.
+  is gone, while the gradients of an initialised memory are barely touched (on MQAR at
+  d = 32, ‖G‖ is 0.5–1.8 for the 10th–99th percentile of tokens: factors 0.99–0.89).
+  ``normalize_surprise=True`` (five Newton–Schulz steps, a surprise of norm ≈ 0.7 whatever its
+  size) is the stronger option; ``max_grad_norm=None`` with it off is the paper's rule.
 - MAG/MAL use one sliding-window attention inside the mixer; the paper's MAL stacks a memory
   layer and an attention layer as separate blocks (each with its own residual and MLP).
 
