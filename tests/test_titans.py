@@ -15,11 +15,15 @@ from lrm.nn import rope
 from lrm.ops.attention import attention
 from lrm.ops.delta_rule import gated_delta_rule_recurrent_ref, gated_delta_rule_ref
 from lrm.ops.neural_memory import (
+    NS_COEFFS,
+    NS_STEPS,
     initial_state,
     memory_forward,
     neural_memory,
     neural_memory_recurrent_ref,
     neural_memory_ref,
+    newton_schulz,
+    soft_clamp_factor,
 )
 
 F64 = torch.float64
@@ -174,6 +178,155 @@ def test_errors_say_what_to_do():
         Titans(64, variant="mac", segment_len=20, chunk_size=8)
     with pytest.raises(ValueError, match="variant"):
         lrm.mixer("titans", 64, variant="mak")
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        Titans(64, max_grad_norm=0.0)
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        neural_memory_ref(*inputs, state, max_grad_norm=-1.0)
+
+
+# ----------------------------------------------------------------------------- stabilisers
+
+
+def _stabilised_loop(q, k, v, theta, eta, alpha, ws, chunk_size, cap, normalize):
+    """An independent token loop with the stabilisers written out: the gradient by autograd at
+    the chunk's start, the soft clamp G·c·tanh(n/c)/n and five Newton–Schulz matrix steps with
+    Muon's coefficients as literals. Returns y and the weights at the unfinished chunk's start
+    (what the state holds)."""
+    B = q.shape[0]
+    W = [w.expand(B, *w.shape) for w in ws]
+    S = [torch.zeros_like(w) for w in W]
+
+    def mlp(weights, x):  # x (B, H, in)
+        for i, w in enumerate(weights):
+            x = torch.einsum("bhi,bhio->bho", F.gelu(x) if i else x, w)
+        return x
+
+    ys = []
+    for t in range(q.shape[1]):
+        if t % chunk_size == 0:
+            W0 = W
+        loss = (mlp(W0, k[:, t]) - v[:, t]).square().sum()
+        grads = torch.autograd.grad(loss, W0, create_graph=True)
+        S_new = []
+        for g, s in zip(grads, S, strict=True):
+            n = g.square().sum((-1, -2), keepdim=True).sqrt()
+            if cap is not None:
+                g = g * (cap * torch.tanh(n / cap) / n)
+            if normalize:
+                x = g / g.square().sum((-1, -2), keepdim=True).sqrt().clamp(min=1e-7)
+                for _ in range(5):
+                    A = x @ x.transpose(-1, -2)
+                    x = 3.4445 * x - 4.7750 * A @ x + 2.0315 * A @ A @ x
+                g = x
+            S_new.append(eta[:, t, :, None, None] * s - theta[:, t, :, None, None] * g)
+        S = S_new
+        W = [(1 - alpha[:, t, :, None, None]) * w + s for w, s in zip(W, S, strict=True)]
+        ys.append(mlp(W, q[:, t]))
+    return torch.stack(ys, 1), (W if q.shape[1] % chunk_size == 0 else W0)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+@pytest.mark.parametrize(("cap", "normalize"), [(2.0, False), (None, True), (2.0, True)])
+def test_stabilisers_against_an_independent_loop(depth, cap, normalize):
+    """Both tiers against the written-out loop (outputs, the state's weights, every gradient).
+    T = 37 with C = 8 leaves an unfinished chunk; c = 2 clamps some tokens' gradients and
+    leaves others nearly untouched."""
+    inputs, ws = make(depth=depth)
+    kw = {"max_grad_norm": cap, "normalize_surprise": normalize}
+    leaves = [t.clone().requires_grad_(True) for t in inputs + ws]
+    y_ref, w_ref = _stabilised_loop(*leaves[:6], leaves[6:], 8, cap, normalize)
+    dy = torch.randn(y_ref.shape, generator=torch.Generator().manual_seed(7), dtype=F64)
+    g_ref = torch.autograd.grad((y_ref * dy).sum() + sum((w * w).sum() for w in w_ref), leaves)
+    y_plain, _, _ = run(neural_memory_ref, inputs, ws, 8)
+    assert (y_plain - y_ref).abs().max() > 1e-2  # the option changes the result
+    for fn in (neural_memory_recurrent_ref, neural_memory_ref, neural_memory):
+        y, state, g = run(fn, inputs, ws, 8, **kw)
+        torch.testing.assert_close(y, y_ref, atol=1e-10, rtol=1e-9)
+        for a, b in zip(state.weights, w_ref, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-9)
+        for a, b in zip(g, g_ref, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-8)
+
+
+def test_stabilised_streaming_equals_one_call():
+    inputs, ws = make(depth=2, T=41)
+    kw = {"chunk_size": 8, "max_grad_norm": 2.0, "normalize_surprise": True}
+    y_full, _ = neural_memory_ref(*inputs, initial_state(ws, 2), **kw)
+    state, ys, t = initial_state(ws, 2), [], 0
+    for n in [3, 1, 12, 8, 5, 12]:
+        y, state = neural_memory_ref(*(x[:, t:t + n] for x in inputs), state, **kw)
+        ys.append(y)
+        t += n
+    torch.testing.assert_close(torch.cat(ys, 1), y_full, atol=1e-12, rtol=1e-12)
+
+
+def test_soft_clamp_and_newton_schulz_by_themselves():
+    n = torch.tensor([0.0, 1e-3, 0.5, 3.0, 30.0, 3e4], dtype=F64, requires_grad=True)
+    f = soft_clamp_factor(n, 3.0)
+    torch.testing.assert_close(n * f, 3.0 * torch.tanh(n / 3.0))  # the norm becomes c tanh(n/c)
+    assert f[0] == 1 and (n * f).max() <= 3.0 and abs(f[1] - 1) < 1e-6  # small ones pass
+    (g,) = torch.autograd.grad(f.sum(), n)
+    assert torch.isfinite(g).all() and g[0] == 0
+    # rank one: NS₅ keeps the direction and gives the norm p⁵(1)
+    x, d = torch.randn(2, 3, 5, 1, dtype=F64), torch.randn(2, 3, 1, 4, dtype=F64)
+    G = 7.0 * x @ d
+    sigma = 1.0
+    for _ in range(NS_STEPS):
+        sigma = NS_COEFFS[0] * sigma + NS_COEFFS[1] * sigma ** 3 + NS_COEFFS[2] * sigma ** 5
+    torch.testing.assert_close(newton_schulz(G), sigma * G / torch.linalg.matrix_norm(G)[
+        ..., None, None])
+    # full rank: the singular values move towards 1 (Muon's iteration lands them in ~[0.7, 1.2])
+    s = torch.linalg.svdvals(newton_schulz(torch.randn(4, 6, 9, dtype=F64)))
+    assert s.min() > 0.6 and s.max() < 1.25
+
+
+def test_newton_schulz_is_titans_pytorchs():
+    """Same iteration as titans-pytorch's ``newtonschulz5`` (coefficients, steps, ε), on full-rank
+    matrices of both orientations (upstream transposes wide-first; NS(Gᵀ) = NS(G)ᵀ)."""
+    upstream = pytest.importorskip("titans_pytorch.neural_memory")
+    g = torch.randn(2, 3, 6, 9, dtype=F64)
+    for m in (g, g.transpose(-1, -2)):
+        torch.testing.assert_close(newton_schulz(m), upstream.newtonschulz5(m), atol=1e-12,
+                                   rtol=1e-10)
+
+
+def _diverging_chunks(**kw):
+    """The situation in which the MQAR training diverged: a depth-2 memory (K = 32, F = 64,
+    Xavier-initialised as the mixer does), keys nearly parallel inside each chunk (mean cosine
+    ≈ 0.9), θ at θ_max = 0.02, η = 0.67, little forgetting, large values; nine chunks of 16.
+    Returns ‖W‖ (both matrices) after each chunk."""
+    g = torch.Generator().manual_seed(0)
+    T, K, Fh, C = 144, 32, 64, 16
+    common = F.normalize(torch.randn(1, 1, 1, K, generator=g, dtype=F64), dim=-1)
+    noise = F.normalize(torch.randn(1, T, 1, K, generator=g, dtype=F64), dim=-1)
+    k = F.normalize(0.9 ** 0.5 * common + 0.1 ** 0.5 * noise, dim=-1)
+    kk = k[0, :, 0] @ k[0, :, 0].T
+    assert 0.85 < (kk.sum() - T) / (T * T - T) < 0.95
+    v = 4.0 * torch.randn(1, T, 1, K, generator=g, dtype=F64)
+    ws = [(torch.rand(1, a, b, generator=g, dtype=F64) * 2 - 1) * (6 / (a + b)) ** 0.5
+          for a, b in ((K, Fh), (Fh, K))]
+    theta = torch.full((1, T, 1), 0.02, dtype=F64)
+    eta, alpha = torch.full_like(theta, 0.67), torch.full_like(theta, 0.007)
+    state, norms = initial_state(ws, 1), []
+    for s in range(0, T, C):
+        _, state = neural_memory_ref(k[:, s:s + C], k[:, s:s + C], v[:, s:s + C],
+                                     theta[:, s:s + C], eta[:, s:s + C], alpha[:, s:s + C],
+                                     state, chunk_size=C, **kw)
+        norms.append(sum(w.square().sum() for w in state.weights).sqrt().item())
+    return norms
+
+
+def test_the_default_stabiliser_bounds_the_diverging_memory():
+    """Without a stabiliser ‖W‖ grows geometrically (≈ 9 → beyond 10⁶ in nine chunks); with the
+    mixer's defaults it stays near where it started; normalised surprises bound it as well."""
+    import inspect
+    defaults = {name: p.default for name, p in inspect.signature(Titans).parameters.items()}
+    plain = _diverging_chunks()
+    assert not plain[-1] < 1e6, plain  # (inf or nan count as blown up)
+    bounded = _diverging_chunks(max_grad_norm=defaults["max_grad_norm"],
+                                normalize_surprise=defaults["normalize_surprise"])
+    assert max(bounded) < 2 * bounded[0], bounded
+    assert max(_diverging_chunks(normalize_surprise=True)) < 20
 
 
 # ----------------------------------------------------------------------------- the mixer
@@ -198,7 +351,9 @@ def _memory_branch_by_hand(mem, x):
     o, _ = neural_memory_recurrent_ref(q, k, v, theta, eta, alpha,
                                        initial_state(list(mem.memory_model_parameters),
                                                      x.shape[0]),
-                                       chunk_size=mem.chunk_size)
+                                       chunk_size=mem.chunk_size,
+                                       max_grad_norm=mem.max_grad_norm,
+                                       normalize_surprise=mem.normalize_surprise)
     o = o.flatten(2)
     o = o * torch.rsqrt(o.unflatten(-1, (H, -1)).square().mean(-1) + 1e-6).repeat_interleave(
         mem.head_dim, -1) * mem.o_norm.weight
@@ -273,7 +428,9 @@ def test_mac_against_the_papers_equations():
         gates = (mem.theta_max * torch.sigmoid(mem.to_adaptive_step(yn)),
                  torch.sigmoid(mem.to_momentum(yn)), torch.sigmoid(mem.to_decay_factor(yn)))
         r, state = neural_memory_recurrent_ref(qm, km, vm, *gates, state,
-                                               chunk_size=mem.chunk_size)
+                                               chunk_size=mem.chunk_size,
+                                               max_grad_norm=mem.max_grad_norm,
+                                               normalize_surprise=mem.normalize_surprise)
         r = mem.o_norm(r.flatten(2)) * F.silu(mem.g_proj(yn))
         outs.append(m.norm_y(ys) * torch.sigmoid(m.norm_m(mem.o_proj(r))))
     torch.testing.assert_close(y, torch.cat(outs, 1), atol=1e-10, rtol=1e-9)

@@ -5,7 +5,9 @@ The long-term memory (LMM, the paper's §3; the math is :mod:`lrm.ops.neural_mem
 
     q_t, k_t, v_t = SiLU(conv(W_Q x), conv(W_K x), conv(W_V x))_t,   q_t, k_t ← q_t/‖q_t‖, k_t/‖k_t‖
     θ_t = θ_max σ(w_θᵀ x_t + b_θ),   η_t = σ(w_ηᵀ x_t + b_η),   α_t = σ(w_αᵀ x_t + b_α)
-    S_t = η_t S_{t−1} − θ_t ∇ℓ(W; k_t, v_t),  ℓ = ‖M_W(k_t) − v_t‖²,  W_t = (1 − α_t) W_{t−1} + S_t
+    S_t = η_t S_{t−1} − θ_t 𝒯(∇ℓ(W; k_t, v_t)),   ℓ = ‖M_W(k_t) − v_t‖²
+    W_t = (1 − α_t) W_{t−1} + S_t
+    𝒯(G) = G · tanh(n/c)/(n/c),  n = ‖G‖_F, per weight matrix    (soft clamp; see below)
     o_t = M_{W_t}(q_t)                                     (gradients at each chunk's start)
     LMM(x)_t = W_O (RMSNorm_h(o_t) ⊙ SiLU(W_G x_t))        normalisation and a gate before W_O
 
@@ -31,8 +33,9 @@ initialisation on MQAR (its step sizes scale with its values).
 
 Symbols: B batch, L tokens of this call, d width, H memory heads, K = head_dim (query, key
 and value width of a memory head), F = expansion · K (hidden width of the depth-2 memory),
-C memory chunk size, w window, S segment length (MAC), N_p persistent tokens, Ha attention
-heads of width d/Ha.
+C memory chunk size, c = max_grad_norm (the soft cap on a token's gradient norm), 𝒯 the
+transform of each token's gradient matrix G (𝒯(G) = G without stabilisers), w window,
+S segment length (MAC), N_p persistent tokens, Ha attention heads of width d/Ha.
 
 Choices where the paper is silent, and simplifications:
 - causality inside a MAC segment: the paper attends over [P ‖ h ‖ x_s]; h_j is read with a
@@ -48,6 +51,21 @@ Choices where the paper is silent, and simplifications:
   when the chunk's keys are alike (attention outputs in MAC are) the chunk's step is up to C
   times a single token's; with θ_max = 0.1 a 2-layer MAC model diverged at initialisation on
   1024-token MQAR inputs, with 0.02 none of MAC, MAG, LMM did (2 seeds each).
+- a bounded inner step (a documented deviation, on by default): the paper's update has no
+  bound, and on MQAR (d = 32, L = 128, 16 pairs) the loss went NaN at outer learning rates 3e-3
+  and 1e-3: in one MAC segment the keys of a chunk were nearly parallel (mean cosine 0.89),
+  all the chunk's gradients were taken at its start, momentum was 0.67, and the depth-2
+  memory's curvature grows with ‖W₂‖², so each chunk overshot further and ‖W‖ went from 5 to
+  904 in nine chunks. titans-pytorch offers ``max_grad_norm`` (a tanh-shaped rescaling of each
+  chunk's θ-weighted gradient to a norm in (c/2, c), off by default) and
+  ``spectral_norm_surprises`` (Newton–Schulz on the momentum, off by default); see
+  :mod:`lrm.ops.neural_memory` for how lrm's options differ. lrm defaults to the soft clamp
+  ``max_grad_norm = 3``: each token's gradient matrix G keeps its direction and gets the norm
+  3 tanh(‖G‖/3) < 3, so a token moves the memory by at most θ_max · 3 and the geometric growth
+  is gone, while the gradients of an initialised memory are barely touched (on MQAR at
+  d = 32, ‖G‖ is 0.5–1.8 for the 10th–99th percentile of tokens: factors 0.99–0.89).
+  ``normalize_surprise=True`` (five Newton–Schulz steps, a surprise of norm ≈ 0.7 whatever its
+  size) is the stronger option; ``max_grad_norm=None`` with it off is the paper's rule.
 - MAG/MAL use one sliding-window attention inside the mixer; the paper's MAL stacks a memory
   layer and an attention layer as separate blocks (each with its own residual and MLP).
 
@@ -95,11 +113,13 @@ class _LongTermMemory(nn.Module):
     """The LMM branch: projections, short convs, gates, the neural memory and its output."""
 
     def __init__(self, d: int, n_heads: int, head_dim: int, *, depth: int, expansion: float,
-                 chunk_size: int, activation: str, d_conv: int, theta_max: float) -> None:
+                 chunk_size: int, activation: str, d_conv: int, theta_max: float,
+                 max_grad_norm: float | None, normalize_surprise: bool) -> None:
         super().__init__()
         H, K = n_heads, head_dim
         self.n_heads, self.head_dim, self.chunk_size = H, K, chunk_size
         self.activation, self.theta_max = activation, theta_max
+        self.max_grad_norm, self.normalize_surprise = max_grad_norm, normalize_surprise
         self.to_queries = nn.Linear(d, H * K, bias=False)
         self.to_keys = nn.Linear(d, H * K, bias=False)
         self.to_values = nn.Linear(d, H * K, bias=False)
@@ -153,7 +173,9 @@ class _LongTermMemory(nn.Module):
         theta = self.theta_max * torch.sigmoid(gates[0])
         eta, alpha = torch.sigmoid(gates[1]), torch.sigmoid(gates[2])
         o, memory = neural_memory(q, k, v, theta, eta, alpha, memory,
-                                  chunk_size=self.chunk_size, activation=self.activation)
+                                  chunk_size=self.chunk_size, activation=self.activation,
+                                  max_grad_norm=self.max_grad_norm,
+                                  normalize_surprise=self.normalize_surprise)
         o = self.o_norm(rearrange(o, "b l h k -> b l (h k)")) * F.silu(self.g_proj(x))
         return self.o_proj(o.to(x.dtype)), memory, conv_state
 
@@ -180,7 +202,8 @@ class Titans(nn.Module):
                  head_dim: int = 32, depth: int = 2, expansion: float = 2.0,
                  chunk_size: int = 16, activation: str = "gelu", theta_max: float = 0.02,
                  d_conv: int = 4, window: int = 64, segment_len: int = 64,
-                 n_persistent: int = 4, attn_heads: int | None = None) -> None:
+                 n_persistent: int = 4, attn_heads: int | None = None,
+                 max_grad_norm: float | None = 3.0, normalize_surprise: bool = False) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -195,6 +218,10 @@ class Titans(nn.Module):
         if min(chunk_size, window, segment_len) < 1 or n_persistent < 0:
             raise ValueError("chunk_size, window and segment_len must be >= 1 and n_persistent "
                              f">= 0; got {chunk_size}, {window}, {segment_len}, {n_persistent}")
+        if max_grad_norm is not None and not max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm is the soft cap on each token's gradient norm in the "
+                             f"memory's update and must be > 0, or None for the paper's unbounded "
+                             f"step; got {max_grad_norm}")
         if variant == "mac" and segment_len % chunk_size:
             raise ValueError(f"MAC reads the memory at each segment's start, which must be a "
                              f"chunk boundary: segment_len={segment_len} must be a multiple of "
@@ -204,6 +231,7 @@ class Titans(nn.Module):
         self.memory = _LongTermMemory(
             d, n_heads, head_dim, depth=depth, expansion=expansion, chunk_size=chunk_size,
             activation=activation, d_conv=d_conv, theta_max=theta_max,
+            max_grad_norm=max_grad_norm, normalize_surprise=normalize_surprise,
         ) if variant != "swa" else None
         if variant != "lmm":
             self.q_proj = nn.Linear(d, d, bias=False)

@@ -47,12 +47,49 @@ and that chunk's tokens so far (k, v, θ, η, α). A call replays those tokens f
 gradients are again taken at the chunk's start, so the result is the same) and drops their
 outputs: a stream cut anywhere equals a single call.
 
+Stabilisers (options, both off by default in the op; lrm's deviation from the paper). Nothing
+in the paper bounds the inner step: inside a chunk all C gradients are taken at the same W₀, so
+when the chunk's keys are nearly parallel the chunk's step is up to C times one token's, and the
+depth-2 memory's curvature along a key grows with ‖W₂‖²; past a threshold each chunk overshoots
+further than the last and W grows geometrically. Two per-token transforms of each gradient
+matrix G_i = ∇_{W^{(l)}}ℓ(W₀; k_i, v_i) (one per weight matrix l, per batch row and head) bound
+it; they act before θ, so u_i = −θ_i 𝒯(G_i) and θ keeps its meaning as the step size:
+
+    soft clamp  (max_grad_norm = c):   𝒯(G) = G · tanh(n/c) / (n/c),   n = ‖G‖_F   (1 at n = 0)
+
+  a smooth cap: ‖𝒯(G)‖ = c tanh(n/c) < c, and 𝒯(G) = G (1 − n²/3c² + …) for n ≪ c, so small
+  surprises pass unchanged. It is the tanh soft-capping of Gemma 2 (Gemma Team, 2024, §2:
+  logits ← c tanh(logits/c)) applied to the gradient's norm.
+
+    normalised surprise (normalize_surprise = True):   𝒯(G) = NS₅(G)
+
+  five Newton–Schulz steps X ← aX + (b XXᵀ + c (XXᵀ)²) X from X₀ = G / max(‖G‖_F, 10⁻⁷), with
+  the quintic coefficients (a, b, c) = (3.4445, −4.7750, 2.0315) of Muon (Jordan et al., 2024,
+  "Muon: An optimizer for hidden layers in neural networks"): an approximate orthogonalisation,
+  each singular value σ ↦ p(σ) = aσ + bσ³ + cσ⁵. A per-token gradient is an outer product
+  x_i ⊗ δ_i (rank one, singular value ‖x_i‖‖δ_i‖ = ‖G‖_F), so NS₅(G) = p⁵(σ₀) G / max(‖G‖_F, 10⁻⁷)
+  with σ₀ = ‖G‖_F / max(‖G‖_F, 10⁻⁷): a unit-direction surprise of norm p⁵(1) ≈ 0.696. The
+  token loop runs the matrix iteration; the parallel form scales δ_i by that closed form.
+
+Both may be on: the clamp comes first (and then only matters below the 10⁻⁷ floor). In the
+depth-2 memory δ¹_i is computed from the untransformed δ²_i (it is the gradient's chain rule),
+then each layer's gradient is transformed with its own norm.
+
+titans-pytorch 0.5.5 has both ideas with other semantics, so no parity is claimed: its
+``max_grad_norm`` rescales the θ-weighted gradient of a whole chunk (Σ_i θ_i ∇ℓ_i, one per chunk
+and weight matrix) to the norm (c/2)(1 + tanh(2n/c)), which lies in (c/2, c) for every n > 0, so
+small gradients are *raised* to at least c/2; its ``spectral_norm_surprises`` runs the same
+Newton–Schulz iteration (same coefficients, five steps) on the momentum S_t (after the momentum
+scan, θ inside), so the learned step size θ does not set the size of the update there.
+
 Degenerate case (tested): depth 1, C = 1, η = 0, α = 0 gives W_t = W_{t−1} − 2θ_t k_tᵀ(k_t W_{t−1}
 − v_t), the delta rule with β = 2θ (``lrm.ops.delta_rule`` with g = 0, scale 1).
 
 Symbols: B batch, T tokens of this call, H heads, K key width, V value width, F hidden width of
 the depth-2 memory, C chunk size, N = ⌈T/C⌉ chunks, θ learning rate, η momentum decay,
-α forgetting, S momentum ("surprise"), W memory weights. Layout: q, k (B, T, H, K);
+α forgetting, S momentum ("surprise"), W memory weights, G a per-token gradient matrix, n its
+Frobenius norm, c the soft clamp's cap, 𝒯 the stabilising transform, NS₅ five Newton–Schulz
+steps, p their polynomial. Layout: q, k (B, T, H, K);
 v (B, T, H, V); θ, η, α (B, T, H); weights (B, H, d_in, d_out).
 
 Compute dtype: promote(input dtype, float32) (``lrm.dtypes``); the state is kept in it.
@@ -170,13 +207,74 @@ def _prepend_pending(q, k, v, theta, eta, alpha, state, dtype):
     return P, q, k, v, theta, eta, alpha
 
 
+# ----------------------------------------------------------------------------- stabilisers
+
+NS_COEFFS = (3.4445, -4.7750, 2.0315)  # Muon's quintic (Jordan et al., 2024)
+NS_STEPS = 5
+NS_EPS = 1e-7  # floor of ‖G‖_F in X₀ = G / max(‖G‖_F, ε)
+
+
+def _check_stabilisers(max_grad_norm: float | None) -> None:
+    if max_grad_norm is not None and not max_grad_norm > 0:
+        raise ValueError(f"max_grad_norm is the soft cap c on each token's gradient norm and "
+                         f"must be > 0 (or None for no cap); got {max_grad_norm}")
+
+
+def soft_clamp_factor(n: torch.Tensor, c: float) -> torch.Tensor:
+    """tanh(n/c) / (n/c), the factor that takes a gradient of norm n ≥ 0 to norm c tanh(n/c);
+    1 at n = 0. The masked denominator keeps the backward finite at n = 0."""
+    r = n / c
+    pos = r > 0
+    r_safe = torch.where(pos, r, torch.ones_like(r))
+    return torch.where(pos, torch.tanh(r_safe) / r_safe, torch.ones_like(r))
+
+
+def newton_schulz(g: torch.Tensor, steps: int = NS_STEPS) -> torch.Tensor:
+    """NS_steps(G) for matrices g (..., m, n): X₀ = G / max(‖G‖_F, ε), then
+    X ← aX + (b XXᵀ + c (XXᵀ)²) X. The matrix iteration, for any rank (the token loop's)."""
+    a, b, c = NS_COEFFS
+    x = g / torch.linalg.matrix_norm(g).clamp(min=NS_EPS)[..., None, None]
+    for _ in range(steps):
+        A = x @ x.transpose(-1, -2)
+        x = a * x + (b * A + c * A @ A) @ x
+    return x
+
+
+def _rank_one_factor(n: torch.Tensor, max_grad_norm: float | None,
+                     normalize: bool) -> torch.Tensor:
+    """The scalar f with 𝒯(x ⊗ δ) = f · (x ⊗ δ) for a rank-one gradient of norm n = ‖x‖‖δ‖: the
+    closed form of :func:`_transform_grad` that the parallel form applies to δ."""
+    f = torch.ones_like(n)
+    if max_grad_norm is not None:
+        f = soft_clamp_factor(n, max_grad_norm)
+        n = n * f
+    if normalize:
+        a, b, c = NS_COEFFS
+        floor = n.clamp(min=NS_EPS)
+        sigma = n / floor  # the only singular value of X₀
+        for _ in range(NS_STEPS):
+            sigma = a * sigma + b * sigma ** 3 + c * sigma ** 5
+        f = f * sigma / floor
+    return f
+
+
+def _transform_grad(g: torch.Tensor, max_grad_norm: float | None,
+                    normalize: bool) -> torch.Tensor:
+    """𝒯(G) on gradient matrices g (B, H, in, out), each with its own norm (the token loop's)."""
+    if max_grad_norm is not None:
+        g = g * soft_clamp_factor(torch.linalg.matrix_norm(g), max_grad_norm)[..., None, None]
+    if normalize:
+        g = newton_schulz(g)
+    return g
+
+
 # ----------------------------------------------------------------------------- the oracle
 
 
 def neural_memory_recurrent_ref(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, theta: torch.Tensor, eta: torch.Tensor,
     alpha: torch.Tensor, state: NeuralMemoryState, *, chunk_size: int = 16,
-    activation: str = "gelu",
+    activation: str = "gelu", max_grad_norm: float | None = None, normalize_surprise: bool = False,
 ) -> tuple[torch.Tensor, NeuralMemoryState]:
     """The paper's loop, token by token; the gradient of ℓ comes from ``torch.func.grad`` (not
     the hand-derived outer products of the parallel form). Slow; the oracle for tests.
@@ -184,6 +282,7 @@ def neural_memory_recurrent_ref(
     Returns y (B, T, H, V) in v's dtype and the state after the last token.
     """
     _check(q, k, v, theta, eta, alpha, state, chunk_size)
+    _check_stabilisers(max_grad_norm)
     dtype, out_dtype = compute_dtype(q, k, v, theta, eta, alpha, *state.weights), v.dtype
     P, q, k, v, theta, eta, alpha = _prepend_pending(q, k, v, theta, eta, alpha, state, dtype)
     T = q.shape[1]
@@ -200,7 +299,8 @@ def neural_memory_recurrent_ref(
     for t in range(T):
         if t % chunk_size == 0:
             W_start, S_start, start = W, S, t
-        g = grad(W_start, k[:, t], v[:, t])
+        g = [_transform_grad(gi, max_grad_norm, normalize_surprise)
+             for gi in grad(W_start, k[:, t], v[:, t])]
         th, et, al = (x[:, t, :, None, None] for x in (theta, eta, alpha))
         S = tuple(et * s - th * gi for s, gi in zip(S, g, strict=True))
         W = tuple((1 - al) * w + s for w, s in zip(W, S, strict=True))
@@ -239,18 +339,26 @@ def _segment_products(x: torch.Tensor) -> torch.Tensor:
 def neural_memory_ref(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, theta: torch.Tensor, eta: torch.Tensor,
     alpha: torch.Tensor, state: NeuralMemoryState, *, chunk_size: int = 16,
-    activation: str = "gelu",
+    activation: str = "gelu", max_grad_norm: float | None = None, normalize_surprise: bool = False,
 ) -> tuple[torch.Tensor, NeuralMemoryState]:
     """The chunk-parallel form (see the module docstring); same contract as the recurrent ref.
 
     Returns y (B, T, H, V) in v's dtype and the state after the last token.
     """
     _check(q, k, v, theta, eta, alpha, state, chunk_size)
+    _check_stabilisers(max_grad_norm)
     dtype, out_dtype = compute_dtype(q, k, v, theta, eta, alpha, *state.weights), v.dtype
     P, q, k, v, theta, eta, alpha = _prepend_pending(q, k, v, theta, eta, alpha, state, dtype)
     T, C, depth = q.shape[1], chunk_size, len(state.weights)
     n_full = T // C
     act, act_backward = _act(activation)
+    stabilise = max_grad_norm is not None or normalize_surprise
+
+    def transformed(x, delta):  # 𝒯(x_i ⊗ δ_i) = x_i ⊗ (f_i δ_i), per token, head and batch row
+        if not stabilise:
+            return delta
+        n = torch.linalg.vector_norm(x, dim=-1) * torch.linalg.vector_norm(delta, dim=-1)
+        return delta * _rank_one_factor(n, max_grad_norm, normalize_surprise)[..., None]
 
     # per-chunk tensors for all chunks at once: (B, H, N, C, ·); padded tokens have θ = 0,
     # η = 1, α = 0 (they change nothing) and are dropped from the output
@@ -283,7 +391,7 @@ def neural_memory_ref(
             enumerate(zip(*(t.unbind(2) for t in per_chunk), strict=True))):
         if depth == 1:
             (W1,), (S1,) = W, S
-            delta = 2 * (k_n @ W1 - v_n)  # ∂ℓ/∂M(k_i) (B, H, C, V)
+            delta = transformed(k_n, 2 * (k_n @ W1 - v_n))  # ∂ℓ/∂M(k_i) (B, H, C, V)
             outs.append(qr_n @ torch.cat([W1, S1], -2) + rk_n @ delta)
             updates = [kw_n.transpose(-1, -2) @ delta]  # (B, H, 2K, V)
         else:
@@ -292,6 +400,7 @@ def neural_memory_ref(
             z = act(a)
             delta2 = 2 * (z @ W2 - v_n)  # ∂ℓ/∂M(k_i)
             delta1 = act_backward(delta2 @ W2.transpose(-1, -2), a)  # ∂ℓ/∂a_i
+            delta1, delta2 = transformed(k_n, delta1), transformed(z, delta2)
             zq = act(qr_n @ torch.cat([W1, S1], -2) + rk_n @ delta1)  # σ(q_t W₁,t)
             zq_read = torch.cat([A_n[..., None] * zq, c_n[..., None] * zq], -1)
             read_z = mth_n * (zq @ z.transpose(-1, -2))
@@ -316,7 +425,8 @@ def neural_memory_ref(
 def neural_memory(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, theta: torch.Tensor, eta: torch.Tensor,
     alpha: torch.Tensor, state: NeuralMemoryState, *, chunk_size: int = 16,
-    activation: str = "gelu", backend: str = "auto",
+    activation: str = "gelu", max_grad_norm: float | None = None, normalize_surprise: bool = False,
+    backend: str = "auto",
 ) -> tuple[torch.Tensor, NeuralMemoryState]:
     """Dispatching neural memory; same contract as :func:`neural_memory_ref`. No kernel package
     implements this memory, so every backend runs the reference (``backend="kernel"`` is an
@@ -327,4 +437,5 @@ def neural_memory(
         raise RuntimeError("no kernel implements the Titans neural memory; use backend='auto' "
                            "or 'ref' (the chunk-parallel PyTorch form runs on any device)")
     return neural_memory_ref(q, k, v, theta, eta, alpha, state, chunk_size=chunk_size,
-                             activation=activation)
+                             activation=activation, max_grad_norm=max_grad_norm,
+                             normalize_surprise=normalize_surprise)
