@@ -13,8 +13,10 @@ attention's is 12 d²):
     s4, s4d                  0.35  0.19   0.17        gdn                        21   105    393
     mamba                    0.79  0.55   0.53        mamba                      38    38     38
     mamba2                   0.64  0.59   0.52        mamba2                     41   265    263
-    gdn                      1.21  1.17   1.17        s4, s4d                    64    64     64
-    fox, oryx               ~1.1  ~1.06  ~1.06        titans                    105   393    393
+    attention, landmark      1.00  1.00   1.00        s4, s4d                    64    64     64
+    oryx                     1.07  1.04   1.04        titans                    105   393    393
+    fox                      1.10  1.09   1.09
+    gdn                      1.21  1.17   1.17
     titans                   1.66  1.55   1.52
 """
 
