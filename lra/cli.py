@@ -76,12 +76,11 @@ def main(argv: list[str] | None = None) -> None:
         return None
     name = argv[0]
     if name not in SUBCOMMANDS:
-        import difflib
+        from lrm.names import unknown
 
-        close = difflib.get_close_matches(name, SUBCOMMANDS, n=1)
-        hint = f" Did you mean `lra {close[0]}`?" if close else ""
-        sys.stderr.write(f"lra: unknown subcommand {name!r}.{hint} "
-                         f"Valid: {', '.join(SUBCOMMANDS)} (`lra --help` says what each does).\n")
+        sys.stderr.write("lra: " + unknown(
+            "subcommand", name, SUBCOMMANDS, show_match=lambda s: f"`lra {s}`",
+            listing=f"Valid: {', '.join(SUBCOMMANDS)} (`lra --help` says what each does).") + "\n")
         raise SystemExit(2)
     module, function = SUBCOMMANDS[name].target.split(":")
     run = getattr(importlib.import_module(module), function)

@@ -19,7 +19,6 @@ What this adds to a plain LightningCLI:
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import logging
 import pickle
@@ -49,6 +48,7 @@ from lra.lightning_compat import (  # noqa: E402
     ResumableCheckpoint,
 )
 from lra.module import LRAModule  # noqa: E402
+from lrm.names import unknown as unknown_name  # noqa: E402
 
 
 class _DropAdverts(logging.Filter):
@@ -231,8 +231,7 @@ def explain_parse_error(message: str, parser, subcommand: str) -> str:
                 f"`{prog} --help` lists every option.")
     parts = []
     for key, valid in unknown:
-        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
-        parts.append(f"unknown option {key}" + (f"; did you mean {close[0]}?" if close else "."))
+        parts.append(unknown_name("option", key, valid, show=str, listing=""))
     return f"{prog}: {' '.join(parts)} `{prog} --help` lists every option."
 
 

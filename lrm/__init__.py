@@ -10,8 +10,8 @@ lrm imports torch and einops only; the training harness lives in the separate ``
 """
 
 from lrm.config import ModelConfig
-from lrm.model import Bidirectional, Block, LRModel
-from lrm.registry import available, build, mixer
+from lrm.model import Bidirectional, Block, LRModel, build
+from lrm.registry import available, mixer
 
 __all__ = ["Bidirectional", "Block", "LRModel", "ModelConfig", "available", "build", "mixer"]
 __version__ = "0.1.0"

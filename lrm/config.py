@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
 from lrm import registry
+from lrm.names import unknown as unknown_names
 
 HEADS = ("classify", "lm", "retrieval")
 ENCODERS = ("embedding", "linear")
@@ -99,10 +99,7 @@ class ModelConfig:
         valid = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(cfg) - set(valid))
         if unknown:
-            hints = {u: difflib.get_close_matches(u, valid, n=1) for u in unknown}
-            said = ", ".join(f"{u!r}" + (f" (did you mean {h[0]!r}?)" if h else "")
-                             for u, h in hints.items())
-            raise ValueError(f"unknown ModelConfig key(s) {said}. Valid keys: {', '.join(valid)}.")
+            raise ValueError(unknown_names("ModelConfig key", unknown, valid))
         return cls(**cfg)
 
     def to_dict(self) -> dict[str, Any]:

@@ -125,6 +125,20 @@ def build_block(name: str, d: int, mixer_kwargs: dict[str, Any] | None = None, *
     return Block(d, m, norm=norm, prenorm=prenorm, mlp_ratio=mlp_ratio, dropout=dropout)
 
 
+def build(name: str, d: int, *, norm: str = "rmsnorm", prenorm: bool = True,
+          mlp_ratio: float | None = None, dropout: float = 0.0, bidirectional: bool = False,
+          **kwargs: Any) -> Block:
+    """``lrm.build``: a residual :class:`Block` around the mixer ``name``.
+
+    Block options are ``norm``, ``prenorm``, ``mlp_ratio`` (None: the mixer's customary
+    value, e.g. 4 for attention and 0 for Mamba), ``dropout`` and ``bidirectional``; every
+    other keyword goes to the mixer. ``LRModel`` builds its layers the same way
+    (:func:`build_block`).
+    """
+    return build_block(name, d, kwargs, norm=norm, prenorm=prenorm, mlp_ratio=mlp_ratio,
+                       dropout=dropout, bidirectional=bidirectional)
+
+
 class IntensityEncoder(nn.Module):
     """Token ids read as intensities: id -> W (2 id / (V - 1) - 1) + b, a (B, L) -> (B, L, d) map.
 

@@ -1,19 +1,22 @@
 """The registry: one explicit table from mixer name to class.
 
 Entries are ``"module:Class"`` paths resolved on first use, so ``import lrm`` stays cheap and a
-mixer's module is imported only when someone builds it. To add a mixer, write
+mixer's module is imported only when someone builds it. The registry knows mixers only: the
+block around one is built by :func:`lrm.model.build`, which imports from here (never the
+other way round). To add a mixer, write
 ``lrm/mixers/<name>.py`` following the contract in docs/design.md and add one line here; the
 conformance suite in ``tests/`` then checks it with no new test code.
 """
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 from typing import Any
 
 from torch import nn
+
+from lrm.names import unknown as unknown_names
 
 MIXERS: dict[str, str] = {
     "attention": "lrm.mixers.attention:Attention",
@@ -45,7 +48,7 @@ OPTION_ALIASES: dict[str, str] = {
 
 
 def available() -> list[str]:
-    """Names accepted by :func:`build` and :func:`mixer` (aliases not included)."""
+    """Names accepted by :func:`lrm.build` and :func:`mixer` (aliases not included)."""
     return sorted(MIXERS)
 
 
@@ -56,10 +59,10 @@ def canonical(name: str) -> str:
     key = name.strip().lower()
     key = ALIASES.get(key, key)
     if key not in MIXERS:
-        close = difflib.get_close_matches(key, list(MIXERS) + list(ALIASES), n=3)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(f"unknown mixer {name!r}.{hint} Valid names: {', '.join(available())}"
-                         f" (aliases: {', '.join(sorted(ALIASES))}).")
+        raise ValueError(unknown_names(
+            "mixer", key, list(MIXERS) + list(ALIASES), n=3,
+            listing=f"Valid names: {', '.join(available())} (lrm.available()); aliases: "
+                    f"{', '.join(sorted(ALIASES))}."))
     return key
 
 
@@ -75,11 +78,7 @@ def check_kwargs(cls: type, kwargs: dict[str, Any], what: str) -> None:
              if p not in ("self", "d") and v.kind in (v.KEYWORD_ONLY, v.POSITIONAL_OR_KEYWORD)]
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
-        hints = {u: difflib.get_close_matches(u, valid, n=1) for u in unknown}
-        said = ", ".join(f"{u!r}" + (f" (did you mean {h[0]!r}?)" if h else "")
-                         for u, h in hints.items())
-        raise TypeError(f"{what} got unknown option(s) {said}. Valid options: "
-                        f"{', '.join(valid) or '(none)'}.")
+        raise TypeError(f"{what} got {unknown_names('option', unknown, valid)}")
 
 
 def resolve_options(kwargs: dict[str, Any], what: str) -> dict[str, Any]:
@@ -107,19 +106,3 @@ def mixer(name: str, d: int, **kwargs: Any) -> nn.Module:
     kwargs = resolve_options(kwargs, f"mixer {canonical(name)!r}")
     check_kwargs(cls, kwargs, f"mixer {canonical(name)!r}")
     return cls(d, **kwargs)
-
-
-def build(name: str, d: int, *, norm: str = "rmsnorm", prenorm: bool = True,
-          mlp_ratio: float | None = None, dropout: float = 0.0, bidirectional: bool = False,
-          **kwargs: Any) -> nn.Module:
-    """A residual :class:`lrm.model.Block` around the mixer ``name``.
-
-    Block options are ``norm``, ``prenorm``, ``mlp_ratio`` (None: the mixer's customary
-    value, e.g. 4 for attention and 0 for Mamba), ``dropout`` and ``bidirectional``; every
-    other keyword goes to the mixer. ``LRModel`` builds its layers the same way
-    (:func:`lrm.model.build_block`).
-    """
-    from lrm.model import build_block
-
-    return build_block(name, d, kwargs, norm=norm, prenorm=prenorm, mlp_ratio=mlp_ratio,
-                       dropout=dropout, bidirectional=bidirectional)

@@ -245,7 +245,7 @@ PEERS = {  # op -> the implementations compared, lrm's first
 }
 WHAT = {
     "mamba": "the whole mixer (d_state 16), forward+backward, x of shape (B, L, d)",
-    "mamba2": "the whole mixer (d_state 64, headdim 64, chunk 64), x of shape (B, L, d)",
+    "mamba2": "the whole mixer (d_state 64, head_dim 64, chunk 64), x of shape (B, L, d)",
     "gdn": "the op: q, k, v (B, L, H, d/H), gates (B, L, H); k L2-normalised inside",
     "fox": "the op: q, k, v (B, L, H, d/H), forget-gate logits (B, L, H)",
     "titans": "the memory module alone, x of shape (B, L, d): lrm's `titans` mixer as "

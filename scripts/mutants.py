@@ -147,6 +147,17 @@ MUTANTS: list[Mutant] = [
     M("gdn-no-output-gate", "lrm/mixers/gated_deltanet.py",
       'o = self.o_norm(o, rearrange(self.g_proj(x), "b l (h v) -> b l h v", h=H))',
       "o = self.o_norm(o)", (eq("gated_deltanet"),), "output gate SiLU(W_g x) dropped"),
+    M("gdn-head-dim-fixed", "lrm/mixers/gated_deltanet.py",
+      "head_dim = max(1, min(256, d // 4))", "head_dim = 256",
+      ("tests/mixers/test_default_sizes.py",),
+      "default head width fixed at the paper's 256 whatever d (a d = 32 layer 6x attention's)"),
+
+    # ------------------------------------------------------------------ did-you-mean messages
+    M("names-hint-dropped", "lrm/names.py",
+      'said = f"unknown {kind} {show(names[0])}." + (f" Did you mean {hint}?" if hint else "")',
+      'said = f"unknown {kind} {show(names[0])}."',
+      ("tests/test_core.py::test_unknown_mixer_lists_valid_names", "tests/test_names.py"),
+      "an unknown name's closest valid names left out of the message"),
 
     # ------------------------------------------------------------------ S4D and S4
     M("s4-no-D-skip", "lrm/mixers/s4.py", "y = y + upcast(self.D", "y = y + 0 * upcast(self.D",

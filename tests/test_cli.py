@@ -57,7 +57,7 @@ def test_unknown_key_gets_one_paragraph_with_the_closest_key(capsys):
         with pytest.raises(SystemExit):
             lra_main(["fit", typo, "5"])
         err = capsys.readouterr().err
-        assert f"did you mean {meant}?" in err, err
+        assert f"Did you mean {meant}?" in err, err
         assert len(err.strip().splitlines()) <= 2, err
     with pytest.raises(SystemExit):
         lra_main(["fitt"])

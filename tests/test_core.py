@@ -100,7 +100,7 @@ def test_no_mixer_takes_an_upstream_spelling():
 
 
 def test_unknown_config_key_lists_valid_keys():
-    with pytest.raises(ValueError, match="did you mean 'd_model'") as err:
+    with pytest.raises(ValueError, match="Did you mean 'd_model'") as err:
         lrm.ModelConfig.from_dict({"d_modle": 64})
     assert "n_layers" in str(err.value)
 

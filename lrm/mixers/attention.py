@@ -8,6 +8,10 @@
 Symbols: B batch, L length of this call, T tokens already in the cache, d model width,
 H heads, Dh = d / H head width.
 
+Default H = max(1, d/64): heads of Dh = 64 (the base model of Vaswani et al., d = 512 with 8
+heads) from d = 64 on, one head of width d below. H changes neither the parameter count (4 d²)
+nor the state, so it needs no other rule at small d.
+
 The attention is the op :func:`lrm.ops.attention.attention` (PyTorch's
 ``scaled_dot_product_attention``: flash/memory-efficient kernels where PyTorch has them). The
 state is the KV cache: streaming and decoding append to it and attend over cache + new tokens,

@@ -23,7 +23,8 @@ which can be switched off on its own (an option left at None follows ``pro``):
           y = W_o (RMSNorm_h(o) ⊙ σ(W_g x))
 
 Symbols: B batch, L length of this call, T tokens already in the cache, d model width, H heads,
-Dh = d / H head width (64 by default, as in the paper's models), x the mixer's input.
+Dh = d / H head width (64 by default, as in the paper's models: H = max(1, d/64), one head of
+width d below d = 64; H changes neither the parameter count nor the state), x the mixer's input.
 
 Faithful to the authors' code (zhixuan-lin/forgetting-transformer, ``ForgettingAttentionLayer``):
 parameter names (q_proj, k_proj.linear, k_proj.shift_proj, v_proj..., fgate_proj, ogate_proj,

@@ -32,7 +32,11 @@ variable-length packing; the GDN-2 option keeps GDN's output gate (full-rank g_p
 where the GDN-2 layer uses a low-rank g_proj, so that ``gates`` changes the recurrence only.
 Linear layers keep PyTorch's default init (fla re-initialises them at the model level).
 Defaults follow fla's layer: n_heads · head_dim ≈ 0.75 d, expand_v = 2, conv width 4 without
-bias, A ~ U(0, 16) (U(1, 16) for GDN-2), dt log-uniform in [1e-3, 0.1].
+bias, A ~ U(0, 16) (U(1, 16) for GDN-2), dt log-uniform in [1e-3, 0.1]. The head width scales
+with d: head_dim = min(256, d/4), the paper's K = 256 from d = 1024 on (its 1.3B model, d = 2048,
+has 6 heads of K = 256, V = 512) and 3 heads of K = d/4 below, so that the layer keeps about
+6 d² parameters and a state of H·K·V = 1.5 d·K at every width (with a fixed K = 256 the bare
+mixer at d = 32 would hold 17 times attention's parameters).
 
 Kernels: flash-linear-attention's ``chunk_gated_delta_rule`` (training, prefill) and
 ``fused_recurrent_gated_delta_rule`` (decoding), or ``chunk_gdn2``/``fused_recurrent_gdn2``,
@@ -92,7 +96,7 @@ class GatedDeltaNet(nn.Module):
         "gdn2": {"head_dim": 16, "gates": "gdn2"},
     }
 
-    def __init__(self, d: int, *, n_heads: int | None = None, head_dim: int = 256,
+    def __init__(self, d: int, *, n_heads: int | None = None, head_dim: int | None = None,
                  expand_v: float = 2.0, gates: str = "gdn", use_forget_gate: bool = True,
                  delta_rule: bool = True, use_gate: bool = True, d_conv: int = 4,
                  conv_bias: bool = False, norm_eps: float = 1e-5) -> None:
@@ -102,6 +106,8 @@ class GatedDeltaNet(nn.Module):
         if gates == "gdn2" and not delta_rule:
             raise ValueError("delta_rule=False is a GDN ablation; GDN-2's erase gate b already "
                              "decides how much is erased")
+        if head_dim is None:  # the paper's 256 from d = 1024 on (module docstring)
+            head_dim = max(1, min(256, d // 4))
         if n_heads is None:  # fla: num_heads · head_dim = 0.75 · hidden_size
             n_heads = max(1, round(0.75 * d / head_dim))
         head_v_dim = int(head_dim * expand_v)

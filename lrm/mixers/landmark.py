@@ -20,7 +20,8 @@ exceeds about (k + 2)·(block_len + 1) however long the cache. With k ≥ the nu
 blocks it equals training mode.
 
 Symbols: B batch, L length of this call, T tokens in the cache (landmarks included), d model
-width, H heads, Dh = d / H, c the query's block, ℓ_b the landmark of block b, k = retrieval_topk.
+width, H heads, Dh = d / H (by default H = max(1, d/64): heads of 64, one head of width d below
+d = 64), c the query's block, ℓ_b the landmark of block b, k = retrieval_topk.
 
 The landmark tokens themselves are inputs: ``landmark_every = block_len`` tells ``LRModel`` to
 insert a learned landmark embedding after every ``block_len`` real tokens (docs/design.md,

@@ -11,6 +11,11 @@ Symbols: B batch, L length, d model width, d_in = expand · d, H = d_in / P head
 ``head_dim`` channels, G = ``ngroups`` groups of heads sharing B and C (head h uses group
 g(h) = h // (H/G)), N = ``d_state``, W = ``d_conv``, Q = ``chunk_size`` (SSD chunk).
 
+Sizes scale with d: N = min(128, max(16, d/2)) and P = min(64, d_in/8), i.e. mamba-ssm's
+defaults N = 128 and P = 64 from d = 256 on (d_in = 512); below, N falls towards Mamba's 16 and
+there are 8 heads, so that the B, C projections (2GN·d parameters) and the state (d_in·N) stay
+in proportion to a small model (at d = 32, N = 128 would hold 7 times Mamba's state).
+
 Parameter names and initialisation follow mamba-ssm's ``modules/mamba2.Mamba2``: ``in_proj``
 (order z, x, B, C, dt), ``conv1d`` over [x, B, C], ``dt_bias`` = softplus⁻¹(Δ₀) with Δ₀
 log-uniform in [dt_min, dt_max], ``A_log`` = log(U(A_init_range)), ``D`` (per head, or per
@@ -66,8 +71,8 @@ class Mamba2(nn.Module):
         "longmamba": {"d_state": 8, "head_dim": 16, "chunk_size": 16, "longmamba": {}},
     }
 
-    def __init__(self, d: int, *, d_state: int = 128, d_conv: int = 4, expand: float = 2,
-                 head_dim: int = 64, ngroups: int = 1,
+    def __init__(self, d: int, *, d_state: int | None = None, d_conv: int = 4, expand: float = 2,
+                 head_dim: int | None = None, ngroups: int = 1,
                  A_init_range: tuple[float, float] = (1.0, 16.0), D_has_hdim: bool = False,
                  rmsnorm: bool = True, norm_before_gate: bool = False, dt_min: float = 1e-3,
                  dt_max: float = 0.1, dt_init_floor: float = 1e-4,
@@ -75,8 +80,12 @@ class Mamba2(nn.Module):
                  conv_bias: bool = True, chunk_size: int = 256,
                  longmamba: LongMambaConfig | dict | bool | None = None) -> None:
         super().__init__()
+        if d_state is None:  # mamba-ssm's 128 from d = 256 on (module docstring)
+            d_state = min(128, max(16, d // 2))
         self.d, self.d_state, self.d_conv = d, d_state, d_conv
         self.d_inner = int(expand * d)
+        if head_dim is None:  # mamba-ssm's 64 from d_in = 512 on, 8 heads below
+            head_dim = max(1, min(64, self.d_inner // 8))
         if self.d_inner % head_dim:
             raise ValueError(f"expand * d = {self.d_inner} is not divisible by "
                              f"head_dim={head_dim}")

@@ -73,6 +73,10 @@ runs causal (the fused flash kernels, linear memory); a later span passes an exp
 A stateless call skips the memory that no position reads (no recurrence under ``attn``, no KV
 cache under ``rec``); with a state both are always updated.
 
+Default sizes [ours]: H·K = d/2 with K = min(64, d/4), i.e. heads of 64 from d = 256 on and
+2 heads of d/4 below, so that the layer's parameters (about 4.5 d² in the mixer) and state
+scale with d.
+
 Simplifications and choices [ours]: no conv on the queries; the GDN core's q^R has no conv
 (GDN has one); Mamba-2's B and C per head (ngroups = H) and its output norm replaced by the
 shared per-head gated RMSNorm; no RoPE (as the GDN and Mamba-2 baselines, and FoX); the KV
@@ -131,7 +135,7 @@ class Oryx(nn.Module):
     }
 
     def __init__(self, d: int, *, core: str = "gdn", n_heads: int | None = None,
-                 head_dim: int = 64, expand_v: float = 2.0, d_conv: int = 4,
+                 head_dim: int | None = None, expand_v: float = 2.0, d_conv: int = 4,
                  schedule: str = "every:64:6",
                  train_p_attn: Sequence[float] | None = (0.0, 0.1, 0.5, 1.0),
                  train_chunk: int = 64, train_seed: int = 0, chunk_size: int = 64,
@@ -139,6 +143,8 @@ class Oryx(nn.Module):
         super().__init__()
         if core not in CORES:
             raise ValueError(f"core must be one of {CORES}, got {core!r}")
+        if head_dim is None:  # [ours] 64 from d = 256 on, d/4 below (module docstring)
+            head_dim = max(1, min(64, d // 4))
         if n_heads is None:  # [ours] H·K = d/2 and H·V = d with the default expand_v = 2
             n_heads = max(1, d // (2 * head_dim))
         head_v_dim = int(head_dim * expand_v)

@@ -37,6 +37,11 @@ C memory chunk size, c = max_grad_norm (the soft cap on a token's gradient norm)
 transform of each token's gradient matrix G (𝒯(G) = G without stabilisers), w window,
 S segment length (MAC), N_p persistent tokens, Ha attention heads of width d/Ha.
 
+Default sizes [lrm's choice]: memory heads of K = min(32, d/4), i.e.
+K = 32 from d = 128 on and 4 heads below, H = d/K, so that the memory's weights (H·2K·F floats
+at depth 2) grow like d·K and not faster; Ha = max(1, d/64), attention heads of 64 (one head of
+width d below d = 64).
+
 Choices where the paper is silent, and simplifications:
 - causality inside a MAC segment: the paper attends over [P ‖ h ‖ x_s]; h_j is read with a
   query from x_j, so letting query i see h_j for j > i would leak the future. Query i sees h_j
@@ -199,7 +204,7 @@ class Titans(nn.Module):
     }
 
     def __init__(self, d: int, *, variant: str = "mac", n_heads: int | None = None,
-                 head_dim: int = 32, depth: int = 2, expansion: float = 2.0,
+                 head_dim: int | None = None, depth: int = 2, expansion: float = 2.0,
                  chunk_size: int = 16, activation: str = "gelu", theta_max: float = 0.02,
                  d_conv: int = 4, window: int = 64, segment_len: int = 64,
                  n_persistent: int = 4, attn_heads: int | None = None,
@@ -211,6 +216,8 @@ class Titans(nn.Module):
             raise ValueError(f"the memory's depth must be 1 (linear) or 2 (MLP), got {depth}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        if head_dim is None:  # 32 from d = 128 on, d/4 below (module docstring)
+            head_dim = max(1, min(32, d // 4))
         n_heads = n_heads or max(1, d // head_dim)
         attn_heads = attn_heads or max(1, d // 64)
         if d % attn_heads:
