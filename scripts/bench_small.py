@@ -1,6 +1,7 @@
 """Speed at the sizes models are trained at on a CPU, as ratios between alternatives timed
 interleaved in one process (one torch thread).
 
+    python scripts/bench_small.py steps --mixers mamba mamba:lean --d 32 64 128 --L 128
     python scripts/bench_small.py steps --mixers mamba mamba2 gdn --d 32 64 128 --L 128 512
     python scripts/bench_small.py scan --d-inner 64 128 256 --L 128 512 2048
 
@@ -37,20 +38,29 @@ def interleaved(fns: dict[str, Callable[[], None]], repeats: int) -> dict[str, f
 
 
 def training_step(mixer: str, d: int, L: int, batch: int = 32) -> Callable[[], None]:
+    """``mamba:lean`` is ``mamba`` with the small-shape scan switched off (the lean scan)."""
     from lrm.config import ModelConfig
     from lrm.model import LRModel
+    from lrm.ops import selective_scan as ss
 
+    mixer, _, variant = mixer.partition(":")
     torch.manual_seed(0)
     model = LRModel(ModelConfig(mixer=mixer, d_model=d, n_layers=2, vocab_size=256, head="lm"))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     tokens = torch.randint(0, 256, (batch, L))
 
     def step() -> None:
-        logits = model(tokens)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        saved = ss.SMALL_SLICE_ELEMENTS
+        if variant == "lean":
+            ss.SMALL_SLICE_ELEMENTS = 0
+        try:
+            logits = model(tokens)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        finally:
+            ss.SMALL_SLICE_ELEMENTS = saved
 
     return step
 

@@ -29,7 +29,9 @@ Three implementations:
   (B, D, Q, N) tensors exist at a time, and with autograd each chunk is checkpointed, so the
   backward recomputes it instead of storing (B, L, D, N) — the same trade the CUDA kernel makes.
 - :func:`selective_scan`: the dispatch. ``selective_scan_fn`` from mamba-ssm (CUDA, fp32/fp16/
-  bf16, real A, N ≤ 256, no initial state) when it imports, else the reference.
+  bf16, real A, N ≤ 256, no initial state) when it imports; else, on small states,
+  :func:`selective_scan_small` (section "small shapes" below), and the memory-lean scan of
+  :mod:`lrm.ops.selective_scan_lean` beyond.
 
 Compute dtype (:mod:`lrm.dtypes`): promote(input dtypes, float32) — half precision is scanned in
 fp32, float64 stays float64 — and the output is cast back to u's dtype.
@@ -252,13 +254,18 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 #   only loop is the reversed recurrence ∂h_t = C_t ∂y_t + a_{t+1} ⊙ ∂h_{t+1}, one ``addcmul``
 #   per token, and every gradient is one pass over the block. Autograd sees one node.
 #
-# Dispatch (:func:`selective_scan` on a CPU): this path when a (B, D, N) state slice has at
-# most SMALL_SLICE_ELEMENTS elements, i.e. when T ≥ 1 tokens of a block fit in the budget;
-# beyond that the lean path. Measured with ``scripts/bench_small.py scan`` (docs/bench/speed.md,
-# "Small shapes"): forward and backward of the bare scan, batch 32, N 16, one thread.
+# Dispatch (:func:`selective_scan` on a CPU, a test of the shape only): this path when a
+# (B, D, N) state has at most SMALL_SLICE_ELEMENTS = 2^17 elements (batch 32 × d_inner 256 ×
+# N 16), so that a block holds T ≥ 2 tokens and the states kept, L·B·D·N / T, stay within a
+# few times u and Δ; beyond that the lean path, whose memory is bounded at any size. The
+# crossover is set by memory, not time: measured with ``scripts/bench_small.py scan`` (forward
+# and backward of the bare scan, batch 32, N 16, one thread, docs/bench/speed.md "Small
+# shapes"), the lean path took 7x (d_inner 64) and 11x (d_inner 256) the time of this one at
+# L 128, and was never faster in any shape measured. The block budget, 2^18 elements, was the
+# fastest of 2^16 … 2^21 (d_inner 128, L 128, same run).
 
 SMALL_BLOCK_ELEMENTS = 2**18  # elements of one block tensor (T, B, G, E, N): 1 MiB in fp32
-SMALL_SLICE_ELEMENTS = 2**20  # the largest (B, D, N) state for which the small path is used
+SMALL_SLICE_ELEMENTS = 2**17  # the largest (B, D, N) state for which the small path is used
 
 
 def _rows(M: torch.Tensor, s: int, e: int) -> torch.Tensor:
