@@ -56,6 +56,7 @@ def stream(case: str, dtype: str = "fp64") -> str:
 CONV = "tests/test_core.py::test_causal_conv_ref_equals_loop"
 SCAN = "tests/test_mamba.py::test_selective_scan_ref_equals_recurrence"
 SSD = "tests/test_mamba.py::test_ssd_ref_equals_recurrence"
+SMALL = "tests/ops/test_selective_scan_small.py::test_small_scan_core_gradcheck"
 DELTA = "tests/test_gated_deltanet.py::test_chunk_equals_recurrent"
 GDN2 = "tests/test_gated_deltanet.py::test_gdn2_chunk_equals_recurrent"
 FA = "tests/test_fox.py::test_blockwise_equals_quadratic_outputs_and_gradients"
@@ -248,6 +249,12 @@ MUTANTS: list[Mutant] = [
     M("scan-state-not-decayed", "lrm/ops/selective_scan.py", "h = a * h0[..., None, :] + b",
       "h = h0[..., None, :] + b", (SCAN, stream("mamba-small")),
       "the state entering a chunk is not decayed"),
+
+    M("scan-small-reverse-off-by-one", "lrm/ops/selective_scan.py",
+      "dh[t].addcmul_(a[t + 1], dh[t + 1])", "dh[t].addcmul_(a[t], dh[t + 1])",
+      (SMALL,), "the reversed recurrence of ∂h decays by the step's own decay, not the next's"),
+    M("scan-small-wrong-previous-state", "lrm/ops/selective_scan.py", "r[1:] *= hs[:-1]",
+      "r[1:] *= hs[1:]", (SMALL,), "∂Δ and ∂A use h_t where the decay acts on h_{t-1}"),
 
     # ------------------------------------------------------------------ op: ssd
     M("ssd-no-dt-in-diag", "lrm/ops/ssd.py",

@@ -124,7 +124,9 @@ def test_selective_scan_lean_keeps_inputs_and_one_state_per_chunk():
     assert 1.8 < run(2 * L, selective_scan_lean) / saved < 2.2  # linear in L
 
 
-def test_selective_scan_dispatch_uses_lean_path():
+def test_selective_scan_dispatch_uses_lean_path(monkeypatch):
+    # above the small-shape path's state size (which this test's inputs are not)
+    monkeypatch.setattr("lrm.ops.selective_scan.SMALL_SLICE_ELEMENTS", 0)
     u, delta, A, B, C, D, z, bias, _ = scan_inputs("grouped", False)
     y = selective_scan(u, delta, A, B, C, D, z, bias, True)
     torch.testing.assert_close(y, selective_scan_ref(u, delta, A, B, C, D, z, bias, True))

@@ -31,7 +31,9 @@ Four implementations, one contract:
 - :func:`selective_scan_lean`: the same scan as one custom autograd function with the backward
   written out (below); it is what runs without a kernel.
 - :func:`selective_scan`: the dispatch. ``selective_scan_fn`` from mamba-ssm (CUDA, fp32/fp16/
-  bf16, real A, N ≤ 256, no initial state) when it imports, else :func:`selective_scan_lean`.
+  bf16, real A, N ≤ 256, no initial state) when it imports; else, on small states,
+  :func:`selective_scan_small` (section "small shapes" below), and the memory-lean
+  :func:`selective_scan_lean` beyond.
 
 Compute dtype (:mod:`lrm.dtypes`): promote(input dtypes, float32) — half precision is scanned in
 fp32, float64 stays float64 — and the output is cast back to u's dtype.
@@ -258,6 +260,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
                   None if z is None else z.to(dt),
                   None if delta_bias is None else delta_bias.to(f32), delta_softplus,
                   return_last_state=return_final_state)  # mamba-ssm's name
+    if u.shape[0] * u.shape[1] * A.shape[-1] <= SMALL_SLICE_ELEMENTS:  # see "small shapes"
+        return selective_scan_small(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                    return_final_state, initial_state)
     # the CPU path: the memory-lean scan (a custom autograd function, same results as the ref)
     return selective_scan_lean(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                return_final_state, initial_state, chunk_size=chunk_size)
@@ -456,6 +461,173 @@ def selective_scan_lean(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
     u_g, d_g, A_g, B_g, C_g, h0 = _prepare(u, delta, A, B, C, delta_bias, delta_softplus,
                                             initial_state)
     y, h = lean_scan_core(u_g, d_g, A_g, B_g, C_g, h0, chunk_size, block_size)
+    out = _finish(rearrange(y, "b g e l -> b (g e) l"), u, D, z, dtype_in)
+    if return_final_state:
+        return out, rearrange(h, "b g e n -> b (g e) n")
+    return out
+
+
+# ----------------------------------------------------------------------------- small shapes
+#
+# The sizes models are trained at on a CPU (batch 32, L ≤ 2048, d_inner ≤ 256, N = 16). There
+# the lean scan's cost is not arithmetic but memory: its (B, D, T, N) block tensors (16 MiB)
+# leave the caches at every pass, and every fresh tensor of that size is new pages from the
+# kernel, faulted in one by one (measured, one thread: writing 32 MiB into a fresh tensor took
+# 5x as long as into an existing one, and an elementwise op ran 10x faster per element on
+# tensors of 4 MiB than on 32 MiB). The small-shape scan keeps every tensor cache-sized:
+#
+# - the sequence is cut into blocks of T tokens with T·B·D·N ≈ SMALL_BLOCK_ELEMENTS (4 MiB in
+#   fp32), the unit of recomputation: the forward keeps one (B, D, N) state per block, the
+#   backward recomputes the block's decays and states from it;
+# - inside a block the recurrence is sequential, h_t = a_t ⊙ h_{t-1} + x_t, one in-place
+#   ``addcmul`` per token on a (B, D, N) slice of a time-major (T, B, G, E, N) tensor (no
+#   log-depth scan: every step does the least work, and the slice is in cache);
+# - the backward is written out (the equations are in the memory-lean section above); its
+#   only loop is the reversed recurrence ∂h_t = C_t ∂y_t + a_{t+1} ⊙ ∂h_{t+1}, one ``addcmul``
+#   per token, and every gradient is one pass over the block. Autograd sees one node.
+#
+# Dispatch (:func:`selective_scan` on a CPU, a test of the shape only): this path when a
+# (B, D, N) state has at most SMALL_SLICE_ELEMENTS = 2^17 elements (batch 32 × d_inner 256 ×
+# N 16), so that a block holds T ≥ 2 tokens and the states kept, L·B·D·N / T, stay within a
+# few times u and Δ; beyond that the lean path, whose memory is bounded at any size. The
+# crossover is set by memory, not time: measured with ``scripts/bench_small.py scan`` (forward
+# and backward of the bare scan, batch 32, N 16, one thread, docs/bench/speed.md "Small
+# shapes"), the lean path took 7x (d_inner 64) and 11x (d_inner 256) the time of this one at
+# L 128, and was never faster in any shape measured. The block budget, 2^18 elements, was the
+# fastest of 2^16 … 2^21 (d_inner 128, L 128, same run).
+
+SMALL_BLOCK_ELEMENTS = 2**18  # elements of one block tensor (T, B, G, E, N): 1 MiB in fp32
+SMALL_SLICE_ELEMENTS = 2**17  # the largest (B, D, N) state for which the small path is used
+
+
+def _rows(M: torch.Tensor, s: int, e: int) -> torch.Tensor:
+    """Steps s..e-1 of a time-major B or C (L|1, B|1, G|1, E|1, N); time-invariant: whole."""
+    return M if M.shape[0] == 1 else M[s:e]
+
+
+def _sum_n(X: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """Σ_n X ⊙ M for X (T, B, G, E, N) and a block of B or C: a matrix-vector product when M is
+    shared by the channels (no (T, B, G, E, N) temporary), else a product and a sum."""
+    if M.shape[-2] == 1:
+        return (X @ M.transpose(-1, -2)).squeeze(-1)
+    return (X * M).sum(-1)
+
+
+def _sum_e(X: torch.Tensor, v: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Σ_e X ⊙ v, v (T, B, G, E), summed down to the block shape of B or C (its gradient)."""
+    if shape[-2] == 1:
+        return (X.transpose(-1, -2) @ v[..., None]).transpose(-1, -2).sum_to_size(shape)
+    return (X * v[..., None]).sum_to_size(shape)
+
+
+def _small_block(d: torch.Tensor, du: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                 h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decays a_t = exp(Δ_t A) and states h_t of one block, time-major (T, B, G, E, N), from
+    Δ and Δ·u (T, B, G, E), A (G, E, N), B (T|1, ..., N) and the entering state h."""
+    a = torch.exp(d[..., None] * A)
+    hs = du[..., None] * B  # the writes x_t, turned into the states in place
+    hs[0].addcmul_(a[0], h)
+    for t in range(1, hs.shape[0]):
+        hs[t].addcmul_(a[t], hs[t - 1])
+    return a, hs
+
+
+class _SmallSelectiveScan(torch.autograd.Function):
+    """(u, Δ, A, B, C, h0) -> (y (B, G, E, L), h_L (B, G, E, N)) on grouped tensors."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, h0, block_size: int):
+        L, T = u.shape[-1], block_size
+        d_t = delta.permute(3, 0, 1, 2).contiguous()  # (L, B, G, E): a step's slice contiguous
+        u_t = u.permute(3, 0, 1, 2).contiguous()
+        du_t = d_t * u_t
+        B_t, C_t = B.permute(3, 0, 1, 2, 4), C.permute(3, 0, 1, 2, 4)  # (L|1, B|1, G|1, E|1, N)
+        y_t = u_t.new_empty(u_t.shape)
+        starts = range(0, L, T)
+        entering = h0.new_empty((len(starts), *h0.shape))  # all the backward needs of the states
+        h = h0
+        for c, s in enumerate(starts):
+            e = min(s + T, L)
+            entering[c] = h
+            _, hs = _small_block(d_t[s:e], du_t[s:e], A, _rows(B_t, s, e), h)
+            y_t[s:e] = _sum_n(hs, _rows(C_t, s, e))
+            h = hs[-1].clone()
+        ctx.block_size = T
+        ctx.save_for_backward(u_t, d_t, A, B, C, entering)
+        return y_t.permute(1, 2, 3, 0), h
+
+    @staticmethod
+    def backward(ctx, dy, dh_last):
+        u_t, d_t, A, B, C, entering = ctx.saved_tensors
+        L, T = u_t.shape[0], ctx.block_size
+        B_t, C_t = B.permute(3, 0, 1, 2, 4), C.permute(3, 0, 1, 2, 4)
+        dy_t = (torch.zeros_like(u_t) if dy is None
+                else dy.permute(3, 0, 1, 2).contiguous())
+        du_t = d_t * u_t
+        ddelta, du = torch.empty_like(d_t), torch.empty_like(u_t)
+        dA, dB, dC = torch.zeros_like(A), torch.zeros_like(B_t), torch.zeros_like(C_t)
+        # the gradient reaching the state that leaves the current block
+        carry = torch.zeros_like(entering[0]) if dh_last is None else dh_last
+        for c, s in reversed(list(enumerate(range(0, L, T)))):
+            e = min(s + T, L)
+            d, dy_b, B_b, C_b = d_t[s:e], dy_t[s:e], _rows(B_t, s, e), _rows(C_t, s, e)
+            a, hs = _small_block(d, du_t[s:e], A, B_b, entering[c])  # recomputed, not kept
+            dh = dy_b[..., None] * C_b  # C_t ∂y_t, turned into ∂h_t in place
+            dh = dh if dh.shape == hs.shape else dh.expand_as(hs).contiguous()
+            dh[-1] += carry
+            for t in range(e - s - 2, -1, -1):
+                dh[t].addcmul_(a[t + 1], dh[t + 1])
+            r = dh * a  # ∂h_t ⊙ a_t ⊙ h_{t-1}: the gradient of log a_t = Δ_t A
+            r[0] *= entering[c]
+            r[1:] *= hs[:-1]
+            w = _sum_n(dh, B_b)  # Σ_n ∂h_t B_t
+            ddelta[s:e] = (r * A).sum(-1) + u_t[s:e] * w
+            du[s:e] = d * w
+            dA += (r * d[..., None]).sum((0, 1))
+            dB_b = _sum_e(dh, du_t[s:e], B_b.shape)
+            dC_b = _sum_e(hs, dy_b, C_b.shape)
+            if B_t.shape[0] == 1:
+                dB += dB_b
+            else:
+                dB[s:e] = dB_b
+            if C_t.shape[0] == 1:
+                dC += dC_b
+            else:
+                dC[s:e] = dC_b
+            carry = a[0] * dh[0]
+        return (du.permute(1, 2, 3, 0), ddelta.permute(1, 2, 3, 0), dA,
+                dB.permute(1, 2, 3, 0, 4), dC.permute(1, 2, 3, 0, 4), carry, None)
+
+
+def small_block_size(u: torch.Tensor, n: int) -> int:
+    """Tokens per block of the small-shape scan for u (..., L) and state size n."""
+    slice_numel = u.numel() // max(u.shape[-1], 1) * n
+    return max(1, min(u.shape[-1], SMALL_BLOCK_ELEMENTS // max(slice_numel, 1)))
+
+
+def small_scan_core(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                    C: torch.Tensor, h0: torch.Tensor, block_size: int | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The small-shape scan on grouped tensors (the layout of :func:`_prepare`), in their dtype.
+    Returns y (B, G, E, L) and the last state (B, G, E, N). Exposed for gradcheck."""
+    if B.dim() != 5 or C.dim() != 5:
+        raise ValueError("B and C must be in the grouped layout (B|1, G|1, E|1, L|1, N)")
+    if block_size is None:
+        block_size = small_block_size(u, A.shape[-1])
+    if block_size < 1:
+        raise ValueError(f"block_size must be a positive number of tokens, got {block_size}")
+    return _SmallSelectiveScan.apply(u, delta, A, B, C, h0, int(block_size))
+
+
+def selective_scan_small(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                         delta_softplus=False, return_final_state=False, initial_state=None, *,
+                         block_size: int | None = None):
+    """The selective scan for small shapes (sequential, cache-sized blocks, written-out
+    backward; see the section comment above). Same contract as :func:`selective_scan_ref`."""
+    dtype_in = u.dtype
+    u_g, d_g, A_g, B_g, C_g, h0 = _prepare(u, delta, A, B, C, delta_bias, delta_softplus,
+                                            initial_state)
+    y, h = small_scan_core(u_g, d_g, A_g, B_g, C_g, h0, block_size)
     out = _finish(rearrange(y, "b g e l -> b (g e) l"), u, D, z, dtype_in)
     if return_final_state:
         return out, rearrange(h, "b g e n -> b (g e) n")
