@@ -59,7 +59,9 @@ from lra.leaderboard.runner import (  # noqa: F401  (re-exported)
     QUICK_BUDGET_MINUTES,
     QUICK_DATA,
     QUICK_TIMEOUT_S,
+    SETTINGS,
     _reserve_dir,
+    deep_merge,
     parse_set,
     recipe_config,
     run_config,
@@ -72,11 +74,15 @@ from lra.leaderboard.store import (  # noqa: F401  (re-exported)
     REPO,
     STORE_SCHEMA,
     TASK_ORDER,
+    add_output_args,
     add_runs,
     latest,
     load_store,
+    merge_stores,
+    output_paths,
     save_store,
 )
+from lra.leaderboard.sweep import PROTOCOL
 
 
 # ================================================================================== CLI
@@ -129,12 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="torch threads per run (quick default 1: on a shared CPU box one "
                          "thread per process avoids oversubscription; 0 = torch's default)")
     ap.add_argument("--note", default=None, help="a sentence stored with the runs and shown")
-    ap.add_argument("--out", default="docs/leaderboard.md")
-    ap.add_argument("--store", default=None, help="default: <out stem>_runs.json")
+    ap.add_argument("--lrs", nargs="+", type=float, default=None,
+                    help="the learning rates each cell sweeps first (default: its mixer "
+                         "family's, lra/leaderboard/sweep.py); not with --quick, whose runs "
+                         "take the config's one rate")
+    add_output_args(ap, "lra")
     ap.add_argument("--plot", default=None, help="default: <out stem>.png; 'none' for no plot")
     ap.add_argument("--runs-dir", default="runs/leaderboard")
     ap.add_argument("--config-dir", default=str(REPO / "configs"))
-    ap.add_argument("--render", action="store_true", help="only rewrite the page from the store")
     return ap
 
 
@@ -154,8 +162,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"--suite must be 'lra' (the default) or 'recall', got {suite!r}")
         argv = rest
     args = build_parser().parse_args(argv)
-    out = Path(args.out)
-    store = Path(args.store) if args.store else out.with_name(out.stem + "_runs.json")
+    out, store = output_paths(args, "lra")
     plot_path = None if args.plot == "none" else (
         Path(args.plot) if args.plot else out.with_suffix(".png"))
     if not args.render:
@@ -164,20 +171,29 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit("--recipe layers a full recipe; it does not combine with --quick")
         mixers = args.mixers or ([_recipe_mixer(args.recipe, Path(args.config_dir))]
                                  if args.recipe else _mixer_names())
-        tasks = args.tasks or (list(GENERATED) if quick else list(TASK_ORDER))
-        data_dir = Path(args.data_dir or ("data/lra_quick" if quick else "data/lra_release"))
+        preset = {} if quick else SETTINGS.get(args.setting or "", {})
+        tasks = args.tasks or preset.get("tasks") or (
+            list(GENERATED) if quick else list(TASK_ORDER))
+        data_dir = Path(args.data_dir or preset.get("data_dir")
+                        or ("data/lra_quick" if quick else "data/lra_release"))
         budget = args.budget_minutes if args.budget_minutes is not None else (
-            QUICK_BUDGET_MINUTES if quick else None)
+            QUICK_BUDGET_MINUTES if quick else preset.get("budget_minutes"))
         timeout = args.timeout or (QUICK_TIMEOUT_S if quick and args.budget_minutes is None
                                    else (2 * 60 * budget + 300 if budget else 10 ** 9))
+        overrides = deep_merge(preset.get("overrides", {}), parse_set(args.overrides))
         run_grid(mixers, tasks, setting=args.setting or ("quick" if quick else "full"),
-                 quick=quick, data_dir=data_dir.resolve(), max_steps=args.max_steps,
+                 # a preset trains the quick configs' model at its own size and data
+                 quick=quick or bool(preset), data_dir=data_dir.resolve(),
+                 max_steps=args.max_steps or preset.get("max_steps"),
                  budget_minutes=budget, runs_dir=Path(args.runs_dir), store=store,
-                 overrides=parse_set(args.overrides), timeout=timeout,
+                 overrides=overrides, timeout=timeout,
                  config_dir=Path(args.config_dir), note=args.note,
                  command="lra leaderboard " + shlex.join(argv),
-                 threads=(1 if quick else 0) if args.threads is None else args.threads,
-                 recipe=args.recipe)
+                 threads=(1 if quick or preset else 0) if args.threads is None
+                 else args.threads,
+                 recipe=args.recipe, protocol=None if quick else PROTOCOL, lrs=args.lrs,
+                 data_spec=preset.get("data"))
+    merge_stores(store, args.merge)
     write_outputs(store, out, plot_path)
     return None
 
