@@ -6,7 +6,7 @@ The protocol, as the efficient-sequence-model literature reports its numbers:
 1. Every cell sweeps a list of learning rates chosen per mixer family (:data:`FAMILY_RATES`:
    at least three, neighbours at most 3x apart), on the first seed.
 2. The best rate must not be at an end of the sweep: when it is, the sweep is extended by one
-   rate in that direction (x or / :attr:`Protocol.factor`), at most
+   rate in that direction (the next on the 1-3-10 ladder, :func:`ladder_step`), at most
    :attr:`Protocol.max_extensions` times per cell; the extension is recorded on its run
    (``"extension": "up"`` or ``"down"``). Ties are broken towards the middle of the sweep, so a
    task solved at every rate (MQAR by attention) is not extended for nothing.
@@ -32,7 +32,8 @@ from typing import Any
 Record = dict[str, Any]
 
 # Learning-rate lists per mixer family, each with its reason (shown on both pages). Neighbours
-# are 3x or less apart; the protocol extends a list whose best rate is at an end.
+# are a half-decade apart on the field's 1-3-10 ladder (3x, or 3.3x from 3 to 10); the protocol
+# extends a list whose best rate is at an end.
 FAMILY_RATES: dict[str, tuple[tuple[float, ...], str]] = {
     "attention": ((3e-4, 1e-3, 3e-3),
                   "softmax attention trains at 1e-4 to 1e-3 at scale and at a few 1e-3 in "
@@ -73,17 +74,27 @@ def rates_table() -> str:
     return "\n".join(lines)
 
 
+def ladder_step(lr: float, direction: int) -> float:
+    """The next rate on the half-decade ladder (..., 1e-3, 3e-3, 1e-2, ...) above (+1) or below
+    (-1) ``lr``: an extension lands where a field's sweep would have put it."""
+    k = math.floor(math.log10(lr) + 1e-9)
+    rungs = sorted({m * 10.0 ** e for e in (k - 1, k, k + 1) for m in (1, 3)})
+    rungs = [float(f"{r:.3g}") for r in rungs]
+    if direction > 0:
+        return next(r for r in rungs if r > lr * (1 + 1e-9))
+    return next(r for r in reversed(rungs) if r < lr * (1 - 1e-9))
+
+
 @dataclass(frozen=True)
 class Protocol:
     """How a cell is swept. ``seeds[0]`` sweeps the rates; the others re-run the best rate."""
 
     seeds: tuple[int, ...] = (0, 1)
-    factor: float = 3.0
     max_extensions: int = 2
 
     def describe(self) -> str:
         return (f"learning rates swept per cell on seed {self.seeds[0]}; a best rate at an end "
-                f"of the sweep extends it by one rate (x or / {self.factor:g}, at most "
+                f"of the sweep extends it by one rate (the next on the 1-3-10 ladder, at most "
                 f"{self.max_extensions} per cell); the best rate re-run on seed"
                 f"{'s' if len(self.seeds) > 2 else ''} "
                 f"{', '.join(str(s) for s in self.seeds[1:])}; diverged runs never count")
@@ -192,10 +203,10 @@ def plan(base_runs: Sequence[Record], records: Iterable[Record], *,
             if len(st.extended) >= protocol.max_extensions:
                 st.capped = True
                 break
-            new_lr = best * protocol.factor if end == "up" else best / protocol.factor
+            new_lr = ladder_step(best, +1 if end == "up" else -1)
             template = max(st.runs, key=lambda r: r["lr"]) if end == "up" else \
                 min(st.runs, key=lambda r: r["lr"])
-            st.runs.append({**template, "lr": float(f"{new_lr:.3g}"), "extension": end})
+            st.runs.append({**template, "lr": new_lr, "extension": end})
             st.extended.append(end)
         # the sweep is settled (every run attempted, no extension pending; a capped sweep's
         # best is still the cell's number): the best rate gets its other seeds
