@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the learning rates each cell sweeps first (default: its mixer "
                          "family's, lra/leaderboard/sweep.py); not with --quick, whose runs "
                          "take the config's one rate")
+    ap.add_argument("--no-sweep", action="store_true",
+                    help="one run per cell at the config's rate (a recipe's reproduction), "
+                         "without the learning-rate sweep")
     add_output_args(ap, "lra")
     ap.add_argument("--plot", default=None, help="default: <out stem>.png; 'none' for no plot")
     ap.add_argument("--runs-dir", default="runs/leaderboard")
@@ -191,7 +194,8 @@ def main(argv: list[str] | None = None) -> None:
                  command="lra leaderboard " + shlex.join(argv),
                  threads=(1 if quick or preset else 0) if args.threads is None
                  else args.threads,
-                 recipe=args.recipe, protocol=None if quick else PROTOCOL, lrs=args.lrs,
+                 recipe=args.recipe, protocol=None if quick or args.no_sweep else PROTOCOL,
+                 lrs=args.lrs,
                  data_spec=preset.get("data"))
     merge_stores(store, args.merge)
     write_outputs(store, out, plot_path)

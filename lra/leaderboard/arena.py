@@ -682,6 +682,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default=None, choices=("cpu", "cuda"),
                     help="where each run trains (default cpu; several --jobs share one GPU)")
     ap.add_argument("--timeout", type=float, default=TIMEOUT_S, help="seconds per run")
+    ap.add_argument("--no-sweep", action="store_true",
+                    help="run the first-seed runs of the grid only: no extensions, no second "
+                         "seed (a smoke check of the machinery)")
     add_output_args(ap, "recall")
     return ap
 
@@ -706,7 +709,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.jobs < 1:
             raise SystemExit("--jobs must be >= 1")
         run(cells, store, jobs=args.jobs, timeout=args.timeout, device=args.device,
-            protocol=sweep.PROTOCOL,
+            protocol=None if args.no_sweep else sweep.PROTOCOL,
             command="lra leaderboard --suite recall " + shlex.join(argv))
     st.merge_stores(store, args.merge)
     write_outputs(store, out, cells)
