@@ -1,30 +1,39 @@
 """``lra leaderboard --suite recall``: the recall arena, every mixer on MQAR and passkey.
 
-    lra leaderboard --suite recall --quick             a smoke grid (about 10 min on 2 cores)
-    lra leaderboard --suite recall                     the full arena (see FULL below)
+    lra leaderboard --suite recall --quick             a smoke grid, written under runs/recall/
+    lra leaderboard --suite recall --publish           the full arena into docs/recall.md
     lra leaderboard --suite recall --mixers gdn fox --jobs 2 --steps 800
-    lra leaderboard --suite recall --render            only rewrite docs/recall.md and the plots
+    lra leaderboard --suite recall --jobs 16 --device cuda    on one GPU (scripts/device/)
+    lra leaderboard --suite recall --render --publish --merge OUT/recall_runs.json
 
 Two questions, after Zoology (Arora et al., 2023, "Zoology: Measuring and Improving Recall in
 Efficient Language Models", Fig. 2): which mixer recalls at what **state size**, and how far
 does it **extrapolate**.
 
-- **MQAR against state size.** Each cell trains a 2-layer ``LRModel`` (``head="lm"``) on MQAR at
-  length L with a number of key-value pairs, at width d, for a fixed number of steps, at each
-  learning rate of a small sweep; the best learning rate is kept, as Zoology does. The record
-  holds the accuracy on the query positions of fresh test sequences, the parameter count and
-  ``state_size(L)`` of every layer (floats held per sequence after L tokens: the KV cache for
-  attention, the recurrent state otherwise), so accuracy can be drawn against state size.
-- **Extrapolation.** MQAR and passkey models trained at L are tested at 2L, 4L, 8L and 16L
-  (with the same number of pairs; longer sequences put queries further from their keys). The
-  MQAR ones are the state cells at one width (``extrapolate_d``), tested at more lengths.
+- **MQAR on two axes.** Each cell trains a 2-layer ``LRModel`` (``head="lm"``) on MQAR at
+  length L with a number of key-value pairs, at width d. Difficulty axis: (L, pairs) = (64, 4),
+  (128, 8), (256, 16) at d = 64; state axis: (128, 8) at d = 32, 64, 128 (five cells per mixer,
+  (128, 8, 64) on both). Steps per cell per mixer from a learning-curve check
+  (:data:`ARENA_STEPS`, else 2000). The record holds the accuracy on the query positions of
+  fresh test sequences, the parameter count, the built mixer's sizes and ``state_size(L)`` of
+  every layer (floats held per sequence after L tokens: the KV cache for attention, the
+  recurrent state otherwise), so accuracy can be drawn against state size.
+- **The sweep protocol** (lra/leaderboard/sweep.py, shared with the LRA grid): each cell sweeps
+  its mixer family's learning rates, a best rate at an end extends the sweep, the best rate of
+  every MQAR cell is re-run on a second seed, and a run whose loss went non-finite is listed as
+  diverged, never a result.
+- **Extrapolation.** Runs of the (128, 8, 64) MQAR cell and the passkey cell are tested at 2L,
+  4L, 8L and 16L (same number of pairs; longer sequences put queries further from their keys);
+  the page shows the best rate's model.
 
-Every cell is one child process (``python -m lra.leaderboard.arena --cell JSON``) with one
-torch thread and a timeout; ``--jobs`` cells run at once (default: the machine's cores). A
-finished cell's record goes into the store (``docs/recall_runs.json``) at once, atomically, so
-a killed sweep loses only the cells in flight, and re-running the same command skips every cell
-the store already holds (same mixer, task, L, pairs, d, lr, steps and settings). The store
-records the commit and whether the tree was dirty.
+Every run is one child process (``python -m lra.leaderboard.arena --cell JSON``) with one
+torch thread and a timeout; ``--jobs`` runs at once (default: the machine's cores), on
+``--device`` (several share one GPU). A finished run's record goes into the store at once,
+atomically, so a killed sweep loses only the runs in flight, and re-running the same command
+skips every run the store already holds (keyed by every option that changes it, lr and seed
+included, and the grid's version). The store records the commit, whether the tree was dirty
+and each run's device. By default the page and store are ``runs/recall/recall.md`` and
+``runs/recall/recall_runs.json``; ``docs/recall.md`` is rewritten only with ``--publish``.
 
 The vocabulary is 256, not Zoology's 8192: the LM head's cost grows with the vocabulary, and at
 these widths it would dominate a CPU step. Keys and values still come from disjoint halves.
