@@ -4,6 +4,8 @@ cells are missing."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from lra.leaderboard import arena
@@ -15,19 +17,21 @@ TINY = {"mqar": {"L_kv": [(16, 2)], "d": [8], "lr": [3e-3], "extrapolate_d": 8},
 
 
 def test_grid_has_every_cell_and_gdn_state_follows_d():
+    from lra.leaderboard import sweep
+
     m = arena.FULL["mqar"]
     cells = arena.grid(arena.FULL, ["attention", "gdn"])
-    n_state = len(m["L_kv"]) * len(m["d"]) * len(m["lr"])
-    assert len([c for c in cells if c["kind"] == "state"]) == 2 * n_state
-    gdn = [c for c in cells if c["mixer"] == "gdn" and c["kind"] == "state"]
-    assert {c["mixer_kwargs"]["head_dim"] for c in gdn} == set(m["d"])
+    assert len(m["cells"]) == 5  # two axes of three cells that share (128, 8, 64)
+    for mixer in ("attention", "gdn"):
+        state = [c for c in cells if c["kind"] == "state" and c["mixer"] == mixer]
+        assert len(state) == 5 * len(sweep.rates_for(mixer))
+    # no per-mixer head override: the library's defaults follow d
+    assert {json.dumps(c["mixer_kwargs"]) for c in cells} == {"{}"}
     assert len({arena.cell_key(c) for c in cells}) == len(cells), "two cells share a key"
-    # MQAR extrapolation rides on the state cells at one width: no second training
+    # MQAR extrapolation rides on one state cell: no second training
     ext = [c for c in cells if c["kind"] == "state" and c["eval_lengths"]]
-    assert ext and {c["d"] for c in ext} == {m["extrapolate_d"]}
-    # the extrapolation cells train for their own number of steps, unless --steps says otherwise
-    e_steps = arena.FULL["extrapolation"]["steps"]
-    assert {c["steps"] for c in cells if c["kind"] == "extrapolation"} == {e_steps}
+    assert ext and {(c["L"], c["kv"], c["d"]) for c in ext} == {m["extrapolate"]}
+    assert {c["steps"] for c in cells} == {arena.steps_for("gdn")[0]}
     assert {c["steps"] for c in arena.grid(arena.FULL, ["gdn"], steps=7)} == {7}
 
 

@@ -1,41 +1,51 @@
 """``lra leaderboard``: train a grid of mixers x LRA tasks and write the leaderboard.
 
     lra leaderboard --quick                                  every mixer, generated tasks, CPU-sized
-    lra leaderboard --quick --mixers s4d --tasks listops --max-steps 600 --setting cpu-10min
+    lra leaderboard --setting cpu                            every mixer, ListOps, Pathfinder, swept
+    lra leaderboard --setting listops-lra                    ListOps at the release's lengths, swept
     lra leaderboard --mixers attention s4 --tasks listops text --data-dir data/lra_release
-    lra leaderboard --render                                 only rewrite the table and plot
+    lra leaderboard --recipe s4 --tasks listops --no-sweep   S4's own recipe, its own rate
+    lra leaderboard --render --publish --merge runs/x.json   add another store, rewrite docs/
     lra leaderboard --suite recall [--quick]                 the recall arena (docs/recall.md)
 
 Each run of the grid is ``lra fit`` then ``lra test`` on the best checkpoint, both in one child
 process (``python -m lra.leaderboard --worker RUN_DIR``) started for that run alone, so a mixer
 that crashes, runs out of memory or hangs (killed after ``--timeout`` seconds) becomes an
-``error`` cell and the grid goes on. A mixer that fails to import or build is caught before a
-process is started. The run folder ``<runs-dir>/<setting>/<mixer>-<task>-<time>/`` keeps the
-exact configs (``fit.yaml``, ``test.yaml``: ``lra fit --config fit.yaml`` reruns it), the CSV
-metrics and the checkpoints.
+``error`` cell and the grid goes on. The run folder ``<runs-dir>/<setting>/<mixer>-<task>-<time>/``
+keeps the exact configs (``fit.yaml``, ``test.yaml``: ``lra fit --config fit.yaml`` reruns it),
+the CSV metrics and the checkpoints.
 
-Results go to a JSON store (``docs/leaderboard_runs.json``): one record per run, keyed by
-mixer x task x setting. Re-running appends; nothing is deleted. The table shows the newest
-record of each key; older ones stay in the store. ``docs/leaderboard.md`` is then regenerated
-from the store: the published numbers (with their sources), one table per setting with our
-test and best-validation accuracy beside the majority-class baseline of the same test set, the
-run details (steps, wall time, device, command), and ``docs/leaderboard.png``. Text between
-``<!-- notes -->`` and ``<!-- /notes -->`` in an existing leaderboard.md is kept.
+The sweep protocol (lra/leaderboard/sweep.py, shared with the recall arena): every cell sweeps
+its mixer family's learning rates (``--lrs`` to choose), chosen on validation accuracy; a best
+rate at an end of the sweep extends it by one rate (recorded on the run); the best rate is
+re-run on a second seed; a diverged run is never a result. ``--quick`` and ``--no-sweep`` run
+one run per cell at the config's rate.
+
+Results go to a JSON store, one record per run, keyed by every option that changes the run (a
+fingerprint of its config, the learning rate and the seed): a rerun of the same command skips
+finished runs, so a grid fills over several invocations. By default the store and the page are
+``runs/leaderboard/leaderboard_runs.json`` and ``runs/leaderboard/leaderboard.md``; the
+published ``docs/leaderboard.md`` and its store are written only with ``--publish`` (never with
+``--quick``). The page: the published numbers (with their sources), the protocol and the rate
+table, the settings and the commands that fill them, one table per setting with the test
+accuracy at each cell's best rate (both seeds and their mean) beside the majority class of the
+same test set, the run details (steps, wall time, device per row, a time-cap note when a run
+stopped short) and the plot. Text between ``<!-- notes -->`` and ``<!-- /notes -->`` is kept.
 
 Settings. ``--quick`` (setting ``quick``) uses ``configs/lra/quick/<task>.yaml``: a 2-layer,
 d=64 bidirectional model, 100 steps and at most 1.5 minutes of training per run, on small sets
 generated into ``--data-dir`` (default ``data/lra_quick``) with ``lra generate`` when missing
 (sizes in :data:`QUICK_DATA`), one torch thread per run (``--threads``). A quick run is thus
-bounded: 1.5 minutes of training (checked after every step; the validation at the stop
-comes on top), then the test, and a kill after 4 minutes of wall time. Measured on a shared
-2-core CPU: 19 s to 186 s per run, 25 minutes for the 7 mixers x 2 tasks grid.
+bounded: 1.5 minutes of training, then the test, and a kill after 4 minutes of wall time.
+``--setting cpu`` and ``--setting listops-lra`` are named settings (:data:`SETTINGS` in
+runner.py: tasks, data, the same model for every mixer, steps, time cap) with the sweep.
 
-Without ``--quick`` (setting ``full``) a run uses the LRA recipe of
+Without ``--quick`` or a named setting (setting ``full``) a run uses the LRA recipe of
 ``configs/lra/<task>.yaml`` and the real data in ``--data-dir`` (default ``data/lra_release``).
 ``--recipe s4`` layers a mixer's own recipe, ``configs/lra/s4/<task>.yaml``, over the task
 config (its mixer becomes the default of ``--mixers``).
-``--setting NAME`` files runs under another name (e.g. a longer CPU run); ``--set key=value``
-overrides any config entry (``--set model.model.d_model=128``).
+``--setting NAME`` files runs under another name; ``--set key=value`` overrides any config
+entry (``--set model.model.d_model=128``).
 """
 
 from __future__ import annotations
@@ -59,7 +69,9 @@ from lra.leaderboard.runner import (  # noqa: F401  (re-exported)
     QUICK_BUDGET_MINUTES,
     QUICK_DATA,
     QUICK_TIMEOUT_S,
+    SETTINGS,
     _reserve_dir,
+    deep_merge,
     parse_set,
     recipe_config,
     run_config,
@@ -72,11 +84,15 @@ from lra.leaderboard.store import (  # noqa: F401  (re-exported)
     REPO,
     STORE_SCHEMA,
     TASK_ORDER,
+    add_output_args,
     add_runs,
     latest,
     load_store,
+    merge_stores,
+    output_paths,
     save_store,
 )
+from lra.leaderboard.sweep import PROTOCOL
 
 
 # ================================================================================== CLI
@@ -129,12 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="torch threads per run (quick default 1: on a shared CPU box one "
                          "thread per process avoids oversubscription; 0 = torch's default)")
     ap.add_argument("--note", default=None, help="a sentence stored with the runs and shown")
-    ap.add_argument("--out", default="docs/leaderboard.md")
-    ap.add_argument("--store", default=None, help="default: <out stem>_runs.json")
+    ap.add_argument("--lrs", nargs="+", type=float, default=None,
+                    help="the learning rates each cell sweeps first (default: its mixer "
+                         "family's, lra/leaderboard/sweep.py); not with --quick, whose runs "
+                         "take the config's one rate")
+    ap.add_argument("--no-sweep", action="store_true",
+                    help="one run per cell at the config's rate (a recipe's reproduction), "
+                         "without the learning-rate sweep")
+    add_output_args(ap, "lra")
     ap.add_argument("--plot", default=None, help="default: <out stem>.png; 'none' for no plot")
     ap.add_argument("--runs-dir", default="runs/leaderboard")
     ap.add_argument("--config-dir", default=str(REPO / "configs"))
-    ap.add_argument("--render", action="store_true", help="only rewrite the page from the store")
     return ap
 
 
@@ -154,8 +175,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"--suite must be 'lra' (the default) or 'recall', got {suite!r}")
         argv = rest
     args = build_parser().parse_args(argv)
-    out = Path(args.out)
-    store = Path(args.store) if args.store else out.with_name(out.stem + "_runs.json")
+    out, store = output_paths(args, "lra")
     plot_path = None if args.plot == "none" else (
         Path(args.plot) if args.plot else out.with_suffix(".png"))
     if not args.render:
@@ -164,20 +184,30 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit("--recipe layers a full recipe; it does not combine with --quick")
         mixers = args.mixers or ([_recipe_mixer(args.recipe, Path(args.config_dir))]
                                  if args.recipe else _mixer_names())
-        tasks = args.tasks or (list(GENERATED) if quick else list(TASK_ORDER))
-        data_dir = Path(args.data_dir or ("data/lra_quick" if quick else "data/lra_release"))
+        preset = {} if quick else SETTINGS.get(args.setting or "", {})
+        tasks = args.tasks or preset.get("tasks") or (
+            list(GENERATED) if quick else list(TASK_ORDER))
+        data_dir = Path(args.data_dir or preset.get("data_dir")
+                        or ("data/lra_quick" if quick else "data/lra_release"))
         budget = args.budget_minutes if args.budget_minutes is not None else (
-            QUICK_BUDGET_MINUTES if quick else None)
+            QUICK_BUDGET_MINUTES if quick else preset.get("budget_minutes"))
         timeout = args.timeout or (QUICK_TIMEOUT_S if quick and args.budget_minutes is None
                                    else (2 * 60 * budget + 300 if budget else 10 ** 9))
+        overrides = deep_merge(preset.get("overrides", {}), parse_set(args.overrides))
         run_grid(mixers, tasks, setting=args.setting or ("quick" if quick else "full"),
-                 quick=quick, data_dir=data_dir.resolve(), max_steps=args.max_steps,
+                 # a preset trains the quick configs' model at its own size and data
+                 quick=quick or bool(preset), data_dir=data_dir.resolve(),
+                 max_steps=args.max_steps or preset.get("max_steps"),
                  budget_minutes=budget, runs_dir=Path(args.runs_dir), store=store,
-                 overrides=parse_set(args.overrides), timeout=timeout,
+                 overrides=overrides, timeout=timeout,
                  config_dir=Path(args.config_dir), note=args.note,
                  command="lra leaderboard " + shlex.join(argv),
-                 threads=(1 if quick else 0) if args.threads is None else args.threads,
-                 recipe=args.recipe)
+                 threads=(1 if quick or preset else 0) if args.threads is None
+                 else args.threads,
+                 recipe=args.recipe, protocol=None if quick or args.no_sweep else PROTOCOL,
+                 lrs=args.lrs,
+                 data_spec=preset.get("data"))
+    merge_stores(store, args.merge)
     write_outputs(store, out, plot_path)
     return None
 

@@ -1,30 +1,39 @@
 """``lra leaderboard --suite recall``: the recall arena, every mixer on MQAR and passkey.
 
-    lra leaderboard --suite recall --quick             a smoke grid (about 10 min on 2 cores)
-    lra leaderboard --suite recall                     the full arena (see FULL below)
+    lra leaderboard --suite recall --quick             a smoke grid, written under runs/recall/
+    lra leaderboard --suite recall --publish           the full arena into docs/recall.md
     lra leaderboard --suite recall --mixers gdn fox --jobs 2 --steps 800
-    lra leaderboard --suite recall --render            only rewrite docs/recall.md and the plots
+    lra leaderboard --suite recall --jobs 16 --device cuda    on one GPU (scripts/device/)
+    lra leaderboard --suite recall --render --publish --merge OUT/recall_runs.json
 
 Two questions, after Zoology (Arora et al., 2023, "Zoology: Measuring and Improving Recall in
 Efficient Language Models", Fig. 2): which mixer recalls at what **state size**, and how far
 does it **extrapolate**.
 
-- **MQAR against state size.** Each cell trains a 2-layer ``LRModel`` (``head="lm"``) on MQAR at
-  length L with a number of key-value pairs, at width d, for a fixed number of steps, at each
-  learning rate of a small sweep; the best learning rate is kept, as Zoology does. The record
-  holds the accuracy on the query positions of fresh test sequences, the parameter count and
-  ``state_size(L)`` of every layer (floats held per sequence after L tokens: the KV cache for
-  attention, the recurrent state otherwise), so accuracy can be drawn against state size.
-- **Extrapolation.** MQAR and passkey models trained at L are tested at 2L, 4L, 8L and 16L
-  (with the same number of pairs; longer sequences put queries further from their keys). The
-  MQAR ones are the state cells at one width (``extrapolate_d``), tested at more lengths.
+- **MQAR on two axes.** Each cell trains a 2-layer ``LRModel`` (``head="lm"``) on MQAR at
+  length L with a number of key-value pairs, at width d. Difficulty axis: (L, pairs) = (64, 4),
+  (128, 8), (256, 16) at d = 64; state axis: (128, 8) at d = 32, 64, 128 (five cells per mixer,
+  (128, 8, 64) on both). Steps per cell per mixer from a learning-curve check
+  (:data:`ARENA_STEPS`, else 2000). The record holds the accuracy on the query positions of
+  fresh test sequences, the parameter count, the built mixer's sizes and ``state_size(L)`` of
+  every layer (floats held per sequence after L tokens: the KV cache for attention, the
+  recurrent state otherwise), so accuracy can be drawn against state size.
+- **The sweep protocol** (lra/leaderboard/sweep.py, shared with the LRA grid): each cell sweeps
+  its mixer family's learning rates, a best rate at an end extends the sweep, the best rate of
+  every MQAR cell is re-run on a second seed, and a run whose loss went non-finite is listed as
+  diverged, never a result.
+- **Extrapolation.** Runs of the (128, 8, 64) MQAR cell and the passkey cell are tested at 2L,
+  4L, 8L and 16L (same number of pairs; longer sequences put queries further from their keys);
+  the page shows the best rate's model.
 
-Every cell is one child process (``python -m lra.leaderboard.arena --cell JSON``) with one
-torch thread and a timeout; ``--jobs`` cells run at once (default: the machine's cores). A
-finished cell's record goes into the store (``docs/recall_runs.json``) at once, atomically, so
-a killed sweep loses only the cells in flight, and re-running the same command skips every cell
-the store already holds (same mixer, task, L, pairs, d, lr, steps and settings). The store
-records the commit and whether the tree was dirty.
+Every run is one child process (``python -m lra.leaderboard.arena --cell JSON``) with one
+torch thread and a timeout; ``--jobs`` runs at once (default: the machine's cores), on
+``--device`` (several share one GPU). A finished run's record goes into the store at once,
+atomically, so a killed sweep loses only the runs in flight, and re-running the same command
+skips every run the store already holds (keyed by every option that changes it, lr and seed
+included, and the grid's version). The store records the commit, whether the tree was dirty
+and each run's device. By default the page and store are ``runs/recall/recall.md`` and
+``runs/recall/recall_runs.json``; ``docs/recall.md`` is rewritten only with ``--publish``.
 
 The vocabulary is 256, not Zoology's 8192: the LM head's cost grows with the vocabulary, and at
 these widths it would dominate a CPU step. Keys and values still come from disjoint halves.
@@ -65,23 +74,20 @@ N_TRAIN = 20_000
 N_TEST = 256
 EXTRAP = (2, 4, 8, 16)  # test lengths as multiples of the training length
 
-# The full arena and the smoke grid, cut to fit 2 hours on 2 cores (the cost of a cell was
-# measured per mixer and width; see the notes in docs/recall.md). ``mqar`` cells: (L, kv
-# pairs) x d x lr; the cells at ``extrapolate_d`` are also tested at 2L..16L, so MQAR
-# extrapolation costs no extra training. ``extrapolation`` cells: (task, L, kv) trained for
-# their own number of steps at one d. ``skip``: (mixer, d) cells left out, with the reason, which
-# the page lists among the missing cells. Steps from a learning-curve check
-# (docs/recall_learning_curve.md).
-_OUT = "left out to keep the arena within 2 hours on 2 cores"
+# The grid. ``mqar`` cells: (L, kv pairs, d) on two axes, after Zoology: the difficulty axis
+# (L, pairs) = (64, 4), (128, 8), (256, 16) at d = 64, and the state axis (128, 8) at d = 32, 64,
+# 128; the (128, 8, 64) cell is on both, five cells per mixer. Its runs are also tested at 2L..16L
+# (``extrapolate``), so MQAR extrapolation costs no extra training. ``extrapolation`` cells:
+# (task, L, kv) at one d. Learning rates: the sweep protocol (lra/leaderboard/sweep.py) unless a
+# spec names its own ``lr`` list. ``skip``: (mixer, d) cells left out, with the reason, which the
+# page lists among the missing cells. ``steps``: None = per mixer (:data:`ARENA_STEPS`).
+DIFFICULTY = [(64, 4, 64), (128, 8, 64), (256, 16, 64)]
+STATE = [(128, 8, 32), (128, 8, 64), (128, 8, 128)]
 FULL: dict[str, Any] = {
-    "mqar": {"L_kv": [(128, 16)], "d": [32, 64], "lr": [3e-3], "extrapolate_d": 32},
-    "extrapolation": {"cells": [("passkey", 64, 0)], "d": 32, "lr": [3e-3], "steps": 1000},
-    "skip": {("mamba", 64): f"{_OUT}: about 74 min on one thread (the other mixers at d = 64 "
-                            "take 2-22 min)",
-             ("titans", 64): f"{_OUT}: Titans diverged on MQAR at d = 32 at 3e-3 and 1e-3, and "
-                             "a d = 64 cell takes about 22 min",
-             ("oryx", 64): f"{_OUT} (about 14 min): Oryx reached 97% at d = 32 already"},
-    "steps": 2000,
+    "mqar": {"cells": list(dict.fromkeys(DIFFICULTY + STATE)), "extrapolate": (128, 8, 64)},
+    "extrapolation": {"cells": [("passkey", 64, 0)], "d": 64},
+    "skip": {},
+    "steps": None,
 }
 QUICK: dict[str, Any] = {
     "mqar": {"L_kv": [(64, 8)], "d": [32], "lr": [3e-3], "extrapolate_d": 32},
@@ -89,23 +95,54 @@ QUICK: dict[str, Any] = {
     "steps": 300,
 }
 TIMEOUT_S = 3600
+ARENA_VERSION = 2  # in every cell's key: records made before this grid never match its cells
 
-# Mixer options for the arena. Gated DeltaNet's default head (K = 256, V = 512, the 1.3B
-# model's) would give every width the same matrix state; here its head width follows d, so its
-# state grows with d as every other mixer's does.
-ARENA_KWARGS: dict[str, Any] = {"gdn": lambda d: {"head_dim": d}}
-# Learning rates of a mixer that diverges at the grid's own (extrapolation cells take the first):
-# Titans' MQAR loss went NaN at 3e-3 (from step ~400) and at 1e-3 (from step 571), at d = 32;
-# those runs stay in the store and on the page as diverged.
-ARENA_LR: dict[str, list[float]] = {"titans": [1e-3, 3e-4]}
+# Steps per cell, per mixer, with the measurement behind each number. A mixer without a
+# measurement trains DEFAULT_STEPS (the arena's count since its first sweep).
+DEFAULT_STEPS = 2000
+ARENA_STEPS: dict[str, tuple[int, str]] = {
+    "attention": (2000, "docs/recall_learning_curve.md: MQAR L=128, 16 pairs, d=64 at 3e-3 "
+                        "reached 31.6% after 1000 steps and 100% after 2000"),
+    "mamba2": (2000, "docs/recall_learning_curve.md: MQAR L=128, 16 pairs, d=64 at 3e-3 "
+                     "reached 5.2% after 1000 steps and 100% after 2000"),
+}
+
+
+def steps_for(mixer: str) -> tuple[int, str]:
+    """A mixer's training steps per cell and where the number comes from."""
+    return ARENA_STEPS.get(mixer.split(":")[0], (DEFAULT_STEPS, "not measured: the default"))
+
+
+# Mixer options for the arena: none. Default head sizes now follow d (lrm.build("gdn", d=32)
+# has head_dim 8; likewise Mamba-2, Oryx, Titans), so every mixer's state grows with d as built,
+# and the arena measures the mixers as the library ships them. The earlier override (Gated
+# DeltaNet with one head of width d) is gone; cells made with it carried it in their key
+# (mixer_kwargs), and the key's ARENA_VERSION keeps cells made under the old defaults apart.
+ARENA_KWARGS: dict[str, Any] = {}
 
 
 # ============================================================================ one cell
+KEY_FIELDS = ("suite", "version", "mixer", "task", "L", "kv", "d", "lr", "steps", "vocab",
+              "n_layers", "batch", "eval_lengths", "mixer_kwargs", "seed", "n_train", "n_test")
+
+
 def cell_key(c: dict[str, Any]) -> str:
-    """What makes two cells the same experiment (the store is searched by it on resume)."""
-    keys = ("suite", "mixer", "task", "L", "kv", "d", "lr", "steps", "vocab", "n_layers",
-            "batch", "eval_lengths", "mixer_kwargs", "seed", "n_train", "n_test")
-    return json.dumps({k: c.get(k) for k in keys}, sort_keys=True)
+    """What makes two runs the same experiment (the store is searched by it on resume): every
+    option that changes the run, the learning rate, the seed and the grid's version included."""
+    return json.dumps({k: c.get(k) for k in KEY_FIELDS}, sort_keys=True)
+
+
+def cell_of(c: dict[str, Any]) -> str:
+    """The cell of a run: its key without the learning rate and the seed."""
+    return json.dumps({k: c.get(k) for k in KEY_FIELDS if k not in ("lr", "seed")},
+                      sort_keys=True)
+
+
+def _mixer_options(mixer: Any) -> dict[str, Any]:
+    """The built mixer's scalar settings (head sizes, state sizes...): what its defaults became
+    at this width, stored with the run so a later change of defaults is visible."""
+    return {k: v for k, v in sorted(vars(mixer).items())
+            if not k.startswith("_") and k != "training" and isinstance(v, (int, float, bool, str))}
 
 
 def run_cell(c: dict[str, Any]) -> dict[str, Any]:
@@ -118,6 +155,7 @@ def run_cell(c: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(int(c.get("threads", 1)))
     torch.manual_seed(c["seed"])
+    dev = torch.device(c.get("device_type") or "cpu")
     task, L = c["task"], c["L"]
     kw: dict[str, Any] = ({"vocab_size": c["vocab"], "num_kv_pairs": c["kv"]} if task == "mqar"
                           else {})
@@ -125,20 +163,22 @@ def run_cell(c: dict[str, Any]) -> dict[str, Any]:
     x, y = recall_tasks.make(task, c["n_train"], L, seed=c["seed"], **kw)
     model = lrm.LRModel(lrm.ModelConfig(mixer=c["mixer"], d_model=c["d"], n_layers=c["n_layers"],
                                         vocab_size=vocab, head="lm",
-                                        mixer_kwargs=c.get("mixer_kwargs") or {}))
+                                        mixer_kwargs=c.get("mixer_kwargs") or {})).to(dev)
     t0 = time.time()
-    losses = quick.fit(model, x, y, steps=c["steps"], batch_size=c["batch"], lr=c["lr"],
-                       seed=c["seed"])
+    losses = quick.fit(model, x.to(dev), y.to(dev), steps=c["steps"], batch_size=c["batch"],
+                       lr=c["lr"], seed=c["seed"])
     fit_s = time.time() - t0
     lengths = [L, *c.get("eval_lengths", [])]
     tests = recall_tasks.extrapolation_sets(task, c["n_test"], lengths,
                                             seed=10_000 + c["seed"], **kw)
-    acc = {str(n): quick.accuracy(model, *tests[n], batch_size=16) for n in lengths}
+    acc = {str(n): quick.accuracy(model, tests[n][0].to(dev), tests[n][1].to(dev),
+                                  batch_size=16) for n in lengths}
     every = max(1, len(losses) // 20)
     return {
         "acc": acc[str(L)], "acc_by_length": acc,
         "params": sum(p.numel() for p in model.parameters()),
         "state_size": [int(b.mixer.state_size(L)) for b in model.blocks],
+        "mixer_options": _mixer_options(model.blocks[0].mixer),
         "loss_curve": [[i + 1, round(sum(losses[i:i + every]) / len(losses[i:i + every]), 4)]
                        for i in range(0, len(losses), every)],
         "final_loss": sum(losses[-20:]) / len(losses[-20:]),
@@ -180,13 +220,21 @@ def _launch(c: dict[str, Any], timeout: float) -> dict[str, Any]:
 # ============================================================================ the grid
 def grid(spec: dict[str, Any], mixers: Sequence[str], *, steps: int | None = None,
          seed: int = 0) -> list[dict[str, Any]]:
-    """Every cell of a grid spec (:data:`FULL`, :data:`QUICK`) for ``mixers``."""
-    explicit_steps = steps is not None  # --steps sets every cell's count
-    steps = int(steps or spec["steps"])
-    # every training sequence is seen about once: no more are generated than steps x batch
-    base = {"suite": "recall", "vocab": VOCAB, "n_layers": N_LAYERS, "batch": BATCH,
-            "steps": steps, "seed": seed, "n_train": min(N_TRAIN, steps * BATCH),
-            "n_test": spec.get("n_test", N_TEST)}
+    """The first seed's runs of every cell of a grid spec (:data:`FULL`, :data:`QUICK`) for
+    ``mixers``: each cell at each rate of its initial sweep (the spec's ``lr`` list, else the
+    mixer family's, :func:`lra.leaderboard.sweep.rates_for`). The protocol adds the extensions
+    and the second seed as results come in (:func:`run`)."""
+    from lra.leaderboard import sweep
+
+    def n_steps(mixer: str, own: int | None = None) -> int:
+        # --steps sets every cell's count; else the spec's; else the mixer's measured count
+        return int(steps or own or spec.get("steps") or steps_for(mixer)[0])
+
+    def base(mixer: str, n: int) -> dict[str, Any]:
+        # every training sequence is seen about once: no more are generated than steps x batch
+        return {"suite": "recall", "version": ARENA_VERSION, "vocab": VOCAB,
+                "n_layers": N_LAYERS, "batch": BATCH, "steps": n, "seed": seed,
+                "n_train": min(N_TRAIN, n * BATCH), "n_test": spec.get("n_test", N_TEST)}
 
     def opts(mixer: str, d: int) -> dict[str, Any]:
         f = ARENA_KWARGS.get(mixer)
@@ -195,21 +243,28 @@ def grid(spec: dict[str, Any], mixers: Sequence[str], *, steps: int | None = Non
     skip = spec.get("skip", {})
     cells = []
     m = spec["mqar"]
-    state = [(d, mixer, L_kv, lr) for d, mixer, L_kv in itertools.product(m["d"], mixers, m["L_kv"])
-             for lr in ARENA_LR.get(mixer, m["lr"])]
-    for d, mixer, (L, kv), lr in state:
-        ext = [f * L for f in EXTRAP] if d == m.get("extrapolate_d") else []
-        cells.append({**base, "kind": "state", "mixer": mixer, "task": "mqar", "L": L, "kv": kv,
-                      "d": d, "lr": lr, "eval_lengths": ext, "mixer_kwargs": opts(mixer, d)})
-        if (mixer, d) in skip:
-            cells[-1]["skip"] = skip[(mixer, d)]
+    # the explicit form lists (L, kv, d) cells; the product form is (L, kv) x d
+    mq = ([tuple(c) for c in m["cells"]] if "cells" in m
+          else [(L, kv, d) for d in m["d"] for L, kv in m["L_kv"]])
+
+    def is_ext(L: int, kv: int, d: int) -> bool:
+        if "cells" in m:
+            return (L, kv, d) == tuple(m.get("extrapolate") or ())
+        return d == m.get("extrapolate_d")
+
+    for (L, kv, d), mixer in itertools.product(mq, mixers):
+        for lr in m.get("lr") or sweep.rates_for(mixer):
+            ext = [f * L for f in EXTRAP] if is_ext(L, kv, d) else []
+            cells.append({**base(mixer, n_steps(mixer)), "kind": "state", "mixer": mixer,
+                          "task": "mqar", "L": L, "kv": kv, "d": d, "lr": lr,
+                          "eval_lengths": ext, "mixer_kwargs": opts(mixer, d)})
+            if (mixer, d) in skip:
+                cells[-1]["skip"] = skip[(mixer, d)]
     e = spec["extrapolation"]
-    e_steps = int(steps if explicit_steps else e.get("steps", steps))
-    e_base = {**base, "steps": e_steps, "n_train": min(N_TRAIN, e_steps * BATCH)}
     for mixer, (task, L, kv) in itertools.product(mixers, e["cells"]):
-        for lr in ARENA_LR.get(mixer, e["lr"])[:1]:
-            cells.append({**e_base, "kind": "extrapolation", "mixer": mixer, "task": task, "L": L,
-                          "kv": kv, "d": e["d"], "lr": lr,
+        for lr in e.get("lr") or sweep.rates_for(mixer):
+            cells.append({**base(mixer, n_steps(mixer, e.get("steps"))), "kind": "extrapolation",
+                          "mixer": mixer, "task": task, "L": L, "kv": kv, "d": e["d"], "lr": lr,
                           "eval_lengths": [f * L for f in EXTRAP],
                           "mixer_kwargs": opts(mixer, e["d"])})
     # the order cells are run in: MQAR at the extrapolated width, then the extrapolation cells,
@@ -219,78 +274,119 @@ def grid(spec: dict[str, Any], mixers: Sequence[str], *, steps: int | None = Non
     return first + ext_cells + [c for c in cells if c not in first and c not in ext_cells]
 
 
-def run(cells: list[dict[str, Any]], store: Path, *, jobs: int, timeout: float = TIMEOUT_S,
-        command: str | None = None, progress: bool = True) -> list[dict[str, Any]]:
-    """Run the cells the store does not hold yet, ``jobs`` at a time, each record saved as it
-    finishes. Returns the new records."""
-    done = {cell_key(r) for r in load_store(store) if r.get("status") == "ok"}
-    todo = [c for c in cells if cell_key(c) not in done and not c.get("skip")]
-    prov = {"commit": git_commit(), "dirty": git_dirty(), "device": device_name(),
-            "grid_command": command}
-    n_skip = sum(1 for c in cells if c.get("skip"))
-    print(f"[recall] {len(cells)} cells, {len(cells) - len(todo) - n_skip} already in {store}, "
-          f"{n_skip} left out by the grid, {len(todo)} to run, {jobs} at a time", flush=True)
-    new: list[dict[str, Any]] = []
-    if not todo:
-        return new
-    bar = None
-    if progress:
-        from tqdm import tqdm
+def _score(r: dict[str, Any]) -> float | None:
+    return r.get("acc")
 
-        bar = tqdm(total=len(todo), unit="cell", dynamic_ncols=True, desc="recall arena")
-    with cf.ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(_launch, {**c, **prov}, timeout): c for c in todo}
-        for fut in cf.as_completed(futures):
-            rec = fut.result()
-            add_runs(store, [rec])
-            new.append(rec)
-            c = futures[fut]
-            what = (f"acc {rec['acc']:.3f}" if rec["status"] == "ok" else rec["error"])
-            msg = (f"{c['mixer']} {c['task']} L={c['L']} kv={c['kv']} d={c['d']} lr={c['lr']}: "
-                   f"{what} ({rec['wall_s']:.0f} s)")
-            if bar is not None:
-                bar.write(msg)
-                bar.update(1)
-            else:
-                print(msg, flush=True)
-    if bar is not None:
-        bar.close()
-    return new
+
+def _headline(c: dict[str, Any]) -> bool:
+    """The MQAR cells are the arena's numbers (both seeds); passkey trains on the first seed."""
+    return c["kind"] == "state"
+
+
+def plan(cells: list[dict[str, Any]], recs: list[dict[str, Any]], protocol: Any = None
+         ) -> dict[str, Any]:
+    """Every cell's runs under the sweep protocol given the store (lra/leaderboard/sweep.py)."""
+    from lra.leaderboard import sweep
+
+    return sweep.plan([c for c in cells if not c.get("skip")], recs, cell_of=cell_of,
+                      key_of=cell_key, score=_score, protocol=protocol or sweep.PROTOCOL,
+                      headline=_headline)
+
+
+def _label(c: dict[str, Any]) -> str:
+    return (f"{c['mixer']} {c['task']} L={c['L']} kv={c['kv']} d={c['d']} lr={c['lr']:g}"
+            + (f" seed={c['seed']}" if c.get("seed") else "")
+            + (f" (sweep extended {c['extension']})" if c.get("extension") else ""))
+
+
+def run(cells: list[dict[str, Any]], store: Path, *, jobs: int, timeout: float = TIMEOUT_S,
+        command: str | None = None, progress: bool = True, protocol: Any = None,
+        device: str | None = None) -> list[dict[str, Any]]:
+    """Run the cells the store does not hold yet, ``jobs`` at a time, each record saved as it
+    finishes. With a ``protocol`` (the CLI always passes one) the sweep goes on as results come
+    in: extensions at an end, then the other seeds on the best rate. Returns the new records."""
+    from lra.leaderboard import sweep
+
+    prov = {"commit": git_commit(), "dirty": git_dirty(), "device": device_name(device),
+            "grid_command": command, "device_type": device or "cpu"}
+    n_skip = sum(1 for c in cells if c.get("skip"))
+    live = [c for c in cells if not c.get("skip")]
+    done = {cell_key(r) for r in load_store(store) if r.get("status") == "ok"}
+    print(f"[recall] {len(cells)} first-seed runs, {sum(cell_key(c) in done for c in live)} "
+          f"already in {store}, {n_skip} left out by the grid, {jobs} at a time"
+          + ("; the sweep protocol adds extensions and seeds as results come in"
+             if protocol else ""), flush=True)
+
+    def launch(todo: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        new: list[dict[str, Any]] = []
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(todo), unit="run", dynamic_ncols=True, desc="recall arena")
+        with cf.ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = {pool.submit(_launch, {**c, **prov}, timeout): c for c in todo}
+            for fut in cf.as_completed(futures):
+                rec = fut.result()
+                add_runs(store, [rec])
+                new.append(rec)
+                div = sweep.diverged(rec) if rec["status"] == "ok" else None
+                what = (rec["error"] if rec["status"] != "ok" else
+                        f"diverged (loss not finite from step {div})" if div is not None else
+                        f"acc {rec['acc']:.3f}")
+                msg = f"{_label(futures[fut])}: {what} ({rec['wall_s']:.0f} s)"
+                if bar is not None:
+                    bar.write(msg)
+                    bar.update(1)
+                else:
+                    print(msg, flush=True)
+        if bar is not None:
+            bar.close()
+        return new
+
+    if protocol is None:  # exactly the cells given
+        return launch([c for c in live if cell_key(c) not in done])
+    return sweep.drive(live, launch, lambda: load_store(store), cell_of=cell_of,
+                       key_of=cell_key, score=_score, protocol=protocol, headline=_headline)
 
 
 # ============================================================================ the page
 def diverged(r: dict[str, Any]) -> int | None:
-    """The first step whose training loss was not finite (NaN or inf), or None. Such a run's
-    accuracy means nothing: it is never a best cell, and the page lists it as diverged."""
-    if r.get("diverged_at"):
-        return int(r["diverged_at"])
-    curve = r.get("loss_curve") or []
-    bad = [step for step, loss in curve if not math.isfinite(loss)]
-    if bad or not math.isfinite(r.get("final_loss", 0.0)):
-        return bad[0] if bad else -1
-    return None
+    """The first step whose training loss was not finite (:func:`lra.leaderboard.sweep.diverged`,
+    shared with the LRA grid)."""
+    from lra.leaderboard import sweep
+
+    return sweep.diverged(r)
+
+
+def current(recs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records of this grid's version (older grids' records stay in the store, unshown)."""
+    return [r for r in recs if r.get("version") == ARENA_VERSION]
+
+
+def _short(r: dict[str, Any]) -> tuple:
+    return (r["kind"], r["mixer"], r["task"], r["L"], r["kv"], r["d"])
+
+
+def summaries(recs: Iterable[dict[str, Any]]) -> dict[tuple, Any]:
+    """{(kind, mixer, task, L, kv, d): CellSummary} of this grid's records: the best rate of the
+    first seed (ties to the middle of the sweep) and every seed's result there."""
+    from lra.leaderboard import sweep
+
+    recs = current(recs)
+    any_rec = {cell_of(r): r for r in recs}
+    out = sweep.summarize(recs, cell_of=cell_of, key_of=cell_key, score=_score)
+    return {_short(any_rec[cell]): s for cell, s in out.items()}
 
 
 def best_lr(recs: Iterable[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
-    """The best-accuracy record of each (kind, mixer, task, L, kv, d) over learning rates (the
-    newest record of each exact cell counts)."""
-    newest: dict[str, dict[str, Any]] = {}
-    for r in recs:
-        if r.get("status") == "ok" and diverged(r) is None:
-            k = cell_key(r)
-            if k not in newest or str(r.get("date")) >= str(newest[k].get("date")):
-                newest[k] = r
-    best: dict[tuple, dict[str, Any]] = {}
-    for r in newest.values():
-        k = (r["kind"], r["mixer"], r["task"], r["L"], r["kv"], r["d"])
-        if k not in best or r["acc"] > best[k]["acc"]:
-            best[k] = r
-    return best
+    """The best-rate record (first seed) of each (kind, mixer, task, L, kv, d)."""
+    return {k: s.best for k, s in summaries(recs).items() if s.best is not None}
 
 
 def extrapolated(best: dict[tuple, dict[str, Any]]) -> dict[tuple, dict[str, dict[str, Any]]]:
     """{(task, L, kv, d): {mixer: record}} for every best record tested at more than its
-    training length (extrapolation cells, and the MQAR cells at ``extrapolate_d``)."""
+    training length (extrapolation cells, and the MQAR cell marked ``extrapolate``)."""
     out: dict[tuple, dict[str, dict[str, Any]]] = {}
     for k, r in sorted(best.items()):
         if len(r.get("acc_by_length", {})) > 1:
@@ -299,21 +395,25 @@ def extrapolated(best: dict[tuple, dict[str, Any]]) -> dict[tuple, dict[str, dic
 
 
 def missing(cells: list[dict[str, Any]], recs: list[dict[str, Any]]) -> list[str]:
-    """A line for each cell of the grid without an ok record: never run, or its last error."""
-    ok = {cell_key(r) for r in recs if r.get("status") == "ok" and diverged(r) is None}
+    """A line for each run the protocol asks for that has no result yet: never run, its last
+    error, diverged, or left out by the grid; a cell whose sweep is not settled says so."""
+    recs = current(recs) if any(r.get("version") for r in recs) else recs
     last_err = {cell_key(r): r.get("error") for r in recs if r.get("status") != "ok"}
+    ok = {cell_key(r) for r in recs if r.get("status") == "ok" and diverged(r) is None}
     for r in recs:
         step = diverged(r) if r.get("status") == "ok" else None
         if step is not None:
             at = f" from step {step}" if step > 0 else ""
             last_err[cell_key(r)] = f"diverged: the training loss was not finite{at}"
-    out = []
-    for c in cells:
-        k = cell_key(c)
-        if k not in ok:
-            why = c.get("skip") or last_err.get(k) or "not run yet"
-            out.append(f"{c['mixer']} {c['task']} L={c['L']} kv={c['kv']} d={c['d']} "
-                       f"lr={c['lr']}: {why}")
+    out = [f"{_label(c)}: {c['skip']}" for c in cells if c.get("skip")]
+    for st in plan(cells, recs).values():
+        lines = [f"{_label(c)}: {last_err.get(cell_key(c)) or 'not run yet'}"
+                 for c in st.runs if cell_key(c) not in ok]
+        settled = st.best_lr is not None and any(c["seed"] != st.runs[0]["seed"]
+                                                 for c in st.runs)
+        if lines and not settled and st.best_lr is not None:
+            lines[-1] += " (the sweep may extend or add a seed after this)"
+        out += lines
     return out
 
 
@@ -321,41 +421,70 @@ def _fmt_state(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else (f"{n / 1e3:.1f}K" if n >= 1e3 else str(n))
 
 
+ZOOLOGY = ("Zoology (Arora et al., 2023, Fig. 2) reports: attention solves MQAR at every model "
+           "width (its KV cache grows with L); the recurrent and convolutional mixers need a "
+           "state that grows with the number of key-value pairs, and at a fixed state they "
+           "fall as pairs and length grow; gated and input-dependent recurrences (Mamba, "
+           "GLA-like, delta rules) need less state than long convolutions (H3, Hyena, S4-like).")
+
+
+def _cell_text(s: Any) -> str:
+    """``mean (seed0 / seed1) @ lr, state`` of one cell summary."""
+    if s.best is None:
+        return "diverged" if any(w.startswith("diverged") for _, w in s.rates) else ""
+    seeds = " / ".join(f"{100 * r['acc']:.1f}" for _, r in sorted(s.seeds.items()))
+    mean = s.mean(_score)
+    return (f"{100 * mean:.1f} ({seeds}) @ {s.best['lr']:g}"
+            + (" (end of sweep)" if s.capped else "")
+            + f", {_fmt_state(sum(s.best['state_size']))}")
+
+
 def render(recs: list[dict[str, Any]], cells: list[dict[str, Any]], *, store_name: str,
-           plots: tuple[str, str], notes: str | None) -> str:
+           plots: tuple[str, ...], notes: str | None) -> str:
+    from lra.leaderboard import sweep
     from lra.leaderboard.render import NOTES_BEGIN, NOTES_END
 
-    best = best_lr(recs)
+    every = recs
+    recs = current(recs)
+    summ = summaries(recs)
+    best = {k: s.best for k, s in summ.items() if s.best is not None}
     out = ["# Recall arena", "",
-           f"Generated by `lra leaderboard --suite recall` (lra/leaderboard/arena.py) from "
-           f"the run store `{store_name}`; never edited by hand. Each cell: a {N_LAYERS}-layer "
+           f"Generated by `lra leaderboard --suite recall --publish` (lra/leaderboard/arena.py) "
+           f"from the run store `{store_name}`; never edited by hand. Each run: a {N_LAYERS}-layer "
            f"model with an LM head, trained on generated sequences (vocabulary {VOCAB}, batch "
-           f"{BATCH}, AdamW with warmup and cosine decay, one seed), scored on the recall "
-           f"positions of {N_TEST} fresh test sequences. Accuracy in %, best learning rate per "
-           f"cell; state size = floats per sequence summed over the layers after L tokens.",
-           ""]
-    state = sorted({(k[3], k[4]) for k in best if k[0] == "state"})
-    mixers = sorted({k[1] for k in best})
-    for L, kv in state:
-        ds = sorted({k[5] for k in best if k[0] == "state" and (k[3], k[4]) == (L, kv)})
-        out += [f"### MQAR, L = {L}, {kv} key-value pairs", "",
-                "| mixer | " + " | ".join(f"d={d}: acc (state, lr, wall)" for d in ds) + " |",
-                "|---|" + "---|" * len(ds)]
+           f"{BATCH}, AdamW with warmup and cosine decay), scored on the recall positions of "
+           f"{N_TEST} fresh test sequences. Accuracy in %: the mean over seeds at the cell's "
+           f"best learning rate (each seed in brackets), `@` the rate, then the state size "
+           f"(floats per sequence summed over the layers after L tokens).", "",
+           "## Protocol", "", sweep.PROTOCOL.describe() + ".", "", sweep.rates_table(), "",
+           "Steps per cell: " + "; ".join(f"{m} {n} ({why})" for m, (n, why)
+                                          in sorted(ARENA_STEPS.items()))
+           + f"; every other mixer {DEFAULT_STEPS} (not measured).", ""]
+    grid_cells = [(c["L"], c["kv"], c["d"]) for c in cells if c["kind"] == "state"]
+    cols = list(dict.fromkeys(grid_cells)) or sorted({k[3:] for k in best if k[0] == "state"})
+    mixers = sorted({k[1] for k in summ} | {c["mixer"] for c in cells})
+    if cols:
+        def axis(L: int, kv: int, d: int) -> str:
+            tags = [t for t, cs in (("difficulty", DIFFICULTY), ("state", STATE))
+                    if (L, kv, d) in cs]
+            return f" ({', '.join(tags)})" if tags else ""
+
+        out += ["## MQAR", "",
+                "| mixer | " + " | ".join(f"L={L}, {kv} pairs, d={d}{axis(L, kv, d)}"
+                                         for L, kv, d in cols) + " |",
+                "|---|" + "---|" * len(cols)]
         for m in mixers:
-            cells_ = []
-            for d in ds:
-                r = best.get(("state", m, "mqar", L, kv, d))
-                cells_.append("" if r is None else
-                              f"{100 * r['acc']:.1f} ({_fmt_state(sum(r['state_size']))}, "
-                              f"{r['lr']:g}, {r.get('wall_s', 0) / 60:.1f} min)")
-            if any(cells_):
-                out.append(f"| {m} | " + " | ".join(cells_) + " |")
+            row = [_cell_text(summ[("state", m, "mqar", L, kv, d)])
+                   if ("state", m, "mqar", L, kv, d) in summ else "" for L, kv, d in cols]
+            if any(row):
+                out.append(f"| {m} | " + " | ".join(row) + " |")
         out.append("")
     for (task, L, kv, d), by_mixer in extrapolated(best).items():
         rows = sorted(by_mixer.items())
         lengths = sorted({int(n) for _, r in rows for n in r["acc_by_length"]})
         what = f"MQAR, {kv} pairs" if task == "mqar" else "passkey"
-        out += [f"### Extrapolation: {what}, trained at L = {L}, d = {d}", "",
+        out += [f"### Extrapolation: {what}, trained at L = {L}, d = {d} (best rate, seed "
+                f"{sweep.PROTOCOL.seeds[0]})", "",
                 "| mixer | " + " | ".join(f"{n}" + (" (train)" if n == L else "")
                                          for n in lengths) + " |",
                 "|---|" + "---|" * len(lengths)]
@@ -364,43 +493,67 @@ def render(recs: list[dict[str, Any]], cells: list[dict[str, Any]], *, store_nam
                 f"{100 * r['acc_by_length'][str(n)]:.1f}" if str(n) in r["acc_by_length"]
                 else "" for n in lengths) + " |")
         out.append("")
-    ok = [r for r in recs if r.get("status") == "ok" and diverged(r) is None]
+    miss = missing(cells, recs)
+    out += ["## Reading against the published shape", "", ZOOLOGY, "",
+            "The point-by-point reading (each mixer's row above against this shape) is written "
+            "in the notes below once every cell has its result"
+            + (f"; {len(miss)} runs are still missing (listed under Missing cells)."
+               if miss else ": none is missing."), ""]
+    if summ:
+        out += ["<details><summary>every cell's sweep</summary>", "",
+                "| cell | rates (status; extensions marked) | best | seeds at the best |",
+                "|---|---|---|---|"]
+        for k, s_ in sorted(summ.items(), key=lambda kv: str(kv[0])):
+            rates = ", ".join(f"{lr:g} {w}" for lr, w in s_.rates)
+            seeds = ", ".join(f"seed {sd}: {100 * r['acc']:.1f} ({r.get('device', '?')})"
+                              for sd, r in sorted(s_.seeds.items()))
+            out.append(f"| {k[1]} {k[2]} L={k[3]} kv={k[4]} d={k[5]} | {rates} | "
+                       f"{s_.best['lr'] if s_.best else '–'} | {seeds} |")
+        out += ["", "</details>", ""]
+    ok = [r for r in recs if sweep.is_result(r)]
     if ok:
-        walls = [r["wall_s"] for r in ok if r.get("wall_s")]
+        walls = [r["wall_s"] for r in ok if r.get("wall_s")] or [0.0]
         cmds = sorted({r.get("grid_command") for r in ok if r.get("grid_command")})
         commits = sorted({str(r.get("commit")) + (" + uncommitted changes" if r.get("dirty")
                                                   else "") for r in ok})
-        devices = sorted({str(r.get("device")) for r in ok})
+        devices: dict[str, int] = {}
+        for r in ok:
+            devices[str(r.get("device"))] = devices.get(str(r.get("device")), 0) + 1
         out += ["## How these were made", "",
                 "Commands: " + "; ".join(f"`{c}`" for c in cmds), "",
-                f"{len(ok)} cells; wall time per cell {min(walls):.0f}–{max(walls):.0f} s, "
-                f"{sum(walls) / 3600:.2f} cell-hours in all (cells ran in parallel, one torch "
-                f"thread each); steps per cell: "
+                f"{len(ok)} runs; wall time per run {min(walls):.0f}–{max(walls):.0f} s, "
+                f"{sum(walls) / 3600:.2f} run-hours in all (runs in parallel, one torch "
+                f"thread each); steps per run: "
                 f"{', '.join(str(s) for s in sorted({r['steps'] for r in ok}))}; code: "
-                f"commit {', '.join(commits)}; device: {', '.join(devices)}.", ""]
+                f"commit {', '.join(commits)}. Each run carries its own device (the sweep "
+                f"table names it per seed): "
+                + "; ".join(f"{d} ({n} runs)" for d, n in sorted(devices.items())) + ".", ""]
+    old = len(every) - len(recs)
+    if old:
+        out += [f"The store also keeps {old} records of earlier grids (other defaults, other "
+                f"cells), not shown here.", ""]
     div = [r for r in recs if r.get("status") == "ok" and diverged(r) is not None]
     if div:
         out += ["## Runs that diverged", "",
                 "Not counted in the tables: their training loss became NaN or inf.", ""]
-        out += [f"- {r['mixer']} {r['task']} L={r['L']} kv={r['kv']} d={r['d']} lr={r['lr']:g}"
-                f": loss not finite from step {diverged(r)}" for r in div]
+        out += [f"- {_label(r)}: loss not finite from step {diverged(r)}" for r in div]
         out.append("")
-    miss = missing(cells, recs)
     out += ["## Missing cells", ""]
     if not miss:
-        out += ["None: every cell of the grid has a result."]
+        out += ["None: every run of the grid has a result."]
     elif len(miss) <= 40:
         out += [f"- {m}" for m in miss]
-    else:  # a long list says little: count the cells by mixer and reason
+    else:  # a long list says little: count the runs by mixer and reason
         counts: dict[tuple[str, str], int] = {}
         for m in miss:
             mixer, why = m.split(" ", 1)[0], m.split(": ", 1)[1]
             counts[(mixer, why)] = counts.get((mixer, why), 0) + 1
-        out += [f"{len(miss)} of {len(cells)} cells have no result:", ""]
-        out += [f"- {mixer}: {n} cells, {why}" for (mixer, why), n in sorted(counts.items())]
-    out += ["", f"![accuracy against state size]({plots[0]})", "",
-            f"![extrapolation]({plots[1]})", "", NOTES_BEGIN, (notes or "").strip(), NOTES_END,
-            ""]
+        out += [f"{len(miss)} runs have no result:", ""]
+        out += [f"- {mixer}: {n} runs, {why}" for (mixer, why), n in sorted(counts.items())]
+    out += [""] + [f"![{alt}]({p})" + "\n" for alt, p in
+                   zip(("accuracy against state size", "extrapolation",
+                        "accuracy against learning rate"), plots, strict=False)]
+    out += [NOTES_BEGIN, (notes or "").strip(), NOTES_END, ""]
     return "\n".join(out)
 
 
@@ -479,37 +632,69 @@ def plot_extrapolation(recs: list[dict[str, Any]], path: Path) -> None:
     _save(fig, axes, path)
 
 
+def plot_lr(recs: list[dict[str, Any]], path: Path) -> None:
+    """MQAR accuracy against learning rate (log x), one panel per cell, one line per mixer over
+    the rates it swept (the first seed; diverged runs are left out)."""
+    from lra.leaderboard import sweep
+
+    rs = [r for r in current(recs) if r.get("kind") == "state" and sweep.is_result(r)
+          and r.get("seed") in (0, None)]
+    newest = sweep.newest_by(rs, cell_key)
+    panels = sorted({(r["L"], r["kv"], r["d"]) for r in newest.values()}) or [(0, 0, 0)]
+    style = _style({r["mixer"] for r in newest.values()})
+    fig, axes = _panels(len(panels), 3.2, 1.6)
+    for ax, (L, kv, d) in zip(axes, panels, strict=True):
+        for m in sorted({r["mixer"] for r in newest.values()}):
+            pts = sorted((r["lr"], 100 * r["acc"]) for r in newest.values()
+                         if r["mixer"] == m and (r["L"], r["kv"], r["d"]) == (L, kv, d))
+            if pts:
+                ax.plot(*zip(*pts, strict=True), **style[m])
+        ax.set_xscale("log")
+        ax.set_title(f"MQAR L={L}, {kv} pairs, d={d}", fontsize=9)
+        ax.set_xlabel("learning rate", fontsize=8)
+    _save(fig, axes, path)
+
+
 def write_outputs(store: Path, out: Path, cells: list[dict[str, Any]]) -> None:
     from lra.leaderboard.render import read_notes
 
     recs = load_store(store)
+    out.parent.mkdir(parents=True, exist_ok=True)
     p_state = out.with_name(out.stem + "_state.png")
     p_ext = out.with_name(out.stem + "_extrapolation.png")
+    p_lr = out.with_name(out.stem + "_lr.png")
     plot_state(recs, p_state)
     plot_extrapolation(recs, p_ext)
+    plot_lr(recs, p_lr)
     text = render(recs, cells, store_name=repo_relative(store),
-                  plots=(p_state.name, p_ext.name), notes=read_notes(out))
+                  plots=(p_state.name, p_ext.name, p_lr.name), notes=read_notes(out))
     out.write_text(text, encoding="utf-8")
-    print(f"[recall] wrote {out}, {p_state} and {p_ext}", flush=True)
+    print(f"[recall] wrote {out}, {p_state}, {p_ext} and {p_lr}", flush=True)
 
 
 # ============================================================================ CLI
 def build_parser() -> argparse.ArgumentParser:
+    from lra.leaderboard.store import add_output_args
+
     ap = argparse.ArgumentParser(prog="lra leaderboard --suite recall",
                                  description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n", 1)[1])
-    ap.add_argument("--quick", action="store_true", help="the smoke grid (QUICK)")
+    ap.add_argument("--quick", action="store_true", help="the smoke grid (QUICK); never "
+                    "written under docs/")
     ap.add_argument("--mixers", nargs="+", default=None, help="default: every registered mixer")
     ap.add_argument("--steps", type=int, default=None,
-                    help=f"training steps per cell (default {FULL['steps']}, quick "
-                         f"{QUICK['steps']})")
+                    help=f"training steps per run (default: per mixer, ARENA_STEPS, else "
+                         f"{DEFAULT_STEPS}; quick {QUICK['steps']})")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
-                    help="cells at once, one torch thread each (default: the cores)")
-    ap.add_argument("--timeout", type=float, default=TIMEOUT_S, help="seconds per cell")
-    ap.add_argument("--out", default="docs/recall.md")
-    ap.add_argument("--store", default=None, help="default: <out stem>_runs.json")
-    ap.add_argument("--render", action="store_true", help="only rewrite the page and plots")
+                    help="runs at once, one torch thread each (default: the cores)")
+    ap.add_argument("--device", default=None, choices=("cpu", "cuda"),
+                    help="where each run trains (default cpu; several --jobs share one GPU)")
+    ap.add_argument("--timeout", type=float, default=TIMEOUT_S, help="seconds per run")
+    ap.add_argument("--no-sweep", action="store_true",
+                    help="run the first-seed runs of the grid only: no extensions, no second "
+                         "seed (a smoke check of the machinery)")
+    add_output_args(ap, "recall")
     return ap
 
 
@@ -517,22 +702,25 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "--cell":
         return _child(argv[1], argv[argv.index("--result") + 1])
+    from lra.leaderboard import store as st
+    from lra.leaderboard import sweep
+
     args = build_parser().parse_args(argv)
     import lrm
 
     mixers = args.mixers or lrm.available()
     for m in mixers:
         lrm.registry.canonical(m)  # an unknown name fails here, with the valid names
-    out = Path(args.out)
-    store = Path(args.store) if args.store else out.with_name(out.stem + "_runs.json")
+    out, store = st.output_paths(args, "recall")
     spec = QUICK if args.quick else FULL
     cells = grid(spec, mixers, steps=args.steps)
     if not args.render:
         if args.jobs < 1:
             raise SystemExit("--jobs must be >= 1")
-        run(cells, store, jobs=args.jobs, timeout=args.timeout,
+        run(cells, store, jobs=args.jobs, timeout=args.timeout, device=args.device,
+            protocol=None if args.no_sweep else sweep.PROTOCOL,
             command="lra leaderboard --suite recall " + shlex.join(argv))
-    out.parent.mkdir(parents=True, exist_ok=True)
+    st.merge_stores(store, args.merge)
     write_outputs(store, out, cells)
     return None
 

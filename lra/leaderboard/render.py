@@ -72,7 +72,6 @@ def setting_caption(setting: str, recs: list[dict[str, Any]]) -> str:
     d = _range(r.get("model", {}).get("d_model") for r in recs)
     layers = _range(r.get("model", {}).get("n_layers") for r in recs)
     bi = _range(r.get("model", {}).get("bidirectional") for r in recs)
-    devices = _range(r.get("device") for r in recs)
     threads = _range(r.get("threads") for r in recs)
     budget = _range(_minutes(r.get("max_time")) for r in recs if r.get("max_time"))
     max_steps = _range(r.get("max_steps") for r in recs)
@@ -84,28 +83,70 @@ def setting_caption(setting: str, recs: list[dict[str, Any]]) -> str:
         else "run"
     return (f"**{setting}** — {kind}: {steps} training steps (max_steps {max_steps}, time cap "
             f"{budget} per run), d={d}, {layers} layers, bidirectional={bi}, batch {batch}, "
-            f"lr {lr}; device: {devices}, {threads} torch thread(s) per run; code: "
+            f"lr {lr}; {threads} torch thread(s) per run; each run's device is in its row "
+            f"(run details); code: "
             f"commit {commits}.")
 
 
+def _cell(recs: list[dict[str, Any]]) -> dict[tuple, Any]:
+    """{(row label, task): CellSummary} over a setting's records (the sweep protocol's best rate
+    on validation accuracy, and every seed there); records made before the protocol are cells
+    of one rate and one seed."""
+    from lra.leaderboard import sweep
+    from lra.leaderboard.runner import lra_cell, lra_key, lra_score
+
+    def cell(r: dict[str, Any]) -> tuple:
+        return (row_label(r), *lra_cell(r))
+
+    def key(r: dict[str, Any]) -> tuple:
+        return (row_label(r), *lra_key(r))
+
+    out: dict[tuple, Any] = {}
+    for c, summ in sweep.summarize(recs, cell_of=cell, key_of=key, score=lra_score).items():
+        k = (c[0], c[2])
+        # several configs of one row and task in a setting: the newest cell is the row's
+        if k not in out or _date(summ) >= _date(out[k]):
+            out[k] = summ
+    return out
+
+
+def _date(summ: Any) -> str:
+    recs = list(summ.seeds.values()) or ([summ.best] if summ.best else [])
+    return max((str(r.get("date", "")) for r in recs), default="")
+
+
 def ours_table(recs: list[dict[str, Any]]) -> str:
+    """Per mixer and task: test accuracy at the best rate (by validation), the mean over seeds
+    with each seed in brackets, ``@`` the rate; the majority class of the test set below."""
     tasks = [t for t in TASK_ORDER if any(r["task"] == t for r in recs)]
     tasks += sorted({r["task"] for r in recs} - set(tasks))
     mixers = sorted({row_label(r) for r in recs})  # "m" and "m + SPT" side by side
-    by = {(row_label(r), r["task"]): r for r in recs}
-    lines = ["| mixer | " + " | ".join(f"{TASK_NAMES.get(t, t)} test / best val"
+    cells_by = _cell(recs)
+    newest = {(row_label(r), r["task"]): r for r in latest(recs).values()}
+    lines = ["| mixer | " + " | ".join(f"{TASK_NAMES.get(t, t)} test (seeds) @ lr / best val"
                                         for t in tasks) + " |",
              "|" + "---|" * (len(tasks) + 1)]
     for m in mixers:
         cells = []
         for t in tasks:
-            r = by.get((m, t))
-            if r is None:
+            summ = cells_by.get((m, t))
+            r = newest.get((m, t))
+            if summ is not None and summ.best is not None:
+                seeds = sorted(summ.seeds.items())
+                tests = [x["test"] for _, x in seeds if x.get("test") is not None]
+                mean = sum(tests) / len(tests) if tests else None
+                each = " / ".join(_pct(x.get("test")) for _, x in seeds)
+                cut = "; ".join(sorted({x["cut_short"] for _, x in seeds if x.get("cut_short")}))
+                cells.append(f"{_pct(mean)} ({each}) @ {summ.best.get('lr')} / "
+                             f"{_pct(summ.best.get('best_val'))}"
+                             + (" (end of sweep)" if summ.capped else "")
+                             + (f" ({cut})" if cut else ""))
+            elif r is None:
                 cells.append("")
             elif r.get("status") != "ok":
                 cells.append("error: " + str(r.get("error", "?")).split(":")[0][:40])
             else:
-                cells.append(f"{_pct(r['test'])} / {_pct(r.get('best_val'))}")
+                cells.append("diverged")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     maj = []
     for t in tasks:
@@ -116,9 +157,9 @@ def ours_table(recs: list[dict[str, Any]]) -> str:
 
 
 def details_table(recs: list[dict[str, Any]]) -> str:
-    lines = ["| mixer | task | status | steps | lr | wall s (fit / test) | params "
-             "| best val (step) | test | majority | data (train/val/test) | date |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| mixer | task | status | steps | lr | seed | wall s (fit / test) | params "
+             "| best val (step) | test | majority | data (train/val/test) | device | date |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(recs, key=lambda r: (TASK_ORDER.index(r["task"])
                                          if r["task"] in TASK_ORDER else 99, row_label(r))):
         status = "ok" if r.get("status") == "ok" else \
@@ -129,30 +170,60 @@ def details_table(recs: list[dict[str, Any]]) -> str:
         size = "/".join(str(sizes.get(s, "?")) for s in ("train", "val", "test"))
         best = "–" if r.get("best_val") is None else \
             f"{_pct(r['best_val'])} ({r.get('best_val_step')})"
+        steps = str(r.get("steps") or "–") + (f" ({r['cut_short']})" if r.get("cut_short")
+                                               else "")
+        lr = str(r.get("lr") or "–") + (f" (sweep extended {r['extension']})"
+                                        if r.get("extension") else "")
         lines.append(
-            f"| {row_label(r)} | {r['task']} | {status} | {r.get('steps') or '–'} | "
-            f"{r.get('lr') or '–'} | {wall} | "
+            f"| {row_label(r)} | {r['task']} | {status} | {steps} | "
+            f"{lr} | {r.get('seed', '–')} | {wall} | "
             f"{r.get('params') or '–'} | {best} | {_pct(r.get('test'))} | "
-            f"{_pct(r.get('majority'))} | {r.get('data', '')} ({size}) | {r.get('date', '')} |")
+            f"{_pct(r.get('majority'))} | {r.get('data', '')} ({size}) | {r.get('device', '?')} "
+            f"| {r.get('date', '')} |")
     return "\n".join(lines)
+
+
+def settings_section() -> list[str]:
+    """The named settings and the commands that fill them (lra/leaderboard/runner.py SETTINGS)."""
+    from lra.leaderboard.runner import SETTINGS
+
+    out = ["## Settings and the commands that fill them", "",
+           "- `quick`: a smoke run (2 layers, d = 64, 100 steps, one rate): `lra leaderboard "
+           "--quick` (never published).",
+           "- `full`: the LRA recipe of `configs/lra/<task>.yaml` on the release's data: "
+           "`lra leaderboard --data-dir data/lra_release --publish` (`--recipe s4` for S4's "
+           "own recipe)."]
+    for name, spec in SETTINGS.items():
+        out.append(f"- `{name}`: {spec['about']}: `lra leaderboard --setting {name} --publish` "
+                   "(resumable: finished runs are skipped).")
+    return [*out, ""]
 
 
 def render_markdown(runs: list[dict[str, Any]], notes: str | None = None,
                     plot_name: str | None = "leaderboard.png", store_name: str = "") -> str:
-    """The whole leaderboard page from the store's records (newest per key)."""
-    newest = list(latest(runs).values())
+    """The whole leaderboard page from the store's records."""
+    from lra.leaderboard import sweep
+    from lra.leaderboard.runner import lra_key
+
+    newest = list(sweep.newest_by(runs, lambda r: (row_label(r), *lra_key(r))).values())
     settings = sorted({r["setting"] for r in newest})
     out = ["# LRA leaderboard", "",
-           "Generated by `lra leaderboard` (lra/leaderboard/) from the run store"
+           "Generated by `lra leaderboard --publish` (lra/leaderboard/) from the run store"
            + (f" `{store_name}`" if store_name else "")
-           + "; the newest run of each mixer × task × setting is shown, older runs stay in the "
-           "store. Accuracy in %. **Our numbers are short runs with tiny models and small "
-           "generated data sets unless the setting says otherwise: they show that a mixer "
-           "trains on the task, not its LRA accuracy.** They are not comparable to the "
-           "published rows, which are full LRA training runs.", "",
+           + "; never edited by hand. Accuracy in %. **Our numbers are short runs with tiny "
+           "models and small generated data sets unless the setting says otherwise: they show "
+           "that a mixer trains on the task, not its LRA accuracy.** They are not comparable to "
+           "the published rows, which are full LRA training runs.", "",
            "## Published results (test accuracy, %)", "",
            "Full LRA runs as published; FAIL = chance; avg over six tasks counts FAIL as 50.",
-           "", published_table(), ""]
+           "", published_table(), "",
+           "## Protocol", "",
+           "Every cell of a setting other than `quick`: " + sweep.PROTOCOL.describe()
+           + ". The best rate is chosen on validation accuracy; a cell shows the test accuracy "
+           "there (mean over seeds, each seed in brackets), `@` the rate, then the best "
+           "validation accuracy; the last row is the majority class of the test set.", "",
+           sweep.rates_table(), ""]
+    out += settings_section()
     out += ["## Our runs", ""]
     if not newest:
         out += ["No runs yet: `lra leaderboard --quick`.", ""]
@@ -165,6 +236,10 @@ def render_markdown(runs: list[dict[str, Any]], notes: str | None = None,
                     + "; ".join(f"`{c}`" for c in cmds), ""]
         notes_s = sorted({r.get("note") for r in recs if r.get("note")})
         out += [f"Note: {n}" for n in notes_s] + ([""] if notes_s else [])
+        cut = sorted(f"{r['mixer']} x {r['task']} lr {r.get('lr')} seed {r.get('seed')}: "
+                     f"{r['cut_short']}" for r in recs if r.get("cut_short"))
+        if cut:
+            out += ["Cut short by the time cap: " + "; ".join(cut) + ".", ""]
         out += [ours_table(recs), "", "<details><summary>run details</summary>", "",
                 details_table(recs), "", "</details>", ""]
     if plot_name:

@@ -43,6 +43,32 @@ QUICK_DATA: dict[str, list[str]] = {
     "pathfinder": ["--resolution", "32", "--contour-length", "14", "--n-images", "2500",
                    "--per-batch", "500"],
 }
+# Named settings beyond --quick: what each fills, with the command that fills it (both pages show
+# them). Every mixer gets the same model (the quick configs' bidirectional 2-layer d = 64 encoder),
+# so a row differs from another only by its mixer; each cell sweeps its family's learning rates
+# (lra/leaderboard/sweep.py). Data is generated with `lra generate` into the setting's folder.
+SETTINGS: dict[str, dict[str, Any]] = {
+    "cpu": {
+        "about": "every mixer on generated ListOps (20-200 tokens) and Pathfinder (32x32), the "
+                 "same model for all (2 layers, d = 64, bidirectional), 1000 steps or 15 "
+                 "minutes per run, one torch thread, the learning-rate sweep",
+        "tasks": ["listops", "pathfinder"], "data_dir": "data/lra_quick", "data": QUICK_DATA,
+        "max_steps": 1000, "budget_minutes": 15.0,
+        "overrides": {"model": {"model": {"d_model": 64, "n_layers": 2}}},
+    },
+    "listops-lra": {
+        "about": "every mixer on ListOps generated with the LRA release's settings (depth 10, "
+                 "up to 10 arguments, 500-2000 tokens; 96000 / 2000 / 2000 expressions), the "
+                 "same model for all (2 layers, d = 64), 2000 steps or 60 minutes per run, the "
+                 "learning-rate sweep",
+        "tasks": ["listops"], "data_dir": "data/lra_listops_lengths",
+        "data": {"listops": ["--n-train", "96000", "--n-val", "2000", "--n-test", "2000",
+                             "--min-length", "500", "--max-length", "2000", "--workers", "2"]},
+        "max_steps": 2000, "budget_minutes": 60.0,
+        "overrides": {"model": {"model": {"d_model": 64, "n_layers": 2}},
+                      "data": {"init_args": {"seq_len": 2048}}},
+    },
+}
 QUICK_BUDGET_MINUTES = 1.5  # training time cap per quick run (Lightning max_time)
 QUICK_TIMEOUT_S = 240  # hard kill of a quick run's process (start + fit + test)
 
@@ -316,6 +342,43 @@ def _record_base(mixer: str, task: str, setting: str, cfg: dict[str, Any] | None
     }
 
 
+def with_lr_seed(overrides: dict[str, Any], lr: float | None, seed: int | None
+                 ) -> dict[str, Any]:
+    """``overrides`` with the sweep's learning rate and Lightning's seed set (None: unchanged)."""
+    out = copy.deepcopy(overrides)
+    if lr is not None:
+        out.setdefault("model", {})["lr"] = float(lr)
+    if seed is not None:
+        out["seed_everything"] = int(seed)
+    return out
+
+
+def config_fingerprint(cfg: dict[str, Any]) -> str:
+    """A short hash of everything in a run's config that changes the run, except the learning
+    rate and the seed (keyed on their own) and the run's own folders (loggers, checkpoints).
+    Two runs with the same fingerprint, rate and seed are the same experiment."""
+    import hashlib
+
+    c = copy.deepcopy(cfg)
+    c.get("trainer", {}).pop("logger", None)
+    c.pop("checkpoint", None)
+    c.get("model", {}).pop("lr", None)
+    c.pop("seed_everything", None)
+    init = c.get("data", {}).get("init_args", {})
+    if init.get("data_dir"):  # the same data from another checkout is the same data
+        init["data_dir"] = repo_relative(init["data_dir"])
+    return hashlib.sha1(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def cut_short(rec: dict[str, Any]) -> str | None:
+    """``"31 of 60 steps: time cap"`` when a finished run stopped before its max_steps while a
+    time cap was set, else None."""
+    want, done = rec.get("max_steps"), rec.get("steps")
+    if rec.get("max_time") and want and want > 0 and done is not None and done < want:
+        return f"{done} of {want} steps: time cap"
+    return None
+
+
 def _reserve_dir(parent: Path, name: str) -> Path:
     """Create and return ``parent/name`` (or ``name-2``, ``name-3``...): two grids started in the
     same second, in parallel, never share a run folder."""
@@ -334,9 +397,12 @@ def run_one(mixer: str, task: str, *, setting: str, quick: bool, data_dir: Path,
             max_steps: int | None, budget_minutes: float | None, runs_dir: Path,
             overrides: dict[str, Any], timeout: float, config_dir: Path,
             threads: int | None = None, extra: dict[str, Any] | None = None,
-            recipe: str | None = None) -> dict[str, Any]:
-    """Train and test one mixer on one task; always returns a record (status ok or error)."""
+            recipe: str | None = None, lr: float | None = None,
+            seed: int | None = None) -> dict[str, Any]:
+    """Train and test one mixer on one task; always returns a record (status ok or error).
+    ``lr`` and ``seed`` (the sweep's) override the config's rate and Lightning's seed."""
     extra = dict(extra or {})
+    overrides = with_lr_seed(overrides, lr, seed)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = _reserve_dir((runs_dir / setting).resolve(), f"{mixer}-{task}-{stamp}")
     cfg = None
@@ -345,6 +411,7 @@ def run_one(mixer: str, task: str, *, setting: str, quick: bool, data_dir: Path,
                          budget_minutes=budget_minutes, run_dir=run_dir, overrides=overrides,
                          config_dir=config_dir, recipe=recipe)
         rec = _record_base(mixer, task, setting, cfg, extra)
+        rec.update(seed=cfg.get("seed_everything", 0), config=config_fingerprint(cfg))
         facts = task_facts(cfg["data"])
         rec.update(majority=facts["majority"], majority_class=facts["majority_class"],
                    n_test=facts["n_test"], sizes=facts["sizes"],
@@ -395,9 +462,28 @@ def run_one(mixer: str, task: str, *, setting: str, quick: bool, data_dir: Path,
         rec["error"] = "no test/acc in the test metrics"
     else:
         rec["status"] = "ok"
-    msg = rec["error"] or f"test {rec['test']:.4f}, best val {rec['best_val']}"
+    note = cut_short(rec)
+    if note:
+        rec["cut_short"] = note
+    msg = (rec["error"] or f"test {rec['test']:.4f}, best val {rec['best_val']}") + \
+        (f"; {note}" if note else "")
     print(f"[leaderboard] {mixer} x {task}: {msg} ({wall:.0f} s)", flush=True)
     return rec
+
+
+def lra_key(r: dict[str, Any]) -> tuple:
+    """The store key of an LRA run: every option that changes it (the config's fingerprint, the
+    learning rate, the seed) and the setting it is filed under."""
+    return (r["mixer"], r["task"], r["setting"], r.get("config"), r.get("lr"), r.get("seed"))
+
+
+def lra_cell(r: dict[str, Any]) -> tuple:
+    return (r["mixer"], r["task"], r["setting"], r.get("config"))
+
+
+def lra_score(r: dict[str, Any]) -> float | None:
+    """The sweep selects on validation accuracy; the page reports the test accuracy."""
+    return r.get("best_val")
 
 
 def run_grid(mixers: Sequence[str], tasks: Sequence[str], *, setting: str, quick: bool,
@@ -405,13 +491,28 @@ def run_grid(mixers: Sequence[str], tasks: Sequence[str], *, setting: str, quick
              runs_dir: Path, store: Path, overrides: dict[str, Any] | None = None,
              timeout: float = QUICK_TIMEOUT_S, config_dir: Path = REPO / "configs",
              command: str | None = None, note: str | None = None,
-             threads: int | None = None, recipe: str | None = None) -> list[dict[str, Any]]:
-    """Run every mixer x task; each finished record is added to the store at once."""
+             threads: int | None = None, recipe: str | None = None,
+             protocol: Any = None, lrs: Sequence[float] | None = None,
+             data_spec: dict[str, list[str]] | None = None,
+             run_fn: Any = None) -> list[dict[str, Any]]:
+    """Run every mixer x task; each finished record is added to the store at once.
+
+    With a ``protocol`` (lra/leaderboard/sweep.py) every cell sweeps learning rates (``lrs``,
+    else its mixer family's), extends the sweep at an end and re-runs the best rate on the other
+    seeds; runs the store already holds are skipped, so a grid fills over several invocations.
+    Without one, each cell is one run at its config's rate (the --quick smoke grid).
+    ``run_fn`` (default :func:`run_one`) is the one-run function; tests pass a stub.
+    """
+    from lra.leaderboard import sweep
+    from lra.leaderboard.store import load_store
+
+    run_fn = run_fn or run_one
     data: dict[str, str] = {}
     for task in tasks:
-        if quick and task in GENERATED:
+        spec = (data_spec or {}).get(task) or (QUICK_DATA.get(task) if quick else None)
+        if spec is not None and task in GENERATED:
             try:
-                data[task] = ensure_generated(task, data_dir)
+                data[task] = ensure_generated(task, data_dir, spec)
             except Exception as err:  # the runs report the missing data
                 data[task] = f"generation failed: {type(err).__name__}: {err}"
         else:
@@ -419,17 +520,40 @@ def run_grid(mixers: Sequence[str], tasks: Sequence[str], *, setting: str, quick
     extra = {"device": device_name(), "commit": git_commit(), "dirty": git_dirty(),
              "grid_command": command,
              "note": note, "threads": threads or _threads(), "recipe": recipe}
-    records = []
+    overrides = overrides or {}
+
+    def launch(todo: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = []
+        for spec in todo:
+            rec = run_fn(spec["mixer"], spec["task"], setting=setting, quick=quick,
+                         data_dir=data_dir, max_steps=max_steps, budget_minutes=budget_minutes,
+                         runs_dir=runs_dir, overrides=overrides, timeout=timeout,
+                         config_dir=config_dir, threads=threads,
+                         extra={**extra, "data": data[spec["task"]],
+                                "extension": spec.get("extension")},
+                         recipe=recipe, lr=spec.get("lr"), seed=spec.get("seed"))
+            out.append(rec)
+            add_runs(store, [rec])
+        return out
+
+    if protocol is None:
+        return launch([{"mixer": m, "task": t} for t in tasks for m in mixers])
+    base = []
     for task in tasks:
         for mixer in mixers:
-            rec = run_one(mixer, task, setting=setting, quick=quick, data_dir=data_dir,
-                          max_steps=max_steps, budget_minutes=budget_minutes,
-                          runs_dir=runs_dir, overrides=overrides or {}, timeout=timeout,
-                          config_dir=config_dir, threads=threads,
-                          extra={**extra, "data": data[task]}, recipe=recipe)
-            records.append(rec)
-            add_runs(store, [rec])
-    return records
+            try:
+                cfg = run_config(task, mixer, quick=quick, data_dir=str(data_dir),
+                                 max_steps=max_steps, budget_minutes=budget_minutes,
+                                 run_dir=Path("RUN"), overrides=overrides,
+                                 config_dir=config_dir, recipe=recipe)
+                fp = config_fingerprint(cfg)
+            except Exception:  # run_one reports it as the cell's error
+                fp = None
+            for lr in (lrs or sweep.rates_for(mixer)):
+                base.append({"mixer": mixer, "task": task, "setting": setting, "config": fp,
+                             "lr": float(lr), "seed": protocol.seeds[0]})
+    return sweep.drive(base, launch, lambda: load_store(store), cell_of=lra_cell,
+                       key_of=lra_key, score=lra_score, protocol=protocol)
 
 
 def _threads() -> int:

@@ -95,10 +95,12 @@ def repo_relative(path: str | Path) -> str:
     return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(path)
 
 
-def device_name() -> str:
+def device_name(kind: str | None = None) -> str:
+    """The machine a run trains on, in words; ``kind`` "cpu" names the CPU even where a GPU is
+    present (a run's own device, which every record carries)."""
     import torch
 
-    if torch.cuda.is_available():
+    if kind != "cpu" and torch.cuda.is_available():
         return f"GPU: {torch.cuda.get_device_name(0)}"
     cpu = platform.processor() or platform.machine()
     try:
@@ -134,3 +136,53 @@ def git_dirty(ignore: tuple[str, ...] = ("docs/",)) -> bool | None:
         return None
     paths = [line[3:] for line in out.stdout.splitlines() if line.strip()]
     return any(not p.startswith(ignore) for p in paths)
+
+
+# ======================================================================= where results go
+# Both suites write to a working folder under runs/ by default; the published pages and stores
+# under docs/ are rewritten only with --publish (and never by a --quick smoke run).
+OUTPUTS = {"lra": ("runs/leaderboard/leaderboard.md", "docs/leaderboard.md"),
+           "recall": ("runs/recall/recall.md", "docs/recall.md")}
+
+
+def add_output_args(ap: Any, suite: str) -> None:
+    """The options both suites share: where the page and the store are, publishing, merging."""
+    work, pub = OUTPUTS[suite]
+    ap.add_argument("--out", default=None,
+                    help=f"the page (default {work}; with --publish {pub})")
+    ap.add_argument("--store", default=None, help="the run store (default: <out stem>_runs.json)")
+    ap.add_argument("--publish", action="store_true",
+                    help=f"write the published page and store ({pub}); without it nothing under "
+                         f"docs/ is written")
+    ap.add_argument("--merge", nargs="+", default=[], metavar="STORE",
+                    help="add the records of these stores (e.g. a GPU sweep's) to the store "
+                         "before the page is written")
+    ap.add_argument("--render", action="store_true", help="only rewrite the page from the store")
+
+
+def output_paths(args: Any, suite: str) -> tuple[Path, Path]:
+    """(page, store) from the parsed options; refuses to write under docs/ without --publish,
+    and refuses --publish for a --quick smoke run."""
+    work, pub = OUTPUTS[suite]
+    if getattr(args, "quick", False) and args.publish:
+        raise SystemExit("--quick is a smoke run: its results never go to the published pages. "
+                         "Drop --publish (results go to " + work + ").")
+    out = Path(args.out or (pub if args.publish else work))
+    store = Path(args.store) if args.store else out.with_name(out.stem + "_runs.json")
+    docs = (REPO / "docs").resolve()
+    for p in (out, store):
+        if not args.publish and p.resolve().is_relative_to(docs):
+            raise SystemExit(f"{p} is under docs/, where the published pages and stores live; "
+                             f"they are rewritten only with --publish (a --quick run never "
+                             f"publishes). Write elsewhere (default {work}) or add --publish.")
+    return out, store
+
+
+def merge_stores(store: Path, others: Iterable[str | Path]) -> None:
+    """Add every record of ``others`` to ``store`` (nothing is dropped or duplicated)."""
+    for other in others:
+        recs = load_store(other)
+        if not recs:
+            raise SystemExit(f"--merge: no records in {other}")
+        add_runs(store, recs)
+        print(f"[leaderboard] merged {len(recs)} records of {other} into {store}", flush=True)

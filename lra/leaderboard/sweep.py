@@ -1,0 +1,310 @@
+"""The sweep protocol of both leaderboards (LRA and the recall arena): one mechanism, here.
+
+A *cell* is one experiment up to its learning rate and seed (mixer x task x size x setting).
+The protocol, as the efficient-sequence-model literature reports its numbers:
+
+1. Every cell sweeps a list of learning rates chosen per mixer family (:data:`FAMILY_RATES`:
+   at least three, neighbours at most 3x apart), on the first seed.
+2. The best rate must not be at an end of the sweep: when it is, the sweep is extended by one
+   rate in that direction (the next on the 1-3-10 ladder, :func:`ladder_step`), at most
+   :attr:`Protocol.max_extensions` times per cell; the extension is recorded on its run
+   (``"extension": "up"`` or ``"down"``). Ties are broken towards the middle of the sweep, so a
+   task solved at every rate (MQAR by attention) is not extended for nothing.
+3. The best rate of every headline cell is re-run on the other seeds (:attr:`Protocol.seeds`);
+   the page shows every seed and their mean.
+4. A run whose training loss went non-finite is never a result (:func:`diverged`): it is listed
+   as diverged and it is never the best rate.
+
+The state of a sweep is derived from the run store alone (:func:`plan`), so a grid can be filled
+over several sessions: a rerun of the same command skips finished runs and continues where the
+store stands. The suites supply three functions: the cell of a run (no lr, no seed), the key of
+a run (every option that changes it, lr and seed included) and its score (the selection metric:
+validation accuracy for LRA, test-set recall accuracy for the arena, as Zoology reports).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+Record = dict[str, Any]
+
+# Learning-rate lists per mixer family, each with its reason (shown on both pages). Neighbours
+# are a half-decade apart on the field's 1-3-10 ladder (3x, or 3.3x from 3 to 10); the protocol
+# extends a list whose best rate is at an end.
+FAMILY_RATES: dict[str, tuple[tuple[float, ...], str]] = {
+    "attention": ((3e-4, 1e-3, 3e-3),
+                  "softmax attention trains at 1e-4 to 1e-3 at scale and at a few 1e-3 in "
+                  "small models (Zoology's MQAR sweeps, LRA's 5e-4 to 1e-3); centred on 1e-3"),
+    "ssm": ((1e-3, 3e-3, 1e-2),
+            "diagonal and structured SSMs take larger rates (S4's LRA recipes use 1e-3 to 1e-2, "
+            "their A and dt at 1e-3 on their own); centred on 3e-3"),
+    "recurrent": ((1e-3, 3e-3, 1e-2),
+                  "gated linear recurrences (Mamba, Mamba-2, Gated DeltaNet, Oryx, Titans) train "
+                  "at 1e-3 to 1e-2 at these widths (Zoology and the GDN paper sweep this range; "
+                  "the arena's earlier single rate was 3e-3); centred on 3e-3"),
+}
+MIXER_FAMILY: dict[str, str] = {
+    "attention": "attention", "fox": "attention", "landmark": "attention",
+    "s4": "ssm", "s4d": "ssm",
+    "mamba": "recurrent", "mamba2": "recurrent", "gdn": "recurrent", "oryx": "recurrent",
+    "titans": "recurrent",
+}
+DEFAULT_FAMILY = "recurrent"
+
+
+def family(mixer: str) -> str:
+    """The rate family of a registry name (an alias such as ``gdn:deltanet`` counts as its base
+    name; a mixer not listed takes :data:`DEFAULT_FAMILY`)."""
+    return MIXER_FAMILY.get(mixer.split(":")[0], DEFAULT_FAMILY)
+
+
+def rates_for(mixer: str) -> list[float]:
+    return list(FAMILY_RATES[family(mixer)][0])
+
+
+def rates_table() -> str:
+    """The markdown table of rate lists per family (both pages show it)."""
+    lines = ["| family | mixers | learning rates | why |", "|---|---|---|---|"]
+    for fam, (rates, why) in FAMILY_RATES.items():
+        members = ", ".join(sorted(m for m, f in MIXER_FAMILY.items() if f == fam))
+        lines.append(f"| {fam} | {members} | {', '.join(f'{r:g}' for r in rates)} | {why} |")
+    return "\n".join(lines)
+
+
+def ladder_step(lr: float, direction: int) -> float:
+    """The next rate on the half-decade ladder (..., 1e-3, 3e-3, 1e-2, ...) above (+1) or below
+    (-1) ``lr``: an extension lands where a field's sweep would have put it."""
+    k = math.floor(math.log10(lr) + 1e-9)
+    rungs = sorted({m * 10.0 ** e for e in (k - 1, k, k + 1) for m in (1, 3)})
+    rungs = [float(f"{r:.3g}") for r in rungs]
+    if direction > 0:
+        return next(r for r in rungs if r > lr * (1 + 1e-9))
+    return next(r for r in reversed(rungs) if r < lr * (1 - 1e-9))
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a cell is swept. ``seeds[0]`` sweeps the rates; the others re-run the best rate."""
+
+    seeds: tuple[int, ...] = (0, 1)
+    max_extensions: int = 2
+
+    def describe(self) -> str:
+        return (f"learning rates swept per cell on seed {self.seeds[0]}; a best rate at an end "
+                f"of the sweep extends it by one rate (the next on the 1-3-10 ladder, at most "
+                f"{self.max_extensions} per cell); the best rate re-run on seed"
+                f"{'s' if len(self.seeds) > 2 else ''} "
+                f"{', '.join(str(s) for s in self.seeds[1:])}; diverged runs never count")
+
+
+PROTOCOL = Protocol()
+
+
+# ================================================================================ results
+def diverged(r: Record) -> int | None:
+    """The first step whose training loss was not finite (NaN or inf), or None (-1: the final
+    loss was not finite, step unknown). Such a run's accuracy means nothing: it is never a
+    result, never the best rate, and the page lists it as diverged."""
+    if r.get("diverged_at"):
+        return int(r["diverged_at"])
+    curve = r.get("loss_curve") or []
+    bad = [step for step, loss in curve if loss is None or not math.isfinite(loss)]
+    final = r.get("final_loss", 0.0)
+    if bad or (final is not None and not math.isfinite(final)):
+        return bad[0] if bad else -1
+    return None
+
+
+def is_result(r: Record) -> bool:
+    """A finished run that counts: status ok and not diverged."""
+    return r.get("status") == "ok" and diverged(r) is None
+
+
+def newest_by(records: Iterable[Record], key_of: Callable[[Record], Any]) -> dict[Any, Record]:
+    """The newest record of every key (by ``date``; later in the list wins a tie)."""
+    out: dict[Any, Record] = {}
+    for r in records:
+        k = key_of(r)
+        if k not in out or str(r.get("date", "")) >= str(out[k].get("date", "")):
+            out[k] = r
+    return out
+
+
+def pick_best(scores: dict[float, float]) -> float:
+    """The best rate of ``{lr: score}``; ties go to the rate nearest the middle of the sweep, so
+    an end is the best only when it beats every rate inside."""
+    top = max(scores.values())
+    rates = sorted(scores)
+    mid = (len(rates) - 1) / 2
+    tied = [i for i, lr in enumerate(rates) if scores[lr] >= top - 1e-12]
+    return rates[min(tied, key=lambda i: (abs(i - mid), i))]
+
+
+# ================================================================================ planning
+@dataclass
+class CellState:
+    """Where one cell's sweep stands (:func:`plan`)."""
+
+    cell: Any
+    runs: list[Record]  # every run the protocol asks for so far (first seed, then the others)
+    best_lr: float | None = None
+    extended: list[str] | None = None  # "up"/"down" per extension, in order
+    capped: bool = False  # the best rate is still at an end after max_extensions
+
+    def rates(self, seed: int) -> list[float]:
+        return sorted({r["lr"] for r in self.runs if r["seed"] == seed})
+
+
+def plan(base_runs: Sequence[Record], records: Iterable[Record], *,
+         cell_of: Callable[[Record], Any], key_of: Callable[[Record], Any],
+         score: Callable[[Record], float | None], protocol: Protocol = PROTOCOL,
+         headline: Callable[[Record], bool] = lambda r: True,
+         attempted: Callable[[Any], bool] | None = None) -> dict[Any, CellState]:
+    """Every cell's runs under the protocol, given the store's ``records``.
+
+    ``base_runs`` are the first seed's runs at each cell's initial rates (dicts with ``lr`` and
+    ``seed``). A run counts as attempted when the store has a finished record of its key (a
+    result, or a diverged run) or ``attempted(key)`` says so (an error in this invocation); a
+    cell is extended, or its best rate re-seeded, only once every run it has is attempted.
+    """
+    newest = newest_by((r for r in records if r.get("status") == "ok"), key_of)
+
+    def tried(run: Record) -> bool:
+        k = key_of(run)
+        return k in newest or bool(attempted and attempted(k))
+
+    cells: dict[Any, list[Record]] = {}
+    for run in base_runs:
+        cells.setdefault(cell_of(run), []).append(run)
+    out: dict[Any, CellState] = {}
+    for cell, runs in cells.items():
+        runs = [dict(r, seed=protocol.seeds[0]) for r in runs]
+        st = CellState(cell, runs, extended=[])
+        out[cell] = st
+        while all(tried(r) for r in st.runs):
+            scores = {}
+            for r in st.runs:
+                rec = newest.get(key_of(r))
+                if rec is not None and is_result(rec):
+                    s = score(rec)
+                    if s is not None and math.isfinite(s):
+                        scores[r["lr"]] = s
+            if not scores:
+                break  # nothing to choose from: every rate failed or diverged
+            best = pick_best(scores)
+            rates = sorted(r["lr"] for r in st.runs)
+            st.best_lr = best
+            end = "up" if best == rates[-1] else "down" if best == rates[0] else None
+            if end is None:
+                break
+            if len(st.extended) >= protocol.max_extensions:
+                st.capped = True
+                break
+            new_lr = ladder_step(best, +1 if end == "up" else -1)
+            template = max(st.runs, key=lambda r: r["lr"]) if end == "up" else \
+                min(st.runs, key=lambda r: r["lr"])
+            st.runs.append({**template, "lr": new_lr, "extension": end})
+            st.extended.append(end)
+        # the sweep is settled (every run attempted, no extension pending; a capped sweep's
+        # best is still the cell's number): the best rate gets its other seeds
+        if st.best_lr is not None and headline(runs[0]) and all(tried(r) for r in st.runs):
+            template = next(r for r in st.runs if r["lr"] == st.best_lr)
+            st.runs += [{**template, "seed": s, "extension": None} for s in protocol.seeds[1:]]
+    return out
+
+
+def pending(states: dict[Any, CellState], records: Iterable[Record], *,
+            key_of: Callable[[Record], Any],
+            attempted: Callable[[Any], bool] | None = None) -> list[Record]:
+    """The runs of ``states`` without an ok record in the store, not yet attempted."""
+    ok = {key_of(r) for r in records if r.get("status") == "ok"}
+    out, seen = [], set()
+    for st in states.values():
+        for r in st.runs:
+            k = key_of(r)
+            if k not in ok and k not in seen and not (attempted and attempted(k)):
+                seen.add(k)
+                out.append(r)
+    return out
+
+
+def drive(base_runs: Sequence[Record], launch: Callable[[list[Record]], list[Record]],
+          load: Callable[[], list[Record]], *, cell_of: Callable[[Record], Any],
+          key_of: Callable[[Record], Any], score: Callable[[Record], float | None],
+          protocol: Protocol = PROTOCOL, headline: Callable[[Record], bool] = lambda r: True,
+          max_rounds: int = 20) -> list[Record]:
+    """Run a grid under the protocol: plan from the store, ``launch`` what is pending (it returns
+    the new records and has written them to the store), re-plan, until nothing is pending.
+
+    Each round launches only runs never attempted in this call, so a run that fails is tried
+    once per invocation (a later invocation retries it) and the loop always ends.
+    """
+    tried: set[Any] = set()
+    new: list[Record] = []
+    for _ in range(max_rounds):
+        recs = load()
+        states = plan(base_runs, recs, cell_of=cell_of, key_of=key_of, score=score,
+                      protocol=protocol, headline=headline, attempted=tried.__contains__)
+        todo = pending(states, recs, key_of=key_of, attempted=tried.__contains__)
+        if not todo:
+            break
+        tried.update(key_of(r) for r in todo)
+        new += launch(todo)
+    return new
+
+
+@dataclass
+class CellSummary:
+    """What a page shows of one cell: the best rate, each seed's score there, the sweep."""
+
+    cell: Any
+    best: Record | None  # the first seed's record at the best rate
+    seeds: dict[int, Record]  # seed -> record at the best rate (results only)
+    rates: list[tuple[float, str]]  # (lr, "score" | "diverged" | "error" | "missing"), ext marked
+    extensions: list[str]
+    capped: bool
+
+    def mean(self, score: Callable[[Record], float | None]) -> float | None:
+        vals = [score(r) for r in self.seeds.values()]
+        vals = [v for v in vals if v is not None]
+        return sum(vals) / len(vals) if vals else None
+
+
+def summarize(records: Iterable[Record], *, cell_of: Callable[[Record], Any],
+              key_of: Callable[[Record], Any], score: Callable[[Record], float | None],
+              protocol: Protocol = PROTOCOL) -> dict[Any, CellSummary]:
+    """Every cell of the store: its best rate among the first seed's results (ties to the middle
+    of its sweep) and the other seeds' results at that rate. Records without a ``seed`` (made
+    before the protocol) count as the first seed."""
+    recs = list(records)
+    newest = newest_by(recs, key_of)
+    by_cell: dict[Any, list[Record]] = {}
+    for r in newest.values():
+        by_cell.setdefault(cell_of(r), []).append(r)
+    out: dict[Any, CellSummary] = {}
+    first = protocol.seeds[0]
+    for cell, rs in by_cell.items():
+        sweep = [r for r in rs if r.get("seed", first) in (first, None)]
+        scores = {r["lr"]: score(r) for r in sweep if is_result(r) and r.get("lr") is not None
+                  and score(r) is not None}
+        rates = []
+        for r in sorted(sweep, key=lambda r: r.get("lr") or 0):
+            what = "diverged" if r.get("status") == "ok" and not is_result(r) else \
+                ("error" if r.get("status") != "ok" else "ok")
+            rates.append((r.get("lr"), what + (f" ({r['extension']})" if r.get("extension")
+                                                else "")))
+        exts = [r["extension"] for r in sweep if r.get("extension")]
+        if not scores:
+            out[cell] = CellSummary(cell, None, {}, rates, exts, False)
+            continue
+        lr = pick_best(scores)
+        best = next(r for r in sweep if r.get("lr") == lr and is_result(r))
+        seeds = {r.get("seed", first) if r.get("seed") is not None else first: r
+                 for r in rs if r.get("lr") == lr and is_result(r)}
+        lrs = sorted(scores)
+        capped = lr in (lrs[0], lrs[-1]) and len(lrs) > 1 and len(exts) >= protocol.max_extensions
+        out[cell] = CellSummary(cell, best, seeds, rates, exts, capped)
+    return out

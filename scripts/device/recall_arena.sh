@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The whole recall arena on one GPU in one call of under 10 minutes: every mixer, the five MQAR
+# cells (difficulty and state axes), passkey, each swept over its family's learning rates with
+# the protocol's extensions and second seeds (lra/leaderboard/sweep.py), several runs per GPU.
+#
+#   bash scripts/device/recall_arena.sh OUT_DIR            # on the GPU machine, repository root
+#   DRY_RUN=1 bash scripts/device/recall_arena.sh OUT_DIR  # on a CPU: the smoke grid, 2 steps,
+#                                                          # first seed only (no sweep)
+#
+# The store OUT_DIR/recall_runs.json gets each run's record as it finishes, so whatever ran
+# before the deadline (ARENA_SECONDS, default 540) comes back. A second call resumes where the
+# first stopped when the store is put back first: ARENA_STORE=path/to/recall_runs.json.
+# Here, afterwards: lra leaderboard --suite recall --render --publish --merge OUT_DIR/recall_runs.json
+set -u
+O=${1:?usage: scripts/device/recall_arena.sh OUT_DIR}
+mkdir -p "$O"
+O=$(cd "$O" && pwd)
+cd "$(dirname "$0")/../.."
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
+DRY=${DRY_RUN:-0}
+DEADLINE=${ARENA_SECONDS:-540}
+[ -n "${ARENA_STORE:-}" ] && cp "$ARENA_STORE" "$O/recall_runs.json"
+if [ "$DRY" = 1 ]; then
+    ARGS=(--quick --mixers attention --steps 2 --no-sweep --jobs 2 --device cpu --timeout 60)
+else
+    # 16 runs share the GPU: each is a small model, so the GPU is shared rather than saturated
+    ARGS=(--jobs "${ARENA_JOBS:-16}" --device cuda --timeout 400)
+fi
+echo "== recall arena: ${ARGS[*]} (deadline ${DEADLINE} s)" | tee "$O/arena.log"
+timeout --signal=INT "$((DEADLINE - 20))" python3 -m lra.leaderboard --suite recall "${ARGS[@]}" \
+    --out "$O/recall.md" >> "$O/arena.log" 2>&1
+echo "== exit $? after ${SECONDS} s; the page from what finished:" | tee -a "$O/arena.log"
+R=(--render --out "$O/recall.md")
+[ "$DRY" = 1 ] && R+=(--quick --mixers attention --steps 2)
+timeout 60 python3 -m lra.leaderboard --suite recall "${R[@]}" >> "$O/arena.log" 2>&1
+python3 - "$O/recall_runs.json" <<'PY' | tee -a "$O/arena.log"
+import json, sys
+runs = json.load(open(sys.argv[1]))["runs"]
+ok = [r for r in runs if r.get("status") == "ok"]
+print(f"{len(runs)} records, {len(ok)} ok; wall per run "
+      f"{min((r['wall_s'] for r in ok), default=0):.0f}-{max((r['wall_s'] for r in ok), default=0):.0f} s")
+PY

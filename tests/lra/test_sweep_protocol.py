@@ -1,0 +1,212 @@
+"""The sweep protocol shared by `lra leaderboard` and its recall arena (lra/leaderboard/sweep.py):
+best-rate selection, extension at an end, the second seed on the best rate, diverged runs never
+counted, resumption, store keys, the publish flag, per-row devices and the time-cap note. Every
+run here is a stub (a function of the learning rate), so the file takes seconds."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import pytest
+
+from lra.leaderboard import arena, render, runner, store, sweep
+
+
+def _drive(score_of, rates=(1e-3, 3e-3, 1e-2), protocol=sweep.PROTOCOL, records=None,
+           diverge=()):
+    """Run one cell's sweep with stub runs; returns (every launched run, the store)."""
+    recs = list(records or [])
+    launched = []
+
+    def launch(todo):
+        new = []
+        for r in todo:
+            launched.append(r)
+            rec = {**r, "status": "ok", "acc": score_of(r["lr"], r["seed"]),
+                   "date": f"2026-01-01T00:00:{len(recs):02d}"}
+            if r["lr"] in diverge:
+                rec["final_loss"] = math.nan
+            new.append(rec)
+        recs.extend(new)
+        return new
+
+    base = [{"cell": "c", "lr": lr, "seed": 0} for lr in rates]
+    sweep.drive(base, launch, lambda: list(recs), cell_of=lambda r: r["cell"],
+                key_of=lambda r: (r["cell"], r["lr"], r["seed"]), score=lambda r: r["acc"],
+                protocol=protocol)
+    return launched, recs
+
+
+def test_best_rate_is_the_best_score_and_ties_go_to_the_middle():
+    assert sweep.pick_best({1e-3: 0.2, 3e-3: 0.9, 1e-2: 0.5}) == 3e-3
+    # solved at every rate (attention on MQAR): the middle, so no extension for nothing
+    assert sweep.pick_best({1e-3: 1.0, 3e-3: 1.0, 1e-2: 1.0}) == 3e-3
+    assert sweep.pick_best({1e-3: 1.0, 3e-3: 0.5, 1e-2: 0.2}) == 1e-3
+
+
+def test_interior_best_is_not_extended_and_gets_its_second_seed():
+    launched, _ = _drive(lambda lr, s: {1e-3: 0.2, 3e-3: 0.9, 1e-2: 0.5}[lr])
+    assert [(r["lr"], r["seed"]) for r in launched] == [
+        (1e-3, 0), (3e-3, 0), (1e-2, 0), (3e-3, 1)]
+
+
+def test_best_at_an_end_extends_the_sweep_in_that_direction_up_to_the_limit():
+    launched, recs = _drive(lambda lr, s: lr)  # a higher rate is always better
+    ext = [r for r in launched if r.get("extension")]
+    assert [(r["lr"], r["extension"]) for r in ext] == [(0.03, "up"), (0.1, "up")]
+    assert len(ext) == sweep.PROTOCOL.max_extensions
+    # the capped sweep's best still gets its second seed, and the page says it is at the end
+    assert launched[-1]["lr"] == 0.1 and launched[-1]["seed"] == 1
+    (summ,) = sweep.summarize(recs, cell_of=lambda r: r["cell"],
+                              key_of=lambda r: (r["cell"], r["lr"], r["seed"]),
+                              score=lambda r: r["acc"]).values()
+    assert summ.capped and summ.best["lr"] == 0.1 and set(summ.seeds) == {0, 1}
+    down, _ = _drive(lambda lr, s: -lr)
+    assert [r["lr"] for r in down if r.get("extension") == "down"] == [3e-4, 1e-4]
+
+
+def test_a_diverged_run_is_never_the_best_rate():
+    # the top rate "scores" highest but its loss went NaN: not a result, so 3e-3 is the best,
+    # interior, and no extension upward follows
+    launched, recs = _drive(lambda lr, s: {1e-3: 0.2, 3e-3: 0.5, 1e-2: 0.99}[lr],
+                            diverge=(1e-2,))
+    assert not any(r.get("extension") for r in launched)
+    assert (3e-3, 1) in {(r["lr"], r["seed"]) for r in launched}
+    assert not sweep.is_result(next(r for r in recs if r["lr"] == 1e-2))
+    assert sweep.diverged({"loss_curve": [[1, 2.0], [5, math.inf]]}) == 5
+
+
+def test_resumption_skips_finished_runs_and_continues_the_sweep():
+    launched, recs = _drive(lambda lr, s: lr)
+    again, _ = _drive(lambda lr, s: lr, records=recs)
+    assert again == []  # the whole sweep is in the store: nothing is run twice
+    # a store that holds only the first two rates: the third, then the rest, nothing else
+    part = [r for r in recs if r["seed"] == 0 and r["lr"] in (1e-3, 3e-3)]
+    more, _ = _drive(lambda lr, s: lr, records=part)
+    assert more[0]["lr"] == 1e-2
+    assert len(more) == len(launched) - 2
+
+
+def test_arena_keys_distinguish_every_option_and_the_grid_version():
+    (c,) = [c for c in arena.grid(arena.FULL, ["gdn"]) if c["kind"] == "state"][:1]
+    k = arena.cell_key(c)
+    for change in ({"lr": 1e-2}, {"seed": 1}, {"mixer_kwargs": {"head_dim": 64}},
+                   {"version": 1}, {"steps": 1}, {"d": 128}):
+        assert arena.cell_key({**c, **change}) != k, change
+    assert arena.cell_of({**c, "lr": 1e-2, "seed": 1}) == arena.cell_of(c)
+    # where a run trains is not what it is: device and provenance stay out of the key
+    assert arena.cell_key({**c, "device_type": "cuda", "commit": "x"}) == k
+
+
+def test_lra_config_fingerprint_sees_options_not_folders():
+    kw = dict(quick=True, data_dir="/d", max_steps=10, budget_minutes=None, overrides={},
+              config_dir=store.REPO / "configs")
+    a = runner.run_config("listops", "s4d", run_dir=Path("/a"), **kw)
+    b = runner.run_config("listops", "s4d", run_dir=Path("/b"), **kw)
+    assert runner.config_fingerprint(a) == runner.config_fingerprint(b)
+    wide = runner.run_config("listops", "s4d", run_dir=Path("/a"),
+                             **{**kw, "overrides": {"model": {"model": {"d_model": 128}}}})
+    assert runner.config_fingerprint(wide) != runner.config_fingerprint(a)
+    # the rate and the seed are keyed on their own, beside the fingerprint
+    lr = runner.deep_merge(a, runner.with_lr_seed({}, 1e-2, 1))
+    assert runner.config_fingerprint(lr) == runner.config_fingerprint(a)
+    assert lr["model"]["lr"] == 1e-2 and lr["seed_everything"] == 1
+
+
+STUB_CFG = {"model": {}, "trainer": {}}
+
+
+def _stub_run(scores, calls, steps=None):
+    def run_one(mixer, task, *, setting, lr, seed, extra, max_steps, **_):
+        calls.append((mixer, lr, seed))
+        rec = {"mixer": mixer, "task": task, "setting": setting,
+               "config": runner.config_fingerprint(STUB_CFG), "lr": lr, "seed": seed,
+               "status": "ok", "best_val": scores(lr), "test": scores(lr) - 0.01,
+               "date": f"2026-01-01T00:{len(calls):02d}", "majority": 0.2, "max_steps": 60,
+               "steps": steps or 60, "max_time": "00:00:01:00" if steps else None,
+               "model": {"d_model": 64, "n_layers": 2}, **extra}
+        note = runner.cut_short(rec)
+        if note:
+            rec["cut_short"] = note
+        return rec
+    return run_one
+
+
+def test_lra_grid_runs_the_protocol_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "run_config", lambda *a, **k: STUB_CFG)
+    calls: list = []
+    kw = dict(setting="cpu", quick=True, data_dir=tmp_path, max_steps=60, budget_minutes=None,
+              runs_dir=tmp_path / "runs", store=tmp_path / "s.json", protocol=sweep.PROTOCOL,
+              run_fn=_stub_run(lambda lr: {3e-4: .3, 1e-3: .6, 3e-3: .5}.get(lr, .1), calls))
+    runner.run_grid(["attention"], ["text"], **kw)
+    assert calls == [("attention", 3e-4, 0), ("attention", 1e-3, 0), ("attention", 3e-3, 0),
+                     ("attention", 1e-3, 1)]
+    calls.clear()
+    runner.run_grid(["attention"], ["text"], **kw)
+    assert calls == []  # a second invocation finds every run in the store
+    page = render.render_markdown(store.load_store(tmp_path / "s.json"))
+    row = next(ln for ln in page.splitlines() if ln.startswith("| attention |") and "@" in ln)
+    assert "@ 0.001" in row and "(59.0 / 59.0)" in row  # both seeds at the best rate
+    assert "| *majority class (test set)* | 20.0 |" in page
+
+
+def test_each_row_carries_its_device_and_the_caption_names_none():
+    recs = [{"mixer": m, "task": "listops", "setting": "s", "status": "ok", "test": 0.5,
+             "best_val": 0.5, "lr": 1e-3, "seed": 0, "device": dev, "date": "2026"}
+            for m, dev in (("s4d", "CPU: box"), ("gdn", "GPU: NVIDIA H200"))]
+    page = render.render_markdown(recs)
+    caption = next(ln for ln in page.splitlines() if ln.startswith("**s**"))
+    assert "H200" not in caption and "CPU: box" not in caption
+    assert any("| gdn |" in ln and "GPU: NVIDIA H200" in ln for ln in page.splitlines())
+    assert any("| s4d |" in ln and "CPU: box" in ln for ln in page.splitlines())
+
+
+def test_a_run_cut_short_by_its_time_cap_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(runner, "run_config", lambda *a, **k: STUB_CFG)
+    calls: list = []
+    runner.run_grid(["s4d"], ["text"], setting="cpu", quick=True, data_dir=tmp_path,
+                    max_steps=60, budget_minutes=1, runs_dir=tmp_path, store=tmp_path / "s.json",
+                    run_fn=_stub_run(lambda lr: 0.5, calls, steps=31))
+    (rec,) = store.load_store(tmp_path / "s.json")
+    assert rec["cut_short"] == "31 of 60 steps: time cap"
+    assert "31 of 60 steps: time cap" in render.render_markdown([rec])
+    assert runner.cut_short({**rec, "steps": 60}) is None
+    assert runner.cut_short({**rec, "max_time": None}) is None
+
+
+def _args(**kw):
+    return argparse.Namespace(**{"out": None, "store": None, "publish": False, "quick": False,
+                                 **kw})
+
+
+def test_docs_are_written_only_with_publish_and_never_by_quick():
+    out, st = store.output_paths(_args(), "recall")
+    assert out == Path("runs/recall/recall.md") and st == Path("runs/recall/recall_runs.json")
+    assert store.output_paths(_args(publish=True), "lra")[0] == Path("docs/leaderboard.md")
+    with pytest.raises(SystemExit, match="--publish"):
+        store.output_paths(_args(out=str(store.REPO / "docs" / "recall.md")), "recall")
+    with pytest.raises(SystemExit, match="--publish"):
+        store.output_paths(_args(store=str(store.REPO / "docs" / "x_runs.json")), "lra")
+    with pytest.raises(SystemExit, match="smoke"):
+        store.output_paths(_args(publish=True, quick=True), "lra")
+
+
+def test_quick_cli_never_touches_docs(tmp_path):
+    from lra import leaderboard as lb
+
+    with pytest.raises(SystemExit, match="smoke"):
+        lb.main(["--quick", "--publish", "--render"])
+    with pytest.raises(SystemExit, match="smoke"):
+        lb.main(["--suite", "recall", "--quick", "--publish", "--render"])
+    with pytest.raises(SystemExit, match="--publish"):
+        lb.main(["--suite", "recall", "--render", "--out", str(store.REPO / "docs" / "r.md")])
+
+
+def test_merge_adds_another_stores_records(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    store.save_store(a, [{"x": 1}])
+    store.save_store(b, [{"x": 2}, {"x": 1}])
+    store.merge_stores(a, [b])
+    assert store.load_store(a) == [{"x": 1}, {"x": 2}]
