@@ -531,7 +531,8 @@ def render(recs: list[dict[str, Any]], cells: list[dict[str, Any]], *, store_nam
     old = len(every) - len(recs)
     if old:
         out += [f"The store also keeps {old} records of earlier grids (other defaults, other "
-                f"cells), not shown here.", ""]
+                f"cells), not shown here; the first grid's page is kept as "
+                f"[recall_v1.md](recall_v1.md).", ""]
     div = [r for r in recs if r.get("status") == "ok" and diverged(r) is not None]
     if div:
         out += ["## Runs that diverged", "",
