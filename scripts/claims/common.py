@@ -188,6 +188,7 @@ class Check:
     max_extend: int = 2
     select: dict[str, str] = field(default_factory=dict)  # per-model selection metric
     lrs_by_model: dict[str, Sequence[float]] = field(default_factory=dict)
+    jobs: int = 1  # runs of the first sweep at a time (for trains that run in a child process)
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True)
 
 
@@ -251,7 +252,13 @@ def sweep_model(check: Check, model: str) -> ModelResult:
                   + f" ({run.secs:.0f} s)")
         return run
 
-    sweep = {lr: one(lr, seed0) for lr in lrs}
+    if check.jobs > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(check.jobs) as pool:
+            sweep = dict(zip(lrs, pool.map(lambda lr: one(lr, seed0), lrs), strict=True))
+    else:
+        sweep = {lr: one(lr, seed0) for lr in lrs}
     for _ in range(check.max_extend):
         grid = sorted(sweep)
         best = max(grid, key=lambda lr: _score(sweep[lr], metric))
