@@ -317,7 +317,7 @@ def run_check(check: Check) -> CheckResult:
         else:
             verdict, lines = REDESIGN, [f"the control {check.control.model} reached "
                                         f"{' / '.join(f'{v:.3f}' for v in ctrl)} < "
-                                        f"{check.control.level}: the check cannot decide"]
+                                        f"{check.control.level:.3g}: the check cannot decide"]
         verdicts.append((claim.text, verdict, lines))
     return CheckResult(check.name, models, check.control, ctrl, ok, verdicts, time.time() - t0)
 
@@ -344,7 +344,7 @@ def render(res: CheckResult, metrics: Sequence[str] | None = None) -> str:
     c = res.control
     lines = [f"## {res.name}", "",
              f"Control: {c.model} {c.metric} {' / '.join(f'{v:.3f}' for v in res.control_values)}"
-             f" (both seeds must reach {c.level}{'; ' + c.why if c.why else ''}): "
+             f" (both seeds must reach {c.level:.3g}{'; ' + c.why if c.why else ''}): "
              f"{'passed' if res.control_ok else 'FAILED, redesign needed'}", "",
              "| claim | verdict |", "|---|---|"]
     lines += [f"| {text} | **{verdict}** |" for text, verdict, _ in res.verdicts]
@@ -360,7 +360,7 @@ def render(res: CheckResult, metrics: Sequence[str] | None = None) -> str:
         lines.append(f"| {m} | {r.metric} | {cells} | {r.best_lr:.3g}{flag} |")
     lines += ["", "At the best rate, both seeds (values seed / seed):", "",
               "| model | lr | " + " | ".join(metrics)
-              + " | train s | learning curve (step: loss) |",
+              + " | train s | learning curve (step: training loss unless stated) |",
               "|---|---|" + "---|" * len(metrics) + "---|---|"]
     for m, r in res.models.items():
         cells = " | ".join(show(r.values(k)) for k in metrics)
