@@ -24,8 +24,8 @@ which this task separates the recurrent mixers (a GDN of this size reaches 0.98 
 - attention (2 heads of 32, RoPE; its KV cache grows with L): the positive control, which must
   reach 0.9 on both seeds.
 
-The protocol of ``common.py``: a learning-rate sweep per model (3e-4 … 1e-2, extended at an end),
-the best rate re-run on a second seed, verdicts that must hold on both seeds.
+The protocol of ``common.py``: a learning-rate sweep per model (1e-3, 3e-3, 1e-2, extended at
+an end), the best rate re-run on a second seed, verdicts that must hold on both seeds.
 """
 
 from __future__ import annotations
