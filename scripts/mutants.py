@@ -373,6 +373,20 @@ MUTANTS: list[Mutant] = [
       "s_lm = (s_lm + TIE_TOL * ref * recency)", "s_lm = (s_lm - TIE_TOL * ref * recency)",
       (f"{LM}retrieval_ties_go_to_the_most_recent_block",),
       "top-k ties go to the oldest block, not the most recent"),
+    M("lmattn-chunk-position-shift", "lrm/ops/landmark_attn.py",
+      "shift = (kp + 1) * P - lo", "shift = kp * P - lo",
+      ("tests/ops/test_landmark_chunk.py::test_chunked_retrieval_equals_the_direct_construction",),
+      "chunked retrieval: the chunk starts one slot early (overlaps the retrieved blocks)"),
+    M("lmattn-chunk-ties-to-oldest", "lrm/ops/landmark_attn.py",
+      "TIE_TOL * ref * (b_ids + 1) / c0", "TIE_TOL * ref * (c0 - b_ids) / c0",
+      ("tests/ops/test_landmark_chunk.py::test_chunked_retrieval_ties_go_to_the_most_recent_block",),
+      "chunked retrieval: near-ties go to the oldest cache block"),
+    M("lmattn-chunk-sees-later-landmarks", "lrm/ops/landmark_attn.py",
+      "lm_prev, tok_prev = lm & (ck < cq), ~lm & (ck < cq)",
+      "lm_prev, tok_prev = lm & (ck <= cq), ~lm & (ck < cq)",
+      ("tests/ops/test_landmark_chunk.py::test_without_a_cache_chunked_retrieval_is_the_grouped"
+       "_softmax",),
+      "chunked retrieval: a query's own landmark joins its outer softmax"),
 
     # ------------------------------------------------------------------ landmark (+ model tokens)
     M("landmark-stream-q-rope-offset", "lrm/mixers/landmark.py", "pos[offset:],",

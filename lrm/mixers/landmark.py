@@ -17,11 +17,24 @@ Retrieval mode (``retrieval_topk=k``): each query and head scores the cached lan
 the k best blocks and applies the grouped softmax to them and its own block; positions are
 handed out as upstream's memory cache does (``lrm.ops.landmark_attn``), so no RoPE distance
 exceeds about (k + 2)·(block_len + 1) however long the cache. With k ≥ the number of earlier
-blocks it equals training mode.
+blocks it equals training mode. This answers every query from its own block plus its top-k, as
+in token-by-token decoding.
+
+Chunked retrieval (``retrieval_topk=k, retrieval_chunk=C``, C ordinary tokens, a multiple of
+block_len): upstream's long-input evaluation (``--mid_length``). The positions are cut into
+chunks of C / block_len blocks; a query takes the grouped softmax over its own chunk (its block
+and the chunk's earlier blocks through their landmarks), and top-k retrieval only into the
+blocks before the chunk (the cache), in one outer softmax. ``retrieval_chunk=block_len`` is the
+per-query retrieval above; a chunk longer than the input is training mode.
+
+Which mode made which number in ``docs/claims/landmark.md``: its retrieval rows (top-2, top-4)
+were measured per query (``retrieval_chunk=None``, the same as ``retrieval_chunk=block_len``);
+its grouped-softmax rows in training mode over the whole test input.
 
 Symbols: B batch, L length of this call, T tokens in the cache (landmarks included), d model
 width, H heads, Dh = d / H (by default H = max(1, d/64): heads of 64, one head of width d below
-d = 64), c the query's block, ℓ_b the landmark of block b, k = retrieval_topk.
+d = 64), c the query's block, ℓ_b the landmark of block b, k = retrieval_topk,
+C = retrieval_chunk.
 
 The landmark tokens themselves are inputs: ``landmark_every = block_len`` tells ``LRModel`` to
 insert a learned landmark embedding after every ``block_len`` real tokens (docs/design.md,
@@ -67,11 +80,12 @@ class LandmarkAttention(nn.Module):
         "grouped": {"block_len": 5},  # training mode, several blocks in the test length
         "retrieval_k2": {"block_len": 5, "retrieval_topk": 2},
         "retrieval_k1": {"block_len": 3, "retrieval_topk": 1},
+        "retrieval_chunked": {"block_len": 3, "retrieval_topk": 1, "retrieval_chunk": 6},
     }
 
     def __init__(self, d: int, *, n_heads: int | None = None, block_len: int = 32,
-                 retrieval_topk: int | None = None, rope_base: float = 10000.0,
-                 bias: bool = False) -> None:
+                 retrieval_topk: int | None = None, retrieval_chunk: int | None = None,
+                 rope_base: float = 10000.0, bias: bool = False) -> None:
         super().__init__()
         n_heads = n_heads or max(1, d // 64)
         if d % n_heads:
@@ -84,8 +98,16 @@ class LandmarkAttention(nn.Module):
                                            or retrieval_topk < 1):
             raise ValueError(f"retrieval_topk must be None (grouped softmax over the whole "
                              f"context) or a positive int, got {retrieval_topk!r}")
+        if retrieval_chunk is not None and (
+                retrieval_topk is None or not isinstance(retrieval_chunk, int)
+                or retrieval_chunk < 1 or retrieval_chunk % block_len):
+            raise ValueError(f"retrieval_chunk must be None or a positive multiple of "
+                             f"block_len={block_len} (the chunk length in ordinary tokens), and "
+                             f"it needs retrieval_topk; got retrieval_chunk={retrieval_chunk!r}, "
+                             f"retrieval_topk={retrieval_topk!r}")
         self.d, self.n_heads, self.head_dim = d, n_heads, d // n_heads
         self.block_len, self.retrieval_topk, self.rope_base = block_len, retrieval_topk, rope_base
+        self.retrieval_chunk = retrieval_chunk
         self.landmark_every = block_len  # read by LRModel: insert a landmark after each block
         self.q_proj = nn.Linear(d, d, bias=bias)
         self.k_proj = nn.Linear(d, d, bias=bias)
@@ -114,7 +136,8 @@ class LandmarkAttention(nn.Module):
             o = landmark_attn(qr, kr, vc, block_len=self.block_len)
         else:
             o = landmark_retrieval_attn_ref(qc, kc, vc, block_len=self.block_len,
-                                            topk=self.retrieval_topk, rope_base=self.rope_base)
+                                            topk=self.retrieval_topk, rope_base=self.rope_base,
+                                            chunk=self.retrieval_chunk)
         y = self.o_proj(rearrange(o, "b l h e -> b l (h e)").to(x.dtype))
         return y, (None if state is None else LandmarkState(k, v))
 

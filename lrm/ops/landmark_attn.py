@@ -51,6 +51,27 @@ and the same G_i, so it *equals* the grouped softmax (up to rounding of the rota
 tests check it. With k < n it differs in two ways: the outer softmax renormalises over the
 retrieved landmarks only, and older retrieved blocks sit at shifted positions.
 
+Chunked retrieval (upstream's long-input evaluation, ``--mid_length`` in its benchmark and the
+LLaMA cache: the input is fed in chunks and only what lies before a chunk is in the memory
+cache). ``chunk`` = m·block_len ordinary tokens cuts the positions into chunks of m blocks
+(m·P positions, aligned at absolute position 0). Query i in block c of the chunk whose first
+block is c0, with k' = min(k, c0):
+
+    1. retrieval as above, but only among the cache blocks b < c0 and once per query: the
+       k' best by landmark score (ties within TIE_TOL to the most recent block);
+    2. G_i = {retrieved landmarks} ∪ {ordinary j in block c, j ≤ i} ∪ {ℓ_b : c0 ≤ b < c}:
+       the grouped softmax of the chunk, with the retrieved blocks as extra earlier blocks;
+    3. positions: the chunk's tokens at (k' + 1)·P + (t − c0·P) (the chunk follows k' + 1
+       slots, as upstream's start index); scoring and retrieved blocks as above with c0 in
+       place of c.
+
+With m = 1 the chunk is the query's block and this is the retrieval above (the tests check it);
+with no cache (Tk ≤ m·P) it is the grouped softmax (RoPE at the true relative positions).
+
+Which mode made which number: every retrieval number in ``docs/claims/landmark.md`` so far was
+measured per query (``chunk=None``, the same as ``chunk=block_len``); the grouped-softmax rows
+use ``landmark_attn``.
+
 Symbols: B batch, Tq queries, Tk keys (the queries are the last Tq positions; the first Tk − Tq
 keys are a cache), H heads, D head width, P = block_len + 1, c block of the query, b an earlier
 block, ℓ_b its landmark, k = ``topk``, scale = 1/√D by default.
@@ -62,7 +83,9 @@ Forms:
   (rows × Tk) scores, never (Tq, Tk); each chunk is recomputed in the backward pass
   (activation checkpointing), so forward and backward memory grow linearly in T;
 - ``landmark_retrieval_attn_ref`` / ``landmark_retrieval_recurrent_ref``: top-k retrieval,
-  chunked over query rows / looped over queries, heads and batch (the oracle).
+  chunked over query rows / looped over queries, heads and batch (the oracle);
+  ``landmark_retrieval_attn_ref(..., chunk=...)``: chunked retrieval (its oracle is written
+  out in the tests).
 
 No kernel package ships landmark attention (upstream's Triton kernel is not packaged), so the
 reference is the only path; ``landmark_attn(..., backend="kernel")`` says so.
@@ -346,22 +369,129 @@ def _retrieval_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p0: int, 
     return o, blocks
 
 
+def _chunk_retrieval_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p0: int, c0: int,
+                          P: int, topk: int, scale: float, base: float, want_blocks: bool):
+    """Chunked retrieval for rows at absolute positions p0..p0+R-1, all inside the chunk whose
+    first block is c0: q (B, H, R, D) and k (B, H, n, D) *without* RoPE, v (B, H, n, Dv),
+    n = p0 + R. The chunk's keys (from c0·P) take part in a grouped softmax; the blocks before
+    c0 are a cache read by top-k retrieval. Returns o (B, H, R, Dv) and, if asked, the
+    retrieved block ids (B, H, R, k') with -1 for unused ranks."""
+    B, H, R, D = q.shape
+    n, dev = k.shape[2], q.device
+    kp = min(topk, c0)  # k': blocks retrieved from the cache (the same for every row)
+    lo = c0 * P
+    shift = (kp + 1) * P - lo  # virtual position = absolute + shift inside the chunk
+    pos = torch.arange(p0, p0 + R, device=dev)
+    qr = rope(q, pos + shift, base)
+
+    # the chunk: grouped softmax over its own keys (module docstring, G_i inside the chunk)
+    kpos = torch.arange(lo, n, device=dev)
+    k_in, v_in = rope(k[:, :, lo:], kpos + shift, base), v[:, :, lo:]
+    s_in = scale * qr @ k_in.transpose(-1, -2)  # (B, H, R, n − lo)
+    cq, ck, lm = pos[:, None] // P, kpos[None, :] // P, is_landmark(kpos, P - 1)[None, :]
+    own = (ck == cq) & ~lm & (kpos[None, :] <= pos[:, None])
+    lm_prev, tok_prev = lm & (ck < cq), ~lm & (ck < cq)
+    outer_in = s_in.masked_fill(~(own | lm_prev), _NEG)
+    # inner softmax of each earlier block of the chunk, by its own maximum (exact, no overflow)
+    nb = -(-(n - lo) // P)
+    pad = nb * P - (n - lo)
+    sb = rearrange(F.pad(s_in.masked_fill(~tok_prev, _NEG), (0, pad), value=_NEG),
+                   "b h r (n p) -> b h r n p", p=P)
+    inner_in = torch.softmax(torch.where(sb.isinf().all(-1, keepdim=True), 0.0, sb), dim=-1)
+    inner_in = rearrange(inner_in, "b h r n p -> b h r (n p)")[..., :n - lo]
+    inner_in = torch.where(tok_prev, inner_in, 0.0)
+
+    blocks = torch.full((B, H, R, 0), -1, device=dev) if want_blocks else None
+    if kp == 0:  # no cache: the grouped softmax of the chunk alone
+        logits = outer_in
+    else:  # 1. score the cache's landmarks; ℓ_b at slot max(0, k' + 1 − (c0 − b))
+        b_ids = torch.arange(c0, device=dev)
+        lm_slot = (kp + 1 - (c0 - b_ids)).clamp(min=0)
+        lms = rope(k[:, :, P - 1:c0 * P:P], lm_slot * P + P - 1, base)  # (B, H, c0, D)
+        s_lm = qr @ lms.transpose(-1, -2)  # (B, H, R, c0)
+        ref = s_lm.detach().abs().amax(-1, keepdim=True)
+        s_rank = s_lm + TIE_TOL * ref * (b_ids + 1) / c0  # ties to the most recent (TIE_TOL)
+        order = torch.sort(s_rank.flip(-1), dim=-1, descending=True, stable=True).indices
+        idx = (c0 - 1 - order[..., :kp]).sort(dim=-1).values  # (B, H, R, k'), block order
+        # 2. the retrieved blocks at slot r, one more when among the k' most recent
+        slot = torch.arange(kp, device=dev) + (idx >= c0 - kp).long()
+        kb = rearrange(k[:, :, :c0 * P], "b h (n p) d -> b h n p d", p=P)
+        vb = rearrange(v[:, :, :c0 * P], "b h (n p) d -> b h n p d", p=P)
+        gidx = idx.reshape(B, H, R * kp, 1, 1)
+        k_ret = kb.gather(2, gidx.expand(B, H, R * kp, P, D)).view(B, H, R, kp, P, D)
+        v_ret = vb.gather(2, gidx.expand(B, H, R * kp, P, vb.shape[-1])).view(
+            B, H, R, kp, P, vb.shape[-1])
+        k_ret = rope(k_ret, slot[..., None] * P + torch.arange(P, device=dev), base)
+        s_ret = scale * torch.einsum("bhrd,bhrkpd->bhrkp", qr, k_ret)
+        inner = torch.softmax(s_ret[..., :P - 1], dim=-1)
+        o_ret = torch.einsum("bhrkp,bhrkpd->bhrkd", inner, v_ret[..., :P - 1, :])
+        logits = torch.cat([s_ret[..., P - 1], outer_in], dim=-1)  # 3. one outer softmax
+        if want_blocks:
+            blocks = idx
+    pi = torch.softmax(logits, dim=-1)
+    pi_ret, pi_in = pi[..., :logits.shape[-1] - (n - lo)], pi[..., logits.shape[-1] - (n - lo):]
+    # π(ℓ_b) of each chunk key's block, read at the block's landmark column
+    lm_col = (torch.arange(n - lo, device=dev) // P) * P + P - 1
+    pi_lm = pi_in[..., lm_col.clamp(max=n - lo - 1)]
+    w_in = torch.where(own, pi_in, 0.0) + pi_lm * inner_in
+    o = w_in @ v_in
+    if kp:
+        o = o + (pi_ret[..., None] * o_ret).sum(3)
+    return o, blocks
+
+
+def _chunk_retrieval(qh, kh, vh, P: int, topk: int, chunk_blocks: int, scale: float,
+                     base: float, want_blocks: bool):
+    """Upstream's long-input evaluation: the positions cut into chunks of ``chunk_blocks``
+    whole blocks, each chunk's rows answered by :func:`_chunk_retrieval_rows`."""
+    Tq, Tk = qh.shape[2], kh.shape[2]
+    save = torch.is_grad_enabled() and any(t.requires_grad for t in (qh, kh, vh))
+    C = chunk_blocks * P
+    outs, blocks = [], []
+    a = Tk - Tq
+    while a < Tk:
+        b = min((a // C + 1) * C, Tk)
+        args = (qh[:, :, a - (Tk - Tq):b - (Tk - Tq)], kh[:, :, :b], vh[:, :, :b], a,
+                (a // C) * chunk_blocks, P, topk, scale, base, want_blocks)
+        o, blk = (checkpoint(_chunk_retrieval_rows, *args, use_reentrant=False) if save
+                  else _chunk_retrieval_rows(*args))
+        outs.append(o)
+        blocks.append(blk)
+        a = b
+    return outs, blocks
+
+
 def landmark_retrieval_attn_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                                 block_len: int, topk: int, rope_base: float = 10000.0,
                                 scale: float | None = None, block_q: int = BLOCK_Q,
-                                return_blocks: bool = False):
+                                chunk: int | None = None, return_blocks: bool = False):
     """Top-k landmark retrieval (module docstring). q (B, Tq, H, D) and k (B, Tk, H, D)
     *before* RoPE (the op assigns positions), v (B, Tk, H, Dv) -> o (B, Tq, H, Dv) in q's
     dtype; with ``return_blocks`` also the retrieved block ids (B, Tq, H, min(topk, n))
-    in original order, -1 for unused ranks. Queries are the last Tq positions."""
+    in original order, -1 for unused ranks. Queries are the last Tq positions.
+
+    ``chunk``: None answers every query from its own block and its top-k blocks (token-by-token
+    decoding); a number of ordinary tokens, a multiple of ``block_len``, is upstream's long-input
+    evaluation ("Chunked retrieval" in the module docstring). ``chunk=block_len`` equals None."""
     _check(q, k, v, block_len)
     if not isinstance(topk, int) or topk < 1:
         raise ValueError(f"topk must be a positive int, got {topk!r}")
+    if chunk is not None and (not isinstance(chunk, int) or chunk < 1 or chunk % block_len):
+        raise ValueError(f"chunk must be None or a positive multiple of block_len={block_len} "
+                         f"(the chunk length in ordinary tokens, whole blocks), got {chunk!r}")
     qh, kh, vh, scale = _prepare(q, k, v, scale)
     Tq, Tk, P = q.shape[1], k.shape[1], block_len + 1
     save = torch.is_grad_enabled() and any(t.requires_grad for t in (qh, kh, vh))
     outs, blocks = [], []
     kmax = min(topk, (Tk - 1) // P)
+    if chunk is not None:
+        outs, blocks = _chunk_retrieval(qh, kh, vh, P, topk, chunk // block_len, scale,
+                                        rope_base, return_blocks)
+        o = rearrange(torch.cat(outs, dim=2), "b h t d -> b t h d").to(q.dtype)
+        if return_blocks:
+            blocks = [F.pad(blk, (0, kmax - blk.shape[-1]), value=-1) for blk in blocks]
+            return o, rearrange(torch.cat(blocks, dim=2), "b h t k -> b t h k")
+        return o
     for a, b in _chunks(Tk - Tq, Tk, P, block_q):
         args = (qh[:, :, a - (Tk - Tq):b - (Tk - Tq)], kh[:, :, :b], vh[:, :, :b], a, P, topk,
                 scale, rope_base, return_blocks)

@@ -1,6 +1,21 @@
 """What the claim checks share: the command line (help with defaults, threads, seed, an output
-file), a seeded LM-head model, the MQAR train/test split, the timed quick-train call, and the
-report, printed and optionally written with the command that made it.
+file), a seeded LM-head model, the MQAR train/test split, the timed quick-train call, the
+report, printed and optionally written with the command that made it, and the protocol that
+lets a check decide (below).
+
+The protocol (``Check``, ``run_check``, ``render``). A check decides only if it could have come
+out either way, so every check
+
+1. has a positive control: a model known to learn the task (usually full attention inside its
+   training length) must reach a stated level on both seeds, else the check says "redesign
+   needed" and gives no verdict;
+2. sweeps the learning rate per model (at least three rates; when the best is at an end of the
+   sweep the sweep is extended in that direction, up to ``max_extend`` times, and a best still
+   at an end is flagged), then re-runs the best rate on a second seed; both seeds are shown;
+3. records each run's learning curve, and flags a run still improving over its last fifth (the
+   steps were too few to read an end point; the steps of a check are set from these curves);
+4. states each claim as holds / holds in part / does not hold from comparisons that must hold
+   on every seed, beside the control and the check's wall time.
 
 A claim check stays one readable script; this module holds only what every one of them would
 otherwise repeat. Import it as ``from common import ...`` (``scripts/claims/`` is the script's
@@ -11,9 +26,13 @@ own folder, so it is on ``sys.path``); importing it also puts this checkout's ``
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import shlex
 import sys
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +111,281 @@ def report(text: str, args: argparse.Namespace) -> None:
     if getattr(args, "out", None):
         Path(args.out).write_text(f"Command: `{args.command}`\n\n{text.strip()}\n",
                                   encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------- the protocol
+
+HOLDS, IN_PART, NOT_HOLD, REDESIGN = "holds", "holds in part", "does not hold", "redesign needed"
+
+
+def protocol_options(p: argparse.ArgumentParser, *, lrs: Sequence[float]) -> None:
+    """The options of a check that runs the protocol: ``--lrs``, ``--seeds``, ``--smoke`` and
+    ``--json`` (every run, curves included, for a later look)."""
+    p.add_argument("--lrs", nargs="+", type=float, default=list(lrs),
+                   help="learning rates swept per model (at least 3; extended at an end)")
+    p.add_argument("--seeds", nargs=2, type=int, default=[0, 1],
+                   help="the sweep's seed, and the second seed the best rate is re-run on")
+    p.add_argument("--max-extend", type=int, default=2,
+                   help="rates added at an end of the sweep while the best sits there")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny sizes and steps: checks the plumbing in seconds, decides nothing")
+    p.add_argument("--json", type=Path, default=None, help="write every run to this file")
+
+
+@dataclass
+class Run:
+    """One training run: ``scores`` by metric name (the selection metric among them), the
+    learning ``curve`` as (step, value) pairs (a loss: lower is better), and its wall time."""
+
+    scores: dict[str, float]
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    secs: float = 0.0
+    lr: float = 0.0
+    seed: int = 0
+
+
+@dataclass
+class Control:
+    """The positive control: ``model``'s ``metric`` must reach ``level`` on both seeds."""
+
+    model: str
+    level: float
+    metric: str = "acc"
+    why: str = ""
+
+
+@dataclass
+class Cmp:
+    """One comparison: ``a`` − ``b`` ≥ ``margin``, where a and b are (model, metric) or, for b,
+    a fixed level."""
+
+    a: tuple[str, str]
+    b: tuple[str, str] | float
+    margin: float = 0.0
+
+
+@dataclass
+class Claim:
+    """A claim and the comparisons that make it: it holds when every comparison holds on every
+    seed, does not hold when no comparison holds on any seed, and holds in part otherwise."""
+
+    text: str
+    parts: list[Cmp]
+
+
+@dataclass
+class Check:
+    """A claim check under the protocol; ``train(model, lr, seed) -> Run``."""
+
+    name: str
+    models: list[str]
+    lrs: Sequence[float]
+    train: Callable[[str, float, int], Run]
+    control: Control
+    claims: list[Claim]
+    seeds: Sequence[int] = (0, 1)
+    metric: str = "acc"  # the metric the learning rate is chosen by (higher is better)
+    max_extend: int = 2
+    select: dict[str, str] = field(default_factory=dict)  # per-model selection metric
+    lrs_by_model: dict[str, Sequence[float]] = field(default_factory=dict)
+    jobs: int = 1  # runs of the first sweep at a time (for trains that run in a child process)
+    log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class ModelResult:
+    sweep: dict[float, Run]  # first seed, by learning rate
+    best_lr: float
+    at_end: bool  # the best rate is still at an end of the (extended) sweep
+    runs: list[Run]  # the best rate, one run per seed
+    metric: str = "acc"  # the metric the rate was chosen by
+
+    def values(self, metric: str) -> list[float]:
+        return [r.scores.get(metric, float("nan")) for r in self.runs]
+
+
+@dataclass
+class CheckResult:
+    name: str
+    models: dict[str, ModelResult]
+    control: Control
+    control_values: list[float]
+    control_ok: bool
+    verdicts: list[tuple[str, str, list[str]]]  # (claim, verdict, one line per comparison)
+    wall_s: float
+
+
+def still_improving(curve: Sequence[tuple[int, float]], rel: float = 0.05) -> bool:
+    """True when a loss curve's last fifth still fell by more than ``rel`` of the whole curve's
+    fall (mean of the last fifth against the fifth before): more steps would have moved the
+    end point."""
+    vals = [v for _, v in curve]
+    n = len(vals) // 5
+    if n == 0:
+        return False
+    last, before = sum(vals[-n:]) / n, sum(vals[-2 * n:-n]) / n
+    return before - last > rel * max(vals[0] - last, 0.0)
+
+
+def _score(run: Run, metric: str) -> float:
+    v = run.scores.get(metric, float("nan"))
+    return -math.inf if math.isnan(v) else v
+
+
+def sweep_model(check: Check, model: str) -> ModelResult:
+    """The learning-rate sweep of one model on the first seed, extended at an end while the
+    best sits there, then the best rate on the other seeds."""
+    metric = check.select.get(model, check.metric)
+    lrs = sorted(check.lrs_by_model.get(model, check.lrs))
+    if len(lrs) < 3:
+        raise ValueError(f"{check.name}: the sweep of {model} has {len(lrs)} learning rates "
+                         f"({lrs}); the protocol needs at least 3 so that an interior best can "
+                         "be told from an edge one")
+    seed0 = check.seeds[0]
+
+    def one(lr: float, seed: int) -> Run:
+        t0 = time.time()
+        run = check.train(model, lr, seed)
+        run.secs, run.lr, run.seed = run.secs or time.time() - t0, lr, seed
+        check.log(f"[{check.name}] {model} lr {lr:.3g} seed {seed}: "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in run.scores.items())
+                  + f" ({run.secs:.0f} s)")
+        return run
+
+    if check.jobs > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(check.jobs) as pool:
+            sweep = dict(zip(lrs, pool.map(lambda lr: one(lr, seed0), lrs), strict=True))
+    else:
+        sweep = {lr: one(lr, seed0) for lr in lrs}
+    for _ in range(check.max_extend):
+        grid = sorted(sweep)
+        best = max(grid, key=lambda lr: _score(sweep[lr], metric))
+        if best == grid[0]:
+            new = grid[0] * grid[0] / grid[1]  # one more step of the same ratio, downwards
+        elif best == grid[-1]:
+            new = grid[-1] * grid[-1] / grid[-2]
+        else:
+            break
+        sweep[new] = one(new, seed0)
+    grid = sorted(sweep)
+    best = max(grid, key=lambda lr: _score(sweep[lr], metric))
+    runs = [sweep[best]] + [one(best, s) for s in check.seeds[1:]]
+    return ModelResult(sweep=dict(sorted(sweep.items())), best_lr=best,
+                       at_end=best in (grid[0], grid[-1]), runs=runs, metric=metric)
+
+
+def _values(models: dict[str, ModelResult], ref: tuple[str, str] | float) -> list[float]:
+    if isinstance(ref, int | float):
+        return [float(ref)]
+    return models[ref[0]].values(ref[1])
+
+
+def judge(claim: Claim, models: dict[str, ModelResult]) -> tuple[str, list[str]]:
+    """(verdict, one line per comparison). A comparison holds when its worst seed pairing
+    clears the margin, fails when even its best pairing does not, and is split otherwise."""
+    states, lines = [], []
+    for c in claim.parts:
+        a, b = _values(models, c.a), _values(models, c.b)
+        worst, best = min(a) - max(b), max(a) - min(b)
+        state = HOLDS if worst >= c.margin else NOT_HOLD if best < c.margin else IN_PART
+        states.append(state)
+        name_b = f"{c.b:.3g}" if isinstance(c.b, int | float) else f"{c.b[0]} {c.b[1]}"
+        lines.append(f"{c.a[0]} {c.a[1]} ({' / '.join(f'{x:.3f}' for x in a)}) − {name_b} "
+                     f"({' / '.join(f'{x:.3f}' for x in b)}) ≥ {c.margin:+.3g}: {state}")
+    if all(s == HOLDS for s in states):
+        return HOLDS, lines
+    if all(s == NOT_HOLD for s in states):
+        return NOT_HOLD, lines
+    return IN_PART, lines
+
+
+def run_check(check: Check) -> CheckResult:
+    """Sweep every model (the control first), then judge the claims, unless the control failed."""
+    t0 = time.time()
+    order = [check.control.model] + [m for m in check.models if m != check.control.model]
+    models: dict[str, ModelResult] = {}
+    for m in order:
+        models[m] = sweep_model(check, m)
+    ctrl = models[check.control.model].values(check.control.metric)
+    ok = all(v >= check.control.level for v in ctrl)
+    verdicts = []
+    for claim in check.claims:
+        if ok:
+            verdict, lines = judge(claim, models)
+        else:
+            verdict, lines = REDESIGN, [f"the control {check.control.model} reached "
+                                        f"{' / '.join(f'{v:.3f}' for v in ctrl)} < "
+                                        f"{check.control.level:.3g}: the check cannot decide"]
+        verdicts.append((claim.text, verdict, lines))
+    return CheckResult(check.name, models, check.control, ctrl, ok, verdicts, time.time() - t0)
+
+
+def _curve_text(curve: Sequence[tuple[int, float]], points: int = 6) -> str:
+    if not curve:
+        return "–"
+    stride = max(1, len(curve) // points)
+    shown = list(curve[::stride])
+    if shown[-1] != curve[-1]:
+        shown.append(curve[-1])
+    return ", ".join(f"{s}: {v:.2f}" for s, v in shown)
+
+
+def render(res: CheckResult, metrics: Sequence[str] | None = None) -> str:
+    """The markdown report: verdicts (or "redesign needed"), the control, the sweeps, both
+    seeds of each best rate with their learning curves, and the wall time."""
+    if metrics is None:  # every metric any model reported, in order of appearance
+        metrics = list(dict.fromkeys(k for r in res.models.values() for k in r.runs[0].scores))
+
+    def show(vals: list[float]) -> str:
+        return " / ".join("–" if math.isnan(v) else f"{v:.3f}" for v in vals)
+
+    c = res.control
+    lines = [f"## {res.name}", "",
+             f"Control: {c.model} {c.metric} {' / '.join(f'{v:.3f}' for v in res.control_values)}"
+             f" (both seeds must reach {c.level:.3g}{'; ' + c.why if c.why else ''}): "
+             f"{'passed' if res.control_ok else 'FAILED, redesign needed'}", "",
+             "| claim | verdict |", "|---|---|"]
+    lines += [f"| {text} | **{verdict}** |" for text, verdict, _ in res.verdicts]
+    lines.append("")
+    for text, _, parts in res.verdicts:
+        lines.append(f"- {text}: " + "; ".join(parts))
+    lines += ["", "Learning-rate sweeps (first seed):", "",
+              "| model | chosen by | lr: score | best lr |", "|---|---|---|---|"]
+    for m, r in res.models.items():
+        cells = ", ".join(f"{lr:.3g}: {run.scores.get(r.metric, float('nan')):.3f}"
+                          for lr, run in r.sweep.items())
+        flag = " (at an end of the sweep)" if r.at_end else ""
+        lines.append(f"| {m} | {r.metric} | {cells} | {r.best_lr:.3g}{flag} |")
+    lines += ["", "At the best rate, both seeds (values seed / seed):", "",
+              "| model | lr | " + " | ".join(metrics)
+              + " | train s | learning curve (step: training loss unless stated) |",
+              "|---|---|" + "---|" * len(metrics) + "---|---|"]
+    for m, r in res.models.items():
+        cells = " | ".join(show(r.values(k)) for k in metrics)
+        curves = "; ".join(f"seed {run.seed}: {_curve_text(run.curve)}"
+                           + (" (still improving)" if still_improving(run.curve) else "")
+                           for run in r.runs)
+        secs = " / ".join(f"{run.secs:.0f}" for run in r.runs)
+        lines.append(f"| {m} | {r.best_lr:.3g} | {cells} | {secs} | {curves} |")
+    lines += ["", f"Wall time of the check: {res.wall_s:.0f} s"]
+    return "\n".join(lines)
+
+
+def dump(res: CheckResult, path: Path | None) -> None:
+    """Every run, curves included, as JSON (for plots and later reading)."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = asdict(res)
+    for m in data["models"].values():
+        m["sweep"] = {str(k): v for k, v in m["sweep"].items()}
+    path.write_text(json.dumps(data, indent=1), encoding="utf-8")
+
+
+def curve_of(losses: Sequence[float], points: int = 20) -> list[tuple[int, float]]:
+    """A training loss curve as (step, mean loss over the steps since the last point)."""
+    n = max(1, len(losses) // points)
+    return [(min(i + n, len(losses)), sum(losses[i:i + n]) / len(losses[i:i + n]))
+            for i in range(0, len(losses), n)]

@@ -10,13 +10,18 @@ attention adds one learned d-vector):
 - attention + RoPE (the baseline);
 - landmark attention, evaluated with the grouped softmax over the whole context (its training
   mode);
-- the same landmark model, evaluated with top-k retrieval (k = 2 and 4).
+- the same landmark model, evaluated with top-k retrieval (k = 2 and 4), per query (each query
+  reads its own block and its top-k blocks, as in token-by-token decoding: the mode the numbers
+  in docs/claims/landmark.md were measured in) and, with ``--chunk C``, as upstream evaluates
+  long inputs (chunks of C tokens, a grouped softmax inside the chunk, retrieval only into the
+  cache before it; ``retrieval_chunk`` of ``lrm.mixers.landmark``).
 
 Reported: per-digit accuracy, whole-key accuracy, and per answer query the number of value
 vectors with a nonzero weight ("values") and of keys it scores ("keys scored": retrieval scores
 every cached landmark, then attends over k blocks and its own block).
 
     python scripts/claims/landmark.py     # prints the tables of docs/claims/landmark.md
+    python scripts/claims/landmark.py --chunk 64  # also chunked retrieval, chunks of 64
     python scripts/claims/landmark.py --quick     # a smoke run
 """
 
@@ -32,10 +37,10 @@ from lra import quick
 from lra.data import recall_tasks
 
 
-def set_topk(model: lrm.LRModel, k: int | None) -> None:
+def set_topk(model: lrm.LRModel, k: int | None, chunk: int | None = None) -> None:
     for block in model.blocks:
         if hasattr(block.mixer, "retrieval_topk"):
-            block.mixer.retrieval_topk = k
+            block.mixer.retrieval_topk, block.mixer.retrieval_chunk = k, chunk
 
 
 @torch.no_grad()
@@ -66,6 +71,12 @@ def attended(mode: str, L: int, bl: int, n_digits: int) -> tuple[float, float]:
         elif mode == "grouped":
             vals.append(t + 1)  # every earlier real token, through its block's landmark
             keys.append(e + 1)  # every position up to it (its own landmark comes later)
+        elif ":" in mode:  # chunked: the chunk's positions up to it, k blocks of the cache
+            k_, C = (int(x) for x in mode.split(":"))
+            c0 = (c // (C // bl)) * (C // bl)  # the chunk's first block
+            k = min(k_, c0)
+            vals.append(k * bl + (c - c0) * bl + local)
+            keys.append(c0 + k * P + e - c0 * P + 1)
         else:
             k = min(int(mode), c)
             vals.append(k * bl + local)
@@ -80,6 +91,9 @@ def main() -> None:
                    help="test lengths as multiples of L")
     p.add_argument("--block_len", type=int, default=16, help="landmark block length")
     p.add_argument("--topk", type=int, nargs="+", default=[2, 4], help="retrieved blocks k")
+    p.add_argument("--chunk", type=int, nargs="*", default=[],
+                   help="also evaluate chunked retrieval with chunks of these many tokens "
+                   "(multiples of block_len)")
     p.add_argument("--d", type=int, default=64, help="model width")
     p.add_argument("--layers", type=int, default=2, help="layers")
     p.add_argument("--steps", type=int, default=800, help="training steps")
@@ -118,9 +132,11 @@ def main() -> None:
     modes = [("attention + RoPE", "attention", None), ("landmark, grouped softmax", "grouped",
                                                         None)]
     modes += [(f"landmark, top-{k} retrieval", str(k), k) for k in a.topk]
+    modes += [(f"landmark, top-{k} retrieval, chunks of {C}", f"{k}:{C}", k) for C in a.chunk
+              for k in a.topk]
     for label, mode, k in modes:
         model = trained["attention + RoPE" if mode == "attention" else "landmark"]
-        set_topk(model, k)
+        set_topk(model, k, int(mode.split(":")[1]) if ":" in mode else None)
         t0 = time.time()
         accs = [key_accuracy(model, *tests[n], batch_size=16) for n in lengths]
         att = [attended(mode, n, a.block_len, n_digits) for n in lengths]

@@ -1,0 +1,135 @@
+"""The claim-check protocol (scripts/claims/common.py) with stub training functions: the
+learning-rate sweep extends at an end and re-runs the best rate on a second seed, a failed
+positive control gives "redesign needed" instead of a verdict, and each claim is judged on
+every seed."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "claims"))
+
+from common import (
+    HOLDS,
+    IN_PART,
+    NOT_HOLD,
+    REDESIGN,
+    Check,
+    Claim,
+    Cmp,
+    Control,
+    Run,
+    curve_of,
+    dump,
+    render,
+    run_check,
+    still_improving,
+)
+
+
+def peaked(best_lr: float, top: float):
+    """A stub whose accuracy peaks at ``best_lr`` (in log-rate) at ``top``."""
+    def score(lr: float) -> float:
+        return top - 0.1 * (math.log10(lr) - math.log10(best_lr)) ** 2
+    return score
+
+
+def stub(models: dict, calls: list | None = None):
+    """train(model, lr, seed) from {model: (score of lr, seed offsets)}."""
+    def train(model: str, lr: float, seed: int) -> Run:
+        if calls is not None:
+            calls.append((model, lr, seed))
+        score, offsets = models[model]
+        losses = [2.0 * 0.9 ** i for i in range(50)]
+        return Run({"acc": score(lr) + offsets.get(seed, 0.0)}, curve_of(losses, 10))
+    return train
+
+
+def check(models, claims, *, level=0.9, lrs=(1e-3, 3e-3, 1e-2), calls=None, **kw):
+    return Check("stub", list(models), lrs, stub(models, calls), Control("ctrl", level),
+                 claims, log=lambda msg: None, **kw)
+
+
+def test_sweep_extends_at_an_end_and_reruns_the_best_on_the_second_seed():
+    calls = []
+    models = {"ctrl": (peaked(3e-3, 0.99), {}), "m": (peaked(3e-4, 0.8), {})}
+    res = run_check(check(models, [], calls=calls))
+    m = res.models["m"]
+    assert len(m.sweep) == 5  # extended twice downwards by the grid's ratio 3: 1e-3/3, 1e-3/9
+    assert min(m.sweep) == pytest.approx(1e-3 / 9)
+    assert m.best_lr == pytest.approx(1e-3 / 3)  # the rate nearest 3e-4, now inside the grid
+    assert not m.at_end
+    assert [c[2] for c in calls if c[0] == "m"][-1] == 1  # the best rate on seed 1
+    assert [r.seed for r in m.runs] == [0, 1]
+    assert res.models["ctrl"].best_lr == pytest.approx(3e-3) and len(res.models["ctrl"].sweep) == 3
+
+
+def test_best_still_at_an_end_after_extending_is_flagged():
+    models = {"ctrl": (peaked(3e-3, 0.99), {}), "m": (peaked(1.0, 0.8), {})}
+    res = run_check(check(models, [], max_extend=1))
+    assert res.models["m"].at_end and len(res.models["m"].sweep) == 4
+    assert "(at an end of the sweep)" in render(res)
+
+
+def test_failed_control_gives_redesign_needed_not_a_verdict():
+    models = {"ctrl": (peaked(3e-3, 0.5), {}), "m": (peaked(3e-3, 0.8), {})}
+    claim = Claim("m beats chance", [Cmp(("m", "acc"), 0.1)])
+    res = run_check(check(models, [claim]))
+    assert not res.control_ok
+    assert res.verdicts[0][1] == REDESIGN
+    assert "FAILED, redesign needed" in render(res)
+
+
+def test_a_control_must_pass_on_both_seeds():
+    models = {"ctrl": (peaked(3e-3, 0.95), {1: -0.2}), "m": (peaked(3e-3, 0.8), {})}
+    res = run_check(check(models, [Claim("x", [Cmp(("m", "acc"), 0.1)])]))
+    assert not res.control_ok and res.verdicts[0][1] == REDESIGN
+
+
+@pytest.mark.parametrize(("offsets", "verdict"), [
+    ({}, HOLDS),              # a beats b by 0.1 on both seeds
+    ({1: -0.15}, IN_PART),    # seed 1 of a falls below b: the seeds disagree
+    ({0: -0.15, 1: -0.2}, NOT_HOLD),
+])
+def test_claims_are_judged_on_every_seed(offsets, verdict):
+    models = {"ctrl": (peaked(3e-3, 0.99), {}), "a": (peaked(3e-3, 0.9), offsets),
+              "b": (peaked(3e-3, 0.8), {})}
+    claim = Claim("a recalls more than b", [Cmp(("a", "acc"), ("b", "acc"), margin=0.05)])
+    res = run_check(check(models, [claim]))
+    assert res.verdicts[0][1] == verdict
+
+
+def test_a_claim_of_several_parts_holds_in_part_when_only_some_hold():
+    models = {"ctrl": (peaked(3e-3, 0.99), {}), "a": (peaked(3e-3, 0.9), {}),
+              "b": (peaked(3e-3, 0.8), {})}
+    claim = Claim("a is above b and above 0.95", [Cmp(("a", "acc"), ("b", "acc")),
+                                                  Cmp(("a", "acc"), 0.95)])
+    assert run_check(check(models, [claim])).verdicts[0][1] == IN_PART
+
+
+def test_too_few_learning_rates_is_refused():
+    models = {"ctrl": (peaked(3e-3, 0.99), {})}
+    with pytest.raises(ValueError, match="at least 3"):
+        run_check(check(models, [], lrs=(1e-3, 3e-3)))
+
+
+def test_still_improving_reads_the_last_fifth_of_a_curve():
+    assert still_improving(curve_of([1.0 - 0.01 * i for i in range(100)]))
+    assert not still_improving(curve_of([1.0] * 100))
+    assert not still_improving([])
+
+
+def test_report_shows_both_seeds_curves_and_wall_time(tmp_path):
+    models = {"ctrl": (peaked(3e-3, 0.99), {1: -0.01})}
+    res = run_check(check(models, []))
+    text = render(res)
+    assert "0.990 / 0.980" in text and "Wall time of the check" in text
+    assert "seed 0: " in text and "seed 1: " in text and "(still improving)" not in text
+    dump(res, tmp_path / "r.json")
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["control_ok"] and len(data["models"]["ctrl"]["runs"]) == 2
