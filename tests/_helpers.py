@@ -89,8 +89,19 @@ def check_grad(fn, *inputs: torch.Tensor) -> None:
 
 
 # ----------------------------------------------------------------------------- paper equations
-# Building blocks of the loops in tests/mixers/ (plain tensor arithmetic: no lrm op, norm or
-# conv), and the float64 comparison they share.
+# Building blocks of the paper-equation tests in tests/mixers/: each mixer's output computed from
+# its own parameters by an independent, token-by-token loop of its paper's equations. The
+# contract suite checks that a mixer agrees with itself (full == chunked == token by token);
+# only a test like these can notice that it computes the wrong thing consistently (a dropped
+# norm, β where 1 − β belongs, a decay of the wrong sign). The loops use plain tensor arithmetic
+# and torch.nn.functional pointwise functions only: no lrm op, norm or conv. Every parameter is
+# perturbed first (``prepare``), so that parameters which start at 0 or 1 (norm weights, biases,
+# D) cannot hide a missing term. Everything runs in float64; the tolerance allows for the parts
+# of the mixers that still compute in fp32 internally, far below the size of any planted bug
+# (scripts/mutants.py). Where lrm follows a convention of the authors' code rather than the
+# paper's notation, the loops follow the code: the gated-delta-rule output is scaled by 1/√K
+# (fla), RoPE rotates the pairs (i, i + Dh/2) (GPT-NeoX), and the S4 state is written in the
+# full complex basis of conjugate pairs, as the S4 code's Cauchy kernel sums it.
 
 
 DTYPE = torch.float64
@@ -173,3 +184,18 @@ def softmax_attention(q, k, v, bias=None) -> torch.Tensor:
         p = torch.exp(s - s.amax(-1, keepdim=True))
         outs.append(torch.einsum("bhj,bjhe->bhe", p / p.sum(-1, keepdim=True), v[:, :i + 1]))
     return torch.stack(outs, 1)
+
+
+def longmamba_filter(m, delta: torch.Tensor, L: int) -> torch.Tensor:
+    """LongMamba (Ye et al., 2025) on Δ (B, L, C) of a prefill of L > T_tr tokens: in global
+    channels (calibrated score exp(a·ΣΔ) > c) zero every Δ_t ≤ θ(T), with T the calibrated
+    target length nearest to L. Identity when uncalibrated or L ≤ T_tr."""
+    f = m.longmamba
+    if f is None or int(f.train_len) == 0 or int(f.train_len) >= L:
+        return delta
+    T_tr = int(f.train_len)
+    targets = [round(factor * T_tr) for factor in f.config.length_factors]
+    nearest = min(range(len(targets)), key=lambda i: abs(targets[i] - L))
+    theta = f.theta[nearest] * f.config.threshold_scale  # (C,)
+    is_global = f.score > f.config.channel_threshold
+    return torch.where(is_global & (delta <= theta), torch.zeros_like(delta), delta)

@@ -11,7 +11,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from _helpers import causal_conv, close, heads, inputs, linear, prepare, rms
+from _helpers import causal_conv, close, inputs, linear, longmamba_filter, prepare
+from test_mamba2 import mamba2_equations, mamba2_step_sizes  # (tests/mixers is on the path)
 
 import lrm
 import lrm.longmamba
@@ -20,21 +21,6 @@ from lrm.mixers.mamba2 import Mamba2
 from lrm.optim import param_groups
 
 # ----------------------------------------------------------------------------- Mamba
-
-
-def longmamba_filter(m, delta: torch.Tensor, L: int) -> torch.Tensor:
-    """LongMamba (Ye et al., 2025) on Δ (B, L, C) of a prefill of L > T_tr tokens: in global
-    channels (calibrated score exp(a·ΣΔ) > c) zero every Δ_t ≤ θ(T), with T the calibrated
-    target length nearest to L. Identity when uncalibrated or L ≤ T_tr."""
-    f = m.longmamba
-    if f is None or int(f.train_len) == 0 or int(f.train_len) >= L:
-        return delta
-    T_tr = int(f.train_len)
-    targets = [round(factor * T_tr) for factor in f.config.length_factors]
-    nearest = min(range(len(targets)), key=lambda i: abs(targets[i] - L))
-    theta = f.theta[nearest] * f.config.threshold_scale  # (C,)
-    is_global = f.score > f.config.channel_threshold
-    return torch.where(is_global & (delta <= theta), torch.zeros_like(delta), delta)
 
 
 def mamba_step_sizes(m: Mamba, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -60,42 +46,6 @@ def mamba_equations(m: Mamba, x: torch.Tensor) -> torch.Tensor:
         h = torch.exp(d_t * A) * h + d_t * xs[:, t, :, None] * Bm[:, t, None, :]
         ys.append((h * Cm[:, t, None, :]).sum(-1) + m.D * xs[:, t])
     return linear(m.out_proj, torch.stack(ys, 1) * F.silu(z))
-
-
-def mamba2_step_sizes(m: Mamba2, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Mamba-2's inputs to the scan: x, B, C (after conv and SiLU), z, Δ (limited, unfiltered)."""
-    H, G, N = m.nheads, m.ngroups, m.d_state
-    z, xBC, dt = linear(m.in_proj, x).split([m.d_inner, m.conv_dim, H], dim=-1)
-    xs, Bm, Cm = F.silu(causal_conv(xBC, m.conv1d)).split([m.d_inner, G * N, G * N], dim=-1)
-    delta = F.softplus(dt + m.dt_bias)  # (B, L, H)
-    delta = delta.clamp(min=m.dt_limit[0], max=m.dt_limit[1])
-    return heads(xs, H), heads(Bm, G), heads(Cm, G), z, delta
-
-
-def mamba2_equations(m: Mamba2, x: torch.Tensor) -> torch.Tensor:
-    """Mamba-2 (Dao & Gu, 2024): [z; xBC; dt] = W_in u, [x; B; C] = SiLU(conv(xBC)),
-    Δ = softplus(dt + dt_bias) (clamped to dt_limit), per head h of group g:
-    H_t = exp(Δ_t a_h) H_{t−1} + Δ_t x_t B_tᵀ, y_t = H_t C_t + D_h x_t, a_h = −exp(A_log_h);
-    out = W_out RMSNorm_group(y ⊙ SiLU(z)) (or W_out (y ⊙ SiLU(z)) without the norm)."""
-    Bsz, L, _ = x.shape
-    H, P, G, N = m.nheads, m.head_dim, m.ngroups, m.d_state
-    xs, Bm, Cm, z, delta = mamba2_step_sizes(m, x)
-    delta = longmamba_filter(m, delta, L)
-    a = -torch.exp(m.A_log)
-    D = m.D.reshape(H, P) if m.D_has_hdim else m.D[:, None]
-    group = torch.arange(H) // (H // G)  # heads that share B and C
-    state = torch.zeros(Bsz, H, P, N, dtype=x.dtype)
-    ys = []
-    for t in range(L):
-        d_t = delta[:, t, :, None, None]
-        Bt, Ct = Bm[:, t][:, group], Cm[:, t][:, group]  # (B, H, N)
-        state = torch.exp(d_t * a[:, None, None]) * state + \
-            d_t * xs[:, t, :, :, None] * Bt[:, :, None, :]
-        ys.append((state * Ct[:, :, None, :]).sum(-1) + D * xs[:, t])
-    y = torch.stack(ys, 1).reshape(Bsz, L, m.d_inner) * F.silu(z)
-    if m.rmsnorm:
-        y = rms(heads(y, G), heads(m.norm.weight, G), 1e-5).reshape(Bsz, L, m.d_inner)
-    return linear(m.out_proj, y)
 
 
 MAMBA_OPTIONS = {

@@ -7,26 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from _helpers import causal_conv, close, heads, inputs, linear, prepare, rms
+from _helpers import causal_conv, close, heads, inputs, linear, longmamba_filter, prepare, rms
 
 from lrm.mixers.mamba2 import Mamba2
 
-# ----------------------------------------------------------------------------- Mamba
-
-
-def longmamba_filter(m, delta: torch.Tensor, L: int) -> torch.Tensor:
-    """LongMamba (Ye et al., 2025) on Δ (B, L, C) of a prefill of L > T_tr tokens: in global
-    channels (calibrated score exp(a·ΣΔ) > c) zero every Δ_t ≤ θ(T), with T the calibrated
-    target length nearest to L. Identity when uncalibrated or L ≤ T_tr."""
-    f = m.longmamba
-    if f is None or int(f.train_len) == 0 or int(f.train_len) >= L:
-        return delta
-    T_tr = int(f.train_len)
-    targets = [round(factor * T_tr) for factor in f.config.length_factors]
-    nearest = min(range(len(targets)), key=lambda i: abs(targets[i] - L))
-    theta = f.theta[nearest] * f.config.threshold_scale  # (C,)
-    is_global = f.score > f.config.channel_threshold
-    return torch.where(is_global & (delta <= theta), torch.zeros_like(delta), delta)
+# ----------------------------------------------------------------------------- Mamba-2
 
 
 def mamba2_step_sizes(m: Mamba2, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
