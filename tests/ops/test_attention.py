@@ -166,9 +166,6 @@ def test_errors_say_what_to_do():
         attention(q, k, v, q_persistent=q[:, :, :2], **kw)
 
 
-F64 = torch.float64
-
-
 @pytest.mark.parametrize(("Tk", "Tq", "w"), [(30, 30, 8), (24, 17, 8), (9, 1, 4), (40, 13, 16)])
 def test_sliding_window_attention_blockwise_equals_dense(Tk, Tq, w):
     g = torch.Generator().manual_seed(0)

@@ -1,4 +1,6 @@
-"""LongMamba: calibration statistics, the filter, its buffers and its streaming semantics."""
+"""LongMamba (lrm.ops.longmamba, lrm.longmamba): calibration statistics (also against a loop in
+float64), the filter and its gradcheck, its buffers and its streaming semantics on Mamba and
+Mamba-2."""
 
 from __future__ import annotations
 
