@@ -4,7 +4,7 @@ Lightning's CSVLogger deletes ``metrics.csv`` when its folder already exists, so
 killed run into its own version folder (``lra fit --config runs/.../config.yaml --ckpt_path
 ...``) would throw away every row logged before the kill. This one keeps the file and appends.
 Rows logged between the last checkpoint and the kill are logged again after the resume; since
-the resume is exact (tests/test_harness.py), the repeated rows carry the same values.
+the resume is exact (tests/lra/test_harness.py), the repeated rows carry the same values.
 """
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ class ResumableLoader(DataLoader):
     """``DataLoader(dataset, batch_sampler=EpochBatchSampler(...))`` with a resumable state.
 
     Lightning takes a train batch only when it trains on it (no look-ahead for sized loaders,
-    checked in tests/test_harness.py), so the batches this loader hands out are the batches
+    checked in tests/lra/test_harness.py), so the batches this loader hands out are the batches
     used. Loader workers, though, draw indices from the sampler ahead of time: the state
     therefore counts the batches handed out here, not the sampler's.
     """

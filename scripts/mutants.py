@@ -38,40 +38,52 @@ COMMAND = "python scripts/mutants.py"
 
 # Test selections are pytest node ids, run in one pytest call per mutant, in the order given
 # (it stops at the first failure, so the most telling test comes first).
-EQ = "tests/test_equations.py::test_"
+EQUATIONS = {  # mixer -> the module of its paper-equation test
+    "attention": "tests/mixers/test_attention_mixer.py",
+    "fox": "tests/mixers/test_fox.py",
+    "gated_deltanet": "tests/mixers/test_gdn.py",
+    "s4d": "tests/mixers/test_s4d.py",
+    "s4": "tests/mixers/test_s4.py",
+    "mamba": "tests/mixers/test_mamba.py",
+    "mamba2": "tests/mixers/test_mamba2.py",
+    "longmamba": "tests/mixers/test_mamba.py",  # on Mamba and Mamba-2
+}
 
 
 def eq(mixer: str) -> str:
     """The equations test of one mixer (attention, fox, gated_deltanet, s4d, s4, mamba, ...)."""
-    return f"{EQ}{mixer}_follows_the_paper"
+    return f"{EQUATIONS[mixer]}::test_{mixer}_follows_the_paper"
 
 
 def stream(case: str, dtype: str = "fp64") -> str:
-    """full == chunked == token by token, for one conformance case such as ``gdn-default``, in
+    """full == chunked == token by token, for one contract case such as ``gdn-default``, in
     float64 by default (its tolerance, 1e-10, is the strict one; ``fp32`` is the other id)."""
-    return (f"tests/test_conformance.py::test_full_equals_chunked_equals_token_by_token"
+    return (f"tests/test_contract.py::test_full_equals_chunked_equals_token_by_token"
             f"[{case}-{dtype}]")
 
 
-CONV = "tests/test_core.py::test_causal_conv_ref_equals_loop"
-SCAN = "tests/test_mamba.py::test_selective_scan_ref_equals_recurrence"
-SSD = "tests/test_mamba.py::test_ssd_ref_equals_recurrence"
+CONV = "tests/ops/test_causal_conv.py::test_causal_conv_ref_equals_loop"
+SCAN = "tests/ops/test_selective_scan.py::test_selective_scan_ref_equals_recurrence"
+SSD = "tests/ops/test_ssd.py::test_ssd_ref_equals_recurrence"
 SMALL = "tests/ops/test_selective_scan_small.py::test_small_scan_core_gradcheck"
-DELTA = "tests/test_gated_deltanet.py::test_chunk_equals_recurrent"
-GDN2 = "tests/test_gated_deltanet.py::test_gdn2_chunk_equals_recurrent"
-FA = "tests/test_fox.py::test_blockwise_equals_quadratic_outputs_and_gradients"
-LONGMAMBA = "tests/test_longmamba.py"
-LM = "tests/test_landmark.py::test_"
-LM_BLOCKWISE = f"{LM}blockwise_equals_loop_and_quadratic_outputs_and_gradients[37-37-4-10]"
-LM_RETRIEVAL = f"{LM}retrieval_equals_its_loop[37-37-3-2-8]"
-TT = "tests/test_titans.py::test_"
-NM_PARALLEL = f"{TT}parallel_form_equals_the_loop[8-True-True-1]"  # C=8, momentum, decay, depth 1
-OX = "tests/test_oryx.py::test_"
+DELTA = "tests/ops/test_delta_rule.py::test_chunk_equals_recurrent"
+GDN2 = "tests/ops/test_delta_rule.py::test_gdn2_chunk_equals_recurrent"
+FA = "tests/ops/test_forgetting_attn.py::test_blockwise_equals_quadratic_outputs_and_gradients"
+LONGMAMBA = "tests/ops/test_longmamba.py"
+LMA = "tests/ops/test_landmark_attn.py::test_"
+LM = "tests/mixers/test_landmark.py::test_"
+LM_BLOCKWISE = f"{LMA}blockwise_equals_loop_and_quadratic_outputs_and_gradients[37-37-4-10]"
+LM_RETRIEVAL = f"{LMA}retrieval_equals_its_loop[37-37-3-2-8]"
+NM = "tests/ops/test_neural_memory.py::test_"
+NM_PARALLEL = f"{NM}parallel_form_equals_the_loop[8-True-True-1]"  # C=8, momentum, decay, depth 1
+TT = "tests/mixers/test_titans.py::test_"
+OX = "tests/mixers/test_oryx.py::test_"
 ATTN = "tests/ops/test_attention.py::test_three_tiers_agree"
-S4_OPS = ("tests/test_s4.py::test_vandermonde_filter_equals_recurrence",
-          "tests/test_s4.py::test_cauchy_filter_equals_recurrence",
-          "tests/test_s4.py::test_fft_conv_is_causal_convolution_without_wrap",
-          "tests/test_s4.py::test_dplr_step_is_the_bilinear_step")
+SWA = "tests/ops/test_attention.py::test_sliding_window_attention_blockwise_equals_dense"
+S4_OPS = ("tests/ops/test_ssm_conv.py::test_vandermonde_filter_equals_recurrence",
+          "tests/ops/test_ssm_conv.py::test_cauchy_filter_equals_recurrence",
+          "tests/ops/test_ssm_conv.py::test_fft_conv_is_causal_convolution_without_wrap",
+          "tests/ops/test_ssm_conv.py::test_dplr_step_is_the_bilinear_step")
 
 
 @dataclass(frozen=True)
@@ -108,7 +120,7 @@ MUTANTS: list[Mutant] = [
       "offset = 0 if state is None or not state.k.shape[2] else state.k.shape[2] + 1",
       (eq("attention"), stream("attention-default")), "RoPE positions off by one after a cache"),
     M("attn-op-window-off-by-one", "lrm/ops/attention.py", "visible &= back < window",
-      "visible &= back <= window", (ATTN, f"{TT}sliding_window_attention_blockwise_equals_dense"),
+      "visible &= back <= window", (ATTN, SWA),
       "sliding window of w + 1 keys"),
     M("attn-op-persistent-masked", "lrm/ops/attention.py",
       "mask = F.pad(mask, (kp.shape[2], 0), value=True)",
@@ -157,7 +169,9 @@ MUTANTS: list[Mutant] = [
     M("names-hint-dropped", "lrm/names.py",
       'said = f"unknown {kind} {show(names[0])}." + (f" Did you mean {hint}?" if hint else "")',
       'said = f"unknown {kind} {show(names[0])}."',
-      ("tests/test_core.py::test_unknown_mixer_lists_valid_names", "tests/test_names.py"),
+      ("tests/test_registry.py::test_unknown_mixer_lists_valid_names",
+       "tests/test_registry.py::test_one_name_gets_its_closest_valid_names_and_the_full_list",
+       "tests/test_registry.py::test_several_names_get_a_hint_each"),
       "an unknown name's closest valid names left out of the message"),
 
     # ------------------------------------------------------------------ S4D and S4
@@ -371,7 +385,7 @@ MUTANTS: list[Mutant] = [
       (LM_RETRIEVAL,), "retrieval: the oldest of the k' most recent blocks is not shifted"),
     M("lmattn-retrieval-ties-to-oldest", "lrm/ops/landmark_attn.py",
       "s_lm = (s_lm + TIE_TOL * ref * recency)", "s_lm = (s_lm - TIE_TOL * ref * recency)",
-      (f"{LM}retrieval_ties_go_to_the_most_recent_block",),
+      (f"{LMA}retrieval_ties_go_to_the_most_recent_block",),
       "top-k ties go to the oldest block, not the most recent"),
     M("lmattn-chunk-position-shift", "lrm/ops/landmark_attn.py",
       "shift = (kp + 1) * P - lo", "shift = kp * P - lo",
@@ -419,34 +433,34 @@ MUTANTS: list[Mutant] = [
       "later = idx[:, None] > idx[None, :]", "later = idx[:, None] >= idx[None, :]",
       (NM_PARALLEL,), "Π_{l=i..t} instead of Π_{l=i+1..t}: one decay step too many"),
     M("nmem-unfinished-chunk-committed", "lrm/ops/neural_memory.py", "if n < n_full:",
-      "if n <= n_full:", (NM_PARALLEL, f"{TT}streaming_equals_one_call[1]"),
+      "if n <= n_full:", (NM_PARALLEL, f"{NM}streaming_equals_one_call[1]"),
       "the unfinished last chunk is folded into the state (and replayed later)"),
     M("nmem-clamp-norm-over-heads", "lrm/ops/neural_memory.py",
       "soft_clamp_factor(torch.linalg.matrix_norm(g), max_grad_norm)",
       "soft_clamp_factor(g.flatten(1).norm(dim=-1)[:, None], max_grad_norm)",
-      (f"{TT}stabilisers_against_an_independent_loop[2.0-False-1]",),
+      (f"{NM}stabilisers_against_an_independent_loop[2.0-False-1]",),
       "token loop: the clamp's norm taken over all heads' gradients, not each matrix's"),
     M("nmem-clamp-norm-of-delta-only", "lrm/ops/neural_memory.py",
       "n = torch.linalg.vector_norm(x, dim=-1) * torch.linalg.vector_norm(delta, dim=-1)",
       "n = torch.linalg.vector_norm(delta, dim=-1)",
-      (f"{TT}stabilisers_against_an_independent_loop[2.0-False-2]",),
+      (f"{NM}stabilisers_against_an_independent_loop[2.0-False-2]",),
       "parallel form: the norm of x_i ⊗ δ_i taken as ‖δ_i‖ (‖x_i‖ dropped)"),
     M("nmem-clamp-hard-tanh", "lrm/ops/neural_memory.py", "torch.tanh(r_safe) / r_safe",
-      "torch.tanh(r_safe)", (f"{TT}stabilisers_against_an_independent_loop[2.0-False-1]",
-                             f"{TT}soft_clamp_and_newton_schulz_by_themselves"),
+      "torch.tanh(r_safe)", (f"{NM}stabilisers_against_an_independent_loop[2.0-False-1]",
+                             f"{NM}soft_clamp_and_newton_schulz_by_themselves"),
       "soft clamp factor tanh(n/c) instead of tanh(n/c)/(n/c)"),
     M("nmem-ns-coefficient-sign", "lrm/ops/neural_memory.py",
       "NS_COEFFS = (3.4445, -4.7750, 2.0315)", "NS_COEFFS = (3.4445, 4.7750, 2.0315)",
-      (f"{TT}stabilisers_against_an_independent_loop[None-True-1]",
-       f"{TT}newton_schulz_is_titans_pytorchs"), "Newton–Schulz cubic coefficient's sign"),
+      (f"{NM}stabilisers_against_an_independent_loop[None-True-1]",
+       f"{NM}newton_schulz_is_titans_pytorchs"), "Newton–Schulz cubic coefficient's sign"),
     M("nmem-ns-closed-form-one-step-short", "lrm/ops/neural_memory.py",
       "for _ in range(NS_STEPS):", "for _ in range(NS_STEPS - 1):",
-      (f"{TT}stabilisers_against_an_independent_loop[None-True-1]",),
+      (f"{NM}stabilisers_against_an_independent_loop[None-True-1]",),
       "parallel form: the rank-one closed form runs four Newton–Schulz steps, the loop five"),
     M("nmem-stabilised-layer2-wrong-input", "lrm/ops/neural_memory.py",
       "transformed(k_n, delta1), transformed(z, delta2)",
       "transformed(k_n, delta1), transformed(k_n, delta2)",
-      (f"{TT}stabilisers_against_an_independent_loop[2.0-False-2]",),
+      (f"{NM}stabilisers_against_an_independent_loop[2.0-False-2]",),
       "depth 2: the second layer's gradient norm taken with ‖k_i‖ instead of ‖z_i‖"),
 
     # ------------------------------------------------------------------ titans
@@ -464,7 +478,7 @@ MUTANTS: list[Mutant] = [
     M("titans-swa-band-off-by-one", "lrm/ops/attention.py",
       "band = causal_mask(w, 2 * w, q0=w, window=w, device=q.device)",
       "band = causal_mask(w, 2 * w, q0=w, window=w + 1, device=q.device)",
-      (f"{TT}sliding_window_attention_blockwise_equals_dense[30-30-8]",),
+      (f"{SWA}[30-30-8]",),
       "sliding window of w + 1 keys"),
     M("titans-mac-causal-leak", "lrm/mixers/titans.py",
       "causal = causal_mask(L, T, device=x.device)",
@@ -477,7 +491,7 @@ MUTANTS: list[Mutant] = [
       "MAC stream: a segment cut mid-way reads the memory of its chunk, not of its start"),
     M("titans-no-default-clamp", "lrm/mixers/titans.py",
       "max_grad_norm: float | None = 3.0,", "max_grad_norm: float | None = None,",
-      (f"{TT}the_default_stabiliser_bounds_the_diverging_memory",),
+      (f"{NM}the_default_stabiliser_bounds_the_diverging_memory",),
       "the mixer's default memory update unbounded again (the MQAR divergence)"),
     M("titans-clamp-not-plumbed", "lrm/mixers/titans.py",
       "max_grad_norm=self.max_grad_norm,", "max_grad_norm=None,",
@@ -646,9 +660,10 @@ the unmutated copy is checked to import from itself, and the `sanity` mutant bre
 `lrm` alone). A mutant is **killed** when a test fails; the first failing test is named. Every
 mutant must be killed: a survivor means a missing test.
 
-The tests that catch wrong math are mainly `tests/test_equations.py` (every mixer against an
-independent loop of its paper's equations), the `_ref == _recurrent_ref` tests of each op, and
-`tests/test_conformance.py` (full == chunked == token by token) for the streaming paths.
+The tests that catch wrong math are mainly the equation tests in `tests/mixers/` (every mixer
+against an independent loop of its paper's equations), the `_ref == _recurrent_ref` tests of
+each op in `tests/ops/`, and `tests/test_contract.py` (full == chunked == token by token) for
+the streaming paths.
 
 **{killed} of {len(results)} mutants killed** (per group: {counts}); wall time {wall:.0f} s,
 2 mutants at a time, one torch thread each. The unmutated copy passed all

@@ -1,8 +1,13 @@
-"""Helpers shared by several test modules (pytest puts tests/ on the import path)."""
+"""Helpers shared by several test modules (pytest puts tests/ on the import path): inputs of
+the ops, float64 comparison and gradcheck, the memory autograd keeps, and the independent
+building blocks of the paper-equation tests of tests/mixers/."""
 
 from __future__ import annotations
 
+import math
+
 import torch
+from torch.autograd import gradcheck
 from torch.utils._python_dispatch import TorchDispatchMode
 
 
@@ -41,3 +46,156 @@ class LargestTensor(TorchDispatchMode):
             if isinstance(t, torch.Tensor):
                 self.largest = max(self.largest, t.numel())
         return out
+
+
+def saved_numel(fn) -> int:
+    """Floats autograd keeps for backward while ``fn()`` runs its forward, counting the whole
+    storage behind each saved tensor once (a saved view keeps its whole base alive)."""
+    storages = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        storages[st.data_ptr()] = st.nbytes() // t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(storages.values())
+
+
+# ----------------------------------------------------------------------------- float64
+
+
+F64 = torch.float64
+F64_TOL = 1e-12  # relative, in the max norm: a few hundred ulps of float64
+
+
+def rand(*shape: int, seed: int, dtype: torch.dtype = F64) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def assert_f64_close(a: torch.Tensor, b: torch.Tensor, tol: float = F64_TOL) -> None:
+    """max|a − b| <= tol · max|b|, both float64 (or complex128)."""
+    assert a.dtype == b.dtype and a.dtype in (F64, torch.complex128), (a.dtype, b.dtype)
+    err = (a - b).abs().max().item()
+    scale = max(b.abs().max().item(), 1e-300)
+    assert err <= tol * scale, f"relative error {err / scale:.2e} > {tol:.0e}"
+
+
+def check_grad(fn, *inputs: torch.Tensor) -> None:
+    leaves = [t.detach().clone().requires_grad_(t.is_floating_point() or t.is_complex())
+              for t in inputs]
+    assert gradcheck(fn, leaves, eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=False)
+
+
+# ----------------------------------------------------------------------------- paper equations
+# Building blocks of the paper-equation tests in tests/mixers/: each mixer's output computed from
+# its own parameters by an independent, token-by-token loop of its paper's equations. The
+# contract suite checks that a mixer agrees with itself (full == chunked == token by token);
+# only a test like these can notice that it computes the wrong thing consistently (a dropped
+# norm, β where 1 − β belongs, a decay of the wrong sign). The loops use plain tensor arithmetic
+# and torch.nn.functional pointwise functions only: no lrm op, norm or conv. Every parameter is
+# perturbed first (``prepare``), so that parameters which start at 0 or 1 (norm weights, biases,
+# D) cannot hide a missing term. Everything runs in float64; the tolerance allows for the parts
+# of the mixers that still compute in fp32 internally, far below the size of any planted bug
+# (scripts/mutants.py). Where lrm follows a convention of the authors' code rather than the
+# paper's notation, the loops follow the code: the gated-delta-rule output is scaled by 1/√K
+# (fla), RoPE rotates the pairs (i, i + Dh/2) (GPT-NeoX), and the S4 state is written in the
+# full complex basis of conjugate pairs, as the S4 code's Cauchy kernel sums it.
+
+
+DTYPE = torch.float64
+# fp32-level: some mixers still round parts of their computation to fp32 (they agree with the
+# loops to about 5e-7 relative); float64 end to end (lrm.dtypes) allows ~1e-12
+EQ_TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+def prepare(m: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """The module in float64, eval mode, every parameter moved off its initial value."""
+    m = m.to(DTYPE).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return m
+
+
+def inputs(B: int = 2, L: int = 13, d: int = 32, seed: int = 1) -> torch.Tensor:
+    return torch.randn(B, L, d, generator=torch.Generator().manual_seed(seed), dtype=DTYPE)
+
+
+def linear(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    y = x @ layer.weight.T
+    return y if layer.bias is None else y + layer.bias
+
+
+def causal_conv(x: torch.Tensor, conv: torch.nn.Module) -> torch.Tensor:
+    """Depthwise causal conv, written out: y_t = Σ_i w_i x_{t−W+1+i} (+ bias); x (B, L, C).
+
+    ``conv`` is an ``nn.Conv1d`` or a module holding one as ``conv1d``."""
+    conv = getattr(conv, "conv1d", conv)
+    w, b = conv.weight[:, 0], conv.bias  # (C, W)
+    W = w.shape[-1]
+    y = torch.zeros_like(x)
+    for t in range(x.shape[1]):
+        for i in range(W):
+            s = t - (W - 1) + i
+            if s >= 0:
+                y[:, t] += w[:, i] * x[:, s]
+        if b is not None:
+            y[:, t] += b
+    return y
+
+
+def rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last axis."""
+    return x / torch.sqrt(x.square().mean(-1, keepdim=True) + eps) * weight
+
+
+def heads(x: torch.Tensor, H: int) -> torch.Tensor:
+    return x.reshape(*x.shape[:-1], H, x.shape[-1] // H)
+
+
+def close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    assert actual.dtype == DTYPE
+    torch.testing.assert_close(actual, expected, **EQ_TOL)
+
+
+def rope(x: torch.Tensor, base: float) -> torch.Tensor:
+    """x (B, L, H, Dh) rotated by position t: channel pair (i, i + Dh/2) by t · base^(−2i/Dh)."""
+    Dh = x.shape[-1]
+    out = torch.empty_like(x)
+    for t in range(x.shape[1]):
+        for i in range(Dh // 2):
+            angle = t * base ** (-2 * i / Dh)
+            c, s = math.cos(angle), math.sin(angle)
+            a, b = x[:, t, :, i], x[:, t, :, i + Dh // 2]
+            out[:, t, :, i], out[:, t, :, i + Dh // 2] = a * c - b * s, a * s + b * c
+    return out
+
+
+def softmax_attention(q, k, v, bias=None) -> torch.Tensor:
+    """o_i = Σ_{j≤i} softmax_j(q_i·k_j / √Dh + bias_ij) v_j, one query at a time; (B, L, H, Dh)."""
+    outs = []
+    for i in range(q.shape[1]):
+        s = torch.einsum("bhe,bjhe->bhj", q[:, i], k[:, :i + 1]) / math.sqrt(q.shape[-1])
+        if bias is not None:
+            s = s + bias(i)
+        p = torch.exp(s - s.amax(-1, keepdim=True))
+        outs.append(torch.einsum("bhj,bjhe->bhe", p / p.sum(-1, keepdim=True), v[:, :i + 1]))
+    return torch.stack(outs, 1)
+
+
+def longmamba_filter(m, delta: torch.Tensor, L: int) -> torch.Tensor:
+    """LongMamba (Ye et al., 2025) on Δ (B, L, C) of a prefill of L > T_tr tokens: in global
+    channels (calibrated score exp(a·ΣΔ) > c) zero every Δ_t ≤ θ(T), with T the calibrated
+    target length nearest to L. Identity when uncalibrated or L ≤ T_tr."""
+    f = m.longmamba
+    if f is None or int(f.train_len) == 0 or int(f.train_len) >= L:
+        return delta
+    T_tr = int(f.train_len)
+    targets = [round(factor * T_tr) for factor in f.config.length_factors]
+    nearest = min(range(len(targets)), key=lambda i: abs(targets[i] - L))
+    theta = f.theta[nearest] * f.config.threshold_scale  # (C,)
+    is_global = f.score > f.config.channel_threshold
+    return torch.where(is_global & (delta <= theta), torch.zeros_like(delta), delta)

@@ -40,7 +40,6 @@ class Attention(nn.Module):
     """Causal multi-head attention with optional RoPE and a KV-cache state."""
 
     default_mlp_ratio: ClassVar[float] = 4.0
-    variants: ClassVar[dict[str, dict]] = {"default": {}, "no_rope": {"rope": False}}
 
     def __init__(self, d: int, *, n_heads: int | None = None, rope: bool = True,
                  rope_base: float = 10000.0, bias: bool = False) -> None:

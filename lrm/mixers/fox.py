@@ -104,13 +104,6 @@ class ForgettingAttention(nn.Module):
     """FoX attention mixer (see the module docstring); ``pro=False`` is the plain FoX layer."""
 
     default_mlp_ratio: ClassVar[float] = 4.0
-    variants: ClassVar[dict[str, dict]] = {
-        "default": {},  # FoX (Pro)
-        "no_pro": {"pro": False},  # FoX (LLaMA)
-        "pro_no_kv_shift": {"k_shift": False, "v_shift": False},
-        "base_plus_qk_norm": {"pro": False, "qk_norm": True},
-        "pro_gate_no_norm": {"output_norm": False},  # output gate without output norm
-    }
 
     def __init__(self, d: int, *, n_heads: int | None = None, pro: bool = True,
                  output_gate: bool | None = None, qk_norm: bool | None = None,

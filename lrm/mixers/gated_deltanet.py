@@ -89,12 +89,6 @@ class GatedDeltaNet(nn.Module):
     """Gated DeltaNet token mixer: gated delta rule with short convs and a gated output norm."""
 
     default_mlp_ratio: ClassVar[float] = 4.0  # fla's GatedDeltaNetConfig: hidden_ratio=4 SwiGLU
-    variants: ClassVar[dict[str, dict]] = {
-        "default": {"head_dim": 16},
-        "deltanet": {"head_dim": 16, "use_forget_gate": False, "use_gate": False},
-        "no_delta": {"head_dim": 16, "delta_rule": False},
-        "gdn2": {"head_dim": 16, "gates": "gdn2"},
-    }
 
     def __init__(self, d: int, *, n_heads: int | None = None, head_dim: int | None = None,
                  expand_v: float = 2.0, gates: str = "gdn", use_forget_gate: bool = True,

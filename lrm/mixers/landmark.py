@@ -76,12 +76,6 @@ class LandmarkAttention(nn.Module):
     # landmark tokens summarise the block before them: a bidirectional model cannot use them
     # (LRModel refuses one; harnesses read this flag to build a causal model instead)
     causal_only: ClassVar[bool] = True
-    variants: ClassVar[dict[str, dict]] = {
-        "grouped": {"block_len": 5},  # training mode, several blocks in the test length
-        "retrieval_k2": {"block_len": 5, "retrieval_topk": 2},
-        "retrieval_k1": {"block_len": 3, "retrieval_topk": 1},
-        "retrieval_chunked": {"block_len": 3, "retrieval_topk": 1, "retrieval_chunk": 6},
-    }
 
     def __init__(self, d: int, *, n_heads: int | None = None, block_len: int = 32,
                  retrieval_topk: int | None = None, retrieval_chunk: int | None = None,

@@ -53,13 +53,6 @@ class Mamba(nn.Module):
     """The Mamba-1 mixer: (B, L, d) -> (B, L, d), with a constant-size recurrent state."""
 
     default_mlp_ratio: ClassVar[float] = 0.0
-    variants: ClassVar[dict[str, dict]] = {
-        "default": {},
-        # small and fast; the scan's chunk of 16 does not divide L = 37
-        "small": {"d_state": 8, "dt_rank": 4, "d_conv": 3, "chunk_size": 16},
-        # uncalibrated, the filter is the identity: checks the plumbing keeps the contract
-        "longmamba": {"d_state": 8, "chunk_size": 16, "longmamba": {}},
-    }
 
     def __init__(self, d: int, *, d_state: int = 16, d_conv: int = 4, expand: float = 2,
                  dt_rank: int | str = "auto", dt_min: float = 1e-3, dt_max: float = 0.1,

@@ -61,15 +61,6 @@ class Mamba2(nn.Module):
     """The Mamba-2 mixer: (B, L, d) -> (B, L, d), with a constant-size recurrent state."""
 
     default_mlp_ratio: ClassVar[float] = 0.0
-    variants: ClassVar[dict[str, dict]] = {
-        "default": {},
-        # small and fast: 8 heads of 16, two groups, SSD chunks of 16 (37 = 2·16 + 5)
-        "small": {"d_state": 8, "head_dim": 16, "ngroups": 2, "chunk_size": 16},
-        "no_norm_dhdim": {"d_state": 8, "head_dim": 16, "chunk_size": 16, "rmsnorm": False,
-                          "D_has_hdim": True},
-        # uncalibrated, the filter is the identity: checks the plumbing keeps the contract
-        "longmamba": {"d_state": 8, "head_dim": 16, "chunk_size": 16, "longmamba": {}},
-    }
 
     def __init__(self, d: int, *, d_state: int | None = None, d_conv: int = 4, expand: float = 2,
                  head_dim: int | None = None, ngroups: int = 1,

@@ -121,18 +121,6 @@ class Oryx(nn.Module):
     position, over one shared key/value stream."""
 
     default_mlp_ratio: ClassVar[float] = 4.0
-    variants: ClassVar[dict[str, dict]] = {
-        # 37 tokens in the conformance suite: each schedule below mixes both modes there
-        "default": {"head_dim": 16, "schedule": "every:8:3", "train_p_attn": None},
-        "mamba2_from": {"core": "mamba2", "head_dim": 16, "schedule": "from:20",
-                        "train_p_attn": None},
-        "mamba2_every": {"core": "mamba2", "head_dim": 16, "schedule": "every:5:1",
-                         "train_p_attn": None, "chunk_size": 16},
-        "gdn_rand": {"head_dim": 16, "schedule": "rand:0.4:4:1", "train_p_attn": None},
-        # training draws (train mode) and a random schedule (eval) on the Mamba-2 core
-        "mamba2_train": {"core": "mamba2", "head_dim": 16, "schedule": "rand:0.5:3:2",
-                         "train_p_attn": (0.5,), "train_chunk": 4},
-    }
 
     def __init__(self, d: int, *, core: str = "gdn", n_heads: int | None = None,
                  head_dim: int | None = None, expand_v: float = 2.0, d_conv: int = 4,

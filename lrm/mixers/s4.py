@@ -80,10 +80,6 @@ class S4(nn.Module):
     """S4: A = Λ − P P* (HiPPO-LegS in NPLR form); Cauchy + Woodbury filter, FFT convolution."""
 
     default_mlp_ratio: ClassVar[float] = 0.0  # an S4 block is mixer only (its GLU is the MLP)
-    variants: ClassVar[dict[str, dict]] = {
-        "default": {},
-        "short_lmax": {"d_state": 16, "l_max": 16, "n_ssm": None},  # L=37 > l_max: doubling
-    }
 
     def __init__(self, d: int, *, d_state: int = 64, l_max: int = 1024, dt_min: float = 0.001,
                  dt_max: float = 0.1, n_ssm: int | None = 1, dropout: float = 0.0,

@@ -60,12 +60,6 @@ class S4D(nn.Module):
     """S4D: a diagonal state space per channel; Vandermonde filter, FFT convolution."""
 
     default_mlp_ratio: ClassVar[float] = 0.0  # an S4 block is mixer only (its GLU is the MLP)
-    variants: ClassVar[dict[str, dict]] = {
-        "default": {},
-        "lin_bilinear": {"init": "lin", "disc": "bilinear", "d_state": 16},
-        "inv": {"init": "inv", "n_ssm": None, "d_state": 8},
-        "real": {"init": "real", "n_ssm": 4},
-    }
 
     def __init__(self, d: int, *, d_state: int = 64, init: str = "legs", disc: str = "zoh",
                  dt_min: float = 0.001, dt_max: float = 0.1, n_ssm: int | None = 1,

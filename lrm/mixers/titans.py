@@ -189,19 +189,6 @@ class Titans(nn.Module):
     """Titans mixer: ``variant`` "mac", "mag", "mal" or "lmm" (see the module docstring)."""
 
     default_mlp_ratio: ClassVar[float] = 4.0
-    variants: ClassVar[dict[str, dict]] = {
-        # small windows, segments and chunks so that a 37-token test crosses all of them
-        "mac": {"variant": "mac", "segment_len": 16, "chunk_size": 8, "n_persistent": 4},
-        "mag": {"variant": "mag", "window": 8, "chunk_size": 8, "n_persistent": 4},
-        "mal": {"variant": "mal", "window": 8, "chunk_size": 8, "n_persistent": 4},
-        "lmm": {"variant": "lmm", "chunk_size": 8},
-        "lmm_linear": {"variant": "lmm", "chunk_size": 8, "depth": 1},
-        # the attention alone: one layer sees only w tokens back, so the conformance suite (whose
-        # bidirectional check needs the first output to depend on the last input) gets w > L
-        "swa": {"variant": "swa", "window": 48, "n_persistent": 4},
-        "mag_no_persistent_no_conv": {"variant": "mag", "window": 8, "chunk_size": 8,
-                                      "n_persistent": 0, "d_conv": 0},
-    }
 
     def __init__(self, d: int, *, variant: str = "mac", n_heads: int | None = None,
                  head_dim: int | None = None, depth: int = 2, expansion: float = 2.0,

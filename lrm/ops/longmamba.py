@@ -37,8 +37,8 @@ prompt in short chunks computes the *unfiltered* model. To stream a long prompt 
 the filter, pin the prompt length with ``lrm.longmamba.prefill_length(model, T)``: every call
 inside the context, whatever its length (single tokens included), uses θ(T), and chunked
 streaming then equals the one-call prefill exactly; leave the context before decoding. The
-conformance suite (L = 37) runs the LongMamba variants uncalibrated, where the filter is the
-identity; ``tests/test_longmamba.py`` checks the pinned and unpinned cases with a calibration
+conformance suite (L = 37) runs the LongMamba cases uncalibrated, where the filter is the
+identity; ``tests/ops/test_longmamba.py`` checks the pinned and unpinned cases with a calibration
 at T_tr = 8.
 
 Simplified vs the LongMamba code: thresholds are computed in memory from batches you pass

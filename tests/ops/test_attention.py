@@ -164,3 +164,17 @@ def test_errors_say_what_to_do():
         attention(q, k[..., :3], v)
     with pytest.raises(ValueError, match="q_persistent"):
         attention(q, k, v, q_persistent=q[:, :, :2], **kw)
+
+
+@pytest.mark.parametrize(("Tk", "Tq", "w"), [(30, 30, 8), (24, 17, 8), (9, 1, 4), (40, 13, 16)])
+def test_sliding_window_attention_blockwise_equals_dense(Tk, Tq, w):
+    g = torch.Generator().manual_seed(0)
+    q, qr, k, v = (torch.randn(2, 2, n, 4, generator=g, dtype=F64) for n in (Tq, Tq, Tk, Tk))
+    kp, vp = (torch.randn(2, 2, 3, 4, generator=g, dtype=F64) for _ in range(2))
+    o = attention(qr, k, v, window=w, k_persistent=kp, v_persistent=vp, q_persistent=q)
+    i, j = torch.arange(Tk - Tq, Tk)[:, None], torch.arange(Tk)[None]
+    band = (j <= i) & (j > i - w)
+    s = torch.cat([q @ kp.transpose(-1, -2), (qr @ k.transpose(-1, -2)).masked_fill(
+        ~band, float("-inf"))], -1) / 2
+    ref = torch.softmax(s, -1) @ torch.cat([vp, v], 2)
+    torch.testing.assert_close(o, ref, atol=1e-12, rtol=1e-12)

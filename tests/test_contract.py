@@ -1,18 +1,22 @@
-"""The mixer contract (docs/design.md), checked for every registry entry and each of its variants.
+"""The mixer contract (docs/design.md), checked for every registry entry in each of its cases,
+in float32 and float64; and the compute-dtype rule the float64 checks rely on.
 
-A mixer declares named example configurations in its class attribute ``variants``
-(``{"default": {}, "no_pro": {"pro": False}}``); each one is checked here with no new test code.
+The cases are the table in tests/contract_cases.py, keyed by mixer name (a mixer with no entry
+is checked with its defaults); each one is checked here with no new test code.
 """
 
 from __future__ import annotations
 
 import math
 
+import contract_cases
 import pytest
 import torch
+from _helpers import F64
 
 import lrm
 from lrm import registry
+from lrm.dtypes import compute_dtype, promote
 from lrm.model import Bidirectional
 
 D, B, L = 64, 2, 37
@@ -23,12 +27,12 @@ def _cases() -> list:
     cases = []
     for name in lrm.available():
         try:
-            variants = getattr(registry.mixer_class(name), "variants", {"default": {}})
+            registry.mixer_class(name)
         except (ImportError, AttributeError) as err:  # reported by the test, not hidden
             cases.append(pytest.param(name, "import", {"__error__": repr(err)},
                                       id=f"{name}-import"))
             continue
-        for vname, kw in variants.items():
+        for vname, kw in contract_cases.CASES.get(name, {"default": {}}).items():
             cases.append(pytest.param(name, vname, kw, id=f"{name}-{vname}"))
     return cases
 
@@ -223,3 +227,20 @@ def test_model_forward_backward(name, variant, kw, dtype):
             a, state = model.step(tokens[:, :20], state)
             b, state = model.step(tokens[:, 20:], state)
         torch.testing.assert_close(torch.cat([a, b], 1), full, atol=2e-4, rtol=1e-3)
+
+
+def test_every_case_names_a_registered_mixer():
+    """A key of the case table that names no registered mixer (a typo, a renamed mixer) would
+    leave that mixer checked with its defaults only, and its cases with none."""
+    table = contract_cases.CASES
+    unknown = sorted(set(table) - set(lrm.available()))
+    assert not unknown, f"tests/contract_cases.py has cases for unregistered mixers {unknown}"
+    assert all(table.values()), "a mixer's entry in tests/contract_cases.py has no case"
+
+
+def test_compute_dtype_rule():
+    bf, f32 = torch.ones(1, dtype=torch.bfloat16), torch.ones(1)
+    assert compute_dtype(bf) == torch.float32 and compute_dtype(bf, None) == torch.float32
+    assert compute_dtype(f32) == torch.float32 and compute_dtype(bf, f32.double()) == F64
+    assert compute_dtype(torch.ones(1, dtype=torch.long)) == torch.float32
+    assert promote(None) == promote(torch.bfloat16) == torch.float32 and promote(F64) == F64

@@ -1,7 +1,5 @@
-"""Gated DeltaNet: the delta-rule ops (chunked == recurrent == fla's naive refs) and the mixer.
-
-The mixer contract itself is checked by tests/test_conformance.py (variants default, deltanet,
-no_delta, gdn2); here are the op-level oracles and the GDN-specific facts.
+"""The gated delta rule and GDN-2 (lrm.ops.delta_rule): chunked == recurrent (fp32 and float64),
+parity with fla's naive references, gradcheck, the lean path, dispatch and the kernels on CUDA.
 """
 
 from __future__ import annotations
@@ -12,13 +10,26 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import assert_f64_close, check_grad, rand, saved_numel
 
-import lrm
-from lrm.mixers.gated_deltanet import GatedDeltaNet
 from lrm.ops import delta_rule as dr
-from lrm.optim import param_groups
+from lrm.ops.delta_rule import (
+    gated_delta_rule,
+    gated_delta_rule_lean,
+    gated_delta_rule_recurrent_ref,
+    gated_delta_rule_ref,
+    gdn2,
+    gdn2_lean,
+    gdn2_recurrent_ref,
+    gdn2_ref,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors
+
 
 B, H, K, V = 2, 2, 8, 12
+
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
@@ -189,92 +200,6 @@ def test_gdn2_with_tied_scalar_gates_is_gdn(fn2, fn1):
     torch.testing.assert_close(h2, h1, **TOL)
 
 
-# ----------------------------------------------------------------------------- the mixer
-
-
-def test_parameter_names_follow_fla_and_gates_are_not_decayed():
-    m = GatedDeltaNet(64, head_dim=16)
-    names = {n for n, _ in m.named_parameters()}
-    assert names == {
-        "q_proj.weight", "k_proj.weight", "v_proj.weight", "a_proj.weight", "b_proj.weight",
-        "g_proj.weight", "A_log", "dt_bias", "q_conv1d.weight",
-        "k_conv1d.weight", "v_conv1d.weight", "o_norm.weight", "o_proj.weight"}
-    groups = param_groups(m, lr=1e-3, weight_decay=0.1)
-    no_wd = {id(p) for grp in groups if grp["weight_decay"] == 0.0 for p in grp["params"]}
-    assert id(m.A_log) in no_wd and id(m.dt_bias) in no_wd
-    assert m.A_log._optim == {"weight_decay": 0.0} and m.dt_bias._optim == {"weight_decay": 0.0}
-    plain = {n for n, _ in GatedDeltaNet(64, head_dim=16, use_forget_gate=False,
-                                         use_gate=False).named_parameters()}
-    assert not plain & {"a_proj.weight", "A_log", "dt_bias", "g_proj.weight"}
-    gdn2 = {n for n, _ in GatedDeltaNet(64, head_dim=16, gates="gdn2").named_parameters()}
-    assert {"f_proj.0.weight", "f_proj.1.weight", "w_proj.weight"} <= gdn2
-    assert GatedDeltaNet.default_mlp_ratio == 4
-
-
-def test_default_layout_follows_fla():
-    """num_heads · head_dim = 0.75 d, expand_v = 2: about 6 d² parameters (fla's docstring)."""
-    d = 512
-    m = GatedDeltaNet(d, head_dim=64)
-    assert (m.n_heads, m.key_dim, m.value_dim) == (6, 384, 768)
-    assert m.A_log.shape == m.dt_bias.shape == (6,)
-    n = sum(p.numel() for p in m.parameters())
-    assert 6 * d * d <= n < 6.05 * d * d
-    assert m.state_size(10**6) == 6 * 64 * 128 + 3 * (2 * 384 + 768)
-    # A ~ U(0, 16) and softplus(dt_bias) in [1e-4, 0.1]
-    assert (m.A_log.exp() <= 16).all()
-    assert (F.softplus(m.dt_bias) >= 1e-4 - 1e-7).all() and (F.softplus(m.dt_bias) <= 0.1).all()
-
-
-def test_mixer_gdn2_with_tied_gates_equals_gdn():
-    """Set the GDN-2 projections so that b = w = β and g is the same for every channel of a
-    head; the GDN-2 mixer must then reproduce the GDN mixer."""
-    torch.manual_seed(0)
-    d = 64
-    m1 = GatedDeltaNet(d, head_dim=16)
-    m2 = GatedDeltaNet(d, head_dim=16, gates="gdn2")
-    Kh, Vh, nh = m1.head_k_dim, m1.head_v_dim, m1.n_heads
-    shared = {n: p for n, p in m1.state_dict().items() if not n.startswith(("a_proj", "b_proj",
-                                                                             "dt_bias"))}
-    m2.load_state_dict(shared, strict=False)
-    with torch.no_grad():
-        m2.f_proj[0].weight.zero_()
-        m2.f_proj[0].weight[:nh] = m1.a_proj.weight  # first nh hidden units = the GDN gate
-        m2.f_proj[1].weight.zero_()
-        for h in range(nh):
-            m2.f_proj[1].weight[h * Kh:(h + 1) * Kh, h] = 1.0  # copy head h's gate to its K
-        m2.dt_bias.copy_(m1.dt_bias.repeat_interleave(Kh))
-        m2.b_proj.weight.copy_(m1.b_proj.weight.repeat_interleave(Kh, dim=0))
-        m2.w_proj.weight.copy_(m1.b_proj.weight.repeat_interleave(Vh, dim=0))
-    x = torch.randn(2, 41, d)
-    with torch.no_grad():
-        torch.testing.assert_close(m2(x)[0], m1(x)[0], atol=1e-5, rtol=1e-4)
-
-
-def test_no_delta_variant_is_gated_linear_attention():
-    """delta_rule=False: h_t = α_t h_{t−1} + β_t k_t v_tᵀ, checked against a loop."""
-    torch.manual_seed(0)
-    m = GatedDeltaNet(32, head_dim=8, delta_rule=False)
-    q = F.normalize(torch.randn(1, 9, m.n_heads, 8), dim=-1)
-    k = F.normalize(torch.randn(1, 9, m.n_heads, 8), dim=-1)
-    v = torch.randn(1, 9, m.n_heads, 16)
-    g = F.logsigmoid(torch.randn(1, 9, m.n_heads))
-    beta = torch.rand(1, 9, m.n_heads)
-    o, _ = dr.gdn2(q, k, v, g[..., None].expand(q.shape), torch.zeros_like(q),
-                   beta[..., None].expand(v.shape))
-    h = torch.zeros(1, m.n_heads, 8, 16)
-    for t in range(9):
-        h = g[:, t].exp()[..., None, None] * h + beta[:, t, :, None, None] * \
-            k[:, t, :, :, None] * v[:, t, :, None, :]
-        torch.testing.assert_close(o[:, t], torch.einsum("bhk,bhkv->bhv", q[:, t], h) * 8**-0.5)
-    y, _ = m(torch.randn(2, 9, 32))
-    assert y.shape == (2, 9, 32)
-
-
-def test_block_uses_mlp_ratio_4():
-    block = lrm.build("gdn", d=64, head_dim=16)
-    assert block.mlp is not None and block.mlp.fc2.in_features >= 64 * 4 * 2 // 3
-
-
 # ----------------------------------------------------------------------------- CUDA kernels
 
 
@@ -339,21 +264,118 @@ def test_gdn2_kernel_matches_ref_cuda():
         torch.testing.assert_close(a, b, **tol)
 
 
-@pytest.mark.cuda
-@cuda
-@pytest.mark.parametrize("gates", ["gdn", "gdn2"])
-def test_mixer_on_kernels_cuda(gates, monkeypatch):
-    torch.manual_seed(0)
-    m = GatedDeltaNet(128, head_dim=32, gates=gates).cuda().eval()
-    x = torch.randn(2, 150, 128, device="cuda")
-    with torch.no_grad():
-        y, _ = m(x)
-        monkeypatch.setenv("LRM_BACKEND", "ref")
-        y_ref, _ = m(x)
-        monkeypatch.delenv("LRM_BACKEND")
-        state, ys = m.init_state(2, device="cuda"), []
-        for t in range(150):  # decoding: the fused recurrent kernel, one token at a time
-            y_t, state = m(x[:, t:t + 1], state)
-            ys.append(y_t)
-    torch.testing.assert_close(y, y_ref, atol=2e-3, rtol=2e-3)
-    torch.testing.assert_close(torch.cat(ys, 1), y_ref, atol=2e-3, rtol=2e-3)
+# ----------------------------------------------------------------------------- delta rule
+
+
+def _delta_inputs(L: int, gdn2: bool):
+    Bsz, H, K, V = 2, 2, 4, 3
+    q, k = rand(Bsz, L, H, K, seed=1), F.normalize(rand(Bsz, L, H, K, seed=2), dim=-1)
+    v, h0 = rand(Bsz, L, H, V, seed=3), rand(Bsz, H, K, V, seed=4)
+    if gdn2:
+        g = -F.softplus(rand(Bsz, L, H, K, seed=5))
+        b, w = torch.sigmoid(rand(Bsz, L, H, K, seed=6)), torch.sigmoid(rand(Bsz, L, H, V, seed=7))
+        return q, k, v, g, b, w, h0
+    g, beta = -F.softplus(rand(Bsz, L, H, seed=5)), torch.sigmoid(rand(Bsz, L, H, seed=6))
+    return q, k, v, g, beta, h0
+
+
+def test_gated_delta_rule_ref_equals_recurrent_ref():
+    *args, h0 = _delta_inputs(37, gdn2=False)
+    kw = dict(initial_state=h0, return_final_state=True)
+    o, h = gated_delta_rule_ref(*args, chunk_size=8, **kw)
+    o_ref, h_ref = gated_delta_rule_recurrent_ref(*args, **kw)
+    assert_f64_close(o, o_ref)
+    assert_f64_close(h, h_ref)
+
+
+def test_gdn2_ref_equals_recurrent_ref():
+    *args, h0 = _delta_inputs(37, gdn2=True)
+    kw = dict(initial_state=h0, return_final_state=True)
+    o, h = gdn2_ref(*args, chunk_size=8, **kw)
+    o_ref, h_ref = gdn2_recurrent_ref(*args, **kw)
+    assert_f64_close(o, o_ref)
+    assert_f64_close(h, h_ref)
+
+
+@pytest.mark.parametrize("gdn2", [False, True], ids=["gdn", "gdn2"])
+def test_delta_rule_gradcheck(gdn2):
+    op = gdn2_ref if gdn2 else gated_delta_rule_ref
+
+    def fn(*args):
+        *gates, h0 = args
+        return op(*gates, initial_state=h0, return_final_state=True, chunk_size=3)
+
+    check_grad(fn, *_delta_inputs(7, gdn2))
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _lean_grads(out, inputs):
+    y, h = out
+    loss = (y * torch.cos(y)).sum() + h.sin().sum()  # non-trivial weights on every output
+    # the graph is kept: one lean result is compared with two references
+    return torch.autograd.grad(loss, [t for t in inputs if t is not None], retain_graph=True)
+
+
+def _assert_same(lean, ref, inputs, atol=1e-4, grad_atol=1e-3):
+    torch.testing.assert_close(lean[0], ref[0], atol=atol, rtol=1e-4)
+    torch.testing.assert_close(lean[1], ref[1], atol=atol, rtol=1e-4)
+    for gl, gr in zip(_lean_grads(lean, inputs), _lean_grads(ref, inputs), strict=True):
+        torch.testing.assert_close(gl, gr, atol=grad_atol, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- delta rules
+
+
+def _gdn_inputs(with_state: bool, T: int = 37, B: int = 2, H: int = 3, K: int = 4, V: int = 5):
+    g = _gen()
+
+    def r(*s):
+        return torch.randn(*s, generator=g).requires_grad_()
+
+    q, k, v, a, beta = r(B, T, H, K), r(B, T, H, K), r(B, T, H, V), r(B, T, H), r(B, T, H)
+    h0 = r(B, H, K, V) if with_state else None
+    return q, k, v, a, beta, h0
+
+
+@pytest.mark.parametrize("with_state", [False, True], ids=["zero_state", "initial_state"])
+def test_gated_delta_rule_lean_equals_ref_and_recurrence(with_state):
+    q, k, v, a, beta, h0 = inputs = _gdn_inputs(with_state)
+
+    def run(fn, **kw):
+        return fn(q, F.normalize(k, dim=-1), v, F.logsigmoid(a), beta.sigmoid(),
+                  initial_state=h0, return_final_state=True, **kw)
+
+    lean = run(gated_delta_rule_lean, chunk_size=4, block_size=8)
+    _assert_same(lean, run(gated_delta_rule_ref, chunk_size=4), inputs)
+    _assert_same(lean, run(gated_delta_rule_recurrent_ref), inputs)
+    o, _ = gated_delta_rule(q, k, v, F.logsigmoid(a), beta.sigmoid())
+    assert "BlockRecompute" in type(o.grad_fn).__name__
+
+
+@pytest.mark.parametrize("with_state", [False, True], ids=["zero_state", "initial_state"])
+def test_gdn2_lean_equals_recurrence(with_state):
+    q, k, v, _, _, h0 = _gdn_inputs(with_state)
+    g = _gen(3)
+    gk, b, w = (torch.randn(*s, generator=g).requires_grad_()
+                for s in (q.shape, q.shape, v.shape))
+    inputs = (q, k, v, gk, b, w, h0)
+
+    def run(fn, **kw):
+        return fn(q, F.normalize(k, dim=-1), v, F.logsigmoid(gk), b.sigmoid(), w.sigmoid(),
+                  initial_state=h0, return_final_state=True, **kw)
+
+    _assert_same(run(gdn2_lean, chunk_size=4, block_size=8), run(gdn2_recurrent_ref),
+                 inputs)
+    o, _ = gdn2(q, k, v, F.logsigmoid(gk), b.sigmoid(), w.sigmoid())
+    assert "BlockRecompute" in type(o.grad_fn).__name__
+
+
+def test_gated_delta_rule_lean_keeps_less_than_the_reference():
+    q, k, v, a, beta, _ = _gdn_inputs(False, T=1024, B=1, H=2, K=16, V=16)
+    args = (q, F.normalize(k, dim=-1), v, F.logsigmoid(a), beta.sigmoid())
+    lean = saved_numel(lambda: gated_delta_rule_lean(*args, block_size=128))
+    ref = saved_numel(lambda: gated_delta_rule_ref(*args))
+    assert lean < ref / 3, (lean, ref)

@@ -1,25 +1,27 @@
-"""Forgetting attention (FoX): the op's three forms agree, the blockwise ref never holds a
-(T, T) tensor, parity with flash-linear-attention's naive reference, and the mixer's options."""
+"""Forgetting attention (lrm.ops.forgetting_attn): blockwise == recurrent == quadratic (fp32
+and float64), the fused CPU path, gradcheck, parity with fla's naive reference, dispatch and
+the kernel on CUDA.
+"""
 
 from __future__ import annotations
 
 import importlib.util
-import math
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from _helpers import LargestTensor
+from _helpers import LargestTensor, assert_f64_close, check_grad, rand
 
-import lrm
-from lrm.mixers.fox import ForgettingAttention, ShiftLinear
 from lrm.ops.forgetting_attn import (
     forgetting_attn,
+    forgetting_attn_fused,
     forgetting_attn_quadratic_ref,
     forgetting_attn_recurrent_ref,
     forgetting_attn_ref,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors
 
 
 def make(B=2, Tk=37, H=3, D=8, Dv=None, seed=0, gate_shift=1.0, dtype=torch.float32):
@@ -158,71 +160,80 @@ def test_fla_kernel_matches_ref_on_cuda():
         torch.testing.assert_close(a, b, atol=5e-3, rtol=5e-3)
 
 
-# ----------------------------------------------------------------------------- the mixer
+def _inputs(Tq: int, Tk: int, D: int = 6, Dv: int = 5, dtype=torch.float32, strong=False,
+            B: int = 2, H: int = 3):
+    g = torch.Generator().manual_seed(Tq * 100 + Tk)
+    q = torch.randn(B, Tq, H, D, generator=g, dtype=dtype).requires_grad_()
+    k = torch.randn(B, Tk, H, D, generator=g, dtype=dtype).requires_grad_()
+    v = torch.randn(B, Tk, H, Dv, generator=g, dtype=dtype).requires_grad_()
+    # strong forgetting makes c span hundreds: the per-block rebasing must keep it exact
+    gate = torch.randn(B, Tk, H, generator=g, dtype=dtype) - (6.0 if strong else 0.0)
+    return q, k, v, gate.requires_grad_()
 
 
-def test_pro_components_switch_individually():
-    names = lambda m: {n for n, _ in m.named_parameters()}  # noqa: E731
-    pro = names(ForgettingAttention(64))
-    assert {"k_proj.linear.weight", "k_proj.shift_proj.weight", "v_proj.shift_proj.weight",
-            "q_norm.weight", "k_norm.weight", "output_norm.weight", "ogate_proj.weight",
-            "fgate_proj.weight", "fgate_proj.bias", "o_proj.weight"} <= pro
-    base = names(ForgettingAttention(64, pro=False))
-    assert base == {"q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight",
-                    "fgate_proj.weight", "fgate_proj.bias"}
-    no_gate = names(ForgettingAttention(64, output_gate=False))
-    assert "ogate_proj.weight" not in no_gate and "output_norm.weight" in no_gate
-    only_qk = ForgettingAttention(64, pro=False, qk_norm=True)
-    assert only_qk.use_qk_norm and not (only_qk.k_shift or only_qk.use_output_gate)
-    assert ForgettingAttention(64).fgate_proj.bias.abs().max() == 0  # b_f = 0, as upstream
-    assert (ForgettingAttention(64, fgate_bias_init=3.0).fgate_proj.bias == 3.0).all()
+def _grads(o, inputs):
+    return torch.autograd.grad((o * o.cos()).sum(), inputs, retain_graph=True)
 
 
-def test_kv_shift_is_the_papers_token_shift():
-    torch.manual_seed(0)
-    sl = ShiftLinear(8, 8, n_heads=2)
-    x = torch.randn(2, 5, 8)
-    out, last = sl(x, None)
-    z, alpha = sl.linear(x), torch.sigmoid(sl.shift_proj(x))
-    for t in range(5):
-        z_prev = z[:, t - 1] if t else torch.zeros_like(z[:, 0])
-        a = alpha[:, t].repeat_interleave(4, dim=-1)  # per head -> per channel
-        torch.testing.assert_close(out[:, t], a * z_prev + (1 - a) * z[:, t])
-    torch.testing.assert_close(last, z[:, -1])
+@pytest.mark.parametrize("strong", [False, True], ids=["mild", "strong_forgetting"])
+@pytest.mark.parametrize("Tq,Tk", [(37, 37), (5, 37), (37, 50), (1, 9)])
+def test_fused_equals_oracles(Tq, Tk, strong):
+    q, k, v, gate = inputs = _inputs(Tq, Tk, strong=strong)
+    args = (q, k, v, F.logsigmoid(gate))
+    fused = forgetting_attn_fused(*args, block_q=8)  # several query blocks, the last one short
+    for oracle in (forgetting_attn_quadratic_ref, forgetting_attn_recurrent_ref):
+        ref = oracle(*args)
+        torch.testing.assert_close(fused, ref, atol=1e-5, rtol=1e-4)
+        for gf, gr in zip(_grads(fused, inputs), _grads(ref, inputs), strict=True):
+            torch.testing.assert_close(gf, gr, atol=1e-4, rtol=1e-4)
 
 
-def test_mixer_matches_the_layer_equations():
-    """The mixer equals FoX written out by hand (pro off: q, k, v, forget gate, o_proj)."""
-    torch.manual_seed(0)
-    m = ForgettingAttention(32, n_heads=2, pro=False).eval()
-    x = torch.randn(2, 11, 32)
-    y, _ = m(x)
-    q, k, v = (p(x).view(2, 11, 2, 16) for p in (m.q_proj, m.k_proj, m.v_proj))
-    log_f = F.logsigmoid(m.fgate_proj(x))
-    o = forgetting_attn_quadratic_ref(q, k, v, log_f).reshape(2, 11, 32)
-    torch.testing.assert_close(y, m.o_proj(o), atol=1e-5, rtol=1e-4)
+@pytest.mark.parametrize("D,Dv", [(4, 3), (4, 9)], ids=["v_narrower", "v_wider"])
+def test_fused_gradcheck_float64(D, Dv):
+    q, k, v, gate = _inputs(7, 10, D=D, Dv=Dv, dtype=torch.float64, B=1, H=2)
+    # fast mode (random projections of the Jacobian): the float64 kernel is slow on odd widths
+    assert torch.autograd.gradcheck(
+        lambda q, k, v, gate: forgetting_attn_fused(q, k, v, F.logsigmoid(gate), block_q=4),
+        (q, k, v, gate), fast_mode=True)
 
 
-def test_state_holds_kv_cache_log_gates_and_shift():
-    m = ForgettingAttention(64, n_heads=2)
-    _, s = m(torch.randn(3, 7, 64), m.init_state(3))
-    assert s.k.shape == s.v.shape == (3, 7, 2, 32) and s.log_fgate.shape == (3, 7, 2)
-    assert s.k_prev.shape == s.v_prev.shape == (3, 64)
-    assert m.state_size(7) == 7 * (2 * 64 + 2) + 2 * 64
-    assert ForgettingAttention(64, pro=False).init_state(3).k_prev is None
-    with pytest.raises(ValueError, match="64"):
-        m(torch.randn(1, 3, 65))
+def test_cpu_dispatch_uses_the_fused_path_and_bad_input_is_refused():
+    q, k, v, gate = _inputs(20, 20)
+    o = forgetting_attn(q, k, v, F.logsigmoid(gate))
+    names, todo = set(), [o.grad_fn]
+    while todo:  # the nodes of the graph
+        fn = todo.pop()
+        if fn is not None and type(fn).__name__ not in names:
+            names.add(type(fn).__name__)
+            todo.extend(f for f, _ in fn.next_functions)
+    assert "_FusedForgettingAttnBackward" in names
+    torch.testing.assert_close(o, forgetting_attn_quadratic_ref(q, k, v, F.logsigmoid(gate)),
+                               atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="block_q"):
+        forgetting_attn_fused(q, k, v, F.logsigmoid(gate), block_q=0)
 
 
-def test_short_training_lowers_the_loss():
-    from lra import quick
-    from lra.data import recall_tasks
+# ----------------------------------------------------------------------------- forgetting attn
 
-    torch.manual_seed(0)
-    x, y = recall_tasks.induction_heads(64, 32, vocab_size=8, seed=0)
-    y = torch.where(torch.arange(32) > 0, x.roll(-1, 1), y)  # next-token targets everywhere
-    y[:, -1] = -100
-    model = lrm.LRModel(lrm.ModelConfig(mixer="fox", d_model=32, n_layers=1, vocab_size=8,
-                                        head="lm"))
-    losses = quick.fit(model, x, y, steps=30, batch_size=16, lr=3e-3)
-    assert math.isfinite(losses[-1]) and sum(losses[-5:]) < sum(losses[:5])
+
+def _fox_inputs(Tq: int, Tk: int):
+    Bsz, H, D = 2, 2, 4
+    q = rand(Bsz, Tq, H, D, seed=1)
+    k, v = rand(Bsz, Tk, H, D, seed=2), rand(Bsz, Tk, H, D, seed=3)
+    return q, k, v, F.logsigmoid(rand(Bsz, Tk, H, seed=4) + 2)
+
+
+@pytest.mark.parametrize(("Tq", "Tk"), [(37, 37), (11, 37)], ids=["full", "cache"])
+def test_forgetting_attn_ref_equals_recurrent_ref(Tq, Tk):
+    args = _fox_inputs(Tq, Tk)
+    o = forgetting_attn_ref(*args, block_q=8, block_k=5)
+    assert_f64_close(o, forgetting_attn_recurrent_ref(*args))
+    assert_f64_close(o, forgetting_attn_quadratic_ref(*args))
+
+
+def test_forgetting_attn_gradcheck():
+    def fn(q, k, v, log_f):
+        return forgetting_attn_ref(q, k, v, log_f, block_q=3, block_k=2)
+
+    check_grad(fn, *_fox_inputs(5, 7))
+

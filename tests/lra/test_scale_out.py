@@ -16,7 +16,7 @@ import lrm
 from lrm.config import ModelConfig
 from lrm.model import LRModel
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 TINY = ["--data.init_args.train_size", "128", "--data.init_args.val_size", "32",
         "--data.init_args.batch_size", "16", "--model.model.d_model", "32",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",

@@ -16,7 +16,7 @@ import torch
 from lra.cli import SUBCOMMANDS
 from lra.cli import main as lra_main
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 # a few steps of the main job: 8 batches per epoch, validation every 5 steps
 SMALL = ["--data.init_args.train_size", "256", "--data.init_args.val_size", "64",
          "--data.init_args.batch_size", "32", "--model.model.d_model", "32",

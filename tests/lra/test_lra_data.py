@@ -452,7 +452,7 @@ def test_fixed_length_padding(tmp_path):
 
 def test_configs_parse():
     yaml = pytest.importorskip("yaml")
-    root = Path(__file__).resolve().parents[1] / "configs" / "lra"
+    root = Path(__file__).resolve().parents[2] / "configs" / "lra"
     allowed = {"mixer", "d_model", "n_layers", "pattern", "mixer_kwargs", "vocab_size",
                "n_classes", "head", "pooling", "bidirectional", "norm", "prenorm", "mlp_ratio",
                "dropout"}
@@ -473,7 +473,7 @@ def test_full_recipes_leave_num_workers_to_the_machine(tmp_path):
 
     from lra.data.common import default_num_workers
 
-    for path in sorted((Path(__file__).parents[1] / "configs" / "lra").glob("*.yaml")):
+    for path in sorted((Path(__file__).parents[2] / "configs" / "lra").glob("*.yaml")):
         init_args = yaml.safe_load(path.read_text())["data"].get("init_args", {})
         assert "num_workers" not in init_args, f"{path.name} hard-codes num_workers"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from contract_cases import CASES
 
 import lrm
 from lrm.mixers.oryx import Oryx
@@ -99,9 +100,9 @@ def test_suffix_in_a_stream_asks_for_from():
 # ----------------------------------------------------------------------------- tying
 
 
-@pytest.mark.parametrize("variant", list(Oryx.variants))
+@pytest.mark.parametrize("variant", list(CASES["oryx"]))
 def test_tied_fraction_at_least_090_for_every_variant(variant):
-    m = lrm.mixer("oryx", 64, **Oryx.variants[variant])
+    m = lrm.mixer("oryx", 64, **CASES["oryx"][variant])
     assert m.tied_fraction() >= 0.9
     assert 0.7 < m.tied_fraction(mlp_ratio=0) < m.tied_fraction()  # the mixer alone
 

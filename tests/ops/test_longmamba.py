@@ -1,10 +1,15 @@
-"""LongMamba: calibration statistics, the filter, its buffers and its streaming semantics."""
+"""LongMamba (lrm.ops.longmamba, lrm.longmamba): calibration statistics (also against a loop in
+float64), the filter and its gradcheck, its buffers and its streaming semantics on Mamba and
+Mamba-2."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import F64, assert_f64_close, check_grad, rand
 
 import lrm
 import lrm.longmamba as lm
@@ -159,3 +164,59 @@ def test_lm_model_with_longmamba_layers():
         with lm.disabled(model):
             b = model(tokens)
     assert torch.isfinite(a).all() and not torch.allclose(a, b)
+
+
+# ----------------------------------------------------------------------------- LongMamba
+
+
+def _statistics_loop(delta: torch.Tensor, a: torch.Tensor, clamp_top: float,
+                     target_lens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """LongMamba's calibration statistics channel by channel, with plain Python loops."""
+    C, T_tr = delta.shape
+    scores, thetas = [], [[] for _ in target_lens]
+    for c in range(C):
+        d = [float(v) for v in delta[c]]
+        k = max(1, int(T_tr * clamp_top))
+        ceiling = sorted(d, reverse=True)[k - 1]
+        d = [min(v, ceiling) for v in d]
+        budget = math.fsum(d)
+        scores.append(math.exp(float(a[c]) * budget))
+        prof = sorted(d, reverse=True)
+        for i, T in enumerate(target_lens):
+            # linear interpolation of the sorted profile onto T points (half-pixel centres)
+            stretched = []
+            for j in range(T):
+                src = max((j + 0.5) * T_tr / T - 0.5, 0.0)
+                lo = min(int(src), T_tr - 1)
+                hi = min(lo + 1, T_tr - 1)
+                stretched.append(prof[lo] + (src - lo) * (prof[hi] - prof[lo]))
+            run, first = 0.0, 0
+            for j, v in enumerate(stretched):
+                run += v
+                if run > budget:
+                    first = j
+                    break
+            thetas[i].append(stretched[min(first + 1, T - 1)])
+    return torch.tensor(scores, dtype=F64), torch.tensor(thetas, dtype=F64)
+
+
+def test_longmamba_statistics_equal_a_loop():
+    delta = F.softplus(rand(6, 16, seed=1) - 2)
+    a = -torch.exp(rand(6, seed=2))
+    lens = [24, 32, 48]
+    score, theta = channel_statistics(delta, a, 0.1, lens)
+    score_ref, theta_ref = _statistics_loop(delta, a, 0.1, lens)
+    assert_f64_close(score, score_ref)
+    assert_f64_close(theta, theta_ref)
+
+
+def test_longmamba_filter_gradcheck():
+    f = LongMambaFilter(4, LongMambaConfig(length_factors=(2.0,))).double()
+    a = -torch.exp(rand(4, seed=3)) / 8
+    f.start_calibration(8)
+    f(F.softplus(rand(3, 4, 8, seed=4)), a)
+    f.finish_calibration()
+    delta = F.softplus(rand(2, 4, 16, seed=5))
+    out = f(delta, a)
+    assert out.dtype == F64 and (out == 0).any() and (out == delta).any(), "filter is idle"
+    check_grad(lambda d: f(d, a), delta)

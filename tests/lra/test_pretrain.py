@@ -18,7 +18,7 @@ from lra.module import LRAModule
 from lra.objective import IGNORE
 from lra.pretrain import PretrainCLI, PretrainModule
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
          "--model.warmup_steps", "1", "--checkpoint.every_n_train_steps", "2",
          "--trainer.log_every_n_steps", "1"]

@@ -129,7 +129,7 @@ def _run_fit(root: Path, steps: int, extra: list[str] | None = None) -> None:
 
 def test_cli_fit_writes_logs_and_loadable_checkpoints(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    lra_main(["fit", "--config", str(Path(__file__).parents[1] / "configs/recall/mqar.yaml"),
+    lra_main(["fit", "--config", str(Path(__file__).parents[2] / "configs/recall/mqar.yaml"),
               "--trainer.max_steps", "12", *TINY, "--data.init_args.eval_lengths", "[256]"])
     run = tmp_path / "runs" / "lra" / "version_0"
     metrics = (run / "metrics.csv").read_text()

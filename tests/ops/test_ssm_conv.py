@@ -1,29 +1,24 @@
-"""S4 / S4D: the SSM filters against the recurrence, the op against its oracle, the mixers' extras.
-
-The mixer contract itself (shapes, causality, full == chunked == token by token, ...) is checked
-by tests/test_conformance.py through the variants of ``S4`` and ``S4D``.
+"""The S4/S4D ops (lrm.ops.hippo, lrm.ops.ssm_conv): HiPPO, discretisation, the Vandermonde and
+Cauchy filters against the recurrence, the FFT convolution, the state paths against their
+token-by-token oracle (fp32 and float64), gradcheck and dispatch.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from _helpers import F64, assert_f64_close, check_grad, rand
 
-import lrm
-from lrm.mixers.s4 import S4
-from lrm.mixers.s4d import S4D
 from lrm.ops import hippo as hp
 from lrm.ops import ssm_conv as sc
-from lrm.optim import param_groups
-
-ROOT = Path(__file__).resolve().parents[1]
-H = 3
-
+from lrm.ops.hippo import diag_init, discretize_diag, discretize_dplr, nplr_legs, to_real
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors
+
+
+H = 3
 
 
 def _dt(h: int = H, seed: int = 0) -> torch.Tensor:
@@ -243,155 +238,98 @@ def test_ssm_conv_dispatch():
         sc.ssm_conv(u, *build(*leaves), torch.zeros(1, H, 3, dtype=torch.complex64))
 
 
-# ----------------------------------------------------------------------------- the mixers
+# ----------------------------------------------------------------------------- in float64
 
 
-def test_s4_filter_longer_than_l_max_continues_the_recurrence():
-    """L > l_max: C̃ is extended by doubling; the filter still equals C Ā^ℓ B̄ (true C)."""
-    torch.manual_seed(0)
-    m = S4(4, d_state=8, l_max=8, n_ssm=None)
-    with torch.no_grad():
-        k = m.filter(50)  # 8 -> 16 -> 32 -> 64 taps
-        dA, dB, dC = m._recurrent_form()
-        y, _ = sc.ssm_conv_recurrent_ref(_impulse(50, 4), dA, dB, dC)
-    torch.testing.assert_close(k, y[0], atol=1e-5, rtol=1e-4)
+N = 8  # (H = 3 as above)
 
 
-def test_s4_streaming_with_gradients_matches_full():
-    """The state path with autograd on (no cache): same outputs and parameter gradients."""
-    torch.manual_seed(0)
-    m = S4(8, d_state=8, l_max=32)
-    x = torch.randn(2, 20, 8)
-    y_full, _ = m(x)
-    g_full = torch.autograd.grad(y_full.square().sum(), list(m.parameters()))
-    state, ys = m.init_state(2), []
-    for s, e in [(0, 7), (7, 8), (8, 20)]:
-        y, state = m(x[:, s:e], state)
-        ys.append(y)
-    y_str = torch.cat(ys, dim=1)
-    g_str = torch.autograd.grad(y_str.square().sum(), list(m.parameters()))
-    torch.testing.assert_close(y_str, y_full, atol=2e-4, rtol=1e-3)
-    for a, b in zip(g_str, g_full, strict=True):
-        torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-3)
+def _f64_dt() -> torch.Tensor:
+    u = torch.rand(H, 1, generator=torch.Generator().manual_seed(0), dtype=F64)
+    return torch.exp(u * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
 
 
-def test_s4_recurrent_form_cache_follows_parameter_updates():
-    torch.manual_seed(0)
-    m = S4(4, d_state=8, l_max=16).eval()
-    x = torch.randn(1, 3, 4)
-    with torch.no_grad():
-        y1, _ = m(x, m.init_state(1))
-        m.A_imag.add_(0.5)  # an optimizer step changes the parameter in place
-        y2, _ = m(x, m.init_state(1))
-        y_full, _ = m(x)
-    assert not torch.allclose(y1, y2)
-    torch.testing.assert_close(y2, y_full, atol=2e-4, rtol=1e-3)
+def _f64_cplx(*shape: int, seed: int) -> torch.Tensor:
+    return torch.complex(rand(*shape, seed=seed), rand(*shape, seed=seed + 100))
 
 
-@pytest.mark.parametrize("cls", [S4, S4D])
-def test_ssm_parameters_are_tagged(cls):
-    m = cls(16, d_state=4)
-    tags = {n: getattr(p, "_optim", None) for n, p in m.named_parameters()}
-    ssm = ["A_real", "A_imag", "B"] + (["P"] if cls is S4 else [])
-    for n in ssm:
-        assert tags[n] == {"lr": 0.001, "weight_decay": 0.0}, n
-    assert tags["inv_dt"] == {"lr": 0.001, "weight_decay": 0.0}
-    assert tags["C"] is None and tags["D"] is None and tags["output_linear.weight"] is None
-    m = cls(16, d_state=4, lr_dt=None, lr_C=0.002)
-    assert m.inv_dt._optim == {"weight_decay": 0.0} and m.C._optim == {"lr": 0.002}
-    groups = param_groups(m, lr=0.01, weight_decay=0.05)
-    by_id = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
-    assert by_id[id(m.A_real)] == (0.001, 0.0) and by_id[id(m.inv_dt)] == (0.01, 0.0)
-    assert by_id[id(m.C)] == (0.002, 0.05) and by_id[id(m.output_linear.weight)] == (0.01, 0.05)
+def _diag_system(method: str):
+    A, B = (t.expand(H, -1).clone() for t in diag_init("legs", N))
+    C = _f64_cplx(H, N // 2, seed=1)
+    return _f64_dt(), A, B, C, method
 
 
-def test_s4_initial_system_is_hippo_legs():
-    """At init Λ − P P* is HiPPO-LegS in the NPLR basis, and B̃ is HiPPO's B (Im clipped)."""
-    m = S4(2, d_state=8)
-    A = hp.dplr_dense(m._A()[:1].to(torch.complex128), m._P()[:1].to(torch.complex128))[0]
-    _, _, B, V = hp.nplr_legs(8)
-    Vf = torch.cat([V, V.conj()], dim=1)
-    A_legs, _ = hp.hippo_legs(8)
-    torch.testing.assert_close(Vf @ A @ Vf.conj().T, A_legs.to(A.dtype), atol=1e-5, rtol=0)
-    torch.testing.assert_close(m._B()[0].to(torch.complex128), B, atol=1e-6, rtol=0)
+def _dplr_system():
+    Lam, P, B, _ = nplr_legs(N)
+    Lam, P, B = (t.expand(H, -1).clone() for t in (Lam, P, B))
+    P = P + 0.2 * _f64_cplx(H, N // 2, seed=2)  # as after training
+    return _f64_dt(), Lam, P, B, _f64_cplx(H, N // 2, seed=3)
 
 
-# Kernels computed by state-spaces/s4 (models/s4/s4.py at e757cef, SSMKernelDiag/SSMKernelDPLR,
-# backend "naive", dt_transform "softplus") for the parameters below, H=2, d_state=4, L=8.
-UPSTREAM = {
-    ("s4d", "zoh"): [[0.0349744, 0.0462348, 0.0567118, 0.0661701, 0.0744266, 0.0813488,
-                      0.0868519, 0.0908957],
-                     [-0.1398649, -0.2253240, -0.3399595, -0.3319259, -0.2209755, -0.0932724,
-                      -0.0083222, 0.0268960]],
-    ("s4d", "bilinear"): [[0.0349207, 0.0461375, 0.0565839, 0.0660245, 0.0742753, 0.0812025,
-                           0.0867200, 0.0907861],
-                          [-0.1549760, -0.1988939, -0.3164381, -0.3412734, -0.2516720,
-                           -0.1163981, -0.0087530, 0.0423036]],
-    ("s4", "bilinear"): [[0.1124421, 0.1149534, 0.1150426, 0.1128722, 0.1086488, 0.1026106,
-                          0.0950170, 0.0861380],
-                         [-0.1066017, -0.1714200, -0.2778343, -0.2605495, -0.1491348,
-                          -0.0309461, 0.0399684, 0.0601591]],
-}
+def _f64_impulse(L: int) -> torch.Tensor:
+    u = torch.zeros(1, H, L, dtype=F64)
+    u[..., 0] = 1.0
+    return u
 
 
-@pytest.mark.parametrize(("name", "disc"), list(UPSTREAM))
-def test_filter_matches_state_spaces_s4(name, disc):
-    """Same parameter names and shapes as the S4 code, so its weights load and agree."""
-    m = S4(2, d_state=4, l_max=8) if name == "s4" else S4D(2, d_state=4, disc=disc)
-    params = {"inv_dt": [[-3.0], [-1.0]], "A_real": [[-0.7, 0.2]], "A_imag": [[0.5, 3.0]],
-              "B": [[[[1.0, 0.5], [-0.3, 0.8]]]],
-              "C": [[[[0.4, -1.0], [1.2, 0.3]], [[-0.6, 0.7], [0.2, -0.9]]]]}
-    if name == "s4":
-        params["P"] = [[[[0.6, 0.1], [-0.4, 0.5]]]]
-    m.load_state_dict({k: torch.tensor(v) for k, v in params.items()}, strict=False)
-    with torch.no_grad():
-        torch.testing.assert_close(m.filter(8), torch.tensor(UPSTREAM[name, disc]), atol=2e-6,
-                                   rtol=1e-5)
+@pytest.mark.parametrize("method", ["zoh", "bilinear"])
+def test_s4d_filter_equals_recurrence(method):
+    dt, A, B, C, method = _diag_system(method)
+    dA, dB = discretize_diag(dt, A, B, method)
+    y, _ = sc.ssm_conv_recurrent_ref(_f64_impulse(37), dA, dB, 2 * C)
+    assert_f64_close(sc.s4d_filter(dt, A, B, C, 37, method), y[0])
 
 
-def test_options_are_checked():
-    with pytest.raises(ValueError, match="even"):
-        S4D(8, d_state=5)
-    with pytest.raises(ValueError, match="n_ssm"):
-        S4D(8, n_ssm=3)
-    with pytest.raises(ValueError, match="disc"):
-        S4D(8, disc="euler")
-    with pytest.raises(ValueError, match="l_max"):
-        S4(8, l_max=0)
+@pytest.mark.parametrize("L", [37, 64])  # 64: the Nyquist node ω = −1
+def test_s4_filter_equals_recurrence(L):
+    dt, Lam, P, B, C = _dplr_system()
+    dA, dB = discretize_dplr(dt, Lam, P, B)
+    c = to_real(2 * C.conj())
+    c_tilde = c - torch.einsum("hn,hnm->hm", c, torch.linalg.matrix_power(dA, L))
+    Ct = torch.complex(*(c_tilde / 2).chunk(2, dim=-1)).conj()  # back to the half basis
+    y, _ = sc.ssm_conv_recurrent_ref(_f64_impulse(L), dA, dB, c)
+    assert_f64_close(sc.s4_filter(dt, Lam, P, B, Ct, L), y[0], tol=1e-10)
 
 
-def test_dropout_is_tied_over_the_sequence():
-    torch.manual_seed(0)
-    m = S4D(8, d_state=4, dropout=0.5).train()
-    y = torch.ones(3, 11, 8)
-    out = m._drop(y)
-    assert torch.equal(out, out[:, :1].expand_as(out))  # one mask per (sequence, channel)
-    assert (out == 0).any() and (out == 2).any()
-    m.eval()
-    assert torch.equal(m._drop(y), y)
+@pytest.mark.parametrize("kind", ["diag", "dense"])
+def test_ssm_conv_ref_equals_recurrent_ref_in_float64(kind):
+    if kind == "diag":
+        dt, A, B, C, _ = _diag_system("zoh")
+        dA, dB = discretize_diag(dt, A, B)
+        dC, x0 = 2 * C, _f64_cplx(2, H, N // 2, seed=4)
+    else:
+        dt, Lam, P, B, C = _dplr_system()
+        dA, dB = discretize_dplr(dt, Lam, P, B)
+        dC, x0 = to_real(2 * C.conj()), rand(2, H, N, seed=4)
+    u = rand(2, H, 150, seed=5)  # 150 > the dense path's time block of 64
+    y, x = sc.ssm_conv_ref(u, dA, dB, dC, x0)
+    y_ref, x_ref = sc.ssm_conv_recurrent_ref(u, dA, dB, dC, x0)
+    assert_f64_close(y, y_ref, tol=1e-11)
+    assert_f64_close(x, x_ref, tol=1e-11)
 
 
-# ----------------------------------------------------------------------------- configs
+def test_ssm_filters_gradcheck(monkeypatch):
+    """Gradients through discretisation, both filters and both state paths (diagonal, dense in
+    time blocks of 3), from real leaves. The Cauchy sum runs in chunks of 2 frequency nodes
+    (4 nodes at L = 7), so its recomputing backward is checked too."""
+    monkeypatch.setattr(sc, "CHUNK_ELEMENTS", 2 * H * N)
+    dt, A, B, C, _ = _diag_system("zoh")
+    _, _, P, _, _ = _dplr_system()
+    L = 7
 
+    def fn(dt, A_re, A_im, B_re, B_im, C_re, C_im, P_re, P_im, u, x0_re, x0_im):
+        A, B, C = (torch.complex(a, b) for a, b in ((A_re, A_im), (B_re, B_im), (C_re, C_im)))
+        P = torch.complex(P_re, P_im)
+        k_diag = sc.s4d_filter(dt, A, B, C, L)
+        k_dplr = sc.s4_filter(dt, A, P, B, C, L)
+        dA, dB = discretize_diag(dt, A, B)
+        y, x = sc.ssm_conv_ref(u, dA, dB, 2 * C, torch.complex(x0_re, x0_im))
+        dA, dB = discretize_dplr(dt, A, P, B)
+        x0 = to_real(torch.complex(x0_re, x0_im))
+        y_dense, x_dense = sc.ssm_conv_ref(u, dA, dB, to_real(2 * C.conj()), x0, block=3)
+        return k_diag, k_dplr, y, torch.view_as_real(x), y_dense, x_dense
 
-# every LRA task has an S4 recipe; a missing file fails its case below
-CONFIGS = [*(ROOT / "configs" / "lra" / "s4" / f"{task}.yaml" for task in (
-    "listops", "text", "retrieval", "image", "pathfinder", "pathx")),
-           ROOT / "configs" / "model" / "s4.yaml", ROOT / "configs" / "model" / "s4d.yaml"]
-
-
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
-def test_configs_build_a_model(path):
-    yaml = pytest.importorskip("yaml")
-    cfg = yaml.safe_load(path.read_text())
-    mc = lrm.ModelConfig.from_dict(cfg["model"]["model"] | {"vocab_size": 20, "n_classes": 10})
-    model = lrm.LRModel(mc)
-    assert mc.mixer in ("s4", "s4d") and len(model.blocks) == mc.n_layers
-    if path.parent.name == "s4":  # the LRA recipes
-        assert mc.n_layers == 6 and mc.bidirectional
-        kw = mc.mixer_kwargs
-        if path.stem in ("listops", "text", "retrieval"):
-            assert kw["d_state"] == 4
-        if path.stem == "pathx":
-            assert kw["dt_min"] == 1e-4 and kw["l_max"] == 16384
-        assert isinstance(cfg["model"]["lr"], float) and "batch_size" in cfg["data"]
+    x0 = _f64_cplx(2, H, N // 2, seed=6)
+    leaves = (dt, A.real, A.imag, B.real, B.imag, C.real, C.imag, P.real, P.imag,
+              rand(2, H, L, seed=7), x0.real, x0.imag)
+    check_grad(fn, *leaves)

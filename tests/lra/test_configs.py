@@ -13,7 +13,7 @@ import lrm
 from lra.lightning_cli import LRACLI
 from lra.module import LRAModule
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 MODEL_CONFIGS = sorted((ROOT / "configs" / "model").glob("*.yaml"))
 TASK_CONFIGS = sorted((ROOT / "configs" / "recall").glob("*.yaml")) + sorted(
     (ROOT / "configs" / "lra").glob("*.yaml"))
