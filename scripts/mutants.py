@@ -504,6 +504,16 @@ MUTANTS: list[Mutant] = [
       "fn = ssd_ref if batch * H * L * Q > SMALL_ELEMENTS else ssd_lean",
       ("tests/ops/test_ssd_small.py::test_recomputation_only_beyond_the_size_limit",),
       "the SSD recomputes at small sizes and keeps everything at large ones"),
+    M("delta-cpu-initial-state-dropped", "lrm/ops/delta_rule.py",
+      "return gated_delta_rule_ref(q, k, v, g, beta, scale=scale, initial_state=initial_state,",
+      "return gated_delta_rule_ref(q, k, v, g, beta, scale=scale, initial_state=None,",
+      ("tests/ops/test_delta_rule_small.py::test_cpu_dispatch_equals_recurrence",),
+      "the gated delta rule's small CPU path starts from zero, not the initial state"),
+    M("delta-cpu-size-test-inverted", "lrm/ops/delta_rule.py",
+      "if B * H * T * (K + v.shape[-1] + C) <= SMALL_ELEMENTS:",
+      "if B * H * T * (K + v.shape[-1] + C) > SMALL_ELEMENTS:",
+      ("tests/ops/test_delta_rule_small.py::test_recomputation_only_beyond_the_size_limit",),
+      "the gated delta rule recomputes at small sizes and keeps everything at large ones"),
 ]
 
 
