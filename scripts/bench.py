@@ -694,7 +694,7 @@ PATHS: dict[tuple[str, str], list[tuple[str, str, Any]]] = {
     ("mamba2", "lean"): [("lrm.ops.ssd", "SMALL_ELEMENTS", 0),
                          ("lrm.ops.ssd", "cpu_chunk_size", lambda P, N, chunk: chunk)],
     ("gdn", "lean"): [("lrm.ops.delta_rule", "SMALL_ELEMENTS", 0),
-                      ("lrm.ops.delta_rule", "cpu_chunk_size", lambda K: 64)],
+                      ("lrm.ops.delta_rule", "cpu_chunk_size", lambda K, rows=32: 64)],
 }
 
 
@@ -883,7 +883,7 @@ def run_train_step_interleaved(args: argparse.Namespace, order: list[str]) -> No
 
 # ops mode: the op at the shapes an arena mixer of width d gives it, batch B; every CPU
 # algorithm of the op, the dispatch first (the baseline of the ratios)
-def _op_algorithms(op: str, d: int, chunks: list[int]) -> dict[str, Any]:
+def _op_algorithms(op: str, d: int, chunks: list[int], batch: int) -> dict[str, Any]:
     from lrm.ops import delta_rule as R
     from lrm.ops import selective_scan as SS
     from lrm.ops import ssd as S
@@ -901,7 +901,7 @@ def _op_algorithms(op: str, d: int, chunks: list[int]) -> dict[str, Any]:
             algos[f"ref chunk {c}"] = lambda *a, c=c, **k: S.ssd_ref(*a, c, **k)
         return algos
     if op == "delta":  # gdn as the arena builds it: one head, K = d, V = 2d
-        C = R.cpu_chunk_size(d)
+        C = R.cpu_chunk_size(d, batch)
         algos = {"dispatch": R.gated_delta_rule,
                  "lean chunk 64": lambda *a: R.gated_delta_rule_lean(*a, chunk_size=64),
                  f"lean chunk {C}": lambda *a: R.gated_delta_rule_lean(*a, chunk_size=C)}
@@ -960,7 +960,7 @@ def run_ops(args: argparse.Namespace) -> None:
         rows, names = [], []
         for L in args.lengths:
             for d in args.d:
-                algos = _op_algorithms(op, d, args.chunks)
+                algos = _op_algorithms(op, d, args.chunks, args.batch)
                 names = list(algos)
                 fns = {k: _op_pass(op, f, d, L, args.batch) for k, f in algos.items()}
                 t = interleaved(fns, repeats=args.repeats, warmup=args.warmup)

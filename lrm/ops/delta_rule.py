@@ -240,7 +240,7 @@ def gated_delta_rule(
         return o.to(v.dtype), h
     # the CPU path, chosen by shape (see "the CPU path" below)
     B, T, H, K = q.shape
-    C = cpu_chunk_size(K)
+    C = cpu_chunk_size(K, B * H)
     if B * H * T * (K + v.shape[-1] + C) <= SMALL_ELEMENTS:
         return gated_delta_rule_ref(q, k, v, g, beta, scale=scale, initial_state=initial_state,
                                     return_final_state=return_final_state, chunk_size=C)
@@ -257,7 +257,9 @@ def gated_delta_rule(
 # Measured (one thread, batch 32, one head of K = d and V = 2d as the recall arena builds
 # gdn, forward and backward of the op; docs/bench/speed.md "Small shapes: gdn"), the best C
 # is 16 for K <= 32, 32 for K <= 128 (64 ties at 128), and 64 (the kernels' chunk) beyond:
-# 1.3-1.8x faster than C = 64 through the block recomputation at L = 128-512. The block
+# 1.3-1.8x faster than C = 64 through the block recomputation at L = 128-512. With few rows
+# (B·H < 8, e.g. batch 1 and 3 heads of K = 16) each op is tiny and the Python loop over chunks
+# weighs more: there C = 32 ran 1.45x faster than C = 16 at T = 2K and 16K. The block
 # recomputation of :func:`gated_delta_rule_lean` costs about one more forward pass (15-35% of
 # the op); it is skipped while B·H·T·(K + V + C), the size of the per-token intermediates
 # that the reference keeps (each of them a fraction of it), is at most SMALL_ELEMENTS (e.g.
@@ -266,9 +268,12 @@ def gated_delta_rule(
 SMALL_ELEMENTS = 2**23  # the largest B·H·T·(K + V + C) run without block recomputation
 
 
-def cpu_chunk_size(head_k_dim: int) -> int:
-    """The chunk of the gated delta rule's CPU path for key heads of ``head_k_dim``."""
-    return 16 if head_k_dim <= 32 else 32 if head_k_dim <= 128 else 64
+def cpu_chunk_size(head_k_dim: int, rows: int = 32) -> int:
+    """The chunk of the gated delta rule's CPU path for key heads of ``head_k_dim`` and
+    ``rows`` = batch × heads (see "the CPU path" above)."""
+    if head_k_dim <= 32 and rows >= 8:
+        return 16
+    return 32 if head_k_dim <= 128 else 64
 
 
 # ----------------------------------------------------------------------------- GDN-2

@@ -16,7 +16,7 @@ TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4, grad_atol=1e-3),
        torch.float64: dict(atol=1e-10, rtol=1e-10, grad_atol=1e-9)}
 
 
-def _inputs(dtype, T, B=2, H=2, K=8, V=16, seed=0):
+def _inputs(dtype, T, B=4, H=2, K=8, V=16, seed=0):  # B·H = 8 rows: chunk 16
     gen = torch.Generator().manual_seed(seed)
 
     def r(*s):
@@ -56,8 +56,9 @@ def test_cpu_dispatch_equals_recurrence(dtype, T, lean, monkeypatch):
         torch.testing.assert_close(a, b, atol=tol["grad_atol"], rtol=tol["rtol"])
 
 
-def test_cpu_chunk_follows_the_key_head():
-    assert [cpu_chunk_size(K) for K in (16, 32, 64, 128, 256)] == [16, 16, 32, 32, 64]
+def test_cpu_chunk_follows_the_key_head_and_the_rows():
+    assert [cpu_chunk_size(K, 32) for K in (16, 32, 64, 128, 256)] == [16, 16, 32, 32, 64]
+    assert [cpu_chunk_size(K, 3) for K in (16, 32, 64, 128, 256)] == [32, 32, 32, 32, 64]
 
 
 @pytest.mark.parametrize("T,expect", [(128, "gated_delta_rule_ref"),
