@@ -207,7 +207,7 @@ def test_ssd_lean_equals_ref_and_recurrence(with_state, options):
     _assert_same(lean, ssd_recurrent_ref(x, dt, A, B, C, **kw), inputs)
 
 
-def test_ssd_lean_keeps_less_than_the_reference_and_dispatch_uses_it():
+def test_ssd_lean_keeps_less_than_the_reference_and_dispatch_uses_it(monkeypatch):
     x, dt, A, B, C, *_ = _ssd_inputs(False, L=1024, b=1, H=4, P=8, G=1, N=8)
     lean = _saved_numel(lambda: ssd_lean(x, dt, A, B, C, 64, block_size=128, dt_softplus=True))
     ref = _saved_numel(lambda: ssd_ref(x, dt, A, B, C, 64, dt_softplus=True))
@@ -215,6 +215,7 @@ def test_ssd_lean_keeps_less_than_the_reference_and_dispatch_uses_it():
     states = (1024 // 128 + 1) * 4 * 8 * 8
     assert lean <= 2 * inputs + states + A.numel(), (lean, inputs, states)
     assert lean < ref / 3, (lean, ref)
+    monkeypatch.setattr("lrm.ops.ssd.SMALL_ELEMENTS", 0)  # beyond the small-shape limit
     y = ssd(x, dt, A, B, C, 64, dt_softplus=True)
     assert "BlockRecompute" in type(y.grad_fn).__name__
 
@@ -234,7 +235,7 @@ def _gdn_inputs(with_state: bool, T: int = 37, B: int = 2, H: int = 3, K: int = 
 
 
 @pytest.mark.parametrize("with_state", [False, True], ids=["zero_state", "initial_state"])
-def test_gated_delta_rule_lean_equals_ref_and_recurrence(with_state):
+def test_gated_delta_rule_lean_equals_ref_and_recurrence(with_state, monkeypatch):
     q, k, v, a, beta, h0 = inputs = _gdn_inputs(with_state)
 
     def run(fn, **kw):
@@ -244,6 +245,7 @@ def test_gated_delta_rule_lean_equals_ref_and_recurrence(with_state):
     lean = run(gated_delta_rule_lean, chunk_size=4, block_size=8)
     _assert_same(lean, run(gated_delta_rule_ref, chunk_size=4), inputs)
     _assert_same(lean, run(gated_delta_rule_recurrent_ref), inputs)
+    monkeypatch.setattr("lrm.ops.delta_rule.SMALL_ELEMENTS", 0)  # beyond the small-shape limit
     o, _ = gated_delta_rule(q, k, v, F.logsigmoid(a), beta.sigmoid())
     assert "BlockRecompute" in type(o.grad_fn).__name__
 
