@@ -6,6 +6,8 @@
     python scripts/bench.py decode --whole-model --mixers attention gdn mamba2
     python scripts/bench.py compile --mixers mamba2 gdn --lengths 2048 --d 128
     python scripts/bench.py train-step --mixers attention gdn --lengths 128 512
+    python scripts/bench.py train-step --interleaved --mixers mamba2 mamba2:lean --lengths 128
+    python scripts/bench.py ops --ops ssd delta --d 32 64 --lengths 128 512 --chunks 16 32
 
 Modes (``scaling`` when none is named):
 
@@ -26,18 +28,26 @@ Modes (``scaling`` when none is named):
   compile time and how far the compiled output and input gradient are from the eager ones.
 - ``train-step``: one optimizer step (forward, backward, gradient clipping, AdamW) of the
   ``LRModel`` the recall arena trains, every mixer as a ratio to attention measured in the
-  same run.
+  same run. With ``--interleaved`` all cases of a (d, L) share one process and are timed in
+  turn (A, B, C, A, B, C, ...), which keeps ratios meaningful on a loaded machine; there a
+  mixer may be named ``mixer:lean``, the mixer with its op's CPU path forced back to the one
+  that ran before the by-size dispatch (``PATHS``).
+- ``ops``: forward+backward of a bare op at the shapes the arena's mixers give it (batch 32),
+  every CPU algorithm against the dispatch, interleaved in one process: the measurements
+  behind the size crossovers of the ops' CPU paths (docs/bench/speed.md, "Small shapes").
 
 Every case of ``scaling``, ``peers`` and ``train-step`` runs in a fresh process
 (``scripts/measure.py``); ``decode`` and ``compile`` run their cases one after the other in
-this process. Output goes to a run folder under ``runs/bench/`` (a Markdown report and a JSON
-file of the raw results); ``--publish DOC`` also writes the report into its marked section of a
-tracked doc (the rest of the doc is kept).
+this process, ``ops`` and ``train-step --interleaved`` in turn in one process per (d, L).
+Output goes to a run folder under ``runs/bench/`` (a Markdown report and a JSON file of the raw
+results); ``--publish DOC`` also writes the report into its marked section of a tracked doc
+(the rest of the doc is kept).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -51,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import measure  # scripts/ is not a package: imported from its folder
 
 SCRIPT = "scripts/bench.py"
-MODES = ("scaling", "peers", "decode", "compile", "train-step")
+MODES = ("scaling", "peers", "decode", "compile", "train-step", "ops")
 # The doc a mode publishes into when --publish names none.
 DEFAULT_DOC = {"train-step": measure.DOCS / "bench" / "train_step.md"}
 PNG = "<plot.png>"  # in a report: the name of its plot, which differs between run and doc
@@ -676,6 +686,44 @@ def run_compile(args: argparse.Namespace) -> None:
 
 
 # ============================================================================ train-step
+# mixer:path -> (module, attribute, value) settings that force the mixer's op back to the CPU
+# path that ran before the op dispatched by size: the lean (block-recomputed) path, with the
+# chunk the mixer asks for
+PATHS: dict[tuple[str, str], list[tuple[str, str, Any]]] = {
+    ("mamba", "lean"): [("lrm.ops.selective_scan", "SMALL_SLICE_ELEMENTS", 0)],
+    ("mamba2", "lean"): [("lrm.ops.ssd", "SMALL_ELEMENTS", 0),
+                         ("lrm.ops.ssd", "cpu_chunk_size", lambda P, N, chunk: chunk)],
+    ("gdn", "lean"): [("lrm.ops.delta_rule", "SMALL_ELEMENTS", 0),
+                      ("lrm.ops.delta_rule", "cpu_chunk_size", lambda K, rows=32: 64)],
+}
+
+
+def split_path(spec: str) -> tuple[str, str]:
+    """``"mamba2:lean"`` -> ("mamba2", "lean"); a bare name has the path ""."""
+    mixer, _, path = spec.partition(":")
+    if path and (mixer, path) not in PATHS:
+        raise SystemExit(f"train-step: no CPU path {path!r} for {mixer!r}; known: "
+                         f"{', '.join(f'{m}:{p}' for m, p in PATHS)}")
+    return mixer, path
+
+
+@contextlib.contextmanager
+def forced_path(mixer: str, path: str):
+    """Apply PATHS[(mixer, path)] for the duration (nothing for the default path)."""
+    import importlib
+
+    saved = []
+    try:
+        for module, attr, value in PATHS.get((mixer, path), []):
+            mod = importlib.import_module(module)
+            saved.append((mod, attr, getattr(mod, attr)))
+            setattr(mod, attr, value)
+        yield
+    finally:
+        for mod, attr, value in reversed(saved):
+            setattr(mod, attr, value)
+
+
 def train_step_case(cfg: dict[str, Any]) -> measure.Case:
     """One optimizer step of the recall arena's model: an ``LRModel`` with the arena's layers,
     vocabulary, LM head and per-mixer options (``lra.leaderboard.arena``), on an MQAR batch,
@@ -691,7 +739,7 @@ def train_step_case(cfg: dict[str, Any]) -> measure.Case:
     from lrm.optim import param_groups
 
     torch.manual_seed(0)
-    mixer, d, L = cfg["mixer"], cfg["d"], cfg["L"]
+    (mixer, path), d, L = split_path(cfg["mixer"]), cfg["d"], cfg["L"]
     opts = ARENA_KWARGS.get(mixer)
     model = lrm.LRModel(lrm.ModelConfig(mixer=mixer, d_model=d, n_layers=N_LAYERS,
                                         vocab_size=VOCAB, head="lm",
@@ -703,12 +751,14 @@ def train_step_case(cfg: dict[str, Any]) -> measure.Case:
     model.train()
 
     def step() -> None:
-        logits = model(x)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        with forced_path(mixer, path):
+            logits = model(x)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(),
+                                   ignore_index=IGNORE)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
 
     return measure.Case(step, info=lambda: {
         "params": sum(p.numel() for p in model.parameters())})
@@ -726,12 +776,17 @@ def run_train_step(args: argparse.Namespace) -> None:
     import lrm
 
     mixers = args.mixers or lrm.available()
-    unknown = sorted(set(mixers) - set(lrm.available()))
+    unknown = sorted({split_path(m)[0] for m in mixers} - set(lrm.available()))
     if unknown:
         raise SystemExit(f"train-step: unknown mixer(s) {unknown}; registered: "
                          f"{lrm.available()}")
     # attention first: every ratio is to the attention of the same run
     order = ["attention", *[m for m in mixers if m != "attention"]]
+    if args.interleaved:
+        return run_train_step_interleaved(args, order)
+    if any(":" in m for m in order):
+        raise SystemExit("train-step: a mixer:path variant needs --interleaved (the path is "
+                         "set in the measuring process)")
     t0, rows = time.time(), []
     for d in args.d:
         for L in args.lengths:
@@ -772,6 +827,152 @@ def run_train_step(args: argparse.Namespace) -> None:
                      f"{r['mem_mb']:.0f} | {r['params']:,} |")
     print("\n".join(lines))
     finish(args, "\n".join(lines), rows)
+
+
+def interleaved(fns: dict[str, Any], *, repeats: int, warmup: int) -> dict[str, dict]:
+    """Call the functions in turn (A, B, C, A, B, C, ...): ``warmup`` untimed rounds, then
+    ``repeats`` timed ones; :func:`measure.summarize` of each one's times. On a shared machine
+    load moves every alternative alike, so ratios of these medians stay meaningful."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: measure.summarize(v) for k, v in times.items()}
+
+
+def _ratio_table(args: argparse.Namespace, title: str, what: str, base: str,
+                 rows: list[dict[str, Any]], names: list[str], t0: float) -> None:
+    lines = [title, "", *measure.provenance_lines(args.provenance),
+             f"{what} All alternatives of one (d, L) were timed in turn in one process "
+             f"({args.warmup} warm-up round(s), then {args.repeats} timed); ratio = median time "
+             f"/ the median of `{base}` in the same rounds. Wall {time.time() - t0:.0f} s.", "",
+             f"| d | L | {base} (ms) | " + " | ".join(f"`{n}` ×" for n in names if n != base)
+             + " |", "|---" * (2 + len(names)) + "|"]
+    for r in rows:
+        cells = [f"{r['times'][n]['median_s'] / r['times'][base]['median_s']:.2f}"
+                 for n in names if n != base]
+        lines.append(f"| {r['d']} | {r['L']} | {1000 * r['times'][base]['median_s']:.1f} | "
+                     + " | ".join(cells) + " |")
+    print("\n".join(lines))
+    finish(args, "\n".join(lines), rows)
+
+
+def run_train_step_interleaved(args: argparse.Namespace, order: list[str]) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    t0, rows = time.time(), []
+    for d in args.d:
+        for L in args.lengths:
+            fns = {m: train_step_case(dict(mixer=m, d=d, L=L, batch=args.batch)).step
+                   for m in order}
+            t = interleaved(fns, repeats=args.repeats, warmup=args.warmup)
+            rows.append({"d": d, "L": L, "times": t})
+            print(f"d={d:<4d} L={L:<5d} attention {1000 * t['attention']['median_s']:.1f} ms; "
+                  + ", ".join(f"{m} x{t[m]['median_s'] / t['attention']['median_s']:.2f}"
+                              for m in order[1:]), flush=True)
+    _ratio_table(args, "# Training step, interleaved: every mixer against attention",
+                 f"One optimizer step of the recall arena's model (as in `train-step`), batch "
+                 f"{args.batch}.", "attention", rows, order, t0)
+
+
+# ops mode: the op at the shapes an arena mixer of width d gives it, batch B; every CPU
+# algorithm of the op, the dispatch first (the baseline of the ratios)
+def _op_algorithms(op: str, d: int, chunks: list[int], batch: int) -> dict[str, Any]:
+    from lrm.ops import delta_rule as R
+    from lrm.ops import selective_scan as SS
+    from lrm.ops import ssd as S
+
+    if op == "scan":  # mamba: d_inner 2d, N 16
+        return {"dispatch": SS.selective_scan, "small": SS.selective_scan_small,
+                "lean": SS.selective_scan_lean}
+    if op == "ssd":  # mamba2: heads of head_dim min(64, 2d/8), d_state min(128, max(16, d/2))
+        P, N = max(1, min(64, 2 * d // 8)), min(128, max(16, d // 2))
+        Q = S.cpu_chunk_size(P, N, 256)
+        algos = {"dispatch": lambda *a, **k: S.ssd(*a, 256, **k),
+                 "lean chunk 256": lambda *a, **k: S.ssd_lean(*a, 256, **k),
+                 f"lean chunk {Q}": lambda *a, **k: S.ssd_lean(*a, Q, **k)}
+        for c in chunks:
+            algos[f"ref chunk {c}"] = lambda *a, c=c, **k: S.ssd_ref(*a, c, **k)
+        return algos
+    if op == "delta":  # gdn as the arena builds it: one head, K = d, V = 2d
+        C = R.cpu_chunk_size(d, batch)
+        algos = {"dispatch": R.gated_delta_rule,
+                 "lean chunk 64": lambda *a: R.gated_delta_rule_lean(*a, chunk_size=64),
+                 f"lean chunk {C}": lambda *a: R.gated_delta_rule_lean(*a, chunk_size=C)}
+        for c in chunks:
+            algos[f"ref chunk {c}"] = lambda *a, c=c: R.gated_delta_rule_ref(*a, chunk_size=c)
+        return algos
+    raise SystemExit(f"ops: unknown op {op!r}; known: scan, ssd, delta")
+
+
+def _op_pass(op: str, fn: Any, d: int, L: int, batch: int) -> Any:
+    """One forward+backward of ``fn`` on fixed random inputs of the op's arena shapes."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+
+    def r(*s: int) -> torch.Tensor:
+        return torch.randn(*s, generator=g).requires_grad_()
+
+    if op == "scan":
+        e, n = 2 * d, 16
+        u, delta, B, C, z = r(batch, e, L), r(batch, e, L), r(batch, n, L), r(batch, n, L), \
+            r(batch, e, L)
+        A = (-torch.rand(e, n, generator=g) * 4 - 0.1).requires_grad_()
+        D, bias = r(e), r(e)
+
+        def run() -> None:
+            fn(u, delta, A, B, C, D, z, bias, True).sum().backward()
+    elif op == "ssd":
+        P, N = max(1, min(64, 2 * d // 8)), min(128, max(16, d // 2))
+        H = 2 * d // P
+        x, dt, B, C = r(batch, L, H, P), r(batch, L, H), r(batch, L, 1, N), r(batch, L, 1, N)
+        A = (-torch.rand(H, generator=g) - 0.5).requires_grad_()
+        D, bias = r(H), r(H)
+
+        def run() -> None:
+            fn(x, dt, A, B, C, D=D, dt_bias=bias, dt_softplus=True).sum().backward()
+    else:
+        q, k = (F.normalize(torch.randn(batch, L, 1, d, generator=g), dim=-1).requires_grad_()
+                for _ in range(2))
+        v = r(batch, L, 1, 2 * d)
+        gate = (-0.1 * torch.rand(batch, L, 1, generator=g)).requires_grad_()
+        beta = torch.rand(batch, L, 1, generator=g).requires_grad_()
+
+        def run() -> None:
+            fn(q, k, v, gate, beta)[0].sum().backward()
+    return run
+
+
+def run_ops(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    t0 = time.time()
+    for op in args.ops:
+        rows, names = [], []
+        for L in args.lengths:
+            for d in args.d:
+                algos = _op_algorithms(op, d, args.chunks, args.batch)
+                names = list(algos)
+                fns = {k: _op_pass(op, f, d, L, args.batch) for k, f in algos.items()}
+                t = interleaved(fns, repeats=args.repeats, warmup=args.warmup)
+                rows.append({"op": op, "d": d, "L": L, "times": t})
+                base = t["dispatch"]["median_s"]
+                print(f"{op} d={d:<4d} L={L:<5d} dispatch {1000 * base:.1f} ms; "
+                      + ", ".join(f"{k} x{t[k]['median_s'] / base:.2f}" for k in names[1:]),
+                      flush=True)
+        _ratio_table(args, f"# `{op}`: CPU algorithms against the dispatch",
+                     f"Forward and backward of the bare op at the shapes an arena mixer of "
+                     f"width d gives it (batch {args.batch}); chunk columns are in the op's "
+                     f"own units.", "dispatch", rows, names, t0)
 
 
 # ============================================================================ CLI
@@ -857,8 +1058,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true",
                    help="tiny sizes (L 32, d 16, batch 2, 1 warm-up step, 1 repeat): checks "
                         "the plumbing, not a measurement")
+    s.add_argument("--interleaved", action="store_true",
+                   help="time all mixers of a (d, L) in turn in this process (mixer:path "
+                        f"variants allowed: {', '.join(f'{m}:{p}' for m, p in PATHS)})")
     _add_timeout(s, 1200)
     _add_common(s, repeats=5, threads=1)
+
+    s = sub.add_parser("ops", formatter_class=fmt,
+                       help="a bare op's CPU algorithms against its dispatch, interleaved",
+                       description="Forward and backward of a bare op at the arena's shapes, "
+                                   "every CPU algorithm timed in turn with the dispatch in one "
+                                   "process.")
+    s.add_argument("--ops", nargs="+", default=["scan", "ssd", "delta"],
+                   choices=["scan", "ssd", "delta"],
+                   help="selective scan (mamba), SSD (mamba2), gated delta rule (gdn)")
+    s.add_argument("--lengths", nargs="+", type=int, default=[128, 512], help="lengths")
+    s.add_argument("--d", nargs="+", type=int, default=[32, 64, 128],
+                   help="model widths (the op's shapes follow the arena's mixer of that width)")
+    s.add_argument("--chunks", nargs="+", type=int, default=[],
+                   help="also the chunked reference at these chunk sizes (ssd, delta)")
+    s.add_argument("--batch", type=int, default=32, help="batch size (the arena's)")
+    s.add_argument("--warmup", type=int, default=1, help="untimed rounds before the timed ones")
+    _add_common(s, repeats=3, threads=1)
     return p
 
 
@@ -872,7 +1093,7 @@ def main(argv: list[str] | None = None) -> None:
     args.provenance = measure.provenance(SCRIPT, argv, threads=args.threads,
                                          device=getattr(args, "device", "cpu"))
     {"scaling": run_scaling, "peers": run_peers, "decode": run_decode,
-     "compile": run_compile, "train-step": run_train_step}[args.mode](args)
+     "compile": run_compile, "train-step": run_train_step, "ops": run_ops}[args.mode](args)
 
 
 if __name__ == "__main__":

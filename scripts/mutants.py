@@ -520,6 +520,28 @@ MUTANTS: list[Mutant] = [
       ".mask(T, L, L if s is None else None)", ".mask(0, L, L if s is None else None)",
       (stream("oryx-mamba2_every"),),
       "a streamed chunk takes the modes of positions 0..L−1, not of its own"),
+
+    # ------------------------------------------------------------------ op CPU paths by size
+    M("ssd-cpu-gate-dropped", "lrm/ops/ssd.py",
+      "return fn(x, dt, A, B, C, Q, D, z, dt_bias, initial_state, dt_softplus, dt_limit,",
+      "return fn(x, dt, A, B, C, Q, D, None, dt_bias, initial_state, dt_softplus, dt_limit,",
+      ("tests/ops/test_ssd_small.py::test_cpu_dispatch_equals_recurrence",),
+      "the SSD's CPU dispatch drops the gate z"),
+    M("ssd-cpu-size-test-inverted", "lrm/ops/ssd.py",
+      "fn = ssd_ref if batch * H * L * Q <= SMALL_ELEMENTS else ssd_lean",
+      "fn = ssd_ref if batch * H * L * Q > SMALL_ELEMENTS else ssd_lean",
+      ("tests/ops/test_ssd_small.py::test_recomputation_only_beyond_the_size_limit",),
+      "the SSD recomputes at small sizes and keeps everything at large ones"),
+    M("delta-cpu-initial-state-dropped", "lrm/ops/delta_rule.py",
+      "return gated_delta_rule_ref(q, k, v, g, beta, scale=scale, initial_state=initial_state,",
+      "return gated_delta_rule_ref(q, k, v, g, beta, scale=scale, initial_state=None,",
+      ("tests/ops/test_delta_rule_small.py::test_cpu_dispatch_equals_recurrence",),
+      "the gated delta rule's small CPU path starts from zero, not the initial state"),
+    M("delta-cpu-size-test-inverted", "lrm/ops/delta_rule.py",
+      "if B * H * T * (K + v.shape[-1] + C) <= SMALL_ELEMENTS:",
+      "if B * H * T * (K + v.shape[-1] + C) > SMALL_ELEMENTS:",
+      ("tests/ops/test_delta_rule_small.py::test_recomputation_only_beyond_the_size_limit",),
+      "the gated delta rule recomputes at small sizes and keeps everything at large ones"),
 ]
 
 

@@ -46,8 +46,9 @@ A_ij = Σ_c b_ic k_ic k_jc exp(gc_ic − gc_jc); to keep every exponent ≤ 0 wi
 Implementations, for each of the two rules: ``*_recurrent_ref`` (the loop, the oracle),
 ``*_ref`` (the chunkwise algorithm above, pure PyTorch), ``*_lean`` (``*_ref`` with block
 recomputation, the memory-lean path) and the dispatch :func:`gated_delta_rule` / :func:`gdn2`
-(an fla kernel on CUDA, else the lean path). All take ``initial_state`` and
-``return_final_state`` and return (o, final state or None).
+(an fla kernel on CUDA; on a CPU the gated delta rule picks the reference or the lean path
+and its chunk by shape, section "the CPU path" below; GDN-2 takes the lean path). All take
+``initial_state`` and ``return_final_state`` and return (o, final state or None).
 
 Kernels (CUDA, flash-linear-attention): ``chunk_gated_delta_rule`` for training/prefill,
 ``fused_recurrent_gated_delta_rule`` for short no-grad calls (decoding; it has no backward);
@@ -211,7 +212,9 @@ def gated_delta_rule(
     """Dispatching gated delta rule; same contract as :func:`gated_delta_rule_ref`.
 
     On CUDA with fla: ``fused_recurrent_gated_delta_rule`` when no gradient is needed and
-    T ≤ 64 (decoding, as fla's layer does), else ``chunk_gated_delta_rule``.
+    T ≤ 64 (decoding, as fla's layer does), else ``chunk_gated_delta_rule``. On a CPU, with
+    the chunk of :func:`cpu_chunk_size`: :func:`gated_delta_rule_ref` on small shapes,
+    :func:`gated_delta_rule_lean` beyond SMALL_ELEMENTS (section "the CPU path" below).
     """
     _check(q, k, v, {"g": (g, q.shape[:3]), "beta": (beta, q.shape[:3])}, initial_state,
            "gated_delta_rule")
@@ -235,10 +238,42 @@ def gated_delta_rule(
         o, h = fn(q=q, k=k, v=v, g=g.to(torch.float32), beta=beta.to(q.dtype), scale=scale,
                   initial_state=h0, output_final_state=return_final_state)
         return o.to(v.dtype), h
-    # the CPU path: the memory-lean block recomputation of the reference (same results)
+    # the CPU path, chosen by shape (see "the CPU path" below)
+    B, T, H, K = q.shape
+    C = cpu_chunk_size(K, B * H)
+    if B * H * T * (K + v.shape[-1] + C) <= SMALL_ELEMENTS:
+        return gated_delta_rule_ref(q, k, v, g, beta, scale=scale, initial_state=initial_state,
+                                    return_final_state=return_final_state, chunk_size=C)
     return gated_delta_rule_lean(q, k, v, g, beta, scale=scale,
                                  initial_state=initial_state,
-                                 return_final_state=return_final_state)
+                                 return_final_state=return_final_state, chunk_size=C)
+
+
+# ----------------------------------------------------------------------------- the CPU path
+#
+# The chunkwise algorithm's cost per token and head is about C·(K + V) for the intra-chunk
+# scores and the UT solve, plus K·V for the state products (independent of C), plus a Python
+# loop over T/C chunks; small C also keeps the (C, C) blocks of a batched solve in cache.
+# Measured (one thread, batch 32, one head of K = d and V = 2d as the recall arena builds
+# gdn, forward and backward of the op; docs/bench/speed.md "Small shapes: gdn"), the best C
+# is 16 for K <= 32, 32 for K <= 128 (64 ties at 128), and 64 (the kernels' chunk) beyond:
+# 1.3-1.8x faster than C = 64 through the block recomputation at L = 128-512. With few rows
+# (B·H < 8, e.g. batch 1 and 3 heads of K = 16) each op is tiny and the Python loop over chunks
+# weighs more: there C = 32 ran 1.45x faster than C = 16 at T = 2K and 16K. The block
+# recomputation of :func:`gated_delta_rule_lean` costs about one more forward pass (15-35% of
+# the op); it is skipped while B·H·T·(K + V + C), the size of the per-token intermediates
+# that the reference keeps (each of them a fraction of it), is at most SMALL_ELEMENTS (e.g.
+# batch 32, d 128, L 512; or d 32, L 2048). Both choices depend on the shape only.
+
+SMALL_ELEMENTS = 2**23  # the largest B·H·T·(K + V + C) run without block recomputation
+
+
+def cpu_chunk_size(head_k_dim: int, rows: int = 32) -> int:
+    """The chunk of the gated delta rule's CPU path for key heads of ``head_k_dim`` and
+    ``rows`` = batch × heads (see "the CPU path" above)."""
+    if head_k_dim <= 32 and rows >= 8:
+        return 16
+    return 32 if head_k_dim <= 128 else 64
 
 
 # ----------------------------------------------------------------------------- GDN-2
@@ -379,12 +414,14 @@ def _lean(ref, seqs, q, v, initial_state, chunk_size, block_size, **kw):
 def gated_delta_rule_lean(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, *,
     scale: float | None = None, initial_state: torch.Tensor | None = None,
-    return_final_state: bool = False, chunk_size: int = 64, block_size: int = BLOCK_SIZE,
+    return_final_state: bool = False, chunk_size: int = 64, block_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`gated_delta_rule_ref` with block recomputation (memory O(B·T·H·(K+V)) plus
-    one state per block, instead of every chunk's intermediates). Same contract."""
+    one state per block of ``block_size`` tokens, default BLOCK_SIZE, instead of every
+    chunk's intermediates). Same contract."""
     _check(q, k, v, {"g": (g, q.shape[:3]), "beta": (beta, q.shape[:3])}, initial_state,
            "gated_delta_rule_lean")
+    block_size = BLOCK_SIZE if block_size is None else block_size  # read now: tests shrink it
     o, h = _lean(gated_delta_rule_ref, [q, k, v, g, beta], q, v, initial_state,
                  chunk_size, block_size, scale=scale)
     return o, (h if return_final_state else None)

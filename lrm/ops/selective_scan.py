@@ -490,7 +490,7 @@ def selective_scan_lean(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
 # (B, D, N) state has at most SMALL_SLICE_ELEMENTS = 2^17 elements (batch 32 × d_inner 256 ×
 # N 16), so that a block holds T ≥ 2 tokens and the states kept, L·B·D·N / T, stay within a
 # few times u and Δ; beyond that the lean path, whose memory is bounded at any size. The
-# crossover is set by memory, not time: measured with ``scripts/bench_small.py scan`` (forward
+# crossover is set by memory, not time: measured with ``scripts/bench.py ops`` (forward
 # and backward of the bare scan, batch 32, N 16, one thread, docs/bench/speed.md "Small
 # shapes"), the lean path took 7x (d_inner 64) and 11x (d_inner 256) the time of this one at
 # L 128, and was never faster in any shape measured. The block budget, 2^18 elements, was the

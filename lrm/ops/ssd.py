@@ -27,7 +27,8 @@ Symbols and shapes (mamba-ssm's ``mamba_chunk_scan_combined`` conventions):
 Implementations: :func:`ssd_recurrent_ref` (the loop, the oracle), :func:`ssd_ref` (the chunked
 algorithm above, pure PyTorch), :func:`ssd_lean` (:func:`ssd_ref` with block recomputation, the
 memory-lean path) and :func:`ssd` (dispatch to mamba-ssm's Triton ``mamba_chunk_scan_combined``
-on CUDA, else :func:`ssd_lean`). Not supported here: ``seq_idx`` /
+on CUDA; on a CPU, by shape, :func:`ssd_ref` or :func:`ssd_lean` with a chunk sized for the
+CPU: section "the CPU path" below). Not supported here: ``seq_idx`` /
 ``cu_seqlens`` (packed variable-length batches). The references compute in
 promote(input dtypes, float32) (:mod:`lrm.dtypes`): fp32 for half precision, float64 kept.
 """
@@ -178,8 +179,9 @@ def ssd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_state=
         dt_softplus=False, dt_limit=NO_LIMIT, return_final_state=False, *,
         backend: str = "auto"):
     """Dispatching SSD: mamba-ssm's Triton ``mamba_chunk_scan_combined`` on CUDA where it
-    imports, else :func:`ssd_lean` (:func:`ssd_ref` with block recomputation). Same arguments
-    and results."""
+    imports; else, with the chunk of :func:`cpu_chunk_size`, :func:`ssd_ref` on small shapes
+    and :func:`ssd_lean` (:func:`ssd_ref` with block recomputation) beyond SMALL_ELEMENTS (see
+    "the CPU path" below). Same arguments and results (up to rounding: the chunk differs)."""
     ok = x.dtype in (torch.float32, torch.float16, torch.bfloat16)
     if _kernels.use_kernel("ssd", backend, "mamba_chunk_scan_combined", x, dt, A, B, C, D, z,
                            dt_bias, initial_state, supported=ok,
@@ -189,9 +191,39 @@ def ssd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_state=
         return fn(x, dt, A.to(torch.float32), B, C, chunk_size, D=D, z=z, dt_bias=dt_bias,
                   initial_states=initial_state, dt_softplus=dt_softplus,
                   dt_limit=tuple(dt_limit), return_final_states=return_final_state)
-    # the CPU path: the memory-lean block recomputation of the reference (same results)
-    return ssd_lean(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_state, dt_softplus,
-                    dt_limit, return_final_state)
+    # the CPU path, chosen by shape (see "the CPU path" below): a chunk sized for the CPU,
+    # and the block recomputation only where the saved intermediates would be large
+    _check(x, dt, A, B, C)
+    batch, L, H, P = x.shape
+    Q = cpu_chunk_size(P, B.shape[3], chunk_size)
+    fn = ssd_ref if batch * H * L * Q <= SMALL_ELEMENTS else ssd_lean
+    return fn(x, dt, A, B, C, Q, D, z, dt_bias, initial_state, dt_softplus, dt_limit,
+              return_final_state)
+
+
+# ----------------------------------------------------------------------------- the CPU path
+#
+# ``chunk_size`` is the GPU kernel's tile (mamba-ssm's default 256). On a CPU the chunked
+# algorithm's cost is, per token and head, about Q·(N + P) for the intra-chunk (Q, Q) masks and
+# products plus P·N for the chunk states (independent of Q) plus P·N/Q for the loop over chunks;
+# the (B, H, L, Q) mask tensors also leave the caches when Q is large. Measured (one thread,
+# batch 32, forward and backward of the op, docs/bench/speed.md "Small shapes: mamba2"), the
+# best Q grows with the state P·N of a head: 16 up to P·N = 1024, 32 up to 4096, 64 beyond,
+# 3-20x faster than Q = 256 at L = 128-2048. The CPU path uses that Q (never more than the
+# caller's ``chunk_size``). The block recomputation of :func:`ssd_lean` costs about one more
+# forward pass (30-50% of the op at L <= 512); it is skipped while one (B, H, L, Q) tensor has
+# at most SMALL_ELEMENTS elements (batch 32, 8 heads, L 512, Q 32), where what the reference
+# keeps for the backward is a few tens of MB. Both choices depend on the shape only; the two
+# functions are the same arithmetic.
+
+SMALL_ELEMENTS = 2**22  # the largest B·H·L·Q for which the reference runs without recomputation
+
+
+def cpu_chunk_size(head_dim: int, d_state: int, chunk_size: int) -> int:
+    """The chunk the CPU path uses for a head of ``head_dim`` × ``d_state`` (see above)."""
+    state = head_dim * d_state
+    best = 16 if state <= 1024 else 32 if state <= 4096 else 64
+    return max(1, min(int(chunk_size), best))
 
 
 # ----------------------------------------------------------------------------- memory-lean path
@@ -201,15 +233,17 @@ BLOCK_SIZE = 1024  # tokens per recomputed block of the lean path (rounded up to
 
 def ssd_lean(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_state=None,
              dt_softplus=False, dt_limit=NO_LIMIT, return_final_state=False, *,
-             block_size: int = BLOCK_SIZE):
+             block_size: int | None = None):
     """:func:`ssd_ref` run through :func:`lrm.ops.recompute.block_recompute`: the backward pass
-    keeps the inputs and one (B, H, P, N) state per block of ``block_size`` tokens, and
+    keeps the inputs and one (B, H, P, N) state per block of ``block_size`` tokens (default
+    BLOCK_SIZE), and
     recomputes each block's masks and chunk states. Same arguments and results as
     :func:`ssd_ref`; blocks are whole chunks, so the arithmetic is the reference's."""
     _check(x, dt, A, B, C)
     batch, L, H, P = x.shape
     N = B.shape[3]
     Q = max(1, min(int(chunk_size), L))
+    block_size = BLOCK_SIZE if block_size is None else block_size  # read now: tests shrink it
     block = Q * max(1, -(-int(block_size) // Q))
     dtype = compute_dtype(x, dt, B, C)
     if initial_state is None:

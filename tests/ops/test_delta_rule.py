@@ -341,7 +341,7 @@ def _gdn_inputs(with_state: bool, T: int = 37, B: int = 2, H: int = 3, K: int = 
 
 
 @pytest.mark.parametrize("with_state", [False, True], ids=["zero_state", "initial_state"])
-def test_gated_delta_rule_lean_equals_ref_and_recurrence(with_state):
+def test_gated_delta_rule_lean_equals_ref_and_recurrence(with_state, monkeypatch):
     q, k, v, a, beta, h0 = inputs = _gdn_inputs(with_state)
 
     def run(fn, **kw):
@@ -351,6 +351,7 @@ def test_gated_delta_rule_lean_equals_ref_and_recurrence(with_state):
     lean = run(gated_delta_rule_lean, chunk_size=4, block_size=8)
     _assert_same(lean, run(gated_delta_rule_ref, chunk_size=4), inputs)
     _assert_same(lean, run(gated_delta_rule_recurrent_ref), inputs)
+    monkeypatch.setattr("lrm.ops.delta_rule.SMALL_ELEMENTS", 0)  # beyond the small-shape limit
     o, _ = gated_delta_rule(q, k, v, F.logsigmoid(a), beta.sigmoid())
     assert "BlockRecompute" in type(o.grad_fn).__name__
 
