@@ -635,6 +635,12 @@ def run(argv: list[str], *, from_shell: bool = False, started: float | None = No
                   parser_kwargs={"description": "lra: train and evaluate lrm models "
                                                 "(LightningCLI). `lra --help` lists the "
                                                 "subcommands."})
+    except FileNotFoundError as err:
+        hf = sys.modules.get("lra.data.hf")  # loaded if a hub dataset was asked for
+        if hf is None or not isinstance(err, hf.DatasetUnavailable):
+            raise
+        # the message says what to do; the stack around it says nothing more
+        raise SystemExit(f"lra {argv[0]}: {err}") from None
     finally:
         sys.argv = saved
 
