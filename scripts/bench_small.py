@@ -85,13 +85,20 @@ def scan_pass(fn: Callable, d_inner: int, L: int, batch: int = 32, n: int = 16
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["steps", "scan"])
-    p.add_argument("--mixers", nargs="+", default=["mamba"])
-    p.add_argument("--d", nargs="+", type=int, default=[32, 64])
-    p.add_argument("--d-inner", nargs="+", type=int, default=[64, 128, 256])
-    p.add_argument("--L", nargs="+", type=int, default=[128, 512])
-    p.add_argument("--repeats", type=int, default=5)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("what", choices=["steps", "scan"],
+                   help="steps: a training step per mixer against attention; scan: the "
+                        "selective scan's CPU algorithms against the dispatched one")
+    p.add_argument("--mixers", nargs="+", default=["mamba"],
+                   help="(steps) registry names; mamba:lean is mamba with the small-shape "
+                        "scan switched off")
+    p.add_argument("--d", nargs="+", type=int, default=[32, 64], help="(steps) model widths")
+    p.add_argument("--d-inner", nargs="+", type=int, default=[64, 128, 256],
+                   help="(scan) channels of the scan")
+    p.add_argument("--L", nargs="+", type=int, default=[128, 512], help="sequence lengths")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="timed runs of each alternative; the table gives the median")
     args = p.parse_args()
     torch.set_num_threads(1)
 
