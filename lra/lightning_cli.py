@@ -4,7 +4,7 @@ What this adds to a plain LightningCLI:
 
 - defaults for the README's main job (attention on MQAR), loggers that share one run folder
   ``runs/lra/version_N/``, and checkpoints (``last.ckpt`` every 100 steps, the best by
-  ``val/acc`` as soon as it is measured);
+  ``val/acc`` as soon as it is measured, also kept as ``best.ckpt``, the name summaries print);
 - the end of a fit: a validation at the last step, early stopping once ``val/acc`` passes a
   threshold (0.99 by default; ``--early_stopping.stopping_threshold null`` turns it off), a test
   of the best checkpoint where the task has a test split (``--test_after_fit false`` skips it),
@@ -192,7 +192,7 @@ class ProgressBar(DescribedProgressBar):
 def stop_condition(trainer) -> str:
     """``stops at step 3000 or at val/acc >= 0.99``: every way the run can end by itself."""
     text = f"stops at step {trainer.max_steps}"
-    stopper = trainer.early_stopping_callback
+    stopper = getattr(trainer, "early_stopping_callback", None)
     threshold = getattr(stopper, "stopping_threshold", None)
     if threshold is not None:
         sign = ">=" if stopper.mode == "max" else "<="
