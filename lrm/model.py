@@ -37,10 +37,10 @@ def check_hidden(x: torch.Tensor, d: int, who: str) -> None:
         raise ValueError(f"{who}(d={d}) expects x of shape (B, L, {d}); got {tuple(x.shape)}. "
                          f"A single sequence needs a batch axis: x[None].")
     if x.dim() != 3:
-        raise ValueError(f"{who}(d={d}) expects x of shape (B, L, {d}): 3 axes; got "
-                         f"{x.dim()} axes, {tuple(x.shape)}.")
+        raise ValueError(f"{who}(d={d}) expects x of shape (B, L, {d}); got "
+                         f"{tuple(x.shape)}, {x.dim()} axes instead of 3.")
     if x.shape[-1] != d:
-        raise ValueError(f"{who}(d={d}) expects x of width {d} in its last axis; got "
+        raise ValueError(f"{who}(d={d}) expects x of shape (B, L, {d}); got "
                          f"{tuple(x.shape)}, width {x.shape[-1]}. Build the block with "
                          f"d={x.shape[-1]}, or project x to width {d} first.")
     if not x.is_floating_point():
