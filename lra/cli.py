@@ -5,6 +5,7 @@
     lra validate / lra test --config ... --ckpt_path PATH          evaluate a checkpoint
     lra generate listops|pathfinder --out DIR                       make LRA data locally
     lra leaderboard [--quick]                                       run the grid, write docs/
+    lra list                                                        configs, mixers, tasks
 
 With no config, ``lra fit`` trains the built-in default: a 2-layer attention model (d=64) on
 MQAR (L=128, 16 key-value pairs), on CPU, in a few minutes. Several ``--config`` files compose
@@ -45,6 +46,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                            "(then `lra fit --model.init_from`)", "lra.pretrain:main"),
     "generate": Subcommand("make LRA data locally: listops, pathfinder (no download)",
                            "lra.data.generate:main"),
+    "list": Subcommand("list the shipped config files, the mixers and the tasks",
+                       "lra.catalog:main"),
     "leaderboard": Subcommand("train and test every mixer on every task, write docs/ "
                               "(`--suite recall`: the recall arena)",
                               "lra.leaderboard:main"),
@@ -58,13 +61,51 @@ def help_text() -> str:
         "usage: lra <subcommand> [options]\n\n"
         "Train and evaluate lrm models on Long Range Arena and synthetic recall.\n\n"
         f"subcommands:\n{rows}\n\n"
-        "`lra <subcommand> --help` lists a subcommand's options. Examples:\n"
+        "`lra <subcommand> --help` lists a subcommand's options, `lra list` the config "
+        "files and mixers. Examples:\n"
         "  lra fit                                                 # the main job, on CPU\n"
         "  lra fit --config configs/recall/mqar.yaml --config configs/model/gdn.yaml\n"
         "  lra fit --config runs/lra/version_0/config.yaml "
         "--ckpt_path runs/lra/version_0/checkpoints/last.ckpt\n"
         "  lra test --config runs/lra/version_0/config.yaml --ckpt_path <checkpoint>\n"
     )
+
+
+# The first screen of `lra fit --help`: how to choose, and the options most runs touch. Every
+# option and default here is checked against the full parser by tests/lra/test_daytoday.py.
+COMMON_OPTIONS = (
+    ("--config FILE", "a config file; repeat it (task, then model; later ones win)"),
+    ("--model.model.mixer NAME", "the mixer (default: attention)"),
+    ("--model.model.d_model N", "width (default: 64)"),
+    ("--model.model.n_layers N", "blocks (default: 2)"),
+    ("--model.lr LR", "peak learning rate (default: 0.003)"),
+    ("--trainer.max_steps N", "step limit (default: 3000)"),
+    ("--trainer.accelerator A", "cpu, gpu, auto, ... (default: auto)"),
+    ("--early_stopping.stopping_threshold X",
+     "stop once val/acc >= X (default: 0.99; null: never)"),
+    ("--test_after_fit BOOL", "test the best checkpoint after fit (default: true)"),
+    ("--ckpt_path PATH", "fit: resume from it; validate/test: evaluate it"),
+    ("--print_config", "print the whole resolved config and exit"),
+)
+
+
+def trainer_help(subcommand: str) -> str:
+    """``lra fit --help``: how to pick a task, a model and the common options, then what exists.
+    The full option dump is one flag away (``--help-all``)."""
+    from lra.catalog import listing
+
+    width = max(len(flag) for flag, _ in COMMON_OPTIONS)
+    rows = "\n".join(f"  {flag:<{width}}  {what}" for flag, what in COMMON_OPTIONS)
+    return (
+        f"usage: lra {subcommand} [--config TASK.yaml] [--config MODEL.yaml] [--KEY VALUE ...]\n\n"
+        "Choose a task and a model with config files (task first, then model), then override "
+        "any key.\nWith no config, the task is MQAR (L=128) and the model 2 attention blocks "
+        "of width 64.\n"
+        "  lra fit --config configs/recall/mqar.yaml --config configs/model/gdn.yaml\n"
+        "  lra fit --config configs/lra/listops.yaml --model.model.mixer mamba "
+        "--trainer.max_steps 500\n\n"
+        f"common options:\n{rows}\n\n{listing()}\n\n"
+        f"`lra {subcommand} --help-all` lists every option (about 800 lines).")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,6 +123,11 @@ def main(argv: list[str] | None = None) -> None:
             "subcommand", name, SUBCOMMANDS, show_match=lambda s: f"`lra {s}`",
             listing=f"Valid: {', '.join(SUBCOMMANDS)} (`lra --help` says what each does).") + "\n")
         raise SystemExit(2)
+    if SUBCOMMANDS[name].target == _TRAINER:
+        if "-h" in argv or "--help" in argv:
+            print(trainer_help(name))
+            return None
+        argv = ["--help" if a == "--help-all" else a for a in argv]
     module, function = SUBCOMMANDS[name].target.split(":")
     run = getattr(importlib.import_module(module), function)
     if SUBCOMMANDS[name].target == _TRAINER:

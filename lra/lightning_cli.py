@@ -4,7 +4,7 @@ What this adds to a plain LightningCLI:
 
 - defaults for the README's main job (attention on MQAR), loggers that share one run folder
   ``runs/lra/version_N/``, and checkpoints (``last.ckpt`` every 100 steps, the best by
-  ``val/acc`` as soon as it is measured);
+  ``val/acc`` as soon as it is measured, also kept as ``best.ckpt``, the name summaries print);
 - the end of a fit: a validation at the last step, early stopping once ``val/acc`` passes a
   threshold (0.99 by default; ``--early_stopping.stopping_threshold null`` turns it off), a test
   of the best checkpoint where the task has a test split (``--test_after_fit false`` skips it),
@@ -19,11 +19,15 @@ What this adds to a plain LightningCLI:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
+import os
 import pickle
 import re
+import shutil
 import sys
+import textwrap
 import time
 import warnings
 from pathlib import Path
@@ -82,7 +86,14 @@ class Checkpoint(ResumableCheckpoint):
     ``last.ckpt`` only, and the top-k files are written right after each validation. It also
     writes ``last.ckpt`` when training stops between two saves, so the final weights are never
     lost, and remembers the step of the best checkpoint for the run summary.
+
+    The best checkpoint is also kept as ``best.ckpt`` beside the step-named file (a hard link,
+    or a copy where links are not possible), and the run summary names that: a resumed run
+    that finds a better checkpoint replaces ``best-step=N.ckpt`` by another name, but
+    ``best.ckpt`` stays where an earlier summary said it is.
     """
+
+    BEST_ALIAS = "best.ckpt"
 
     best_step: int | None = None
     _stage = "fit"
@@ -114,11 +125,25 @@ class Checkpoint(ResumableCheckpoint):
             self._save_topk_checkpoint(trainer, candidates)
             if self.best_model_path != before:
                 self.best_step = trainer.global_step
+                self._write_best_alias(trainer)
                 if getattr(self, "_last_step_of_last", None) == trainer.global_step:
                     # last.ckpt of this step was written before this validation: write it
                     # again, so that a run resumed from it knows its new best checkpoint
                     self._save_last_checkpoint(trainer, candidates)
         return None
+
+    def _write_best_alias(self, trainer) -> None:
+        src = Path(self.best_model_path)
+        if not trainer.is_global_zero or not src.is_file() or src.name == self.BEST_ALIAS:
+            return
+        dst = src.parent / self.BEST_ALIAS
+        tmp = src.parent / (self.BEST_ALIAS + ".tmp")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)  # atomic: a reader never sees a half-written best.ckpt
 
     def on_train_end(self, trainer, pl_module) -> None:
         super().on_train_end(trainer, pl_module)
@@ -149,18 +174,30 @@ class ValidateAtLastStep(Callback):
 
 class ProgressBar(DescribedProgressBar):
     """Rich progress bar that names the step limit (Lightning prints ``Epoch 9/-2`` when only
-    ``max_steps`` bounds the run) and leaves out the logger's version (``v_num``)."""
+    ``max_steps`` bounds the run) and the early-stopping threshold, if any, and leaves out the
+    logger's version (``v_num``)."""
 
     def train_description(self, current_epoch: int) -> str | None:
         trainer = self.trainer
         if trainer.max_epochs in (None, -1) and trainer.max_steps > 0:
-            return f"Epoch {current_epoch} (stops at step {trainer.max_steps})"
+            return f"Epoch {current_epoch} ({stop_condition(trainer)})"
         return None
 
     def get_metrics(self, trainer, pl_module) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)
         return items
+
+
+def stop_condition(trainer) -> str:
+    """``stops at step 3000 or at val/acc >= 0.99``: every way the run can end by itself."""
+    text = f"stops at step {trainer.max_steps}"
+    stopper = getattr(trainer, "early_stopping_callback", None)
+    threshold = getattr(stopper, "stopping_threshold", None)
+    if threshold is not None:
+        sign = ">=" if stopper.mode == "max" else "<="
+        text += f" or at {stopper.monitor} {sign} {threshold:g}"
+    return text
 
 
 class Summary(ModelSummary):
@@ -225,6 +262,14 @@ def explain_parse_error(message: str, parser, subcommand: str) -> str:
             r'accepted', message, flags=re.S):
         prefix = "--data.init_args." if key == "data" else f"--{key}."
         unknown.append((prefix + opt, [prefix + o for o in _option_names(cls_path)]))
+    missing = re.search(r'Parser key "config":.*?File does not exist: \'([^\']+)\'', message,
+                        flags=re.S)
+    if missing and not unknown:
+        return f"{prog}: {unknown_config(missing.group(1))}"
+    task = re.search(r'Parser key "data":.*?(?:class_path \'([^\']+)\'|dot import path '
+                     r'string: (\S+))', message, flags=re.S)
+    if task and not unknown and not _importable(task.group(1) or task.group(2)):
+        return f"{prog}: {unknown_task(task.group(1) or task.group(2))}"
     if not unknown:
         first = message.strip().splitlines()
         return (f"{prog}: {' '.join(line.strip() for line in first[:8])}\n"
@@ -233,6 +278,53 @@ def explain_parse_error(message: str, parser, subcommand: str) -> str:
     for key, valid in unknown:
         parts.append(unknown_name("option", key, valid, show=str, listing=""))
     return f"{prog}: {' '.join(parts)} `{prog} --help` lists every option."
+
+
+def _importable(cls_path: str) -> bool:
+    module, _, name = cls_path.rpartition(".")
+    try:
+        return hasattr(__import__(module, fromlist=[name]), name) if module else False
+    except Exception:
+        return False
+
+
+def unknown_config(given: str) -> str:
+    """One paragraph for a config file that does not exist: the nearest shipped ones."""
+    from lra.catalog import closest_config
+
+    with contextlib.suppress(ValueError):  # jsonargparse made it absolute: show it as typed
+        given = str(Path(given).relative_to(Path.cwd()))
+    near = closest_config(given)
+    hint = f" Did you mean {' or '.join(near)}?" if near else ""
+    return (f"unknown config file {given} (no such file).{hint} `lra list` shows every "
+            f"config file, mixer and task.")
+
+
+def unknown_task(given: str) -> str:
+    """One paragraph for a ``--data`` class that does not exist: the nearest task classes."""
+    from lra.catalog import TASKS
+
+    return unknown_name("task", given.rpartition(".")[2], TASKS, show=lambda _: given,
+                        show_match=lambda name: TASKS[name][0],
+                        listing="`lra list` shows every task, config file and mixer.")
+
+
+def _own_error(err: BaseException) -> BaseException | None:
+    """The deepest exception in ``err``'s chain that lrm or lra raised (a ValueError or
+    TypeError whose message is written for the user), or None."""
+    ours = None
+    roots = (str(Path(__file__).resolve().parents[1] / "lrm"), str(Path(__file__).parent))
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        tb = err.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if (isinstance(err, (ValueError, TypeError)) and tb is not None
+                and str(Path(tb.tb_frame.f_code.co_filename).resolve()).startswith(roots)):
+            ours = err
+        err = err.__cause__ or err.__context__
+    return ours
 
 
 class _Parser(LightningArgumentParser):
@@ -247,27 +339,54 @@ class _Parser(LightningArgumentParser):
         raise SystemExit(2)
 
 
-def _check_checkpoint(path: str | None, subcommand: str) -> None:
-    """Fail early, naming the file, when a checkpoint is missing or unreadable (torch's own
-    message for a truncated file names neither the file nor a way out)."""
-    if path is None or path in ("best", "last", "hpc", "registry"):
-        return
-    p = Path(path)
-    if not p.is_file():
-        raise SystemExit(f"lra {subcommand}: no checkpoint at {p}. Runs keep theirs in "
-                         f"runs/lra/version_N/checkpoints/ (last.ckpt, best-step=N.ckpt).")
+def _load_error(p: Path) -> Exception | None:
+    """Why ``p`` cannot be read as a torch checkpoint, or None if it can."""
     try:
         # mmap reads the zip directory and the pickle, not the tensors: cheap at any size
         torch.load(p, map_location="cpu", mmap=True, weights_only=True)
     except pickle.UnpicklingError:
-        return  # readable, but holds more than tensors: Lightning loads it and says so
+        return None  # readable, but holds more than tensors: Lightning loads it and says so
     except Exception as err:
+        return err
+    return None
+
+
+def _loadable_neighbours(p: Path, limit: int = 3) -> list[Path]:
+    """Up to ``limit`` other checkpoints in ``p``'s folder that load: last.ckpt and best.ckpt
+    first, then the newest."""
+    if not p.parent.is_dir():
+        return []
+    others = [q for q in p.parent.glob("*.ckpt") if q.name != p.name and q.is_file()]
+    first = {"last.ckpt": 0, Checkpoint.BEST_ALIAS: 1}
+    others.sort(key=lambda q: (first.get(q.name, 2), -q.stat().st_mtime))
+    return [q for q in others if _load_error(q) is None][:limit]
+
+
+def _instead(p: Path) -> str:
+    found = _loadable_neighbours(p)
+    if found:
+        return f"Checkpoints beside it that load: {', '.join(str(q) for q in found)}."
+    return (f"No other checkpoint in {p.parent} loads: train again, or take one from another "
+            f"run (runs/lra/version_N/checkpoints/).")
+
+
+def _check_checkpoint(path: str | None, subcommand: str) -> None:
+    """Fail early, naming the file, when a checkpoint is missing or unreadable (torch's own
+    message for a truncated file names neither the file nor a way out); suggest only
+    checkpoints that exist and load."""
+    if path is None or path in ("best", "last", "hpc", "registry"):
+        return
+    p = Path(path)
+    if not p.is_file():
+        raise SystemExit(f"lra {subcommand}: no checkpoint at {p}. {_instead(p)}")
+    err = _load_error(p)
+    if err is not None:
+        said = textwrap.shorten(str(err).splitlines()[0] if str(err) else type(err).__name__,
+                                width=120, placeholder=" ...")
         raise SystemExit(
             f"lra {subcommand}: cannot read checkpoint {p} ({p.stat().st_size} bytes): the "
             f"file is truncated or is not a torch checkpoint (a run killed while saving leaves "
-            f"a partial file; torch says: {str(err).splitlines()[0][:120]}). Use another "
-            f"checkpoint of the run, e.g. {p.parent / 'last.ckpt'} or a best-*.ckpt beside "
-            f"it.") from None
+            f"a partial file; torch says: {said}). {_instead(p)}") from None
 
 
 # ----------------------------------------------------------------------------- the CLI
@@ -316,6 +435,24 @@ class LRACLI(HookedCLI):
                  "init_args": {"save_dir": "runs", "name": "lra"}},
             ],
         })
+        # EarlyStopping's monitor has no default of its own, so the help marked it required
+        # although the default above fills it
+        for action in parser._actions:
+            if action.dest == "early_stopping.monitor":
+                action.required = False
+
+    def instantiate_classes(self) -> None:
+        """Building the model or the data module: an error lrm or lra wrote for the user (an
+        unknown mixer, a mixer option, a bad size) is printed alone, without the traceback of
+        the configuration library around it."""
+        try:
+            super().instantiate_classes()
+        except Exception as err:
+            own = _own_error(err)
+            if own is None:
+                raise
+            raise SystemExit(f"lra {self.subcommand or ''}: {own} `lra list` shows every "
+                             f"config file, mixer and task.") from None
 
     def before_checkpoint_is_read(self) -> None:
         sub = self.config.get("subcommand")
@@ -435,6 +572,8 @@ def run_summary(trainer, monitor: str | None, score: float | None, best_step: in
     if run_dir is not None:
         lines.append(f"  run folder: {run_dir}")
     config = run_dir / "config.yaml" if run_dir is not None else None
+    if best and (Path(best).parent / Checkpoint.BEST_ALIAS).is_file():
+        best = str(Path(best).parent / Checkpoint.BEST_ALIAS)  # stays valid when resumed
     if config is not None and config.is_file():
         if last:
             lines.append(f"  resume: lra fit --config {config} --ckpt_path {last}")
@@ -496,6 +635,12 @@ def run(argv: list[str], *, from_shell: bool = False, started: float | None = No
                   parser_kwargs={"description": "lra: train and evaluate lrm models "
                                                 "(LightningCLI). `lra --help` lists the "
                                                 "subcommands."})
+    except FileNotFoundError as err:
+        hf = sys.modules.get("lra.data.hf")  # loaded if a hub dataset was asked for
+        if hf is None or not isinstance(err, hf.DatasetUnavailable):
+            raise
+        # the message says what to do; the stack around it says nothing more
+        raise SystemExit(f"lra {argv[0]}: {err}") from None
     finally:
         sys.argv = saved
 

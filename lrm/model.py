@@ -25,22 +25,64 @@ from lrm.nn import MLP, make_norm
 
 
 def check_hidden(x: torch.Tensor, d: int, who: str) -> None:
-    """Refuse what a norm or a projection would reject with a bare torch error."""
+    """Refuse what a norm or a projection would reject with a bare torch error; each message
+    explains only what applies to the tensor given."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{who} expects a tensor x of shape (B, L, {d}); got {type(x).__name__}")
-    if x.dim() != 3 or x.shape[-1] != d:
+    if x.dim() == 2 and not x.is_floating_point():
+        raise ValueError(f"{who}(d={d}) expects hidden states x of shape (B, L, {d}); got "
+                         f"{tuple(x.shape)} {x.dtype}, which look like token ids: those go "
+                         f"through LRModel (or an nn.Embedding), which embeds them.")
+    if x.dim() == 2 and x.shape[-1] == d:
+        raise ValueError(f"{who}(d={d}) expects x of shape (B, L, {d}); got {tuple(x.shape)}. "
+                         f"A single sequence needs a batch axis: x[None].")
+    if x.dim() != 3:
         raise ValueError(f"{who}(d={d}) expects x of shape (B, L, {d}); got "
-                         f"{tuple(x.shape)}. A single sequence needs a batch axis (x[None]); "
-                         f"token ids go through LRModel, which embeds them.")
+                         f"{tuple(x.shape)}, {x.dim()} axes instead of 3.")
+    if x.shape[-1] != d:
+        raise ValueError(f"{who}(d={d}) expects x of shape (B, L, {d}); got "
+                         f"{tuple(x.shape)}, width {x.shape[-1]}. Build the block with "
+                         f"d={x.shape[-1]}, or project x to width {d} first.")
     if not x.is_floating_point():
         raise TypeError(f"{who} expects floating-point x (B, L, {d}); got {x.dtype}. Token ids "
                         f"go through LRModel (or an nn.Embedding) first; other integer data can "
                         f"be cast with x.to(torch.float32).")
 
 
+def check_finite(x: torch.Tensor, who: str, training: bool) -> None:
+    """Refuse a NaN or inf in a float input, naming the first sample and position that hold
+    one (docs/design.md, "Non-finite inputs": most mixers would spread it to every position
+    of that sample, earlier ones included).
+
+    The check reads a value back, a sync on a GPU: it runs on CPU always and on other devices
+    only outside training (``training`` False); it is skipped while compiling.
+    """
+    if (training and x.device.type != "cpu") or torch.compiler.is_compiling():
+        return
+    bad = ~torch.isfinite(x)
+    if not bool(bad.any()):
+        return
+    where = bad.flatten(2).any(-1)  # (B, L): positions with a non-finite feature
+    b, pos = (int(i) for i in where.nonzero()[0])
+    value = x[b, pos][bad[b, pos]][0].item()
+    samples = int(where.any(-1).sum())
+    raise ValueError(
+        f"{who} got a non-finite input: sample {b}, position {pos} holds {value} ({samples} of "
+        f"{x.shape[0]} samples hold a NaN or inf). Mixers spread such a value to every position "
+        f"of its sample, earlier ones included, so the output would be NaN throughout; "
+        f"replace it first (e.g. torch.nan_to_num(x)) or find where it came from.")
+
+
 class Block(nn.Module):
     """x -> x + drop(mixer(norm(x))) [-> x + drop(mlp(norm(x)))]  (pre-norm; post-norm
-    applies the norm after each residual sum instead)."""
+    applies the norm after each residual sum instead).
+
+    A float input with a NaN or inf is refused (:func:`check_finite`: on CPU always, on a GPU
+    outside training); ``check_finite = False`` turns that off. LRModel checks its embedded
+    input once and turns it off on its blocks, whose inputs are hidden states.
+    """
+
+    check_finite: bool = True
 
     def __init__(self, d: int, mixer: nn.Module, *, norm: str = "rmsnorm",
                  prenorm: bool = True, mlp_ratio: float = 0.0, dropout: float = 0.0) -> None:
@@ -56,6 +98,8 @@ class Block(nn.Module):
                 lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
         """x (B, L, d) -> (y (B, L, d), state); the state is None unless one was given."""
         check_hidden(x, self.d, "Block")
+        if self.check_finite:
+            check_finite(x, "Block", self.training)
         kw = {"lengths": lengths} if isinstance(self.mixer, Bidirectional) else {}
         if self.prenorm:
             y, state = self.mixer(self.norm1(x), state, **kw)
@@ -234,6 +278,8 @@ class LRModel(nn.Module):
             build_block(name, d, kw, norm=cfg.norm, prenorm=cfg.prenorm, mlp_ratio=cfg.mlp_ratio,
                         dropout=cfg.dropout, bidirectional=cfg.bidirectional)
             for name, kw in cfg.layer_mixers())
+        for block in self.blocks:  # the embedded input is checked once, in encode and step
+            block.check_finite = False
         every = LandmarkTokens.declared(self.blocks, cfg.bidirectional)
         self.landmarks = LandmarkTokens(every, d) if every else None
         self.norm = make_norm(cfg.norm, d)
@@ -270,7 +316,9 @@ class LRModel(nn.Module):
     def encode(self, tokens: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """tokens (B, L) -> hidden states (B, L, d) after the final norm."""
         self._check_tokens(tokens)
-        x = self.drop(self.embed(tokens))
+        x = self.embed(tokens)
+        check_finite(x, "LRModel (its embedded input)", self.training)
+        x = self.drop(x)
         if self.landmarks is not None:  # landmark tokens in, for every layer
             x, landmark = self.landmarks.insert(x, 0)
             lengths = self.landmarks.extend_lengths(lengths)
@@ -357,6 +405,7 @@ class LRModel(nn.Module):
             raise ValueError("step() streams per-position predictions; it needs head='lm'")
         self._check_tokens(tokens)
         x = self.embed(tokens)
+        check_finite(x, "LRModel (its embedded input)", self.training)
         if self.landmarks is not None:  # the last state entry counts the real tokens seen
             *state, seen = state
             x, landmark = self.landmarks.insert(x, int(seen))

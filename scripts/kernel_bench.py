@@ -186,11 +186,14 @@ def save(path: str | None, rows: list[dict], skipped: dict[str, str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--ops", nargs="+", default=list(KERNEL_OF))
-    ap.add_argument("--lengths", nargs="+", type=int, default=[1024, 4096, 16384])
-    ap.add_argument("--reps", type=int, default=10)
-    ap.add_argument("--seed", type=int, default=0)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--ops", nargs="+", default=list(KERNEL_OF),
+                    help="ops to time, each against its kernel")
+    ap.add_argument("--lengths", nargs="+", type=int, default=[1024, 4096, 16384],
+                    help="sequence lengths T")
+    ap.add_argument("--reps", type=int, default=10, help="timed repetitions per case")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     ap.add_argument("--jsonl", default=None, help="append every row to this file as it comes")
     ap.add_argument("--dry-run", action="store_true",

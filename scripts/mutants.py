@@ -698,10 +698,11 @@ the streaming paths.
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("-k", action="append", default=[], help="run mutants whose id contains this")
     ap.add_argument("--list", action="store_true", help="list the mutants and exit")
-    ap.add_argument("--jobs", type=int, default=2, help="mutants run at a time (default 2)")
+    ap.add_argument("--jobs", type=int, default=2, help="mutants run at a time")
     ap.add_argument("--timeout", type=int, default=600, help="seconds per pytest run")
     ap.add_argument("--no-doc", action="store_true", help="do not write docs/conformance.md")
     args = ap.parse_args()
