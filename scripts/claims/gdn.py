@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=2000, help="training steps")
     p.add_argument("--n-train", type=int, default=8000, help="training sequences")
     p.add_argument("--n-test", type=int, default=500, help="held-out sequences")
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS),
+                   help="the models to train (the control is always kept)")
     protocol_options(p, lrs=LRS)
     args = setup(p, argv)
     if args.smoke:

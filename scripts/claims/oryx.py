@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="attention shares p_attn at which the Oryx models are evaluated")
     p.add_argument("--placements", type=int, default=3, help="random placements per p_attn")
     p.add_argument("--task", default="mqar", choices=list(TASKS), help="the task")
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS),
+                   help="the models to train (the control is always kept)")
     protocol_options(p, lrs=LRS)
     args = setup(p, argv)
     if args.smoke:

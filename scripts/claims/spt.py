@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "claims-spt",
                    help="where each run's logs and checkpoints go")
     p.add_argument("--out", type=Path, default=None, help="also write the report here")
-    p.add_argument("--tasks", nargs="+", default=["listops"], choices=list(TASKS))
+    p.add_argument("--tasks", nargs="+", default=["listops"], choices=list(TASKS),
+                   help="LRA tasks to check")
     p.add_argument("--steps", type=int, default=None,
                    help="total steps N (default: per task, listops 1000, pathfinder 2000)")
     p.add_argument("--pretrain", type=int, default=None,
@@ -201,8 +202,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--jobs", type=int, default=3, help="runs of a sweep at once")
     p.add_argument("--lrs", nargs="+", type=float, default=list(LRS),
                    help="fine-tuning learning rates swept per model (at least 3)")
-    p.add_argument("--seeds", nargs=2, type=int, default=[0, 1])
-    p.add_argument("--max-extend", type=int, default=2)
+    p.add_argument("--seeds", nargs=2, type=int, default=[0, 1],
+                   help="the sweep's seed, then the seed of the best rate's second run")
+    p.add_argument("--max-extend", type=int, default=2,
+                   help="rates added at most when the best rate is at an end of the sweep")
     p.add_argument("--smoke", action="store_true",
                    help="4 steps per run and one mixer: checks the plumbing, decides nothing")
     p.add_argument("--json", type=Path, default=None, help="write every run to this file")

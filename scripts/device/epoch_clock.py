@@ -29,10 +29,12 @@ def read(path: Path) -> list[dict[str, str]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("runs_dir")
-    ap.add_argument("out")
-    ap.add_argument("--steps-per-epoch", type=int, required=True)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("runs_dir", help="the run folder the training writes its metrics to")
+    ap.add_argument("out", help="the JSON-lines file the samples are appended to")
+    ap.add_argument("--steps-per-epoch", type=int, required=True,
+                    help="training steps in one epoch (to turn steps into epochs)")
     ap.add_argument("--every", type=float, default=3.0, help="seconds between samples")
     args = ap.parse_args()
     stop = []
