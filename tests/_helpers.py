@@ -199,3 +199,23 @@ def longmamba_filter(m, delta: torch.Tensor, L: int) -> torch.Tensor:
     theta = f.theta[nearest] * f.config.threshold_scale  # (C,)
     is_global = f.score > f.config.channel_threshold
     return torch.where(is_global & (delta <= theta), torch.zeros_like(delta), delta)
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def lean_grads(out, inputs):
+    """Gradients of a fixed non-linear function of an op's (output, final state)."""
+    y, h = out
+    loss = (y * torch.cos(y)).sum() + h.sin().sum()  # non-trivial weights on every output
+    # the graph is kept: one lean result is compared with two references
+    return torch.autograd.grad(loss, [t for t in inputs if t is not None], retain_graph=True)
+
+
+def assert_lean_same(lean, ref, inputs, atol=1e-4, grad_atol=1e-3):
+    """A lean tier's (output, state) and gradients equal a reference's."""
+    torch.testing.assert_close(lean[0], ref[0], atol=atol, rtol=1e-4)
+    torch.testing.assert_close(lean[1], ref[1], atol=atol, rtol=1e-4)
+    for gl, gr in zip(lean_grads(lean, inputs), lean_grads(ref, inputs), strict=True):
+        torch.testing.assert_close(gl, gr, atol=grad_atol, rtol=1e-4)

@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from _helpers import assert_f64_close, check_grad, rand, saved_numel
+from _helpers import assert_f64_close, assert_lean_same, check_grad, gen, rand, saved_numel
 
 from lrm.ops import delta_rule as dr
 from lrm.ops.delta_rule import (
@@ -308,29 +308,11 @@ def test_delta_rule_gradcheck(gdn2):
     check_grad(fn, *_delta_inputs(7, gdn2))
 
 
-def _gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _lean_grads(out, inputs):
-    y, h = out
-    loss = (y * torch.cos(y)).sum() + h.sin().sum()  # non-trivial weights on every output
-    # the graph is kept: one lean result is compared with two references
-    return torch.autograd.grad(loss, [t for t in inputs if t is not None], retain_graph=True)
-
-
-def _assert_same(lean, ref, inputs, atol=1e-4, grad_atol=1e-3):
-    torch.testing.assert_close(lean[0], ref[0], atol=atol, rtol=1e-4)
-    torch.testing.assert_close(lean[1], ref[1], atol=atol, rtol=1e-4)
-    for gl, gr in zip(_lean_grads(lean, inputs), _lean_grads(ref, inputs), strict=True):
-        torch.testing.assert_close(gl, gr, atol=grad_atol, rtol=1e-4)
-
-
 # ----------------------------------------------------------------------------- delta rules
 
 
 def _gdn_inputs(with_state: bool, T: int = 37, B: int = 2, H: int = 3, K: int = 4, V: int = 5):
-    g = _gen()
+    g = gen()
 
     def r(*s):
         return torch.randn(*s, generator=g).requires_grad_()
@@ -349,8 +331,8 @@ def test_gated_delta_rule_lean_equals_ref_and_recurrence(with_state, monkeypatch
                   initial_state=h0, return_final_state=True, **kw)
 
     lean = run(gated_delta_rule_lean, chunk_size=4, block_size=8)
-    _assert_same(lean, run(gated_delta_rule_ref, chunk_size=4), inputs)
-    _assert_same(lean, run(gated_delta_rule_recurrent_ref), inputs)
+    assert_lean_same(lean, run(gated_delta_rule_ref, chunk_size=4), inputs)
+    assert_lean_same(lean, run(gated_delta_rule_recurrent_ref), inputs)
     monkeypatch.setattr("lrm.ops.delta_rule.SMALL_ELEMENTS", 0)  # beyond the small-shape limit
     o, _ = gated_delta_rule(q, k, v, F.logsigmoid(a), beta.sigmoid())
     assert "BlockRecompute" in type(o.grad_fn).__name__
@@ -359,7 +341,7 @@ def test_gated_delta_rule_lean_equals_ref_and_recurrence(with_state, monkeypatch
 @pytest.mark.parametrize("with_state", [False, True], ids=["zero_state", "initial_state"])
 def test_gdn2_lean_equals_recurrence(with_state):
     q, k, v, _, _, h0 = _gdn_inputs(with_state)
-    g = _gen(3)
+    g = gen(3)
     gk, b, w = (torch.randn(*s, generator=g).requires_grad_()
                 for s in (q.shape, q.shape, v.shape))
     inputs = (q, k, v, gk, b, w, h0)
@@ -368,7 +350,7 @@ def test_gdn2_lean_equals_recurrence(with_state):
         return fn(q, F.normalize(k, dim=-1), v, F.logsigmoid(gk), b.sigmoid(), w.sigmoid(),
                   initial_state=h0, return_final_state=True, **kw)
 
-    _assert_same(run(gdn2_lean, chunk_size=4, block_size=8), run(gdn2_recurrent_ref),
+    assert_lean_same(run(gdn2_lean, chunk_size=4, block_size=8), run(gdn2_recurrent_ref),
                  inputs)
     o, _ = gdn2(q, k, v, F.logsigmoid(gk), b.sigmoid(), w.sigmoid())
     assert "BlockRecompute" in type(o.grad_fn).__name__

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _helpers import assert_f64_close, check_grad, rand, saved_numel, scan_inputs
+from _helpers import (
+    assert_f64_close,
+    assert_lean_same,
+    check_grad,
+    gen,
+    rand,
+    saved_numel,
+    scan_inputs,
+)
 
 from lrm.ops.selective_scan import (
     lean_scan_core,
@@ -149,24 +157,6 @@ def test_selective_scan_gradcheck():
     check_grad(fn, *inputs)
 
 
-def _gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _lean_grads(out, inputs):
-    y, h = out
-    loss = (y * torch.cos(y)).sum() + h.sin().sum()  # non-trivial weights on every output
-    # the graph is kept: one lean result is compared with two references
-    return torch.autograd.grad(loss, [t for t in inputs if t is not None], retain_graph=True)
-
-
-def _assert_same(lean, ref, inputs, atol=1e-4, grad_atol=1e-3):
-    torch.testing.assert_close(lean[0], ref[0], atol=atol, rtol=1e-4)
-    torch.testing.assert_close(lean[1], ref[1], atol=atol, rtol=1e-4)
-    for gl, gr in zip(_lean_grads(lean, inputs), _lean_grads(ref, inputs), strict=True):
-        torch.testing.assert_close(gl, gr, atol=grad_atol, rtol=1e-4)
-
-
 # ----------------------------------------------------------------------------- selective scan
 
 
@@ -179,8 +169,8 @@ def test_selective_scan_lean_equals_ref_and_recurrence(form, with_state, chunk, 
     u, delta, A, B, C, D, z, bias, h0 = inputs = scan_inputs(form, with_state)
     args = (u, delta, A, B, C, D, z, bias, True, True)
     lean = selective_scan_lean(*args, initial_state=h0, chunk_size=chunk, block_size=block)
-    _assert_same(lean, selective_scan_ref(*args, initial_state=h0, chunk_size=8), inputs)
-    _assert_same(lean, selective_scan_recurrent_ref(*args, initial_state=h0), inputs)
+    assert_lean_same(lean, selective_scan_ref(*args, initial_state=h0, chunk_size=8), inputs)
+    assert_lean_same(lean, selective_scan_recurrent_ref(*args, initial_state=h0), inputs)
 
 
 @pytest.mark.parametrize("L", [1, 2])
@@ -188,13 +178,13 @@ def test_selective_scan_lean_decode_steps(L):
     """One or two tokens with a state (decoding): a time axis of 1 is not time-invariance."""
     u, delta, A, B, C, D, z, bias, h0 = inputs = scan_inputs("shared", True, L=L)
     args = (u, delta, A, B, C, D, z, bias, True, True)
-    _assert_same(selective_scan_lean(*args, initial_state=h0),
+    assert_lean_same(selective_scan_lean(*args, initial_state=h0),
                  selective_scan_recurrent_ref(*args, initial_state=h0), inputs)
 
 
 @pytest.mark.parametrize("time_invariant_B", [False, True])
 def test_lean_scan_core_gradcheck_float64(time_invariant_B):
-    g = _gen(1)
+    g = gen(1)
     f64 = dict(dtype=torch.float64)
     b, G, E, L, N = 2, 2, 3, 11, 4
     u = torch.randn(b, G, E, L, generator=g, **f64).requires_grad_()
@@ -213,7 +203,7 @@ def test_selective_scan_lean_keeps_inputs_and_one_state_per_chunk():
     b, d, n, Q = 1, 16, 16, 32
 
     def run(L, fn):
-        g = _gen()
+        g = gen()
         u = torch.randn(b, d, L, generator=g, requires_grad=True)
         delta = torch.rand(b, d, L, generator=g, requires_grad=True)
         A = -torch.rand(d, n, generator=g).requires_grad_()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _helpers import assert_f64_close, check_grad, rand, saved_numel
+from _helpers import assert_f64_close, assert_lean_same, check_grad, gen, rand, saved_numel
 
 from lrm.ops.ssd import ssd, ssd_lean, ssd_recurrent_ref, ssd_ref
 
@@ -135,30 +135,12 @@ def test_ssd_gradcheck():
     check_grad(fn, *_f64_ssd_inputs(7))
 
 
-def _gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _lean_grads(out, inputs):
-    y, h = out
-    loss = (y * torch.cos(y)).sum() + h.sin().sum()  # non-trivial weights on every output
-    # the graph is kept: one lean result is compared with two references
-    return torch.autograd.grad(loss, [t for t in inputs if t is not None], retain_graph=True)
-
-
-def _assert_same(lean, ref, inputs, atol=1e-4, grad_atol=1e-3):
-    torch.testing.assert_close(lean[0], ref[0], atol=atol, rtol=1e-4)
-    torch.testing.assert_close(lean[1], ref[1], atol=atol, rtol=1e-4)
-    for gl, gr in zip(_lean_grads(lean, inputs), _lean_grads(ref, inputs), strict=True):
-        torch.testing.assert_close(gl, gr, atol=grad_atol, rtol=1e-4)
-
-
 # ----------------------------------------------------------------------------- SSD
 
 
 def _lean_ssd_inputs(with_state: bool, L: int = 37, b: int = 2, H: int = 4, P: int = 3, G: int = 2,
                 N: int = 5):
-    g = _gen()
+    g = gen()
 
     def r(*s):
         return torch.randn(*s, generator=g).requires_grad_()
@@ -181,8 +163,8 @@ def test_ssd_lean_equals_ref_and_recurrence(with_state, options):
     kw = dict(D=D, z=z, dt_bias=dt_bias, initial_state=h0, dt_softplus=True,
               return_final_state=True)
     lean = ssd_lean(x, dt, A, B, C, 4, block_size=8, **kw)  # 5 blocks, the last one short
-    _assert_same(lean, ssd_ref(x, dt, A, B, C, 4, **kw), inputs)
-    _assert_same(lean, ssd_recurrent_ref(x, dt, A, B, C, **kw), inputs)
+    assert_lean_same(lean, ssd_ref(x, dt, A, B, C, 4, **kw), inputs)
+    assert_lean_same(lean, ssd_recurrent_ref(x, dt, A, B, C, **kw), inputs)
 
 
 def test_ssd_lean_keeps_less_than_the_reference_and_dispatch_uses_it(monkeypatch):
