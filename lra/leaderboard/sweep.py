@@ -16,8 +16,8 @@ The protocol, as the efficient-sequence-model literature reports its numbers:
    as diverged and it is never the best rate.
 
 The state of a sweep is derived from the run store alone (:func:`plan`), so a grid can be filled
-over several runs of the command: a rerun of the same command skips finished runs and continues where the
-store stands. The suites supply three functions: the cell of a run (no lr, no seed), the key of
+over several runs of the command: a rerun skips finished runs and continues where the store
+stands. The suites supply three functions: the cell of a run (no lr, no seed), the key of
 a run (every option that changes it, lr and seed included) and its score (the selection metric:
 validation accuracy for LRA, test-set recall accuracy for the arena, as Zoology reports).
 """
