@@ -643,6 +643,19 @@ def run(argv: list[str], *, from_shell: bool = False, started: float | None = No
         raise SystemExit(f"lra {argv[0]}: {err}") from None
     finally:
         sys.argv = saved
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Tear down the DDP process group that Lightning leaves open once the run is over.
+
+    Lightning keeps it for a next run in the same process; left to interpreter exit, gloo's
+    worker threads are destroyed unjoined and the process aborts ("terminate called without an
+    active exception", exit code -6) after a run that otherwise succeeded."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 __all__ = ["LRACLI", "Checkpoint", "run"]
