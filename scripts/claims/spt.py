@@ -54,6 +54,7 @@ from common import (
     Control,
     Run,
     dump,
+    protocol_options,
     render,
     run_check,
 )
@@ -200,15 +201,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="mixers to run (default: the task's; the first one's scratch runs are "
                    "the control)")
     p.add_argument("--jobs", type=int, default=3, help="runs of a sweep at once")
-    p.add_argument("--lrs", nargs="+", type=float, default=list(LRS),
-                   help="fine-tuning learning rates swept per model (at least 3)")
-    p.add_argument("--seeds", nargs=2, type=int, default=[0, 1],
-                   help="the sweep's seed, then the seed of the best rate's second run")
-    p.add_argument("--max-extend", type=int, default=2,
-                   help="rates added at most when the best rate is at an end of the sweep")
-    p.add_argument("--smoke", action="store_true",
-                   help="4 steps per run and one mixer: checks the plumbing, decides nothing")
-    p.add_argument("--json", type=Path, default=None, help="write every run to this file")
+    protocol_options(p, lrs=LRS)  # the fine-tuning rates; --smoke: 4 steps and one mixer
     p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
