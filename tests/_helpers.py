@@ -205,10 +205,15 @@ def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def weighted_loss(y: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """A scalar of an op's output y and final state h with non-trivial weights on every entry
+    (a plain sum would give every gradient the same weight)."""
+    return (y * torch.cos(y)).sum() + h.sin().sum()
+
+
 def lean_grads(out, inputs):
     """Gradients of a fixed non-linear function of an op's (output, final state)."""
-    y, h = out
-    loss = (y * torch.cos(y)).sum() + h.sin().sum()  # non-trivial weights on every output
+    loss = weighted_loss(*out)
     # the graph is kept: one lean result is compared with two references
     return torch.autograd.grad(loss, [t for t in inputs if t is not None], retain_graph=True)
 
@@ -219,3 +224,15 @@ def assert_lean_same(lean, ref, inputs, atol=1e-4, grad_atol=1e-3):
     torch.testing.assert_close(lean[1], ref[1], atol=atol, rtol=1e-4)
     for gl, gr in zip(lean_grads(lean, inputs), lean_grads(ref, inputs), strict=True):
         torch.testing.assert_close(gl, gr, atol=grad_atol, rtol=1e-4)
+
+
+def complex_pairs(p: torch.Tensor) -> torch.Tensor:
+    """(..., 2) stored as (re, im) -> complex (S4's and S4D's parameter layout)."""
+    return torch.complex(p[..., 0], p[..., 1])
+
+
+def ssm_block(m, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """y (B, L, H) of the SSMs -> the S4 block: + D u, GELU, Linear H -> 2H, GLU."""
+    y = y + m.D[0] * u
+    a, b = linear(m.output_linear, torch.nn.functional.gelu(y)).chunk(2, dim=-1)
+    return a * torch.sigmoid(b)

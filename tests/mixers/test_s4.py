@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from _helpers import close, inputs, linear, prepare
+from _helpers import close, complex_pairs, inputs, prepare, ssm_block
 
 import lrm
 from lrm.mixers.s4 import S4
@@ -23,18 +23,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors
 
 
 # ----------------------------------------------------------------------------- S4D and S4
-
-
-def _complex(p: torch.Tensor) -> torch.Tensor:
-    """(..., 2) stored as (re, im) -> complex."""
-    return torch.complex(p[..., 0], p[..., 1])
-
-
-def _ssm_block(m, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """y (B, L, H) of the SSMs -> the S4 block: + D u, GELU, Linear H -> 2H, GLU."""
-    y = y + m.D[0] * u
-    a, b = linear(m.output_linear, F.gelu(y)).chunk(2, dim=-1)
-    return a * torch.sigmoid(b)
 
 
 def s4_equations(m: S4, u: torch.Tensor) -> torch.Tensor:
@@ -50,7 +38,8 @@ def s4_equations(m: S4, u: torch.Tensor) -> torch.Tensor:
         return torch.cat([z, z.conj()], dim=-1)
 
     Lam = full(torch.complex(-torch.exp(m.A_real), -m.A_imag)[copy])  # (H, N)
-    P, Bm, Ct = full(_complex(m.P[0])[copy]), full(_complex(m.B[0])[copy]), full(_complex(m.C[0]))
+    P, Bm = full(complex_pairs(m.P[0])[copy]), full(complex_pairs(m.B[0])[copy])
+    Ct = full(complex_pairs(m.C[0]))
     dt = F.softplus(m.inv_dt[:, 0])
     eye = torch.eye(N, dtype=torch.complex128)
     ys = torch.zeros(Bsz, L, H, dtype=u.dtype)
@@ -63,7 +52,7 @@ def s4_equations(m: S4, u: torch.Tensor) -> torch.Tensor:
         for t in range(L):
             x = x @ dA.T + dB * u[:, t, h, None]
             ys[:, t, h] = (x @ C).real
-    return _ssm_block(m, u, ys)
+    return ssm_block(m, u, ys)
 
 
 S4_OPTIONS = {

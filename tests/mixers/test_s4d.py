@@ -7,24 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from _helpers import close, inputs, linear, prepare
+from _helpers import close, complex_pairs, inputs, prepare, ssm_block
 from contract_cases import CASES
 
 from lrm.mixers.s4d import S4D
 
 # ----------------------------------------------------------------------------- S4D and S4
-
-
-def _complex(p: torch.Tensor) -> torch.Tensor:
-    """(..., 2) stored as (re, im) -> complex."""
-    return torch.complex(p[..., 0], p[..., 1])
-
-
-def _ssm_block(m, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """y (B, L, H) of the SSMs -> the S4 block: + D u, GELU, Linear H -> 2H, GLU."""
-    y = y + m.D[0] * u
-    a, b = linear(m.output_linear, F.gelu(y)).chunk(2, dim=-1)
-    return a * torch.sigmoid(b)
 
 
 def s4d_equations(m: S4D, u: torch.Tensor) -> torch.Tensor:
@@ -36,8 +24,8 @@ def s4d_equations(m: S4D, u: torch.Tensor) -> torch.Tensor:
     copy = torch.arange(H) % m.n_ssm
     dt = F.softplus(m.inv_dt[:, 0])[:, None]  # (H, 1)
     A = torch.complex(-torch.exp(m.A_real), -m.A_imag)[copy]  # (H, N/2)
-    Bm = _complex(m.B[0])[copy]
-    C = _complex(m.C[0])
+    Bm = complex_pairs(m.B[0])[copy]
+    C = complex_pairs(m.C[0])
     if m.disc == "zoh":
         dA = torch.exp(dt * A)
         dB = (dA - 1) / A * Bm
@@ -49,7 +37,7 @@ def s4d_equations(m: S4D, u: torch.Tensor) -> torch.Tensor:
     for t in range(L):
         x = dA * x + dB * u[:, t, :, None]
         ys.append(2 * (C * x).sum(-1).real)
-    return _ssm_block(m, u, torch.stack(ys, 1))
+    return ssm_block(m, u, torch.stack(ys, 1))
 
 
 S4D_OPTIONS = {**CASES["s4d"], "legs_bilinear": {"disc": "bilinear", "d_state": 8}}

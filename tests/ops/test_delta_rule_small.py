@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import weighted_loss
 
 from lrm.ops import delta_rule as R
 from lrm.ops.delta_rule import cpu_chunk_size, gated_delta_rule, gated_delta_rule_recurrent_ref
@@ -30,10 +31,6 @@ def _inputs(dtype, T, B=4, H=2, K=8, V=16, seed=0):  # B·H = 8 rows: chunk 16
     return [t.to(dtype).requires_grad_() for t in (q, k, v, g, beta, h0)]
 
 
-def _loss(o, h):
-    return (o * torch.cos(o)).sum() + h.sin().sum()  # non-trivial weights on every output
-
-
 @pytest.mark.parametrize("lean", [False, True], ids=["reference", "recomputed"])
 @pytest.mark.parametrize("T", [37, 1, 70])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
@@ -51,8 +48,8 @@ def test_cpu_dispatch_equals_recurrence(dtype, T, lean, monkeypatch):
     for a, b in zip(got, want, strict=True):
         assert a.dtype == b.dtype
         torch.testing.assert_close(a, b, atol=tol["atol"], rtol=tol["rtol"])
-    for a, b in zip(torch.autograd.grad(_loss(*got), inputs),
-                    torch.autograd.grad(_loss(*want), inputs), strict=True):
+    for a, b in zip(torch.autograd.grad(weighted_loss(*got), inputs),
+                    torch.autograd.grad(weighted_loss(*want), inputs), strict=True):
         torch.testing.assert_close(a, b, atol=tol["grad_atol"], rtol=tol["rtol"])
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _helpers import weighted_loss
 
 from lrm.ops import ssd as S
 from lrm.ops.ssd import cpu_chunk_size, ssd, ssd_recurrent_ref
@@ -28,10 +29,6 @@ def _inputs(dtype, L, b=2, H=4, P=3, G=2, N=5, d_per_channel=False, seed=0):
     return [t.requires_grad_() for t in (x, dt, A, B, C, D, z, dt_bias, h0)]
 
 
-def _loss(y, h):
-    return (y * torch.cos(y)).sum() + h.sin().sum()  # non-trivial weights on every output
-
-
 @pytest.mark.parametrize("lean", [False, True], ids=["reference", "recomputed"])
 @pytest.mark.parametrize("L", [37, 1, 70])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
@@ -49,8 +46,8 @@ def test_cpu_dispatch_equals_recurrence(dtype, L, lean, monkeypatch):
     for g, w in zip(got, want, strict=True):
         assert g.dtype == w.dtype
         torch.testing.assert_close(g, w, atol=tol["atol"], rtol=tol["rtol"])
-    for g, w in zip(torch.autograd.grad(_loss(*got), inputs),
-                    torch.autograd.grad(_loss(*want), inputs), strict=True):
+    for g, w in zip(torch.autograd.grad(weighted_loss(*got), inputs),
+                    torch.autograd.grad(weighted_loss(*want), inputs), strict=True):
         torch.testing.assert_close(g, w, atol=tol["grad_atol"], rtol=tol["rtol"])
 
 
