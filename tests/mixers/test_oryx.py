@@ -212,6 +212,16 @@ def outputs_and_grads(fn, m, x):
     return y, grads
 
 
+def _assert_same_grads(m, g, g_ref, *, atol: float, rtol: float) -> None:
+    """Gradients of (x, every parameter of m) agree; one left out by a mode is None in both."""
+    names = ["x"] + [n for n, _ in m.named_parameters()]
+    for name, a, b in zip(names, g, g_ref, strict=True):
+        if a is None or b is None:
+            assert a is None and b is None, name
+        else:
+            torch.testing.assert_close(a, b, atol=atol, rtol=rtol, msg=lambda s, n=name: n + s)
+
+
 @pytest.mark.parametrize("core", ["gdn", "mamba2"])
 def test_schedule_attn_is_gated_multi_head_attention(core):
     """float64 end to end: the attention path has no fp32 op inside."""
@@ -220,12 +230,7 @@ def test_schedule_attn_is_gated_multi_head_attention(core):
     y, g = outputs_and_grads(lambda x: m(x, schedule="attn")[0], m, x)
     y_ref, g_ref = outputs_and_grads(lambda x: gated_mha(m, x), m, x)
     torch.testing.assert_close(y, y_ref, atol=1e-10, rtol=1e-9)
-    names = ["x"] + [n for n, _ in m.named_parameters()]
-    for name, a, b in zip(names, g, g_ref, strict=True):
-        if a is None or b is None:
-            assert a is None and b is None, name  # the recurrent parameters, in both
-        else:
-            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-9, msg=lambda s, n=name: n + s)
+    _assert_same_grads(m, g, g_ref, atol=1e-10, rtol=1e-9)  # the recurrent ones: None in both
 
 
 @pytest.mark.parametrize("core", ["gdn", "mamba2"])
@@ -235,12 +240,7 @@ def test_schedule_rec_is_the_core_recurrence(core):
     y, g = outputs_and_grads(lambda x: m(x, schedule="rec")[0], m, x)
     y_ref, g_ref = outputs_and_grads(lambda x: core_loop(m, x), m, x)
     torch.testing.assert_close(y, y_ref, atol=2e-5, rtol=1e-4)
-    names = ["x"] + [n for n, _ in m.named_parameters()]
-    for name, a, b in zip(names, g, g_ref, strict=True):
-        if a is None or b is None:
-            assert a is None and b is None, name  # the attention query, in both
-        else:
-            torch.testing.assert_close(a, b, atol=5e-5, rtol=5e-4, msg=lambda s, n=name: n + s)
+    _assert_same_grads(m, g, g_ref, atol=5e-5, rtol=5e-4)  # the attention query: None in both
 
 
 @pytest.mark.parametrize("core", ["gdn", "mamba2"])
