@@ -3,6 +3,7 @@
     lra leaderboard --suite recall --quick             a smoke grid, written under runs/recall/
     lra leaderboard --suite recall --publish           the full arena into docs/recall.md
     lra leaderboard --suite recall --mixers gdn fox --jobs 2 --steps 800
+    lra leaderboard --suite recall --cells 64:4:64 passkey     two cells of the grid, every mixer
     lra leaderboard --suite recall --jobs 16 --device cuda    on one GPU (scripts/device/)
     lra leaderboard --suite recall --render --publish --merge OUT/recall_runs.json
 
@@ -272,6 +273,26 @@ def grid(spec: dict[str, Any], mixers: Sequence[str], *, steps: int | None = Non
     first = [c for c in cells if c["kind"] == "state" and c["eval_lengths"]]
     ext_cells = [c for c in cells if c["kind"] == "extrapolation"]
     return first + ext_cells + [c for c in cells if c not in first and c not in ext_cells]
+
+
+def cell_name(c: dict[str, Any]) -> str:
+    """A cell's short name, as ``--cells`` takes it: ``L:pairs:d`` for MQAR (``128:8:64``), the
+    task's name for an extrapolation cell (``passkey``)."""
+    return f"{c['L']}:{c['kv']}:{c['d']}" if c["kind"] == "state" else c["task"]
+
+
+def select_cells(cells: list[dict[str, Any]], names: Sequence[str] | None
+                 ) -> list[dict[str, Any]]:
+    """The cells whose :func:`cell_name` is in ``names`` (all for None); an unknown name is
+    refused with the grid's names, before anything runs."""
+    if not names:
+        return cells
+    known = list(dict.fromkeys(cell_name(c) for c in cells))
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise SystemExit(f"--cells: no cell {', '.join(bad)} in this grid; its cells are "
+                         f"{' '.join(known)} (MQAR as L:pairs:d)")
+    return [c for c in cells if cell_name(c) in names]
 
 
 def _score(r: dict[str, Any]) -> float | None:
@@ -684,6 +705,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--quick", action="store_true", help="the smoke grid (QUICK); never "
                     "written under docs/")
     ap.add_argument("--mixers", nargs="+", default=None, help="default: every registered mixer")
+    ap.add_argument("--cells", nargs="+", default=None, metavar="CELL",
+                    help="run only these cells: MQAR as L:pairs:d (128:8:64), passkey by name "
+                         "(default: the whole grid; the page always shows the whole grid)")
     ap.add_argument("--steps", type=int, default=None,
                     help=f"training steps per run (default: per mixer, ARENA_STEPS, else "
                          f"{DEFAULT_STEPS}; quick {QUICK['steps']})")
@@ -718,7 +742,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.render:
         if args.jobs < 1:
             raise SystemExit("--jobs must be >= 1")
-        run(cells, store, jobs=args.jobs, timeout=args.timeout, device=args.device,
+        run(select_cells(cells, args.cells), store, jobs=args.jobs, timeout=args.timeout,
+            device=args.device,
             protocol=None if args.no_sweep else sweep.PROTOCOL,
             command="lra leaderboard --suite recall " + shlex.join(argv))
     st.merge_stores(store, args.merge)

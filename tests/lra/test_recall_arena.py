@@ -96,6 +96,24 @@ def test_unknown_mixer_is_refused_before_any_run(tmp_path):
         arena.main(["--mixers", "atention", "--out", str(tmp_path / "r.md")])
 
 
+def test_cells_option_runs_only_the_named_cells_and_refuses_unknown_ones(tmp_path, monkeypatch):
+    cells = arena.grid(arena.FULL, ["attention"])
+    names = {arena.cell_name(c) for c in cells}
+    assert names == {"64:4:64", "128:8:64", "256:16:64", "128:8:32", "128:8:128", "passkey"}
+    picked = arena.select_cells(cells, ["256:16:64", "passkey"])
+    assert picked and {arena.cell_name(c) for c in picked} == {"256:16:64", "passkey"}
+    assert arena.select_cells(cells, None) == cells
+    ran = []
+    monkeypatch.setattr(arena, "run", lambda cs, *a, **k: ran.extend(cs))
+    monkeypatch.setattr(arena, "write_outputs", lambda *a, **k: None)
+    with pytest.raises(SystemExit, match="no cell 64:4:32 in this grid; its cells are"):
+        arena.main(["--mixers", "attention", "--cells", "64:4:32", "--out",
+                    str(tmp_path / "r.md")])
+    assert not ran
+    arena.main(["--mixers", "attention", "--cells", "64:4:64", "--out", str(tmp_path / "r.md")])
+    assert ran and {(c["L"], c["kv"], c["d"]) for c in ran} == {(64, 4, 64)}
+
+
 def test_a_diverged_run_is_never_a_result_and_is_listed():
     """A run whose loss went NaN scores 0% (argmax of NaN logits): it must not enter the tables
     as a result, and the page must say it diverged."""
