@@ -31,7 +31,8 @@ Modes (``scaling`` when none is named):
   same run. With ``--interleaved`` all cases of a (d, L) share one process and are timed in
   turn (A, B, C, A, B, C, ...), which keeps ratios meaningful on a loaded machine; there a
   mixer may be named ``mixer:lean``, the mixer with its op's CPU path forced back to the one
-  that ran before the by-size dispatch (``PATHS``).
+  that ran before the by-size dispatch, or ``titans:no-memory`` / ``titans:no-memory-read``,
+  the Titans block with parts taken out to show where its step goes (``PATHS``).
 - ``ops``: forward+backward of a bare op at the shapes the arena's mixers give it (batch 32),
   every CPU algorithm against the dispatch, interleaved in one process: the measurements
   behind the size crossovers of the ops' CPU paths (docs/bench/speed.md, "Small shapes").
@@ -696,6 +697,23 @@ PATHS: dict[tuple[str, str], list[tuple[str, str, Any]]] = {
     ("gdn", "lean"): [("lrm.ops.delta_rule", "SMALL_ELEMENTS", 0),
                       ("lrm.ops.delta_rule", "cpu_chunk_size", lambda K, rows=32: 64)],
 }
+
+
+def _memory_stand_in(q, k, v, theta, eta, alpha, state, **_):
+    """Titans' memory op replaced by one product of the same shapes (y = θ v): what the block
+    costs around its memory's learning. A profile, not a model."""
+    return v * theta[..., None], state
+
+
+# titans:no-memory and titans:no-memory-read take parts out of the Titans block, to show where
+# its step goes (docs/bench/train_step.md): without the memory op, then also without the read
+# of the memory that makes MAC's tokens h (the read passes its queries through)
+PATHS.update({
+    ("titans", "no-memory"): [("lrm.mixers.titans", "neural_memory", _memory_stand_in)],
+    ("titans", "no-memory-read"): [
+        ("lrm.mixers.titans", "neural_memory", _memory_stand_in),
+        ("lrm.mixers.titans", "memory_forward", lambda weights, x, activation: x)],
+})
 
 
 def split_path(spec: str) -> tuple[str, str]:

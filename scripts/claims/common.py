@@ -12,9 +12,12 @@ out either way, so every check
 2. sweeps the learning rate per model (at least three rates; when the best is at an end of the
    sweep the sweep is extended in that direction, up to ``max_extend`` times, and a best still
    at an end is flagged), then re-runs the best rate on a second seed; both seeds are shown;
-3. records each run's learning curve, and flags a run still improving over its last fifth (the
+3. keeps every finished run in a run store (a JSON-lines file, ``--store``), so a killed or
+   stopped check resumes where it stopped: a run already in the store (same check, model,
+   rate, seed and settings) is read back, not trained again;
+4. records each run's learning curve, and flags a run still improving over its last fifth (the
    steps were too few to read an end point; the steps of a check are set from these curves);
-4. states each claim as holds / holds in part / does not hold from comparisons that must hold
+5. states each claim as holds / holds in part / does not hold from comparisons that must hold
    on every seed, beside the control and the check's wall time.
 
 A claim check stays one readable script; this module holds only what every one of them would
@@ -30,6 +33,7 @@ import json
 import math
 import shlex
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -130,6 +134,74 @@ def protocol_options(p: argparse.ArgumentParser, *, lrs: Sequence[float]) -> Non
     p.add_argument("--smoke", action="store_true",
                    help="tiny sizes and steps: checks the plumbing in seconds, decides nothing")
     p.add_argument("--json", type=Path, default=None, help="write every run to this file")
+    p.add_argument("--store", type=Path, default=None,
+                   help="the run store: finished runs are appended, and runs already in it are "
+                        "read back instead of trained (default: runs/claims/<check>.jsonl)")
+    p.add_argument("--fresh", action="store_true",
+                   help="train every run again (the store is still appended to)")
+
+
+# settings that do not change what a run computes: left out of a stored run's key
+_NOT_IN_KEY = {"threads", "json", "out", "store", "fresh", "lrs", "seeds", "max_extend", "jobs",
+               "command", "t_start",
+               "runs_dir", "worker"}
+
+
+class RunStore:
+    """Finished runs of one check script, one JSON object per line: ``{"key": ..., "run": ...,
+    "commit": ...}``. The key is the check's name, the model, the rate, the seed and the
+    script's settings (its options, less those that only say how to run it), so a run is read
+    back only where it would be trained the same way. A line cut short by a kill is skipped."""
+
+    def __init__(self, path: Path, settings: dict[str, Any], *, fresh: bool = False) -> None:
+        self.path, self.settings, self.fresh = Path(path), settings, fresh
+        self._runs: dict[str, Run] = {}
+        self._lock = threading.Lock()  # checks with jobs > 1 finish runs from several threads
+        if self.path.is_file() and not fresh:
+            for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+                try:
+                    rec = json.loads(line)
+                    run = Run(**rec["run"])
+                    run.curve = [tuple(x) for x in run.curve]
+                    self._runs[rec["key"]] = run
+                except (ValueError, KeyError, TypeError):
+                    print(f"[store] {self.path}:{n}: not a stored run (cut short?), skipped",
+                          file=sys.stderr)
+
+    def key(self, check: str, model: str, lr: float, seed: int) -> str:
+        return json.dumps({"check": check, "model": model, "lr": lr, "seed": seed,
+                           "settings": self.settings}, sort_keys=True, default=str)
+
+    def get(self, key: str) -> Run | None:
+        return self._runs.get(key)
+
+    def add(self, key: str, run: Run) -> None:
+        line = json.dumps({"key": key, "run": asdict(run), "commit": _commit()}) + "\n"
+        with self._lock:
+            self._runs[key] = run
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as f:  # a kill loses at most this line
+                f.write(line)
+
+
+def _commit() -> str | None:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def run_store(args: argparse.Namespace) -> RunStore:
+    """The check's run store from its parsed options (``--store``, ``--fresh``); the default
+    file is named after the script (``runs/claims/<script>.jsonl``, ``-smoke`` for smoke runs)."""
+    stem = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else "check"
+    path = args.store or REPO / "runs" / "claims" / (
+        stem + ("-smoke" if getattr(args, "smoke", False) else "") + ".jsonl")
+    settings = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_IN_KEY}
+    return RunStore(path, settings, fresh=getattr(args, "fresh", False))
 
 
 @dataclass
@@ -189,6 +261,7 @@ class Check:
     select: dict[str, str] = field(default_factory=dict)  # per-model selection metric
     lrs_by_model: dict[str, Sequence[float]] = field(default_factory=dict)
     jobs: int = 1  # runs of the first sweep at a time (for trains that run in a child process)
+    store: RunStore | None = None  # finished runs: read back instead of trained again
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True)
 
 
@@ -244,12 +317,18 @@ def sweep_model(check: Check, model: str) -> ModelResult:
     seed0 = check.seeds[0]
 
     def one(lr: float, seed: int) -> Run:
-        t0 = time.time()
-        run = check.train(model, lr, seed)
-        run.secs, run.lr, run.seed = run.secs or time.time() - t0, lr, seed
+        key = check.store.key(check.name, model, lr, seed) if check.store else ""
+        run = check.store.get(key) if check.store else None
+        stored = run is not None
+        if run is None:
+            t0 = time.time()
+            run = check.train(model, lr, seed)
+            run.secs, run.lr, run.seed = run.secs or time.time() - t0, lr, seed
+            if check.store:
+                check.store.add(key, run)
         check.log(f"[{check.name}] {model} lr {lr:.3g} seed {seed}: "
                   + ", ".join(f"{k} {v:.3f}" for k, v in run.scores.items())
-                  + f" ({run.secs:.0f} s)")
+                  + f" ({run.secs:.0f} s{', from the store' if stored else ''})")
         return run
 
     if check.jobs > 1:

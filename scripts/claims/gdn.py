@@ -45,6 +45,7 @@ from common import (
     render,
     report,
     run_check,
+    run_store,
     setup,
     train,
 )
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     args = setup(p, argv)
     if args.smoke:
         args.steps, args.n_train, args.n_test, args.max_extend = 8, 128, 32, 0
+    store = run_store(args)  # finished runs are read back: a stopped check resumes
     models = {m: MODELS[m] for m in args.models}
     if "attention" not in models:
         models = {"attention": MODELS["attention"], **models}
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
                                            for part in c.parts)]
         check = Check(f"MQAR with {kv} pairs", list(models), args.lrs, run,
                       Control("attention", 0.9, why="full attention within its training length"),
-                      claims, seeds=args.seeds, max_extend=args.max_extend)
+                      claims, seeds=args.seeds, max_extend=args.max_extend, store=store)
         res = run_check(check)
         parts.append(render(res))
         if args.json:

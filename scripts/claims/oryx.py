@@ -52,6 +52,7 @@ from common import (
     render,
     report,
     run_check,
+    run_store,
     setup,
     train,
 )
@@ -128,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     for need in (0.0, 0.1):
         if need not in args.p_attn:
             args.p_attn.append(need)  # the claims read acc@0 and acc@0.1
+    store = run_store(args)  # finished runs are read back: a stopped check resumes
     models = list(dict.fromkeys(["attention", *args.models]))
     t = TASKS[args.task]
     data = {s: (*t["make"](args.n_train, s), *t["make"](args.n_test, s + 10_000))
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
 
     check = Check(f"Oryx on {args.task}, L={t['L']}", models, args.lrs, run,
                   Control("attention", 0.9, why="full attention within its training length"),
-                  claims(models), seeds=args.seeds, max_extend=args.max_extend,
+                  claims(models), seeds=args.seeds, max_extend=args.max_extend, store=store,
                   select={"oryx-gdn (rec only)": "acc@0"})
     res = run_check(check)
     head = (f"{args.task}, L={t['L']}: {N_LAYERS} layers, d={D_MODEL}, no MLP, {args.steps} "

@@ -57,6 +57,7 @@ from common import (
     protocol_options,
     render,
     run_check,
+    run_store,
 )
 
 # (generator arguments, extra data arguments, mixers; the first mixer's scratch run is the
@@ -212,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.smoke:
         args.steps, args.pretrain, args.max_extend = 4, 2, 0
     ensure_data(args.data_dir, args.tasks)
+    store = run_store(args)  # finished runs are read back: a stopped check resumes
     out_dir = args.runs_dir / time.strftime("%Y%m%d-%H%M%S")
     parts = []
     for task in args.tasks:
@@ -235,7 +237,8 @@ def main(argv: list[str] | None = None) -> None:
             [Claim(f"SPT beats scratch training at equal steps (test, by {LIFT})",
                    [Cmp((f"{m} SPT", "test"), (f"{m} scratch", "test"), LIFT)
                     for m in mixers])],
-            seeds=args.seeds, metric="val", max_extend=args.max_extend, jobs=args.jobs)
+            seeds=args.seeds, metric="val", max_extend=args.max_extend, jobs=args.jobs,
+            store=store)
         res = run_check(check)
         parts.append(f"Data: `lra generate {task} {' '.join(spec['generate'])}` "
                      f"({sizes[0]}/{sizes[1]}/{sizes[2]} train/val/test), majority class of "

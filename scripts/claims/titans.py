@@ -46,6 +46,7 @@ from common import (
     render,
     report,
     run_check,
+    run_store,
     setup,
     train,
 )
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     args = setup(p, argv)
     if args.smoke:
         args.steps, args.n_train, args.n_test, args.max_extend = 6, 96, 32, 0
+    store = run_store(args)  # finished runs are read back: a stopped check resumes
     out = []
     for part in args.part:
         L = args.seq_len if part == "window" else 64
@@ -150,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
                              for m in ("LMM, linear", "LMM, MLP")])]
         check = Check(name, list(models), args.lrs, run,
                       Control("attention", 0.9, why="full attention sees every key"),
-                      claims, seeds=args.seeds, max_extend=args.max_extend)
+                      claims, seeds=args.seeds, max_extend=args.max_extend, store=store)
         res = run_check(check)
         out.append(render(res))
         if args.json:

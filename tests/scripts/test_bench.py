@@ -80,3 +80,30 @@ def test_every_option_has_help_and_shows_its_default():
             if action.dest != "help":
                 assert action.help, f"{mode} {action.option_strings} has no help text"
         assert "(default:" in sub.format_help(), mode
+
+
+def test_titans_parts_are_taken_out_only_inside_forced_path():
+    """titans:no-memory swaps the memory op for a stand-in while the case runs and puts it back:
+    the block's output changes inside and is the original again after."""
+    import torch
+
+    import lrm
+    import lrm.mixers.titans as titans
+
+    bench = _load("bench")
+    torch.manual_seed(0)
+    block = lrm.build("titans", d=16)
+    x = torch.randn(2, 32, 16)
+    before = block(x)[0]
+    op = titans.neural_memory
+    with bench.forced_path("titans", "no-memory"):
+        assert titans.neural_memory is not op
+        inside = block(x)[0]
+    with bench.forced_path("titans", "no-memory-read"):
+        without_read = block(x)[0]
+    assert titans.neural_memory is op
+    assert not torch.allclose(inside, before, atol=1e-4)
+    assert not torch.allclose(without_read, inside, atol=1e-4)
+    assert torch.equal(block(x)[0], before)
+    with pytest.raises(SystemExit, match="no CPU path 'no-memory' for 'mamba'"):
+        bench.split_path("mamba:no-memory")

@@ -24,6 +24,7 @@ from common import (
     Cmp,
     Control,
     Run,
+    RunStore,
     curve_of,
     dump,
     render,
@@ -133,3 +134,30 @@ def test_report_shows_both_seeds_curves_and_wall_time(tmp_path):
     dump(res, tmp_path / "r.json")
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["control_ok"] and len(data["models"]["ctrl"]["runs"]) == 2
+
+
+def test_run_store_resumes_a_killed_check_and_keys_runs_by_their_settings(tmp_path):
+    """A check stopped part-way resumes from its store: finished runs are read back (curves
+    included), a line cut short by the kill is skipped, only the missing runs train; a run made
+    under other settings is not reused."""
+    models = {"ctrl": (peaked(3e-3, 0.99), {1: -0.01}), "m": (peaked(3e-3, 0.7), {1: 0.02})}
+    path = tmp_path / "runs.jsonl"
+    first: list = []
+    full = run_check(check(models, [], calls=first, store=RunStore(path, {"steps": 10})))
+    lines = path.read_text().splitlines()
+    assert len(lines) == len(first) == 8  # 3 rates + the second seed, for two models
+    # the kill: the last three runs never finished, the one before was cut mid-line
+    path.write_text("\n".join(lines[:4] + [lines[4][:30]]) + "\n")
+    resumed: list = []
+    res = run_check(check(models, [], calls=resumed, store=RunStore(path, {"steps": 10})))
+    assert resumed == first[4:]  # the runs before the cut line are not trained again
+    for name in models:
+        a, b = full.models[name], res.models[name]
+        assert b.best_lr == a.best_lr and b.values("acc") == a.values("acc")
+        assert [r.curve for r in b.runs] == [r.curve for r in a.runs]
+    other: list = []
+    run_check(check(models, [], calls=other, store=RunStore(path, {"steps": 20})))
+    assert other == first  # other settings: every run trains
+    fresh: list = []
+    run_check(check(models, [], calls=fresh, store=RunStore(path, {"steps": 10}, fresh=True)))
+    assert fresh == first
