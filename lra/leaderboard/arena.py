@@ -450,13 +450,19 @@ ZOOLOGY = ("Zoology (Arora et al., 2023, Fig. 2) reports: attention solves MQAR 
 
 
 def _cell_text(s: Any) -> str:
-    """``mean (seed0 / seed1) @ lr, state`` of one cell summary."""
+    """``mean (seed0 / seed1) @ lr, state`` of one cell summary; "still learning" when a seed's
+    loss was still falling over its last fifth (:func:`lra.leaderboard.sweep.still_improving`):
+    the cell's steps, not the mixer, set that number."""
     if s.best is None:
         return "diverged" if any(w.startswith("diverged") for _, w in s.rates) else ""
+    from lra.leaderboard.sweep import still_improving
+
     seeds = " / ".join(f"{100 * r['acc']:.1f}" for _, r in sorted(s.seeds.items()))
     mean = s.mean(_score)
+    learning = any(still_improving(r.get("loss_curve") or []) for r in s.seeds.values())
     return (f"{100 * mean:.1f} ({seeds}) @ {s.best['lr']:g}"
             + (" (end of sweep)" if s.capped else "")
+            + (" (still learning)" if learning else "")
             + f", {_fmt_state(sum(s.best['state_size']))}")
 
 
@@ -476,7 +482,10 @@ def render(recs: list[dict[str, Any]], cells: list[dict[str, Any]], *, store_nam
            f"{BATCH}, AdamW with warmup and cosine decay), scored on the recall positions of "
            f"{N_TEST} fresh test sequences. Accuracy in %: the mean over seeds at the cell's "
            f"best learning rate (each seed in brackets), `@` the rate, then the state size "
-           f"(floats per sequence summed over the layers after L tokens).", "",
+           f"(floats per sequence summed over the layers after L tokens). \"end of sweep\": "
+           f"the best rate is still at an end of the extended sweep; \"still learning\": a "
+           f"seed's training loss still fell over the last fifth of its steps, so more steps "
+           f"would have moved the number.", "",
            "## Protocol", "", sweep.PROTOCOL.describe() + ".", "", sweep.rates_table(), "",
            "Steps per cell: " + "; ".join(f"{m} {n} ({why})" for m, (n, why)
                                           in sorted(ARENA_STEPS.items()))

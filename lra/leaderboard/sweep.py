@@ -118,6 +118,18 @@ def diverged(r: Record) -> int | None:
     return None
 
 
+def still_improving(curve: Sequence[Sequence[float]], rel: float = 0.05) -> bool:
+    """True when a loss curve ((step, loss) pairs) still fell over its last fifth by more than
+    ``rel`` of the whole curve's fall (mean of the last fifth against the fifth before): more
+    steps would have moved the end point, so the run's budget, not the model, set its score."""
+    vals = [v for _, v in curve]
+    n = len(vals) // 5
+    if n == 0 or not all(math.isfinite(v) for v in vals):
+        return False
+    last, before = sum(vals[-n:]) / n, sum(vals[-2 * n:-n]) / n
+    return before - last > rel * max(vals[0] - last, 0.0)
+
+
 def is_result(r: Record) -> bool:
     """A finished run that counts: status ok and not diverged."""
     return r.get("status") == "ok" and diverged(r) is None

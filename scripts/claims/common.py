@@ -48,6 +48,7 @@ import torch  # noqa: E402  (after the path: this checkout's packages first)
 
 import lrm  # noqa: E402
 from lra.data.recall_tasks import mqar  # noqa: E402
+from lra.leaderboard.sweep import still_improving  # noqa: E402  (shared with the arena)
 from lra.quick import fit  # noqa: E402
 
 TEST_SEED_OFFSET = 10_000  # held-out sequences: the training seed + this
@@ -286,18 +287,6 @@ class CheckResult:
     control_ok: bool
     verdicts: list[tuple[str, str, list[str]]]  # (claim, verdict, one line per comparison)
     wall_s: float
-
-
-def still_improving(curve: Sequence[tuple[int, float]], rel: float = 0.05) -> bool:
-    """True when a loss curve's last fifth still fell by more than ``rel`` of the whole curve's
-    fall (mean of the last fifth against the fifth before): more steps would have moved the
-    end point."""
-    vals = [v for _, v in curve]
-    n = len(vals) // 5
-    if n == 0:
-        return False
-    last, before = sum(vals[-n:]) / n, sum(vals[-2 * n:-n]) / n
-    return before - last > rel * max(vals[0] - last, 0.0)
 
 
 def _score(run: Run, metric: str) -> float:

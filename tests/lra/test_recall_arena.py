@@ -131,6 +131,22 @@ def test_a_diverged_run_is_never_a_result_and_is_listed():
     assert "mamba mqar L=16 kv=2 d=8 lr=0.003: diverged" in page
 
 
+def test_a_cell_whose_loss_still_falls_is_marked_still_learning():
+    (cell,) = [c for c in arena.grid(TINY, ["attention"]) if c["kind"] == "state"]
+    base = {**cell, "status": "ok", "acc": 0.5, "acc_by_length": {"16": 0.5}, "wall_s": 1.0,
+            "state_size": [1], "date": "2026-01-01", "final_loss": 1.0}
+    falling = {**base, "loss_curve": [[i, 5.0 - 0.2 * i] for i in range(20)]}
+    settled = {**base, "loss_curve": [[i, max(1.0, 5.0 - i)] for i in range(20)]}
+
+    def row(rec):
+        page = arena.render([rec, {**rec, "seed": 1}], [cell], store_name="runs.json",
+                            plots=("a.png",), notes=None)
+        mqar = page[page.index("## MQAR"):]
+        return next(ln for ln in mqar.splitlines() if ln.startswith("| attention |"))
+    assert "(still learning)" in row(falling)
+    assert "(still learning)" not in row(settled) and "50.0 (50.0 / 50.0)" in row(settled)
+
+
 @pytest.mark.parametrize(("porcelain", "dirty"), [
     ("", False),
     (" M docs/recall_runs.json\n?? docs/x.png\n", False),  # a sweep's own results

@@ -210,3 +210,13 @@ def test_merge_adds_another_stores_records(tmp_path):
     store.save_store(b, [{"x": 2}, {"x": 1}])
     store.merge_stores(a, [b])
     assert store.load_store(a) == [{"x": 1}, {"x": 2}]
+
+
+def test_still_improving_reads_the_last_fifth_of_a_loss_curve():
+    from lra.leaderboard.sweep import still_improving
+
+    falling = [[i, 5.0 - 0.2 * i] for i in range(20)]  # still falling at the end
+    flat = [[i, max(0.1, 5.0 - i)] for i in range(20)]  # settled after step 5
+    assert still_improving(falling) and not still_improving(flat)
+    assert not still_improving([[1, 2.0], [2, 1.0]])  # too short to tell
+    assert not still_improving([[i, float("nan")] for i in range(20)])  # diverged: not learning
