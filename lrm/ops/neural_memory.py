@@ -222,11 +222,10 @@ def _check_stabilisers(max_grad_norm: float | None) -> None:
 
 def soft_clamp_factor(n: torch.Tensor, c: float) -> torch.Tensor:
     """tanh(n/c) / (n/c), the factor that takes a gradient of norm n ≥ 0 to norm c tanh(n/c);
-    1 at n = 0. The masked denominator keeps the backward finite at n = 0."""
-    r = n / c
-    pos = r > 0
-    r_safe = torch.where(pos, r, torch.ones_like(r))
-    return torch.where(pos, torch.tanh(r_safe) / r_safe, torch.ones_like(r))
+    1 at n = 0. r = n/c is floored at 10⁻¹²: below it tanh(r)/r is 1 to any float's precision
+    (1 − r²/3), and the floor keeps the value and the backward finite at n = 0."""
+    r = (n / c).clamp_min(1e-12)
+    return torch.tanh(r) / r
 
 
 def newton_schulz(g: torch.Tensor, steps: int = NS_STEPS) -> torch.Tensor:
@@ -244,11 +243,9 @@ def _rank_one_factor(n: torch.Tensor, max_grad_norm: float | None,
                      normalize: bool) -> torch.Tensor:
     """The scalar f with 𝒯(x ⊗ δ) = f · (x ⊗ δ) for a rank-one gradient of norm n = ‖x‖‖δ‖: the
     closed form of :func:`_transform_grad` that the parallel form applies to δ."""
-    f = torch.ones_like(n)
-    if max_grad_norm is not None:
-        f = soft_clamp_factor(n, max_grad_norm)
-        n = n * f
+    f = torch.ones_like(n) if max_grad_norm is None else soft_clamp_factor(n, max_grad_norm)
     if normalize:
+        n = n * f
         a, b, c = NS_COEFFS
         floor = n.clamp(min=NS_EPS)
         sigma = n / floor  # the only singular value of X₀
@@ -354,10 +351,10 @@ def neural_memory_ref(
     act, act_backward = _act(activation)
     stabilise = max_grad_norm is not None or normalize_surprise
 
-    def transformed(x, delta):  # 𝒯(x_i ⊗ δ_i) = x_i ⊗ (f_i δ_i), per token, head and batch row
+    def transformed(x_norm, delta):  # 𝒯(x_i ⊗ δ_i) = x_i ⊗ (f_i δ_i), per token, head, batch row
         if not stabilise:
             return delta
-        n = torch.linalg.vector_norm(x, dim=-1) * torch.linalg.vector_norm(delta, dim=-1)
+        n = x_norm * torch.linalg.vector_norm(delta, dim=-1)  # ‖x_i ⊗ δ_i‖_F = ‖x_i‖ ‖δ_i‖
         return delta * _rank_one_factor(n, max_grad_norm, normalize_surprise)[..., None]
 
     # per-chunk tensors for all chunks at once: (B, H, N, C, ·); padded tokens have θ = 0,
@@ -374,50 +371,61 @@ def neural_memory_ref(
     mth = m * (-th[..., None, :])  # −θ_i m[t, i]: the read's coefficients of the gradients
     w_end = mth[..., -1, :, None]  # (B, H, N, C, 1): into W at the chunk's end
     s_end = (E_bar[..., -1, :] * -th)[..., None]  # into S at the chunk's end
-    a_end, c_end, e_end = (x[..., -1, None, None] for x in (A0, c, E0))  # (B, H, N, 1, 1)
+    # the chunk's end maps its start (W₀, S₀) to (Ā W₀ + c S₀, Ē S₀): a 2×2 matrix per chunk
+    a_end, c_end, e_end = A0[..., -1], c[..., -1], E0[..., -1]  # (B, H, N)
+    carry = torch.stack([torch.stack([a_end, c_end], -1),
+                         torch.stack([torch.zeros_like(e_end), e_end], -1)], -2)  # (B,H,N,2,2)
     qk = qc @ kc.transpose(-1, -2)  # (B, H, N, C, C)
     read_k = mth * qk  # first layer's read scores
     # the read of W_t = Ā W₀ + c S₀ + ... as one product: [Ā q ‖ c q] @ [W₀ ; S₀]
     q_read = torch.cat([A0[..., None] * qc, c[..., None] * qc], -1)  # (B, H, N, C, 2K)
     # the chunk's gradients into W and S as one product: [w_end k ‖ s_end k]ᵀ @ δ
     k_write = torch.cat([w_end * kc, s_end * kc], -1)  # (B, H, N, C, 2K)
+    # ‖k_i‖ (B, H, N, C), for the stabilisers only (unused without them)
+    k_norm = torch.linalg.vector_norm(kc, dim=-1) if stabilise else kc[..., 0]
 
-    W = [upcast(w, dtype) for w in state.weights]
-    S = [upcast(s, dtype) for s in state.momentum]
+    # weights and momentum stacked along the input dimension, [W ; S] (B, H, 2·in, out): the
+    # reads above multiply it at once, the update below maps it with the chunk's 2×2 carry
+    WS = [torch.cat([upcast(w, dtype), upcast(s_, dtype)], -2)
+          for w, s_ in zip(state.weights, state.momentum, strict=True)]
+    dims_in = [w.shape[-2] for w in state.weights]
     outs = []
     # unbind, not indexing: the backward of one unbind is one stack (see lrm.ops.delta_rule)
-    per_chunk = (q_read, k_write, kc, vc, A0, c, mth, read_k, w_end, s_end, a_end, c_end, e_end)
-    for n, (qr_n, kw_n, k_n, v_n, A_n, c_n, mth_n, rk_n, we_n, se_n, ae_n, ce_n, ee_n) in (
+    per_chunk = (q_read, k_write, kc, vc, k_norm, A0, c, mth, read_k, w_end, s_end, carry)
+    for n, (qr_n, kw_n, k_n, v_n, kn_n, A_n, c_n, mth_n, rk_n, we_n, se_n, carry_n) in (
             enumerate(zip(*(t.unbind(2) for t in per_chunk), strict=True))):
         if depth == 1:
-            (W1,), (S1,) = W, S
-            delta = transformed(k_n, 2 * (k_n @ W1 - v_n))  # ∂ℓ/∂M(k_i) (B, H, C, V)
-            outs.append(qr_n @ torch.cat([W1, S1], -2) + rk_n @ delta)
-            updates = [kw_n.transpose(-1, -2) @ delta]  # (B, H, 2K, V)
+            (WS1,) = WS
+            W1 = WS1[..., :dims_in[0], :]
+            delta = transformed(kn_n, 2 * (k_n @ W1 - v_n))  # ∂ℓ/∂M(k_i) (B, H, C, V)
+            outs.append(qr_n @ WS1 + rk_n @ delta)
+            updates = [kw_n.transpose(-1, -2) @ delta]  # (B, H, 2K, V): [into W ; into S]
         else:
-            (W1, W2), (S1, S2) = W, S
+            WS1, WS2 = WS
+            W1, W2 = WS1[..., :dims_in[0], :], WS2[..., :dims_in[1], :]
             a = k_n @ W1  # (B, H, C, F)
             z = act(a)
             delta2 = 2 * (z @ W2 - v_n)  # ∂ℓ/∂M(k_i)
             delta1 = act_backward(delta2 @ W2.transpose(-1, -2), a)  # ∂ℓ/∂a_i
-            delta1, delta2 = transformed(k_n, delta1), transformed(z, delta2)
-            zq = act(qr_n @ torch.cat([W1, S1], -2) + rk_n @ delta1)  # σ(q_t W₁,t)
+            if stabilise:
+                delta1 = transformed(kn_n, delta1)
+                delta2 = transformed(torch.linalg.vector_norm(z, dim=-1), delta2)
+            zq = act(qr_n @ WS1 + rk_n @ delta1)  # σ(q_t W₁,t)
             zq_read = torch.cat([A_n[..., None] * zq, c_n[..., None] * zq], -1)
             read_z = mth_n * (zq @ z.transpose(-1, -2))
-            outs.append(zq_read @ torch.cat([W2, S2], -2) + read_z @ delta2)
+            outs.append(zq_read @ WS2 + read_z @ delta2)
             z_write = torch.cat([we_n * z, se_n * z], -1)  # (B, H, C, 2F)
             updates = [kw_n.transpose(-1, -2) @ delta1, z_write.transpose(-1, -2) @ delta2]
         if n < n_full:  # the unfinished last chunk keeps its start in the state
-            # Σ_i coef_i x_iᵀ δ_i: the chunk's gradients (outer products) with their weights
-            W_new, S_new = [], []
-            for w, s_, u in zip(W, S, updates, strict=True):
-                uw, us = u.chunk(2, dim=-2)
-                W_new.append(ae_n * w + ce_n * s_ + uw)
-                S_new.append(ee_n * s_ + us)
-            W, S = W_new, S_new
+            # [W ; S] ← carry · [W₀ ; S₀] + Σ_i coef_i x_iᵀ δ_i (the chunk's gradients)
+            WS = [rearrange(carry_n @ rearrange(ws, "b h (two i) o -> b h two (i o)", two=2),
+                            "b h two (i o) -> b h (two i) o", i=d_in) + u
+                  for ws, u, d_in in zip(WS, updates, dims_in, strict=True)]
     y = rearrange(torch.stack(outs, 2), "b h n c v -> b (n c) h v")[:, P:T]
     start = n_full * C
-    new = NeuralMemoryState(tuple(W), tuple(S), k[:, start:], v[:, start:], theta[:, start:],
+    W = tuple(ws[..., :d_in, :] for ws, d_in in zip(WS, dims_in, strict=True))
+    S = tuple(ws[..., d_in:, :] for ws, d_in in zip(WS, dims_in, strict=True))
+    new = NeuralMemoryState(W, S, k[:, start:], v[:, start:], theta[:, start:],
                             eta[:, start:], alpha[:, start:])
     return y.to(out_dtype), new
 
