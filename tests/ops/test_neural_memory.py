@@ -320,3 +320,22 @@ def test_the_default_stabiliser_bounds_the_diverging_memory():
                                 normalize_surprise=defaults["normalize_surprise"])
     assert max(bounded) < 2 * bounded[0], bounded
     assert max(_diverging_chunks(normalize_surprise=True)) < 20
+
+
+def test_segment_products_backward_is_exact_with_zero_factors():
+    """The hand-written backward of the chunk's segment products against autograd through the
+    cumprod form, with factors of exactly 0 (η = 0 is allowed) and 1 among them."""
+    from lrm.ops.neural_memory import _segment_products, _SegmentProducts
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 2, 8, generator=g, dtype=F64)
+    x[0, 0, 3] = 0.0
+    x[1, 1, 0] = 0.0
+    x[2, 0, 5] = 1.0
+    x.requires_grad_(True)
+    dprod = torch.randn(3, 2, 8, 8, generator=g, dtype=F64)
+    ref, = torch.autograd.grad((_segment_products(x) * dprod).sum(), x)
+    got, = torch.autograd.grad((_SegmentProducts.apply(x) * dprod).sum(), x)
+    torch.testing.assert_close(got, ref, atol=1e-12, rtol=1e-12)
+    assert ref[0, 0].abs().min() < ref[0, 0].abs().max()  # not a degenerate gradient
+    assert torch.autograd.gradcheck(_SegmentProducts.apply, (x.detach()[:1].requires_grad_(),))
