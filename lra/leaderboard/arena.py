@@ -127,15 +127,25 @@ KEY_FIELDS = ("suite", "version", "mixer", "task", "L", "kv", "d", "lr", "steps"
               "n_layers", "batch", "eval_lengths", "mixer_kwargs", "seed", "n_train", "n_test")
 
 
+# options only some runs set (a diagnosis's variants): in the key when present, so the keys of
+# runs without them are what they were before these fields existed
+OPTIONAL_KEY_FIELDS = ("model_kwargs",)
+
+
+def _key_fields(c: dict[str, Any]) -> dict[str, Any]:
+    return {**{k: c.get(k) for k in KEY_FIELDS},
+            **{k: c[k] for k in OPTIONAL_KEY_FIELDS if c.get(k)}}
+
+
 def cell_key(c: dict[str, Any]) -> str:
     """What makes two runs the same experiment (the store is searched by it on resume): every
     option that changes the run, the learning rate, the seed and the grid's version included."""
-    return json.dumps({k: c.get(k) for k in KEY_FIELDS}, sort_keys=True)
+    return json.dumps(_key_fields(c), sort_keys=True)
 
 
 def cell_of(c: dict[str, Any]) -> str:
     """The cell of a run: its key without the learning rate and the seed."""
-    return json.dumps({k: c.get(k) for k in KEY_FIELDS if k not in ("lr", "seed")},
+    return json.dumps({k: v for k, v in _key_fields(c).items() if k not in ("lr", "seed")},
                       sort_keys=True)
 
 
@@ -164,7 +174,8 @@ def run_cell(c: dict[str, Any]) -> dict[str, Any]:
     x, y = recall_tasks.make(task, c["n_train"], L, seed=c["seed"], **kw)
     model = lrm.LRModel(lrm.ModelConfig(mixer=c["mixer"], d_model=c["d"], n_layers=c["n_layers"],
                                         vocab_size=vocab, head="lm",
-                                        mixer_kwargs=c.get("mixer_kwargs") or {})).to(dev)
+                                        mixer_kwargs=c.get("mixer_kwargs") or {},
+                                        **(c.get("model_kwargs") or {}))).to(dev)
     t0 = time.time()
     losses = quick.fit(model, x.to(dev), y.to(dev), steps=c["steps"], batch_size=c["batch"],
                        lr=c["lr"], seed=c["seed"])

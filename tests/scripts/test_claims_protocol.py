@@ -147,7 +147,7 @@ def test_run_store_resumes_a_killed_check_and_keys_runs_by_their_settings(tmp_pa
     lines = path.read_text().splitlines()
     assert len(lines) == len(first) == 8  # 3 rates + the second seed, for two models
     # the kill: the last three runs never finished, the one before was cut mid-line
-    path.write_text("\n".join(lines[:4] + [lines[4][:30]]) + "\n")
+    path.write_text("\n".join([*lines[:4], lines[4][:30]]) + "\n")
     resumed: list = []
     res = run_check(check(models, [], calls=resumed, store=RunStore(path, {"steps": 10})))
     assert resumed == first[4:]  # the runs before the cut line are not trained again

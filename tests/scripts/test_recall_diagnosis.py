@@ -1,0 +1,74 @@
+"""scripts/recall_diagnosis.py: the arena's run of a cell with settings varied; the variants are
+built as asked (cell fields, mixer options, model fields), a rerun skips what the store holds,
+the written notes survive a re-render, and a setting that is none of these is refused."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from lra.leaderboard import arena
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("recall_diagnosis",
+                                                  ROOT / "scripts" / "recall_diagnosis.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["recall_diagnosis"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_variants_are_the_arena_run_with_the_settings_changed(tmp_path, monkeypatch):
+    diag = _load()
+    launched = []
+
+    def fake(c, timeout):
+        launched.append(c)
+        falling = c["vocab"] == 64
+        curve = [[i * 100, (5.0 - 0.2 * i) if falling else max(1.0, 5.0 - i)] for i in range(20)]
+        return {**c, "status": "ok", "acc": 0.9 if falling else 0.2, "wall_s": 3.0,
+                "acc_by_length": {}, "state_size": [1], "date": "2026-01-01",
+                "loss_curve": curve, "final_loss": curve[-1][1]}
+
+    monkeypatch.setattr(arena, "_launch", fake)
+    argv = ["gdn", "--cell", "64:4:64", "--vary", "vocab=64,256", "mixer.head_dim=8",
+            "mlp_ratio=0", "steps=100", "--store", str(tmp_path / "s.json"), "--out",
+            str(tmp_path / "d.md"), "--jobs", "1"]
+    diag.main(argv)
+    assert len(launched) == 2
+    base = next(c for c in arena.grid(arena.FULL, ["gdn"])
+            if arena.cell_name(c) == "64:4:64" and c["lr"] == 3e-3)
+    for c in launched:
+        assert (c["L"], c["kv"], c["d"], c["lr"], c["steps"]) == (64, 4, 64, 3e-3, 100)
+        assert c["mixer_kwargs"] == {"head_dim": 8} and c["model_kwargs"] == {"mlp_ratio": 0}
+        assert c["n_train"] == 100 * c["batch"]  # the arena's rule for the new step count
+        assert {k: c[k] for k in ("batch", "n_layers", "n_test")} == {
+            k: base[k] for k in ("batch", "n_layers", "n_test")}
+    assert sorted(c["vocab"] for c in launched) == [64, 256]
+    # the variant's options are in its key: it never matches the arena's own run
+    assert arena.cell_key(launched[0]) != arena.cell_key({**launched[0], "model_kwargs": {}})
+    page = (tmp_path / "d.md").read_text()
+    rows = [ln for ln in page.splitlines() if ln.startswith("| 0.003 |")]
+    assert len(rows) == 2 and "## gdn: MQAR L=64, 4 pairs, d=64" in page
+    assert any("| 64 |" in r and "| 90.0 | yes |" in r for r in rows)
+    assert any("| 256 |" in r and "| 20.0 | no |" in r for r in rows)
+    assert all("mixer.head_dim=8, mlp_ratio=0" in r for r in rows)
+    # notes written into the page survive; a rerun trains nothing new
+    (tmp_path / "d.md").write_text(page.replace("<!-- notes -->\n", "<!-- notes -->\nvocab!\n"))
+    diag.main(argv)
+    assert len(launched) == 2 and "vocab!" in (tmp_path / "d.md").read_text()
+
+
+def test_a_setting_that_is_no_field_or_option_is_refused(tmp_path):
+    diag = _load()
+    with pytest.raises(SystemExit, match="'mlp_ratoi' is not a cell field"):
+        diag.main(["gdn", "--vary", "mlp_ratoi=0", "--store", str(tmp_path / "s.json"),
+                   "--out", str(tmp_path / "d.md")])
+    with pytest.raises(SystemExit, match="NAME=V1,V2"):
+        diag.main(["gdn", "--vary", "vocab", "--store", str(tmp_path / "s.json")])
