@@ -3,6 +3,7 @@
     python scripts/recall_diagnosis.py gdn --cell 64:4:64 --lr 3e-3 --vary vocab=64,256
     python scripts/recall_diagnosis.py gdn --cell 64:4:64 --lr 3e-3 --vary steps=2000,6000
     python scripts/recall_diagnosis.py fox --cell 128:8:64 --lr 1e-3 --vary mixer.forget_bias=0,3
+    python scripts/recall_diagnosis.py gdn mamba --cell 64:4:64 --vary steps=6000
     python scripts/recall_diagnosis.py gdn --render        # only rewrite the page
 
 Each run is the arena's run of that cell (``lra/leaderboard/arena.py``: same model, data,
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n", 1)[1])
-    ap.add_argument("mixer", help="registry name")
+    ap.add_argument("mixers", nargs="+", help="registry names (each gets every variant)")
     ap.add_argument("--cell", default="64:4:64",
                     help="the arena cell, L:pairs:d or passkey (default 64:4:64)")
     ap.add_argument("--lr", type=float, nargs="+", default=[3e-3],
@@ -168,15 +169,16 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     import lrm
 
-    lrm.registry.canonical(args.mixer)  # an unknown name fails here, with the valid names
+    for mixer in args.mixers:
+        lrm.registry.canonical(mixer)  # an unknown name fails here, with the valid names
     command = "python scripts/recall_diagnosis.py " + shlex.join(
         sys.argv[1:] if argv is None else argv)
     if not args.render:
         vary = parse_vary(args.vary)
         names = [n for n, _ in vary]
         runs = []
-        for lr, seed in itertools.product(args.lr, args.seeds):
-            base = base_cell(args.mixer, args.cell, lr, seed)
+        for mixer, lr, seed in itertools.product(args.mixers, args.lr, args.seeds):
+            base = base_cell(mixer, args.cell, lr, seed)
             for values in itertools.product(*(v for _, v in vary)):
                 runs.append(variant(base, dict(zip(names, values, strict=True))))
         arena.run(runs, args.store, jobs=args.jobs, command=command)

@@ -72,3 +72,17 @@ def test_a_setting_that_is_no_field_or_option_is_refused(tmp_path):
                    "--out", str(tmp_path / "d.md")])
     with pytest.raises(SystemExit, match="NAME=V1,V2"):
         diag.main(["gdn", "--vary", "vocab", "--store", str(tmp_path / "s.json")])
+
+
+def test_several_mixers_each_get_every_variant(tmp_path, monkeypatch):
+    diag = _load()
+    launched = []
+    monkeypatch.setattr(arena, "_launch", lambda c, t: launched.append(c) or {
+        **c, "status": "ok", "acc": 0.5, "wall_s": 1.0, "acc_by_length": {}, "state_size": [1],
+        "date": "2026-01-01", "loss_curve": [[1, 1.0]], "final_loss": 1.0})
+    diag.main(["gdn", "mamba", "--vary", "steps=10,20", "--seeds", "0", "1", "--store",
+               str(tmp_path / "s.json"), "--out", str(tmp_path / "d.md"), "--jobs", "1"])
+    assert sorted((c["mixer"], c["steps"], c["seed"]) for c in launched) == sorted(
+        (m, s, seed) for m in ("gdn", "mamba") for s in (10, 20) for seed in (0, 1))
+    page = (tmp_path / "d.md").read_text()
+    assert "## gdn: MQAR L=64, 4 pairs, d=64" in page and "## mamba: MQAR" in page
