@@ -149,17 +149,19 @@ def render(recs: list[dict[str, Any]], *, command: str, notes: str | None) -> st
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+    # the docstring's layout kept in the epilog, and every option's default shown
+    fmt = type("Fmt", (argparse.ArgumentDefaultsHelpFormatter,
+                       argparse.RawDescriptionHelpFormatter), {})
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=fmt,
                                  epilog=__doc__.split("\n\n", 1)[1])
     ap.add_argument("mixers", nargs="+", help="registry names (each gets every variant)")
     ap.add_argument("--cell", default="64:4:64",
-                    help="the arena cell, L:pairs:d or passkey (default 64:4:64)")
+                    help="the arena cell, L:pairs:d or passkey")
     ap.add_argument("--lr", type=float, nargs="+", default=[3e-3],
-                    help="learning rates (each with every variant; default 3e-3)")
+                    help="learning rates (each with every variant)")
     ap.add_argument("--vary", nargs="+", default=[], metavar="NAME=V1,V2",
                     help="settings to vary (their product); none: the arena's run itself")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default 0)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds")
     ap.add_argument("--jobs", type=int, default=2, help="runs at once, one thread each")
     ap.add_argument("--store", type=Path, default=Path("docs/recall_diagnosis_runs.json"),
                     help="the run store (resumed: runs already in it are skipped)")
