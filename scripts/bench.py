@@ -706,7 +706,7 @@ def _memory_stand_in(q, k, v, theta, eta, alpha, state, **_):
 
 
 # titans:no-memory and titans:no-memory-read take parts out of the Titans block, to show where
-# its step goes (docs/bench/train_step.md): without the memory op, then also without the read
+# its step goes (docs/bench/train_step_titans.md): without the memory op, then also without the read
 # of the memory that makes MAC's tokens h (the read passes its queries through)
 PATHS.update({
     ("titans", "no-memory"): [("lrm.mixers.titans", "neural_memory", _memory_stand_in)],

@@ -85,8 +85,8 @@ def variant(base: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
                 raise SystemExit(f"--vary: {name!r} is not a cell field ({', '.join(CELL_FIELDS)}"
                                  f"), a mixer option (mixer.NAME) or an lrm.ModelConfig field")
             model_kw[name] = value
-    if "n_train" not in settings:  # the arena's rule: each sequence seen about once
-        c["n_train"] = min(arena.N_TRAIN, c["steps"] * c["batch"])
+    if "n_train" not in settings:  # the arena's rule for the run's steps and batch
+        c["n_train"] = arena.n_train_for(c["steps"], c["batch"])
     c["mixer_kwargs"] = mixer_kw
     if model_kw:
         c["model_kwargs"] = model_kw

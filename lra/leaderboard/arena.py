@@ -109,6 +109,12 @@ ARENA_STEPS: dict[str, tuple[int, str]] = {
 }
 
 
+def n_train_for(steps: int, batch: int) -> int:
+    """Training sequences of a run: every sequence is seen about once, so no more are generated
+    than steps × batch, and at most N_TRAIN."""
+    return min(N_TRAIN, steps * batch)
+
+
 def steps_for(mixer: str) -> tuple[int, str]:
     """A mixer's training steps per cell and where the number comes from."""
     return ARENA_STEPS.get(mixer.split(":")[0], (DEFAULT_STEPS, "not measured: the default"))
@@ -243,10 +249,9 @@ def grid(spec: dict[str, Any], mixers: Sequence[str], *, steps: int | None = Non
         return int(steps or own or spec.get("steps") or steps_for(mixer)[0])
 
     def base(mixer: str, n: int) -> dict[str, Any]:
-        # every training sequence is seen about once: no more are generated than steps x batch
         return {"suite": "recall", "version": ARENA_VERSION, "vocab": VOCAB,
                 "n_layers": N_LAYERS, "batch": BATCH, "steps": n, "seed": seed,
-                "n_train": min(N_TRAIN, n * BATCH), "n_test": spec.get("n_test", N_TEST)}
+                "n_train": n_train_for(n, BATCH), "n_test": spec.get("n_test", N_TEST)}
 
     def opts(mixer: str, d: int) -> dict[str, Any]:
         f = ARENA_KWARGS.get(mixer)

@@ -376,8 +376,6 @@ def neural_memory_ref(
     stabilise = max_grad_norm is not None or normalize_surprise
 
     def transformed(x_norm, delta):  # 𝒯(x_i ⊗ δ_i) = x_i ⊗ (f_i δ_i), per token, head, batch row
-        if not stabilise:
-            return delta
         n = x_norm * torch.linalg.vector_norm(delta, dim=-1)  # ‖x_i ⊗ δ_i‖_F = ‖x_i‖ ‖δ_i‖
         return delta * _rank_one_factor(n, max_grad_norm, normalize_surprise)[..., None]
 
@@ -405,8 +403,7 @@ def neural_memory_ref(
     q_read = torch.cat([A0[..., None] * qc, c[..., None] * qc], -1)  # (B, H, N, C, 2K)
     # the chunk's gradients into W and S as one product: [w_end k ‖ s_end k]ᵀ @ δ
     k_write = torch.cat([w_end * kc, s_end * kc], -1)  # (B, H, N, C, 2K)
-    # ‖k_i‖ (B, H, N, C), for the stabilisers only (unused without them)
-    k_norm = torch.linalg.vector_norm(kc, dim=-1) if stabilise else kc[..., 0]
+    k_norm = torch.linalg.vector_norm(kc, dim=-1)  # ‖k_i‖ (B, H, N, C), for the stabilisers
 
     # weights and momentum stacked along the input dimension, [W ; S] (B, H, 2·in, out): the
     # reads above multiply it at once, the update below maps it with the chunk's 2×2 carry
@@ -421,7 +418,9 @@ def neural_memory_ref(
         if depth == 1:
             (WS1,) = WS
             W1 = WS1[..., :dims_in[0], :]
-            delta = transformed(kn_n, 2 * (k_n @ W1 - v_n))  # ∂ℓ/∂M(k_i) (B, H, C, V)
+            delta = 2 * (k_n @ W1 - v_n)  # ∂ℓ/∂M(k_i) (B, H, C, V)
+            if stabilise:
+                delta = transformed(kn_n, delta)
             outs.append(qr_n @ WS1 + rk_n @ delta)
             updates = [kw_n.transpose(-1, -2) @ delta]  # (B, H, 2K, V): [into W ; into S]
         else:

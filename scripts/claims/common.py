@@ -48,6 +48,7 @@ import torch  # noqa: E402  (after the path: this checkout's packages first)
 
 import lrm  # noqa: E402
 from lra.data.recall_tasks import mqar  # noqa: E402
+from lra.leaderboard.store import git_commit  # noqa: E402
 from lra.leaderboard.sweep import still_improving  # noqa: E402  (shared with the arena)
 from lra.quick import fit  # noqa: E402
 
@@ -144,8 +145,7 @@ def protocol_options(p: argparse.ArgumentParser, *, lrs: Sequence[float]) -> Non
 
 # settings that do not change what a run computes: left out of a stored run's key
 _NOT_IN_KEY = {"threads", "json", "out", "store", "fresh", "lrs", "seeds", "max_extend", "jobs",
-               "command", "t_start",
-               "runs_dir", "worker"}
+               "command", "t_start", "runs_dir", "worker"}
 
 
 class RunStore:
@@ -155,7 +155,8 @@ class RunStore:
     back only where it would be trained the same way. A line cut short by a kill is skipped."""
 
     def __init__(self, path: Path, settings: dict[str, Any], *, fresh: bool = False) -> None:
-        self.path, self.settings, self.fresh = Path(path), settings, fresh
+        self.path, self.settings = Path(path), settings
+        self.commit = git_commit()  # of the code the runs of this invocation train with
         self._runs: dict[str, Run] = {}
         self._lock = threading.Lock()  # checks with jobs > 1 finish runs from several threads
         if self.path.is_file() and not fresh:
@@ -177,22 +178,12 @@ class RunStore:
         return self._runs.get(key)
 
     def add(self, key: str, run: Run) -> None:
-        line = json.dumps({"key": key, "run": asdict(run), "commit": _commit()}) + "\n"
+        line = json.dumps({"key": key, "run": asdict(run), "commit": self.commit}) + "\n"
         with self._lock:
             self._runs[key] = run
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a", encoding="utf-8") as f:  # a kill loses at most this line
                 f.write(line)
-
-
-def _commit() -> str | None:
-    import subprocess
-
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                              capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def run_store(args: argparse.Namespace) -> RunStore:
