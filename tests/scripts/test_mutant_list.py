@@ -1,0 +1,28 @@
+"""scripts/mutants.py: every planted bug still applies, i.e. its original line occurs exactly
+once in its file. A refactor that rewrites a line a mutant targets must move the mutant with it,
+or the conformance run reports an error instead of a kill."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _mutants():
+    spec = importlib.util.spec_from_file_location("mutants", ROOT / "scripts" / "mutants.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["mutants"] = mod
+    spec.loader.exec_module(mod)
+    return mod.MUTANTS
+
+
+@pytest.mark.parametrize("mut", _mutants(), ids=lambda m: m.id)
+def test_each_mutant_targets_one_existing_line(mut):
+    text = (ROOT / mut.file).read_text()
+    assert text.count(mut.original) == 1, f"{mut.id}: original occurs {text.count(mut.original)}x"
+    assert mut.replacement != mut.original
