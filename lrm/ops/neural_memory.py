@@ -337,7 +337,8 @@ class _SegmentProducts(torch.autograd.Function):
     """:func:`_segment_products` with a backward of one C×C product per chunk (autograd's
     zero-safe ``cumprod`` backward takes flips, cumsums, exps and masks over the same tensors,
     where this takes one product and a sum). With Π[t, i] = Π_{l=i+1..t} x_l, the factor x_l
-    enters Π[t, i] for i < l ≤ t, and ∂Π[t, i]/∂x_l = Π[l−1, i] Π[t, l] (no division, so x_l = 0 is exact):
+    enters Π[t, i] for i < l ≤ t, and ∂Π[t, i]/∂x_l = Π[l−1, i] Π[t, l] (no division, so
+    x_l = 0 is exact):
 
         ∂L/∂x_l = Σ_t Π[t, l] R[t, l],   R = G Π↓ᵀ,   Π↓[l, i] = Π[l−1, i] (row 0: zeros)
 
