@@ -152,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-sweep", action="store_true",
                     help="one run per cell at the config's rate (a recipe's reproduction), "
                          "without the learning-rate sweep")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="runs at once, each its own process with --threads torch threads "
+                         "(default 1; a 2-core box: --jobs 2 with one thread each)")
     add_output_args(ap, "lra")
     ap.add_argument("--plot", default=None, help="default: <out stem>.png; 'none' for no plot")
     ap.add_argument("--runs-dir", default="runs/leaderboard")
@@ -193,6 +196,8 @@ def main(argv: list[str] | None = None) -> None:
             QUICK_BUDGET_MINUTES if quick else preset.get("budget_minutes"))
         timeout = args.timeout or (QUICK_TIMEOUT_S if quick and args.budget_minutes is None
                                    else (2 * 60 * budget + 300 if budget else 10 ** 9))
+        if args.jobs < 1:
+            raise SystemExit(f"--jobs must be >= 1, got {args.jobs}")
         overrides = deep_merge(preset.get("overrides", {}), parse_set(args.overrides))
         run_grid(mixers, tasks, setting=args.setting or ("quick" if quick else "full"),
                  # a preset trains the quick configs' model at its own size and data
@@ -206,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
                  else args.threads,
                  recipe=args.recipe, protocol=None if quick or args.no_sweep else PROTOCOL,
                  lrs=args.lrs,
-                 data_spec=preset.get("data"))
+                 data_spec=preset.get("data"), jobs=args.jobs)
     merge_stores(store, args.merge)
     write_outputs(store, out, plot_path)
     return None

@@ -10,6 +10,7 @@ metrics and the checkpoints.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import copy
 import csv
 import datetime as _dt
@@ -494,7 +495,7 @@ def run_grid(mixers: Sequence[str], tasks: Sequence[str], *, setting: str, quick
              threads: int | None = None, recipe: str | None = None,
              protocol: Any = None, lrs: Sequence[float] | None = None,
              data_spec: dict[str, list[str]] | None = None,
-             run_fn: Any = None) -> list[dict[str, Any]]:
+             run_fn: Any = None, jobs: int = 1) -> list[dict[str, Any]]:
     """Run every mixer x task; each finished record is added to the store at once.
 
     With a ``protocol`` (lra/leaderboard/sweep.py) every cell sweeps learning rates (``lrs``,
@@ -502,6 +503,7 @@ def run_grid(mixers: Sequence[str], tasks: Sequence[str], *, setting: str, quick
     seeds; runs the store already holds are skipped, so a grid fills over several invocations.
     Without one, each cell is one run at its config's rate (the --quick smoke grid).
     ``run_fn`` (default :func:`run_one`) is the one-run function; tests pass a stub.
+    ``jobs`` runs train at once (each in its own process, with ``threads`` torch threads).
     """
     from lra.leaderboard import sweep
     from lra.leaderboard.store import load_store
@@ -522,18 +524,28 @@ def run_grid(mixers: Sequence[str], tasks: Sequence[str], *, setting: str, quick
              "note": note, "threads": threads or _threads(), "recipe": recipe}
     overrides = overrides or {}
 
+    def one(spec: dict[str, Any]) -> dict[str, Any]:
+        return run_fn(spec["mixer"], spec["task"], setting=setting, quick=quick,
+                      data_dir=data_dir, max_steps=max_steps, budget_minutes=budget_minutes,
+                      runs_dir=runs_dir, overrides=overrides, timeout=timeout,
+                      config_dir=config_dir, threads=threads,
+                      extra={**extra, "data": data[spec["task"]],
+                             "extension": spec.get("extension")},
+                      recipe=recipe, lr=spec.get("lr"), seed=spec.get("seed"))
+
     def launch(todo: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out = []
-        for spec in todo:
-            rec = run_fn(spec["mixer"], spec["task"], setting=setting, quick=quick,
-                         data_dir=data_dir, max_steps=max_steps, budget_minutes=budget_minutes,
-                         runs_dir=runs_dir, overrides=overrides, timeout=timeout,
-                         config_dir=config_dir, threads=threads,
-                         extra={**extra, "data": data[spec["task"]],
-                                "extension": spec.get("extension")},
-                         recipe=recipe, lr=spec.get("lr"), seed=spec.get("seed"))
-            out.append(rec)
-            add_runs(store, [rec])
+        if jobs <= 1:
+            for spec in todo:
+                out.append(one(spec))
+                add_runs(store, [out[-1]])
+            return out
+        # each run is its own child process (run_one), so threads only wait on them; the store
+        # is written from this thread alone, one record as each run ends
+        with cf.ThreadPoolExecutor(max_workers=jobs) as pool:
+            for fut in cf.as_completed([pool.submit(one, spec) for spec in todo]):
+                out.append(fut.result())
+                add_runs(store, [out[-1]])
         return out
 
     if protocol is None:

@@ -152,6 +152,30 @@ def test_lra_grid_runs_the_protocol_and_resumes(tmp_path, monkeypatch):
     assert "| *majority class (test set)* | 20.0 |" in page
 
 
+def test_lra_grid_with_jobs_runs_at_once_and_stores_every_run(tmp_path, monkeypatch):
+    import threading
+
+    monkeypatch.setattr(runner, "run_config", lambda *a, **k: STUB_CFG)
+    calls: list = []
+    stub = _stub_run(lambda lr: {3e-4: .3, 1e-3: .6, 3e-3: .5}.get(lr, .1), calls)
+    # the first sweep's three rates must be in flight together: a sequential grid never
+    # gets a second run to the barrier and breaks it
+    barrier = threading.Barrier(2, timeout=10)
+
+    def together(*a, lr, seed, **k):
+        if seed == 0 and lr in (3e-4, 1e-3):
+            barrier.wait()
+        return stub(*a, lr=lr, seed=seed, **k)
+
+    runner.run_grid(["attention"], ["text"], setting="cpu", quick=True, data_dir=tmp_path,
+                    max_steps=60, budget_minutes=None, runs_dir=tmp_path / "runs",
+                    store=tmp_path / "s.json", protocol=sweep.PROTOCOL, run_fn=together,
+                    jobs=2)
+    recs = store.load_store(tmp_path / "s.json")
+    assert sorted((r["lr"], r["seed"]) for r in recs) == [(3e-4, 0), (1e-3, 0), (1e-3, 1),
+                                                          (3e-3, 0)]
+
+
 def test_each_row_carries_its_device_and_the_caption_names_none():
     recs = [{"mixer": m, "task": "listops", "setting": "s", "status": "ok", "test": 0.5,
              "best_val": 0.5, "lr": 1e-3, "seed": 0, "device": dev, "date": "2026"}
