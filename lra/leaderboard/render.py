@@ -115,6 +115,13 @@ def _date(summ: Any) -> str:
     return max((str(r.get("date", "")) for r in recs), default="")
 
 
+def rising_at_end(r: dict[str, Any]) -> bool:
+    """True when a run's validation accuracy was highest at its last evaluation and above the
+    evaluation before: the step budget, not the model, may have set its score."""
+    curve = [acc for _, acc in sorted(r.get("val_curve") or [])]
+    return len(curve) >= 2 and curve[-1] > curve[-2] and curve[-1] >= max(curve)
+
+
 def ours_table(recs: list[dict[str, Any]]) -> str:
     """Per mixer and task: test accuracy at the best rate (by validation), the mean over seeds
     with each seed in brackets, ``@`` the rate; the majority class of the test set below."""
@@ -140,6 +147,8 @@ def ours_table(recs: list[dict[str, Any]]) -> str:
                 cells.append(f"{_pct(mean)} ({each}) @ {summ.best.get('lr')} / "
                              f"{_pct(summ.best.get('best_val'))}"
                              + (" (end of sweep)" if summ.capped else "")
+                             + (" (still rising)" if any(rising_at_end(x) for _, x in seeds)
+                                else "")
                              + (f" ({cut})" if cut else ""))
             elif r is None:
                 cells.append("")
@@ -194,8 +203,9 @@ def settings_section() -> list[str]:
            "`lra leaderboard --data-dir data/lra_release --publish` (`--recipe s4` for S4's "
            "own recipe)."]
     for name, spec in SETTINGS.items():
-        out.append(f"- `{name}`: {spec['about']}: `lra leaderboard --setting {name} --publish` "
-                   "(resumable: finished runs are skipped).")
+        out.append(f"- `{name}`: {spec['about']}: `lra leaderboard --setting {name} --publish "
+                   "--jobs 2` (two runs at a time, one thread each, on a 2-core machine; "
+                   "resumable: finished runs are skipped).")
     return [*out, ""]
 
 
@@ -221,7 +231,9 @@ def render_markdown(runs: list[dict[str, Any]], notes: str | None = None,
            "Every cell of a setting other than `quick`: " + sweep.PROTOCOL.describe()
            + ". The best rate is chosen on validation accuracy; a cell shows the test accuracy "
            "there (mean over seeds, each seed in brackets), `@` the rate, then the best "
-           "validation accuracy; the last row is the majority class of the test set.", "",
+           "validation accuracy; \"(still rising)\": a seed's validation accuracy was highest "
+           "at its last evaluation and above the one before, so more steps might have raised "
+           "it; the last row is the majority class of the test set.", "",
            sweep.rates_table(), ""]
     out += settings_section()
     out += ["## Our runs", ""]

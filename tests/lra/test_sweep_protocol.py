@@ -200,6 +200,23 @@ def test_a_run_cut_short_by_its_time_cap_says_so(tmp_path, monkeypatch, capsys):
     assert runner.cut_short({**rec, "max_time": None}) is None
 
 
+def test_a_cell_whose_validation_rose_at_its_last_evaluation_says_so():
+    def page(curve):
+        rec = {"mixer": "s4d", "task": "listops", "setting": "s", "status": "ok", "lr": 1e-3,
+               "seed": 0, "test": 0.4, "best_val": max(a for _, a in curve), "date": "2026",
+               "val_curve": curve}
+        return render.render_markdown([rec])
+
+    row = next(ln for ln in page([[250, .3], [500, .4]]).splitlines()
+               if ln.startswith("| s4d | 40.0"))
+    assert "(still rising)" in row
+    for flat_or_falling in ([[250, .4], [500, .4]], [[250, .5], [500, .4]],
+                            [[250, .5], [500, .3], [750, .4]], [[250, .4]]):
+        row = next(ln for ln in page(flat_or_falling).splitlines()
+                   if ln.startswith("| s4d | 40.0"))
+        assert "(still rising)" not in row, flat_or_falling
+
+
 def _args(**kw):
     return argparse.Namespace(**{"out": None, "store": None, "publish": False, "quick": False,
                                  **kw})
