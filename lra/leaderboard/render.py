@@ -203,9 +203,11 @@ def settings_section() -> list[str]:
            "`lra leaderboard --data-dir data/lra_release --publish` (`--recipe s4` for S4's "
            "own recipe)."]
     for name, spec in SETTINGS.items():
-        out.append(f"- `{name}`: {spec['about']}: `lra leaderboard --setting {name} --publish "
-                   "--jobs 2` (two runs at a time, one thread each, on a 2-core machine; "
-                   "resumable: finished runs are skipped).")
+        cmd = spec.get("command") or f"lra leaderboard --setting {name} --publish --jobs 2"
+        out.append(f"- `{name}`: {spec['about']}: `{cmd}` (two runs at a time, one thread "
+                   "each, on a 2-core machine" + ("" if "--no-sweep" in cmd else
+                                                  "; resumable: finished runs are skipped")
+                   + ").")
     return [*out, ""]
 
 

@@ -69,6 +69,22 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "overrides": {"model": {"model": {"d_model": 64, "n_layers": 2}},
                       "data": {"init_args": {"seq_len": 2048}}},
     },
+    # Pathfinder's question first: which mixer, if any, leaves chance on a CPU at the easiest
+    # difficulty the generator makes? One rate per mixer (--no-sweep), a long budget, the curve.
+    "pathfinder-probe": {
+        "about": "Pathfinder at its easiest generated difficulty (32x32, contour length 6, the "
+                 "release's curv_baseline), 80000 images (64000 / 8000 / 8000), the `cpu` "
+                 "model (2 layers, d = 64, bidirectional), 4000 steps or 40 minutes per run, "
+                 "one rate per mixer: does any mixer leave chance on a CPU",
+        "command": "lra leaderboard --setting pathfinder-probe --mixers attention s4 s4d mamba2 "
+                   "gdn --no-sweep --publish --jobs 2",
+        "tasks": ["pathfinder"], "data_dir": "data/pf6",
+        "data": {"pathfinder": ["--resolution", "32", "--contour-length", "6", "--n-images",
+                                "80000", "--per-batch", "1000", "--workers", "2"]},
+        "max_steps": 4000, "budget_minutes": 40.0,
+        "overrides": {"model": {"model": {"d_model": 64, "n_layers": 2}},
+                      "data": {"init_args": {"contour_length": 6}}},
+    },
 }
 QUICK_BUDGET_MINUTES = 1.5  # training time cap per quick run (Lightning max_time)
 QUICK_TIMEOUT_S = 240  # hard kill of a quick run's process (start + fit + test)

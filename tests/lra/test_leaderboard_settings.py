@@ -1,0 +1,60 @@
+"""The named leaderboard settings (lra/leaderboard/runner.py SETTINGS) are checked without
+training: their overrides land on keys the task configs have (a misspelt key would otherwise
+be added silently and fail hours later, or not at all), and their data specs parse with
+``lra generate``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lra.data import generate
+from lra.leaderboard import runner, store
+
+CASES = [(name, task) for name, spec in runner.SETTINGS.items() for task in spec["tasks"]]
+
+
+def _leaves(d: dict[str, Any], prefix: tuple = ()) -> set[tuple]:
+    out: set[tuple] = set()
+    for k, v in d.items():
+        out |= _leaves(v, (*prefix, k)) if isinstance(v, dict) else {(*prefix, k)}
+    return out
+
+
+@pytest.mark.parametrize(("name", "task"), CASES)
+def test_a_setting_overrides_only_keys_its_task_config_has(name, task):
+    spec = runner.SETTINGS[name]
+    kw = dict(quick=True, data_dir=spec["data_dir"], max_steps=spec["max_steps"],
+              budget_minutes=spec["budget_minutes"], run_dir=Path("RUN"),
+              config_dir=store.REPO / "configs")
+    base = runner.run_config(task, "s4d", overrides={}, **kw)
+    cfg = runner.run_config(task, "s4d", overrides=spec["overrides"], **kw)
+    assert _leaves(cfg) == _leaves(base), f"{name}: an override names a key {task} lacks"
+    for path in _leaves(spec["overrides"]):
+        got = cfg
+        for k in path:
+            got = got[k]
+        want = spec["overrides"]
+        for k in path:
+            want = want[k]
+        assert got == want, (name, path)
+    assert cfg["trainer"]["max_steps"] == spec["max_steps"]
+
+
+@pytest.mark.parametrize(("name", "task"), CASES)
+def test_a_setting_data_spec_parses_with_lra_generate(name, task, monkeypatch, tmp_path):
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(generate, "generate_listops", lambda *a, **k: seen.update(a=a) or "x")
+    monkeypatch.setattr(generate, "generate_pathfinder", lambda *a, **k: seen.update(a=a) or "x")
+    generate.main([task, "--out", str(tmp_path), *runner.SETTINGS[name]["data"][task]])
+    assert seen["a"][0] == str(tmp_path)
+
+
+def test_the_pathfinder_probe_is_the_easiest_generated_difficulty():
+    spec = runner.SETTINGS["pathfinder-probe"]
+    args = spec["data"]["pathfinder"]
+    assert args[args.index("--contour-length") + 1] == "6"
+    assert args[args.index("--resolution") + 1] == "32"
+    assert spec["overrides"]["data"]["init_args"]["contour_length"] == 6  # the loader agrees
