@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
                  else args.threads,
                  recipe=args.recipe, protocol=None if quick or args.no_sweep else PROTOCOL,
                  lrs=args.lrs,
-                 data_spec=preset.get("data"), jobs=args.jobs)
+                 data_spec=preset.get("data"), jobs=args.jobs, resume=bool(preset))
     merge_stores(store, args.merge)
     write_outputs(store, out, plot_path)
     return None

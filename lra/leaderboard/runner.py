@@ -511,7 +511,8 @@ def run_grid(mixers: Sequence[str], tasks: Sequence[str], *, setting: str, quick
              threads: int | None = None, recipe: str | None = None,
              protocol: Any = None, lrs: Sequence[float] | None = None,
              data_spec: dict[str, list[str]] | None = None,
-             run_fn: Any = None, jobs: int = 1) -> list[dict[str, Any]]:
+             run_fn: Any = None, jobs: int = 1,
+             resume: bool = False) -> list[dict[str, Any]]:
     """Run every mixer x task; each finished record is added to the store at once.
 
     With a ``protocol`` (lra/leaderboard/sweep.py) every cell sweeps learning rates (``lrs``,
@@ -520,6 +521,8 @@ def run_grid(mixers: Sequence[str], tasks: Sequence[str], *, setting: str, quick
     Without one, each cell is one run at its config's rate (the --quick smoke grid).
     ``run_fn`` (default :func:`run_one`) is the one-run function; tests pass a stub.
     ``jobs`` runs train at once (each in its own process, with ``threads`` torch threads).
+    ``resume`` makes a grid without a protocol skip the runs the store holds finished too (a
+    named setting's ``--no-sweep`` probe; the ``--quick`` smoke grid always reruns).
     """
     from lra.leaderboard import sweep
     from lra.leaderboard.store import load_store
@@ -564,19 +567,37 @@ def run_grid(mixers: Sequence[str], tasks: Sequence[str], *, setting: str, quick
                 add_runs(store, [out[-1]])
         return out
 
+    def config_of(task: str, mixer: str) -> dict[str, Any] | None:
+        try:
+            return run_config(task, mixer, quick=quick, data_dir=str(data_dir),
+                              max_steps=max_steps, budget_minutes=budget_minutes,
+                              run_dir=Path("RUN"), overrides=overrides,
+                              config_dir=config_dir, recipe=recipe)
+        except Exception:  # run_one reports it as the cell's error
+            return None
+
     if protocol is None:
-        return launch([{"mixer": m, "task": t} for t in tasks for m in mixers])
+        todo = [{"mixer": m, "task": t} for t in tasks for m in mixers]
+        if resume:  # skip the runs (same config, rate and seed) the store holds finished
+            done = {lra_key(r) for r in load_store(store) if r.get("status") == "ok"}
+            keep = []
+            for spec in todo:
+                cfg = config_of(spec["task"], spec["mixer"])
+                key = None if cfg is None else (
+                    spec["mixer"], spec["task"], setting, config_fingerprint(cfg),
+                    cfg["model"].get("lr"), cfg.get("seed_everything", 0))
+                if key in done:
+                    print(f"[leaderboard] {spec['mixer']} x {spec['task']} ({setting}): "
+                          f"finished in {store}, skipped", flush=True)
+                else:
+                    keep.append(spec)
+            todo = keep
+        return launch(todo)
     base = []
     for task in tasks:
         for mixer in mixers:
-            try:
-                cfg = run_config(task, mixer, quick=quick, data_dir=str(data_dir),
-                                 max_steps=max_steps, budget_minutes=budget_minutes,
-                                 run_dir=Path("RUN"), overrides=overrides,
-                                 config_dir=config_dir, recipe=recipe)
-                fp = config_fingerprint(cfg)
-            except Exception:  # run_one reports it as the cell's error
-                fp = None
+            cfg = config_of(task, mixer)
+            fp = None if cfg is None else config_fingerprint(cfg)
             for lr in (lrs or sweep.rates_for(mixer)):
                 base.append({"mixer": mixer, "task": task, "setting": setting, "config": fp,
                              "lr": float(lr), "seed": protocol.seeds[0]})

@@ -176,6 +176,25 @@ def test_lra_grid_with_jobs_runs_at_once_and_stores_every_run(tmp_path, monkeypa
                                                           (3e-3, 0)]
 
 
+def test_a_named_settings_probe_without_sweep_resumes_and_quick_reruns(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "run_config", lambda *a, **k: STUB_CFG)
+    calls: list = []
+    stub = _stub_run(lambda lr: 0.5, calls)
+
+    def like_run_one(*a, lr, seed, **k):  # run_one records the config's rate and seed 0
+        return stub(*a, lr=lr, seed=0 if seed is None else seed, **k)
+
+    kw = dict(setting="probe", quick=True, data_dir=tmp_path, max_steps=60,
+              budget_minutes=None, runs_dir=tmp_path / "runs", store=tmp_path / "s.json",
+              run_fn=like_run_one)
+    runner.run_grid(["s4d", "gdn"], ["text"], resume=True, **kw)
+    assert [c[0] for c in calls] == ["s4d", "gdn"]
+    runner.run_grid(["s4d", "gdn", "fox"], ["text"], resume=True, **kw)
+    assert [c[0] for c in calls] == ["s4d", "gdn", "fox"]  # only the new one ran
+    runner.run_grid(["s4d"], ["text"], **kw)  # without resume (the smoke grid): runs again
+    assert [c[0] for c in calls] == ["s4d", "gdn", "fox", "s4d"]
+
+
 def test_each_row_carries_its_device_and_the_caption_names_none():
     recs = [{"mixer": m, "task": "listops", "setting": "s", "status": "ok", "test": 0.5,
              "best_val": 0.5, "lr": 1e-3, "seed": 0, "device": dev, "date": "2026"}
