@@ -43,7 +43,6 @@ these widths it would dominate a CPU step. Keys and values still come from disjo
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import datetime as _dt
 import itertools
 import json
@@ -361,22 +360,19 @@ def run(cells: list[dict[str, Any]], store: Path, *, jobs: int, timeout: float =
             from tqdm import tqdm
 
             bar = tqdm(total=len(todo), unit="run", dynamic_ncols=True, desc="recall arena")
-        with cf.ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = {pool.submit(_launch, {**c, **prov}, timeout): c for c in todo}
-            for fut in cf.as_completed(futures):
-                rec = fut.result()
-                add_runs(store, [rec])
-                new.append(rec)
-                div = sweep.diverged(rec) if rec["status"] == "ok" else None
-                what = (rec["error"] if rec["status"] != "ok" else
-                        f"diverged (loss not finite from step {div})" if div is not None else
-                        f"acc {rec['acc']:.3f}")
-                msg = f"{_label(futures[fut])}: {what} ({rec['wall_s']:.0f} s)"
-                if bar is not None:
-                    bar.write(msg)
-                    bar.update(1)
-                else:
-                    print(msg, flush=True)
+        for c, rec in sweep.each_finished(lambda c: _launch({**c, **prov}, timeout), todo, jobs):
+            add_runs(store, [rec])
+            new.append(rec)
+            div = sweep.diverged(rec) if rec["status"] == "ok" else None
+            what = (rec["error"] if rec["status"] != "ok" else
+                    f"diverged (loss not finite from step {div})" if div is not None else
+                    f"acc {rec['acc']:.3f}")
+            msg = f"{_label(c)}: {what} ({rec['wall_s']:.0f} s)"
+            if bar is not None:
+                bar.write(msg)
+                bar.update(1)
+            else:
+                print(msg, flush=True)
         if bar is not None:
             bar.close()
         return new

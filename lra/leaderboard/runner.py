@@ -10,7 +10,6 @@ metrics and the checkpoints.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import copy
 import csv
 import datetime as _dt
@@ -554,17 +553,9 @@ def run_grid(mixers: Sequence[str], tasks: Sequence[str], *, setting: str, quick
 
     def launch(todo: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out = []
-        if jobs <= 1:
-            for spec in todo:
-                out.append(one(spec))
-                add_runs(store, [out[-1]])
-            return out
-        # each run is its own child process (run_one), so threads only wait on them; the store
-        # is written from this thread alone, one record as each run ends
-        with cf.ThreadPoolExecutor(max_workers=jobs) as pool:
-            for fut in cf.as_completed([pool.submit(one, spec) for spec in todo]):
-                out.append(fut.result())
-                add_runs(store, [out[-1]])
+        for _, rec in sweep.each_finished(one, todo, jobs):
+            out.append(rec)
+            add_runs(store, [rec])  # from this thread alone, as each run ends
         return out
 
     def config_of(task: str, mixer: str) -> dict[str, Any] | None:
@@ -583,9 +574,10 @@ def run_grid(mixers: Sequence[str], tasks: Sequence[str], *, setting: str, quick
             keep = []
             for spec in todo:
                 cfg = config_of(spec["task"], spec["mixer"])
-                key = None if cfg is None else (
-                    spec["mixer"], spec["task"], setting, config_fingerprint(cfg),
-                    cfg["model"].get("lr"), cfg.get("seed_everything", 0))
+                # the key run_one's record will have: the config's own rate and seed
+                key = None if cfg is None else lra_key(
+                    {**spec, "setting": setting, "config": config_fingerprint(cfg),
+                     "lr": cfg["model"].get("lr"), "seed": cfg.get("seed_everything", 0)})
                 if key in done:
                     print(f"[leaderboard] {spec['mixer']} x {spec['task']} ({setting}): "
                           f"finished in {store}, skipped", flush=True)

@@ -24,8 +24,9 @@ validation accuracy for LRA, test-set recall accuracy for the arena, as Zoology 
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -241,6 +242,20 @@ def pending(states: dict[Any, CellState], records: Iterable[Record], *,
                 seen.add(k)
                 out.append(r)
     return out
+
+
+def each_finished(fn: Callable[[Any], Any], items: Sequence[Any], jobs: int
+                  ) -> Iterator[tuple[Any, Any]]:
+    """``(item, fn(item))`` for every item, ``jobs`` at a time, in the order they finish (the
+    one launcher of both grids: each run is its own child process, so the threads only wait).
+    An exception, in a run or in the caller (Ctrl-C), cancels the runs not yet started."""
+    pool = cf.ThreadPoolExecutor(max_workers=max(1, jobs))
+    try:
+        futures = {pool.submit(fn, item): item for item in items}
+        for fut in cf.as_completed(futures):
+            yield futures[fut], fut.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def drive(base_runs: Sequence[Record], launch: Callable[[list[Record]], list[Record]],

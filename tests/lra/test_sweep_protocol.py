@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -193,6 +194,22 @@ def test_a_named_settings_probe_without_sweep_resumes_and_quick_reruns(tmp_path,
     assert [c[0] for c in calls] == ["s4d", "gdn", "fox"]  # only the new one ran
     runner.run_grid(["s4d"], ["text"], **kw)  # without resume (the smoke grid): runs again
     assert [c[0] for c in calls] == ["s4d", "gdn", "fox", "s4d"]
+
+
+def test_a_failing_run_cancels_the_runs_not_yet_started():
+    started: list = []
+
+    def fn(item):
+        started.append(item)
+        if item == "a":
+            raise RuntimeError("boom")
+        time.sleep(0.5)  # the worker may take b before the failure is seen; c waits behind it
+        return item
+
+    with pytest.raises(RuntimeError, match="boom"):
+        list(sweep.each_finished(fn, ["a", "b", "c"], jobs=1))
+    assert "c" not in started  # queued behind the failure, never run
+    assert sorted(r for _, r in sweep.each_finished(str.upper, ["x", "y"], jobs=2)) == ["X", "Y"]
 
 
 def test_each_row_carries_its_device_and_the_caption_names_none():
