@@ -8,7 +8,15 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from lra.leaderboard.store import REPO, TASK_NAMES, TASK_ORDER, latest, load_store, row_label
+from lra.leaderboard.store import (
+    REPO,
+    TASK_NAMES,
+    TASK_ORDER,
+    latest,
+    load_store,
+    row_label,
+    save_store,
+)
 
 NOTES_BEGIN, NOTES_END = "<!-- notes -->", "<!-- /notes -->"
 
@@ -210,7 +218,8 @@ def settings_section() -> list[str]:
 
 
 def render_markdown(runs: list[dict[str, Any]], notes: str | None = None,
-                    plot_name: str | None = "leaderboard.png", store_name: str = "") -> str:
+                    plot_name: str | None = "leaderboard.png", store_name: str = "",
+                    curves_name: str | None = None) -> str:
     """The whole leaderboard page from the store's records."""
     from lra.leaderboard import sweep
     from lra.leaderboard.runner import lra_key
@@ -256,6 +265,10 @@ def render_markdown(runs: list[dict[str, Any]], notes: str | None = None,
                 details_table(recs), "", "</details>", ""]
     if plot_name:
         out += [f"![leaderboard]({plot_name})", ""]
+    if curves_name:
+        out += ["Learning curves of each mixer's best-rate seed-0 run, for the runs that stored "
+                "them (training loss as window means; dotted: the loss of a uniform guess):", "",
+                f"![learning curves]({curves_name})", ""]
     out += [NOTES_BEGIN, notes.strip() if notes else "", NOTES_END, ""]
     return "\n".join(out)
 
@@ -322,15 +335,89 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def curve_runs(runs: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Per (setting, task), one run per mixer to draw: the seed-0 run at the rate the table
+    shows (the sweep protocol's best), where that run stored a loss curve."""
+    out: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for s in sorted({r["setting"] for r in runs}):
+        cells = _cell([r for r in runs if r["setting"] == s])
+        for (_, t), summ in sorted(cells.items()):
+            r = summ.seeds.get(0) or summ.best
+            if r is not None and r.get("status") == "ok" and r.get("loss_curve"):
+                out.setdefault((s, t), []).append(r)
+    return out
+
+
+CLASSES = {"listops": 10, "pathfinder": 2, "pathx": 2, "text": 2, "retrieval": 2, "image": 10}
+
+
+def curves_plot(runs: list[dict[str, Any]], path: Path) -> bool:
+    """Training loss and validation accuracy against steps, one line per mixer, one row per
+    (setting, task) whose runs stored their loss curve; False (nothing drawn) if none did."""
+    groups = curve_runs(runs)
+    if not groups:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mixers = sorted({row_label(r) for rs in groups.values() for r in rs})
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colour = {m: colours[i % len(colours)] for i, m in enumerate(mixers)}
+    fig, axes = plt.subplots(len(groups), 2, figsize=(10, 3.2 * len(groups)), squeeze=False)
+    for (ax_l, ax_a), ((s, t), rs) in zip(axes, groups.items(), strict=True):
+        for r in rs:
+            lab = row_label(r) + (f" (lr {r['lr']:g})" if r.get("lr") else "")
+            steps, loss = zip(*r["loss_curve"], strict=True)
+            ax_l.plot(steps, loss, color=colour[row_label(r)], label=lab, lw=1.2)
+            if r.get("val_curve"):
+                vs, va = zip(*r["val_curve"], strict=True)
+                ax_a.plot(vs, [100 * a for a in va], "o-", color=colour[row_label(r)], ms=3,
+                          label=lab, lw=1.2)
+        if t in CLASSES:  # the loss of a uniform guess over the classes
+            ax_l.axhline(math.log(CLASSES[t]), ls=":", color="k", lw=1)
+            ax_l.text(ax_l.get_xlim()[0], math.log(CLASSES[t]), f" ln {CLASSES[t]}",
+                      fontsize=7, va="bottom")
+        maj = sorted({round(100 * r["majority"], 1) for r in rs if r.get("majority")})
+        for m in maj:
+            ax_a.axhline(m, ls="--", color="k", lw=1)
+        if maj:
+            ax_a.text(ax_a.get_xlim()[0], maj[0], " majority class (test set)", fontsize=7,
+                      va="bottom")
+        name = TASK_NAMES.get(t, t)
+        ax_l.set(title=f"{name}, setting {s}: training loss (window means)", xlabel="step")
+        ax_a.set(title=f"{name}, setting {s}: validation accuracy (%)", xlabel="step")
+        ax_a.legend(fontsize=7, ncol=2)
+        for ax in (ax_l, ax_a):
+            ax.title.set_fontsize(9)
+    fig.suptitle("lrm runs: each mixer's best-rate seed-0 run", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def curves_path(plot_path: Path) -> Path:
+    return plot_path.with_name(plot_path.stem + "_curves" + plot_path.suffix)
+
+
 def write_outputs(store: Path, out: Path, plot_path: Path | None) -> None:
+    from lra.leaderboard.runner import fill_loss_curves
+
     runs = load_store(store)
-    rel_plot = None
+    if fill_loss_curves(runs):  # older records whose run folders are here
+        save_store(store, runs)
+    rel_plot = rel_curves = None
     if plot_path is not None:
         plot(runs, plot_path)
         rel_plot = os.path.relpath(plot_path, out.parent)
+        if curves_plot(runs, curves_path(plot_path)):
+            rel_curves = os.path.relpath(curves_path(plot_path), out.parent)
     store_name = str(store.resolve().relative_to(REPO)) if store.resolve().is_relative_to(REPO) \
         else str(store)
-    text = render_markdown(runs, read_notes(out), rel_plot, store_name)
+    text = render_markdown(runs, read_notes(out), rel_plot, store_name, rel_curves)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
     print(f"[leaderboard] wrote {out}" + (f" and {plot_path}" if plot_path else ""), flush=True)

@@ -14,6 +14,7 @@ import copy
 import csv
 import datetime as _dt
 import json
+import math
 import os
 import signal
 import subprocess
@@ -269,6 +270,34 @@ def _column(rows: list[dict[str, str]], name: str) -> list[tuple[int, float]]:
     return out
 
 
+def loss_curve(rows: list[dict[str, str]], points: int = 40) -> list[list[float]]:
+    """The training loss as about ``points`` window means, each ``[last step, mean loss]``: the
+    shape of a run (Pathfinder's plateau at ln 2, say) in a few hundred bytes of the store."""
+    loss = [(s, v) for s, v in _column(rows, "train/loss") if math.isfinite(v)]
+    if not loss:
+        return []
+    width = max(1, math.ceil(loss[-1][0] / points))  # steps per window
+    windows: dict[int, list[tuple[int, float]]] = {}
+    for step, v in loss:
+        windows.setdefault((step - 1) // width, []).append((step, v))
+    return [[w[-1][0], round(sum(v for _, v in w) / len(w), 4)]
+            for _, w in sorted(windows.items())]
+
+
+def fill_loss_curves(runs: list[dict[str, Any]]) -> int:
+    """Give the records made before loss curves were stored (no ``loss_curve`` key) the curve of
+    their run folder where it is on this machine; returns how many were filled."""
+    n = 0
+    for r in runs:
+        if "loss_curve" in r or not r.get("run_dir"):
+            continue
+        rows = _read_metrics(REPO / r["run_dir"] / "fit" / "metrics.csv")
+        if rows:
+            r["loss_curve"] = loss_curve(rows)
+            n += 1
+    return n
+
+
 def _steps_done(rows: list[dict[str, str]]) -> int | None:
     steps = [int(float(r["step"])) + 1 for r in rows if r.get("step") not in ("", None)]
     return max(steps) if steps else None
@@ -468,6 +497,7 @@ def run_one(mixer: str, task: str, *, setting: str, quick: bool, data_dir: Path,
     if val:
         step, acc = max(val, key=lambda sv: (sv[1], -sv[0]))
         rec.update(best_val=acc, best_val_step=step, val_curve=val)
+    rec["loss_curve"] = loss_curve(fit_rows)
     if test:
         rec["test"] = test[-1][1]
     if rc is None:

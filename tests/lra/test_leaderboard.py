@@ -157,3 +157,44 @@ def test_causal_only_mixers_get_a_causal_encoder(tmp_path):
               overrides={}, config_dir=lb.REPO / "configs")
     assert lb.run_config("listops", "gdn", **kw)["model"]["model"]["bidirectional"] is True
     assert lb.run_config("listops", "landmark", **kw)["model"]["model"]["bidirectional"] is False
+
+
+def test_loss_curve_is_window_means_of_the_finite_losses():
+    rows = [{"step": str(s), "train/loss": str(1.0 if s < 50 else 0.0)} for s in range(100)]
+    rows.insert(10, {"step": "10", "train/loss": "nan"})  # a non-finite step is left out
+    rows.append({"step": "99", "val/acc": "0.5"})  # rows without a loss are no points
+    assert lb.runner.loss_curve(rows, points=4) == [[25, 1.0], [50, 1.0], [75, 0.0],
+                                                    [100, 0.0]]
+    assert lb.runner.loss_curve([{"step": "3", "val/acc": "0.5"}]) == []
+
+
+def test_curves_show_the_tables_rate_and_older_runs_get_theirs_from_their_folders(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(lb.runner, "REPO", tmp_path)
+    run = tmp_path / "runs" / "a-best"
+    (run / "fit").mkdir(parents=True)
+    (run / "fit" / "metrics.csv").write_text(
+        "epoch,step,train/loss\n" + "".join(f"0,{s},0.7\n" for s in range(40)))
+    curve = [[10, 0.69], [20, 0.68]]
+    runs = [_rec("a", "pathfinder", setting="s", lr=1e-3, seed=0, best_val=0.5,
+                 loss_curve=curve),
+            # the best rate: drawn, its curve read from its folder (an older record)
+            _rec("a", "pathfinder", setting="s", lr=3e-3, seed=0, best_val=0.6,
+                 run_dir="runs/a-best"),
+            _rec("a", "pathfinder", setting="s", lr=3e-3, seed=1, best_val=0.7,
+                 loss_curve=curve),
+            _rec("b", "pathfinder", setting="s", lr=1e-3, seed=0, run_dir="runs/gone")]
+    store, out = tmp_path / "lb_runs.json", tmp_path / "lb.md"
+    lb.save_store(store, runs)
+    lb.write_outputs(store, out, tmp_path / "lb.png")
+    saved = {(r["mixer"], r["lr"], r["seed"]): r for r in lb.load_store(store)}
+    # 40 steps: one per window
+    assert saved[("a", 3e-3, 0)]["loss_curve"] == [[i + 1, 0.7] for i in range(40)]
+    assert "loss_curve" not in saved[("b", 1e-3, 0)]  # no folder here: nothing made up
+    from lra.leaderboard.render import curve_runs
+
+    drawn = curve_runs(list(saved.values()))
+    assert [(r["mixer"], r["lr"], r["seed"]) for r in drawn[("s", "pathfinder")]] == \
+        [("a", 3e-3, 0)]
+    assert "![learning curves](lb_curves.png)" in out.read_text()
+    assert (tmp_path / "lb_curves.png").stat().st_size > 1000

@@ -443,6 +443,36 @@ def test_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
     assert len(list((tmp_path / ".cache").glob("listops-*.pt"))) == 2
 
 
+def test_two_threads_building_one_cache_both_write_it(tmp_path, monkeypatch):
+    """The leaderboard's parallel runs build a data set's cache in threads of one process: each
+    writer needs its own temporary file, or one rename finds the other's file already gone."""
+    import threading
+
+    from lra.data import common
+
+    path = tmp_path / ".cache" / "task-0.pt"
+    both_saved = threading.Barrier(2, timeout=10)
+    real_save = torch.save
+
+    def save_then_wait(obj, f, *a, **k):  # both temporaries exist before either is renamed
+        real_save(obj, f, *a, **k)
+        both_saved.wait()
+
+    monkeypatch.setattr(common.torch, "save", save_then_wait)
+    out = []
+
+    def build_one(i):
+        out.append(common.load_or_build(path, lambda: {"x": torch.full((3,), float(i))}))
+
+    threads = [threading.Thread(target=build_one, args=(i,)) for i in range(2)]
+    with warnings.catch_warnings(record=True) as caught:  # one catcher: it is process-global
+        warnings.simplefilter("always")
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+    assert [str(w.message) for w in caught] == [] and len(out) == 2
+    assert sorted(p.name for p in path.parent.iterdir()) == ["task-0.pt"]  # no temporaries left
+    assert torch.load(path, weights_only=True)["x"][0].item() in (0.0, 1.0)
+
 def test_fixed_length_padding(tmp_path):
     fixtures.write_listops(tmp_path, n=(6, 2, 2))
     dm = ListOpsDataModule(str(tmp_path), batch_size=3, seq_len=128, fixed_length=True)
