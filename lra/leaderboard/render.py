@@ -348,12 +348,11 @@ def curve_runs(runs: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[st
     return out
 
 
-CLASSES = {"listops": 10, "pathfinder": 2, "pathx": 2, "text": 2, "retrieval": 2, "image": 10}
-
-
 def curves_plot(runs: list[dict[str, Any]], path: Path) -> bool:
     """Training loss and validation accuracy against steps, one line per mixer, one row per
     (setting, task) whose runs stored their loss curve; False (nothing drawn) if none did."""
+    from lra.leaderboard.runner import task_classes
+
     groups = curve_runs(runs)
     if not groups:
         return False
@@ -375,10 +374,10 @@ def curves_plot(runs: list[dict[str, Any]], path: Path) -> bool:
                 vs, va = zip(*r["val_curve"], strict=True)
                 ax_a.plot(vs, [100 * a for a in va], "o-", color=colour[row_label(r)], ms=3,
                           label=lab, lw=1.2)
-        if t in CLASSES:  # the loss of a uniform guess over the classes
-            ax_l.axhline(math.log(CLASSES[t]), ls=":", color="k", lw=1)
-            ax_l.text(ax_l.get_xlim()[0], math.log(CLASSES[t]), f" ln {CLASSES[t]}",
-                      fontsize=7, va="bottom")
+        k = task_classes(t)
+        if k:  # the loss of a uniform guess over the classes
+            ax_l.axhline(math.log(k), ls=":", color="k", lw=1)
+            ax_l.text(ax_l.get_xlim()[0], math.log(k), f" ln {k}", fontsize=7, va="bottom")
         maj = sorted({round(100 * r["majority"], 1) for r in rs if r.get("majority")})
         for m in maj:
             ax_a.axhline(m, ls="--", color="k", lw=1)
@@ -413,8 +412,9 @@ def write_outputs(store: Path, out: Path, plot_path: Path | None) -> None:
     if plot_path is not None:
         plot(runs, plot_path)
         rel_plot = os.path.relpath(plot_path, out.parent)
-        if curves_plot(runs, curves_path(plot_path)):
-            rel_curves = os.path.relpath(curves_path(plot_path), out.parent)
+        curves = curves_path(plot_path)
+        if curves_plot(runs, curves):
+            rel_curves = os.path.relpath(curves, out.parent)
     store_name = str(store.resolve().relative_to(REPO)) if store.resolve().is_relative_to(REPO) \
         else str(store)
     text = render_markdown(runs, read_notes(out), rel_plot, store_name, rel_curves)

@@ -248,6 +248,18 @@ def task_facts(data_cfg: dict[str, Any]) -> dict[str, Any]:
             "train_majority_on_test": counts.get(train_major, 0) / n_test}
 
 
+def task_classes(task: str, config_dir: Path = REPO / "configs") -> int | None:
+    """The number of classes the task's DataModule declares (None for a task without one)."""
+    import importlib
+
+    try:
+        class_path = task_config(task, False, config_dir)["data"]["class_path"]
+    except (FileNotFoundError, KeyError):
+        return None
+    module, cls = class_path.rsplit(".", 1)
+    return getattr(getattr(importlib.import_module(module), cls), "n_classes", None)
+
+
 # =========================================================================== one run (child)
 def _read_metrics(path: Path) -> list[dict[str, str]]:
     if not path.is_file():

@@ -166,6 +166,9 @@ def test_loss_curve_is_window_means_of_the_finite_losses():
     assert lb.runner.loss_curve(rows, points=4) == [[25, 1.0], [50, 1.0], [75, 0.0],
                                                     [100, 0.0]]
     assert lb.runner.loss_curve([{"step": "3", "val/acc": "0.5"}]) == []
+    # the uniform-guess line's class count comes from the task's DataModule
+    assert lb.runner.task_classes("listops") == 10 and lb.runner.task_classes("pathfinder") == 2
+    assert lb.runner.task_classes("no-such-task") is None
 
 
 def test_curves_show_the_tables_rate_and_older_runs_get_theirs_from_their_folders(
