@@ -353,34 +353,49 @@ def run(cells: list[dict[str, Any]], store: Path, *, jobs: int, timeout: float =
           + ("; the sweep protocol adds extensions and seeds as results come in"
              if protocol else ""), flush=True)
 
-    def launch(todo: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        new: list[dict[str, Any]] = []
-        bar = None
-        if progress:
-            from tqdm import tqdm
+    bar = None
+    if progress:
+        from tqdm import tqdm
 
-            bar = tqdm(total=len(todo), unit="run", dynamic_ncols=True, desc="recall arena")
-        for c, rec in sweep.each_finished(lambda c: _launch({**c, **prov}, timeout), todo, jobs):
-            add_runs(store, [rec])
-            new.append(rec)
-            div = sweep.diverged(rec) if rec["status"] == "ok" else None
-            what = (rec["error"] if rec["status"] != "ok" else
-                    f"diverged (loss not finite from step {div})" if div is not None else
-                    f"acc {rec['acc']:.3f}")
-            msg = f"{_label(c)}: {what} ({rec['wall_s']:.0f} s)"
-            if bar is not None:
-                bar.write(msg)
-                bar.update(1)
-            else:
-                print(msg, flush=True)
+        # the total grows as the sweep adds extensions and seeds
+        bar = tqdm(total=0, unit="run", dynamic_ncols=True, desc="recall arena")
+
+    def one(c: dict[str, Any]) -> dict[str, Any]:
+        return _launch({**c, **prov}, timeout)
+
+    def started(todo: list[dict[str, Any]]) -> None:
+        if bar is not None:
+            bar.total += len(todo)
+            bar.refresh()
+
+    def record(c: dict[str, Any], rec: dict[str, Any]) -> None:  # from the driving thread only
+        add_runs(store, [rec])
+        div = sweep.diverged(rec) if rec["status"] == "ok" else None
+        what = (rec["error"] if rec["status"] != "ok" else
+                f"diverged (loss not finite from step {div})" if div is not None else
+                f"acc {rec['acc']:.3f}")
+        msg = f"{_label(c)}: {what} ({rec['wall_s']:.0f} s)"
+        if bar is not None:
+            bar.write(msg)
+            bar.update(1)
+        else:
+            print(msg, flush=True)
+
+    try:
+        if protocol is None:  # exactly the cells given
+            todo = [c for c in live if cell_key(c) not in done]
+            started(todo)
+            new = []
+            for c, rec in sweep.each_finished(one, todo, jobs):
+                record(c, rec)
+                new.append(rec)
+            return new
+        return sweep.drive(live, one, lambda: load_store(store), cell_of=cell_of,
+                           key_of=cell_key, score=_score, protocol=protocol,
+                           headline=_headline, jobs=jobs, on_result=record, on_launch=started)
+    finally:
         if bar is not None:
             bar.close()
-        return new
-
-    if protocol is None:  # exactly the cells given
-        return launch([c for c in live if cell_key(c) not in done])
-    return sweep.drive(live, launch, lambda: load_store(store), cell_of=cell_of,
-                       key_of=cell_key, score=_score, protocol=protocol, headline=_headline)
 
 
 # ============================================================================ the page

@@ -635,8 +635,9 @@ def run_grid(mixers: Sequence[str], tasks: Sequence[str], *, setting: str, quick
             for lr in (lrs or sweep.rates_for(mixer)):
                 base.append({"mixer": mixer, "task": task, "setting": setting, "config": fp,
                              "lr": float(lr), "seed": protocol.seeds[0]})
-    return sweep.drive(base, launch, lambda: load_store(store), cell_of=lra_cell,
-                       key_of=lra_key, score=lra_score, protocol=protocol)
+    return sweep.drive(base, one, lambda: load_store(store), cell_of=lra_cell,
+                       key_of=lra_key, score=lra_score, protocol=protocol, jobs=jobs,
+                       on_result=lambda spec, rec: add_runs(store, [rec]))
 
 
 def _threads() -> int:

@@ -258,28 +258,56 @@ def each_finished(fn: Callable[[Any], Any], items: Sequence[Any], jobs: int
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def drive(base_runs: Sequence[Record], launch: Callable[[list[Record]], list[Record]],
+def drive(base_runs: Sequence[Record], run: Callable[[Record], Record],
           load: Callable[[], list[Record]], *, cell_of: Callable[[Record], Any],
           key_of: Callable[[Record], Any], score: Callable[[Record], float | None],
           protocol: Protocol = PROTOCOL, headline: Callable[[Record], bool] = lambda r: True,
-          max_rounds: int = 20) -> list[Record]:
-    """Run a grid under the protocol: plan from the store, ``launch`` what is pending (it returns
-    the new records and has written them to the store), re-plan, until nothing is pending.
+          jobs: int = 1, on_result: Callable[[Record, Record], None] | None = None,
+          on_launch: Callable[[list[Record]], None] | None = None) -> list[Record]:
+    """Run a grid under the protocol, ``jobs`` runs at a time: ``run(spec)`` trains one run and
+    returns its record; ``on_result(spec, record)`` must put it in the store that ``load``
+    reads. Returns the new records.
 
-    Each round launches only runs never attempted in this call, so a run that fails is tried
-    once per invocation (a later invocation retries it) and the loop always ends.
+    The grid is re-planned from the store each time a run ends, and what the plan adds (an
+    extension, a second seed) starts at once, so no worker waits for the slowest run of a
+    round (planned in rounds, a grid's last 14-minute Titans run kept the other core idle).
+    A cell is decided only once none of its runs is in flight: :func:`plan` counts a run as
+    attempted when the store holds it or it ended in this call; a run in flight is neither.
+    Each run is launched at most once per call, so a run that fails is tried once per
+    invocation (a later invocation retries it) and the loop always ends. An exception, in a
+    run or in the caller (Ctrl-C), cancels the runs not yet started.
     """
-    tried: set[Any] = set()
+    ended: set[Any] = set()  # keys of the runs that ended in this call (ok or error)
+    in_flight: dict[cf.Future, Record] = {}
     new: list[Record] = []
-    for _ in range(max_rounds):
+    pool = cf.ThreadPoolExecutor(max_workers=max(1, jobs))
+
+    def start_pending() -> None:
         recs = load()
         states = plan(base_runs, recs, cell_of=cell_of, key_of=key_of, score=score,
-                      protocol=protocol, headline=headline, attempted=tried.__contains__)
-        todo = pending(states, recs, key_of=key_of, attempted=tried.__contains__)
-        if not todo:
-            break
-        tried.update(key_of(r) for r in todo)
-        new += launch(todo)
+                      protocol=protocol, headline=headline, attempted=ended.__contains__)
+        flying = {key_of(r) for r in in_flight.values()}
+        todo = pending(states, recs, key_of=key_of,
+                       attempted=lambda k: k in ended or k in flying)
+        if todo and on_launch is not None:
+            on_launch(todo)
+        for spec in todo:
+            in_flight[pool.submit(run, spec)] = spec
+
+    try:
+        start_pending()
+        while in_flight:
+            done, _ = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                spec = in_flight.pop(fut)
+                rec = fut.result()
+                ended.add(key_of(spec))
+                new.append(rec)
+                if on_result is not None:
+                    on_result(spec, rec)
+            start_pending()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return new
 
 

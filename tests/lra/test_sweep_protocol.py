@@ -21,22 +21,18 @@ def _drive(score_of, rates=(1e-3, 3e-3, 1e-2), protocol=sweep.PROTOCOL, records=
     recs = list(records or [])
     launched = []
 
-    def launch(todo):
-        new = []
-        for r in todo:
-            launched.append(r)
-            rec = {**r, "status": "ok", "acc": score_of(r["lr"], r["seed"]),
-                   "date": f"2026-01-01T00:00:{len(recs):02d}"}
-            if r["lr"] in diverge:
-                rec["final_loss"] = math.nan
-            new.append(rec)
-        recs.extend(new)
-        return new
+    def run(r):
+        launched.append(r)
+        rec = {**r, "status": "ok", "acc": score_of(r["lr"], r["seed"]),
+               "date": f"2026-01-01T00:00:{len(recs):02d}"}
+        if r["lr"] in diverge:
+            rec["final_loss"] = math.nan
+        return rec
 
     base = [{"cell": "c", "lr": lr, "seed": 0} for lr in rates]
-    sweep.drive(base, launch, lambda: list(recs), cell_of=lambda r: r["cell"],
+    sweep.drive(base, run, lambda: list(recs), cell_of=lambda r: r["cell"],
                 key_of=lambda r: (r["cell"], r["lr"], r["seed"]), score=lambda r: r["acc"],
-                protocol=protocol)
+                protocol=protocol, on_result=lambda spec, rec: recs.append(rec))
     return launched, recs
 
 
@@ -210,6 +206,37 @@ def test_a_failing_run_cancels_the_runs_not_yet_started():
         list(sweep.each_finished(fn, ["a", "b", "c"], jobs=1))
     assert "c" not in started  # queued behind the failure, never run
     assert sorted(r for _, r in sweep.each_finished(str.upper, ["x", "y"], jobs=2)) == ["X", "Y"]
+
+
+def test_a_decided_cell_goes_on_while_another_cells_run_is_still_in_flight():
+    """The driver re-plans as each run ends: cell a's second seed starts while cell b's slow
+    run is still training. A driver in rounds (plan, run all, re-plan) would start it only
+    after the slow run, which here waits for it and gives up after 10 s."""
+    import threading
+
+    seed_run_started = threading.Event()
+    recs: list = []
+    waited: list = []
+
+    def run(r):
+        if r["cell"] == "a" and r["seed"] == 1:
+            seed_run_started.set()
+        if r["cell"] == "b" and r["lr"] == 1e-3:  # the slow run
+            waited.append(seed_run_started.wait(timeout=10))
+        score = {1e-3: 0.2, 3e-3: 0.9, 1e-2: 0.5}[r["lr"]]
+        return {**r, "status": "ok", "acc": score, "date": f"2026-01-01T00:00:{len(recs):02d}"}
+
+    base = ([{"cell": "b", "lr": 1e-3, "seed": 0}]
+            + [{"cell": "a", "lr": lr, "seed": 0} for lr in (1e-3, 3e-3, 1e-2)]
+            + [{"cell": "b", "lr": lr, "seed": 0} for lr in (3e-3, 1e-2)])
+    new = sweep.drive(base, run, lambda: list(recs), cell_of=lambda r: r["cell"],
+                      key_of=lambda r: (r["cell"], r["lr"], r["seed"]),
+                      score=lambda r: r["acc"], jobs=3,
+                      on_result=lambda spec, rec: recs.append(rec))
+    assert waited == [True]
+    # and every cell still ends where the protocol says: three rates, the best re-seeded
+    assert sorted((r["cell"], r["lr"], r["seed"]) for r in new) == sorted(
+        [(c, lr, 0) for c in "ab" for lr in (1e-3, 3e-3, 1e-2)] + [("a", 3e-3, 1), ("b", 3e-3, 1)])
 
 
 def test_each_row_carries_its_device_and_the_caption_names_none():
