@@ -269,6 +269,17 @@ MUTANTS: list[Mutant] = [
       (SMALL,), "the reversed recurrence of ∂h decays by the step's own decay, not the next's"),
     M("scan-small-wrong-previous-state", "lrm/ops/selective_scan.py", "r[1:] *= hs[:-1]",
       "r[1:] *= hs[1:]", (SMALL,), "∂Δ and ∂A use h_t where the decay acts on h_{t-1}"),
+    M("scan-small-decay-base", "lrm/ops/selective_scan.py",
+      "a = torch.exp2(d[..., None] * A2)", "a = torch.exp(d[..., None] * A2)", (SMALL,),
+      "the decay takes e, not 2, to the power Δ·A·log2(e)"),
+    M("scan-small-shared-B-grad", "lrm/ops/selective_scan.py",
+      'torch.einsum("tbgen,tbge->tbgn", X, v)', 'torch.einsum("tbgen,tbge->tbgn", X, v.abs())',
+      (SMALL,), "the gradient of a B or C shared by the channels weights by |v|, not v"),
+    M("scan-lean-decay-base", "lrm/ops/selective_scan.py",
+      "torch.exp2(delta[..., None] * (A * LOG2E)[:, :, None, :])",
+      "torch.exp2(delta[..., None] * A[:, :, None, :])",
+      ("tests/ops/test_selective_scan.py::test_selective_scan_lean_equals_ref_and_recurrence",),
+      "the lean path's decay misses the factor log2(e)"),
 
     # ------------------------------------------------------------------ op: ssd
     M("ssd-no-dt-in-diag", "lrm/ops/ssd.py",
