@@ -15,7 +15,7 @@ from lra.objective import IGNORE, cross_entropy, warmup_cosine
 from lra.step_guard import StepGuard, grad_norm
 from lrm.optim import param_groups
 
-__all__ = ["IGNORE", "Losses", "accuracy", "fit", "warmup_cosine"]
+__all__ = ["IGNORE", "Losses", "accuracy", "accuracy_by_position", "fit", "warmup_cosine"]
 
 
 class Losses(list):
@@ -88,3 +88,32 @@ def accuracy(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor
     if total == 0:
         raise ValueError("no scored positions (every target is -100)")
     return correct / total
+
+
+def accuracy_by_position(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *,
+                         n_bins: int = 4, batch_size: int = 64) -> list[float | None]:
+    """Accuracy of argmax predictions per slice of the sequence: the L positions are cut into
+    ``n_bins`` equal slices (position p falls in slice ⌊p · n_bins / L⌋) and each slice's scored
+    positions (targets != IGNORE) give one accuracy, None where a slice has none.
+
+    Where a mixer sees the past through a window or a segment, this splits what it answers from
+    inside the window from what it must carry across (a Titans MAC segment, sliding-window
+    attention, a landmark block)."""
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    L = targets.shape[-1]
+    bin_of = torch.arange(L, device=targets.device) * n_bins // L  # (L,) slice of each position
+    model.eval()
+    correct = torch.zeros(n_bins, dtype=torch.long)
+    total = torch.zeros(n_bins, dtype=torch.long)
+    for i in range(0, len(inputs), batch_size):
+        logits = model(inputs[i:i + batch_size])
+        t = targets[i:i + batch_size]
+        mask = t != IGNORE
+        hit = (logits.argmax(-1) == t) & mask
+        bins = bin_of.expand_as(t)
+        correct += torch.bincount(bins[hit], minlength=n_bins).cpu()
+        total += torch.bincount(bins[mask], minlength=n_bins).cpu()
+    if int(total.sum()) == 0:
+        raise ValueError("no scored positions (every target is -100)")
+    return [int(c) / int(n) if n else None for c, n in zip(correct, total, strict=True)]

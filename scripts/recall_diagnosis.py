@@ -107,6 +107,12 @@ def _curve_text(curve: list[list[float]]) -> str:
     return ", ".join(f"{int(curve[i][0])}: {curve[i][1]:.2f}" for i in picks)
 
 
+def _quarters_text(by_pos: list[float | None] | None) -> str:
+    if not by_pos:
+        return "–"
+    return " / ".join("–" if a is None else f"{100 * a:.0f}" for a in by_pos)
+
+
 def render(recs: list[dict[str, Any]], *, command: str, notes: str | None) -> str:
     ok = [r for r in recs if r.get("status") == "ok"]
     lines = ["# Recall arena: diagnoses", "",
@@ -115,7 +121,9 @@ def render(recs: list[dict[str, Any]], *, command: str, notes: str | None) -> st
              "(lra/leaderboard/arena.py: 2-layer LM, batch 32, AdamW with warmup and cosine "
              "decay, accuracy on the query positions of 256 fresh test sequences) with the "
              "settings shown changed. \"still learning\": the training loss still fell over the "
-             "last fifth of the steps. Loss curve: (step: mean training loss) at the start, "
+             "last fifth of the steps. By quarter: the accuracy on the queries in each quarter "
+             "of the sequence (first to last; – where a quarter holds no query, or the run "
+             "predates the column). Loss curve: (step: mean training loss) at the start, "
              "a quarter, half, three quarters and the end.", ""]
     lines += [NOTES_BEGIN + (notes if notes is not None else "\n") + NOTES_END, ""]
     groups: dict[tuple, list[dict[str, Any]]] = {}
@@ -125,8 +133,8 @@ def render(recs: list[dict[str, Any]], *, command: str, notes: str | None) -> st
         what = f"MQAR L={L}, {kv} pairs" if task == "mqar" else f"{task} L={L}"
         lines += [f"## {mixer}: {what}, d={d}", "",
                   "| lr | steps | vocab | n_train | seed | other settings | acc (%) | "
-                  "still learning | loss curve | wall (s) |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "by quarter (%) | still learning | loss curve | wall (s) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         rs.sort(key=lambda r: (_settings_text(r), *(r[k] for k in SHOWN)))
         for r in rs:
             learning = "yes" if still_improving(r.get("loss_curve") or []) else "no"
@@ -135,7 +143,8 @@ def render(recs: list[dict[str, Any]], *, command: str, notes: str | None) -> st
             else:
                 acc = f"{100 * r['acc']:.1f}"
             lines.append(f"| {r['lr']:g} | {r['steps']} | {r['vocab']} | {r['n_train']} | "
-                         f"{r['seed']} | {_settings_text(r)} | {acc} | {learning} | "
+                         f"{r['seed']} | {_settings_text(r)} | {acc} | "
+                         f"{_quarters_text(r.get('acc_by_position'))} | {learning} | "
                          f"{_curve_text(r.get('loss_curve') or [])} | {r['wall_s']:.0f} |")
         lines.append("")
     failed = [r for r in recs if r.get("status") != "ok"]

@@ -16,9 +16,11 @@ does it **extrapolate**.
   (128, 8), (256, 16) at d = 64; state axis: (128, 8) at d = 32, 64, 128 (five cells per mixer,
   (128, 8, 64) on both). Steps per cell per mixer from a learning-curve check
   (:data:`ARENA_STEPS`, else 2000). The record holds the accuracy on the query positions of
-  fresh test sequences, the parameter count, the built mixer's sizes and ``state_size(L)`` of
-  every layer (floats held per sequence after L tokens: the KV cache for attention, the
-  recurrent state otherwise), so accuracy can be drawn against state size.
+  fresh test sequences (also per quarter of the sequence, ``acc_by_position``, which separates
+  answers found inside a window or segment from those carried across it), the parameter
+  count, the built mixer's sizes and ``state_size(L)`` of every layer (floats held per
+  sequence after L tokens: the KV cache for attention, the recurrent state otherwise), so
+  accuracy can be drawn against state size.
 - **The sweep protocol** (lra/leaderboard/sweep.py, shared with the LRA grid): each cell sweeps
   its mixer family's learning rates, a best rate at an end extends the sweep, the best rate of
   every MQAR cell is re-run on a second seed, and a run whose loss went non-finite is listed as
@@ -190,9 +192,12 @@ def run_cell(c: dict[str, Any]) -> dict[str, Any]:
                                             seed=10_000 + c["seed"], **kw)
     acc = {str(n): quick.accuracy(model, tests[n][0].to(dev), tests[n][1].to(dev),
                                   batch_size=16) for n in lengths}
+    # where in the sequence the answers were right: quarters of L at the training length
+    by_pos = quick.accuracy_by_position(model, tests[L][0].to(dev), tests[L][1].to(dev),
+                                        n_bins=4, batch_size=16)
     every = max(1, len(losses) // 20)
     return {
-        "acc": acc[str(L)], "acc_by_length": acc,
+        "acc": acc[str(L)], "acc_by_length": acc, "acc_by_position": by_pos,
         "params": sum(p.numel() for p in model.parameters()),
         "state_size": [int(b.mixer.state_size(L)) for b in model.blocks],
         "mixer_options": _mixer_options(model.blocks[0].mixer),

@@ -183,3 +183,34 @@ def test_killed_run_resumes_to_the_same_end_state(tmp_path):
     assert end_a["global_step"] == end_b["global_step"] == steps
     for k, v in end_a["state_dict"].items():
         assert torch.equal(v, end_b["state_dict"][k]), f"{k} differs after resume"
+
+
+class _Fixed(torch.nn.Module):
+    """A 'model' whose prediction at every position is the given token (logits one-hot)."""
+
+    def __init__(self, preds: torch.Tensor, vocab: int) -> None:
+        super().__init__()
+        self.preds, self.vocab, self.seen = preds, vocab, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.nn.functional.one_hot(self.preds[self.seen:self.seen + len(x)], self.vocab)
+        self.seen += len(x)
+        return out.float()
+
+
+def test_accuracy_by_position_splits_the_sequence_into_equal_slices():
+    # L = 10 in 4 slices: position p is in slice p·4 // 10 -> 0 0 0 1 1 2 2 2 3 3
+    I = -100
+    targets = torch.tensor([[5, I, I, I, I, 1, I, I, I, 2],
+                            [I, 5, I, I, I, 1, 3, I, I, I],
+                            [I, I, 4, I, I, I, I, 7, I, I]])
+    preds = torch.tensor([[5, 0, 0, 0, 0, 1, 0, 0, 0, 0],  # slice 0 right, 2 right, 3 wrong
+                          [0, 5, 0, 0, 0, 0, 3, 0, 0, 0],  # slice 0 right, 2: wrong, right
+                          [0, 0, 0, 0, 0, 0, 0, 7, 0, 0]])  # slice 0 wrong (p 2), 2 right (p 7)
+    acc = quick.accuracy_by_position(_Fixed(preds, 8), preds, targets, n_bins=4, batch_size=2)
+    # slice 0: 2 of 3; slice 1 (positions 3, 4) holds no query; slice 2: 3 of 4; slice 3: 0 of 1
+    assert acc == [pytest.approx(2 / 3), None, pytest.approx(3 / 4), 0.0]
+    overall = quick.accuracy(_Fixed(preds, 8), preds, targets, batch_size=2)
+    assert overall == pytest.approx(5 / 8)
+    with pytest.raises(ValueError, match="n_bins"):
+        quick.accuracy_by_position(_Fixed(preds, 8), preds, targets, n_bins=0)

@@ -63,6 +63,9 @@ def test_killed_sweep_resumes_without_redoing_finished_cells(tmp_path, monkeypat
     assert first["status"] == "ok", first["error"]
     assert first["state_size"] == [2 * 8 * 16] * 2  # attention's KV cache after L=16, 2 layers
     assert "commit" in first and "dirty" in first
+    # accuracy per quarter of the sequence, a slice without a query is None
+    assert len(first["acc_by_position"]) == 4
+    assert all(a is None or 0 <= a <= 1 for a in first["acc_by_position"])
     launched = []
     real = arena._launch
     monkeypatch.setattr(arena, "_launch", lambda c, t: launched.append(c) or real(c, t))

@@ -34,7 +34,9 @@ def test_variants_are_the_arena_run_with_the_settings_changed(tmp_path, monkeypa
         curve = [[i * 100, (5.0 - 0.2 * i) if falling else max(1.0, 5.0 - i)] for i in range(20)]
         return {**c, "status": "ok", "acc": 0.9 if falling else 0.2, "wall_s": 3.0,
                 "acc_by_length": {}, "state_size": [1], "date": "2026-01-01",
-                "loss_curve": curve, "final_loss": curve[-1][1]}
+                "loss_curve": curve, "final_loss": curve[-1][1],
+                # only one variant has the per-quarter accuracy (an older record has none)
+                **({"acc_by_position": [1.0, None, 0.8, 0.5]} if falling else {})}
 
     monkeypatch.setattr(arena, "_launch", fake)
     argv = ["gdn", "--cell", "64:4:64", "--vary", "vocab=64,256", "mixer.head_dim=8",
@@ -56,8 +58,8 @@ def test_variants_are_the_arena_run_with_the_settings_changed(tmp_path, monkeypa
     page = (tmp_path / "d.md").read_text()
     rows = [ln for ln in page.splitlines() if ln.startswith("| 0.003 |")]
     assert len(rows) == 2 and "## gdn: MQAR L=64, 4 pairs, d=64" in page
-    assert any("| 64 |" in r and "| 90.0 | yes |" in r for r in rows)
-    assert any("| 256 |" in r and "| 20.0 | no |" in r for r in rows)
+    assert any("| 64 |" in r and "| 90.0 | 100 / – / 80 / 50 | yes |" in r for r in rows)
+    assert any("| 256 |" in r and "| 20.0 | – | no |" in r for r in rows)
     assert all("mixer.head_dim=8, mlp_ratio=0" in r for r in rows)
     # notes written into the page survive; a rerun trains nothing new
     (tmp_path / "d.md").write_text(page.replace("<!-- notes -->\n", "<!-- notes -->\nvocab!\n"))
