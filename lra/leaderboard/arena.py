@@ -107,6 +107,15 @@ ARENA_STEPS: dict[str, tuple[int, str]] = {
                         "reached 31.6% after 1000 steps and 100% after 2000"),
     "mamba2": (2000, "docs/recall_learning_curve.md: MQAR L=128, 16 pairs, d=64 at 3e-3 "
                      "reached 5.2% after 1000 steps and 100% after 2000"),
+    # the 2000-step grid flagged these as still learning; the diagnosis page's 6000-step
+    # runs of the same cells (seed 0, the cell's best rate) decide
+    "gdn": (6000, "docs/recall_diagnosis.md: MQAR d=64 at 3e-3, seed 0: L=64, 4 pairs 24.2% "
+                  "after 2000 steps, 99.9% after 6000; L=128, 8 pairs 11.8% -> 100%"),
+    "oryx": (6000, "docs/recall_diagnosis.md: MQAR L=128, 8 pairs, d=64 at 3e-3, seed 0: "
+                   "85.8% after 2000 steps, 99.7% after 6000"),
+    "mamba": (6000, "docs/recall_diagnosis.md: MQAR d=64 at 3e-3, seed 0: L=64, 4 pairs 26.1% "
+                    "after 2000 steps, 71.9% after 6000 and still rising; L=128, 8 pairs "
+                    "15.2% -> 14.4%"),
 }
 
 
