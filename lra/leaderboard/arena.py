@@ -114,8 +114,8 @@ ARENA_STEPS: dict[str, tuple[int, str]] = {
     "oryx": (6000, "docs/recall_diagnosis.md: MQAR L=128, 8 pairs, d=64 at 3e-3, seed 0: "
                    "85.8% after 2000 steps, 99.7% after 6000"),
     "mamba": (6000, "docs/recall_diagnosis.md: MQAR d=64 at 3e-3, seed 0: L=64, 4 pairs 26.1% "
-                    "after 2000 steps, 71.9% after 6000 and still rising; L=128, 8 pairs "
-                    "15.2% -> 14.4%"),
+                    "after 2000 steps, 71.9% after 6000 (off the plateau after step 3000); "
+                    "L=128, 8 pairs 15.2% -> 14.4%"),
 }
 
 
