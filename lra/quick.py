@@ -74,33 +74,10 @@ def fit(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, 
 
 
 @torch.no_grad()
-def accuracy(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *,
-             batch_size: int = 64) -> float:
-    """Accuracy of argmax predictions on the positions where targets != IGNORE (-100)."""
-    model.eval()
-    correct = total = 0
-    for i in range(0, len(inputs), batch_size):
-        logits = model(inputs[i:i + batch_size])
-        t = targets[i:i + batch_size]
-        mask = t != IGNORE
-        correct += (logits.argmax(-1)[mask] == t[mask]).sum().item()
-        total += mask.sum().item()
-    if total == 0:
-        raise ValueError("no scored positions (every target is -100)")
-    return correct / total
-
-
-def accuracy_by_position(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *,
-                         n_bins: int = 4, batch_size: int = 64) -> list[float | None]:
-    """Accuracy of argmax predictions per slice of the sequence: the L positions are cut into
-    ``n_bins`` equal slices (position p falls in slice ⌊p · n_bins / L⌋) and each slice's scored
-    positions (targets != IGNORE) give one accuracy, None where a slice has none.
-
-    Where a mixer sees the past through a window or a segment, this splits what it answers from
-    inside the window from what it must carry across (a Titans MAC segment, sliding-window
-    attention, a landmark block)."""
-    if n_bins < 1:
-        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+def _hit_counts(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *,
+                n_bins: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Argmax hits and scored positions (targets != IGNORE) per slice of the sequence, (n_bins,)
+    each: position p of L falls in slice ⌊p · n_bins / L⌋. One pass over the data, in batches."""
     L = targets.shape[-1]
     bin_of = torch.arange(L, device=targets.device) * n_bins // L  # (L,) slice of each position
     model.eval()
@@ -116,4 +93,26 @@ def accuracy_by_position(model: torch.nn.Module, inputs: torch.Tensor, targets: 
         total += torch.bincount(bins[mask], minlength=n_bins).cpu()
     if int(total.sum()) == 0:
         raise ValueError("no scored positions (every target is -100)")
+    return correct, total
+
+
+def accuracy(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *,
+             batch_size: int = 64) -> float:
+    """Accuracy of argmax predictions on the positions where targets != IGNORE (-100)."""
+    correct, total = _hit_counts(model, inputs, targets, n_bins=1, batch_size=batch_size)
+    return int(correct[0]) / int(total[0])
+
+
+def accuracy_by_position(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *,
+                         n_bins: int = 4, batch_size: int = 64) -> list[float | None]:
+    """Accuracy of argmax predictions per slice of the sequence: the L positions are cut into
+    ``n_bins`` equal slices (position p falls in slice ⌊p · n_bins / L⌋) and each slice's scored
+    positions (targets != IGNORE) give one accuracy, None where a slice has none.
+
+    Where a mixer sees the past through a window or a segment, this splits what it answers from
+    inside the window from what it must carry across (a Titans MAC segment, sliding-window
+    attention, a landmark block)."""
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    correct, total = _hit_counts(model, inputs, targets, n_bins=n_bins, batch_size=batch_size)
     return [int(c) / int(n) if n else None for c, n in zip(correct, total, strict=True)]
