@@ -73,6 +73,8 @@ CASES: dict[str, dict[str, dict]] = {
     "titans": {
         # small windows, segments and chunks so that a 37-token test crosses all of them
         "mac": {"variant": "mac", "segment_len": 16, "chunk_size": 8, "n_persistent": 4},
+        "mac_norm_residual": {"variant": "mac", "segment_len": 16, "chunk_size": 8,
+                              "n_persistent": 4, "memory_norm_residual": True},
         "mag": {"variant": "mag", "window": 8, "chunk_size": 8, "n_persistent": 4},
         "mal": {"variant": "mal", "window": 8, "chunk_size": 8, "n_persistent": 4},
         "lmm": {"variant": "lmm", "chunk_size": 8},

@@ -50,8 +50,11 @@ Choices where the paper is silent, and simplifications:
 - the persistent tokens enter the attention only; the paper also passes them through the memory
   (M(x̃)), which would only give the memory a learned, data-independent starting state: here
   the memory's initial weights are learned parameters instead, which covers it.
-- the memory's hidden activation is GELU (as titans-pytorch); the memory has no residual and
-  no LayerNorm inside (titans-pytorch wraps it in LayerNorm + residual by default).
+- the memory's hidden activation is GELU (as titans-pytorch); the memory is the paper's bare
+  MLP by default, with no residual and no LayerNorm. titans-pytorch wraps it by default in
+  TTT's LayerNorm + residual, M̃(x) = LN(M(x)) + x: ``memory_norm_residual=True`` does the same
+  (without LN's learned scale; see :mod:`lrm.ops.neural_memory`), in the loss, the update and
+  every read, MAC's segment read included.
 - θ_max = 0.02 by default: inside a chunk all C gradients are taken at the same weights, so
   when the chunk's keys are alike (attention outputs in MAC are) the chunk's step is up to C
   times a single token's; with θ_max = 0.1 a 2-layer MAC model diverged at initialisation on
@@ -119,9 +122,11 @@ class _LongTermMemory(nn.Module):
 
     def __init__(self, d: int, n_heads: int, head_dim: int, *, depth: int, expansion: float,
                  chunk_size: int, activation: str, d_conv: int, theta_max: float,
-                 max_grad_norm: float | None, normalize_surprise: bool) -> None:
+                 max_grad_norm: float | None, normalize_surprise: bool,
+                 norm_residual: bool) -> None:
         super().__init__()
         H, K = n_heads, head_dim
+        self.norm_residual = norm_residual
         self.n_heads, self.head_dim, self.chunk_size = H, K, chunk_size
         self.activation, self.theta_max = activation, theta_max
         self.max_grad_norm, self.normalize_surprise = max_grad_norm, normalize_surprise
@@ -180,7 +185,8 @@ class _LongTermMemory(nn.Module):
         o, memory = neural_memory(q, k, v, theta, eta, alpha, memory,
                                   chunk_size=self.chunk_size, activation=self.activation,
                                   max_grad_norm=self.max_grad_norm,
-                                  normalize_surprise=self.normalize_surprise)
+                                  normalize_surprise=self.normalize_surprise,
+                                  norm_residual=self.norm_residual)
         o = self.o_norm(rearrange(o, "b l h k -> b l (h k)")) * F.silu(self.g_proj(x))
         return self.o_proj(o.to(x.dtype)), memory, conv_state
 
@@ -195,7 +201,8 @@ class Titans(nn.Module):
                  chunk_size: int = 16, activation: str = "gelu", theta_max: float = 0.02,
                  d_conv: int = 4, window: int = 64, segment_len: int = 64,
                  n_persistent: int = 4, attn_heads: int | None = None,
-                 max_grad_norm: float | None = 3.0, normalize_surprise: bool = False) -> None:
+                 max_grad_norm: float | None = 3.0, normalize_surprise: bool = False,
+                 memory_norm_residual: bool = False) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -226,6 +233,7 @@ class Titans(nn.Module):
             d, n_heads, head_dim, depth=depth, expansion=expansion, chunk_size=chunk_size,
             activation=activation, d_conv=d_conv, theta_max=theta_max,
             max_grad_norm=max_grad_norm, normalize_surprise=normalize_surprise,
+            norm_residual=memory_norm_residual,
         ) if variant != "swa" else None
         if variant != "lmm":
             self.q_proj = nn.Linear(d, d, bias=False)
@@ -282,7 +290,8 @@ class Titans(nn.Module):
                 raise RuntimeError("a MAC segment must start on a memory chunk boundary")
             seg_w = s.memory.weights
         # 1. h = W_h M_{W_s}(q̂): the memory at the segment's start, read without an update
-        read = memory_forward(seg_w, self.memory.queries(x), activation=self.memory.activation)
+        read = memory_forward(seg_w, self.memory.queries(x), activation=self.memory.activation,
+                              norm_residual=self.memory.norm_residual)
         h = self.h_proj(rearrange(read, "b l h k -> b l (h k)").to(x.dtype))
         # 2. attention over [P ‖ h ‖ x] of this segment, causal over h and x
         q, k, v = (self._heads(p(x)) for p in (self.q_proj, self.k_proj, self.v_proj))

@@ -82,6 +82,22 @@ small gradients are *raised* to at least c/2; its ``spectral_norm_surprises`` ru
 Newton–Schulz iteration (same coefficients, five steps) on the momentum S_t (after the momentum
 scan, θ inside), so the learned step size θ does not set the size of the update there.
 
+Norm and residual (option ``norm_residual``; off by default, the paper's memory is the bare
+MLP). titans-pytorch 0.5.5 wraps its memory model by default in the form of TTT (Sun et al.,
+2024, §2.7): the memory becomes
+
+    M̃_W(x) = LN(M_W(x)) + x,      LN(h) = (h − mean h) / √(var h + ε),  ε = 10⁻⁵
+
+(it needs V = K), and the loss, the gradients and every read use M̃. Only ∂ℓ/∂M changes: with
+h_i = M_{W₀}(k_i), n_i = LN(h_i) and r_i = 2(n_i + k_i − v_i), the gradient at the MLP's output
+is the LayerNorm's backward,
+
+    δ_i = (r_i − mean(r_i) − n_i · mean(r_i ⊙ n_i)) / √(var h_i + ε),
+
+which takes the place of 2(M(k_i) − v_i) in the outer products above, and the read becomes
+y_t = LN(M_{W_t}(q_t)) + q_t. lrm's LN has no learned scale (titans-pytorch's has one, a
+memory weight of its own that the inner loop also updates, starting at 1): a simplification.
+
 Degenerate case (tested): depth 1, C = 1, η = 0, α = 0 gives W_t = W_{t−1} − 2θ_t k_tᵀ(k_t W_{t−1}
 − v_t), the delta rule with β = 2θ (``lrm.ops.delta_rule`` with g = 0, scale 1).
 
@@ -89,8 +105,8 @@ Symbols: B batch, T tokens of this call, H heads, K key width, V value width, F 
 the depth-2 memory, C chunk size, N = ⌈T/C⌉ chunks, θ learning rate, η momentum decay,
 α forgetting, S momentum ("surprise"), W memory weights, G a per-token gradient matrix, n its
 Frobenius norm, c the soft clamp's cap, 𝒯 the stabilising transform, NS₅ five Newton–Schulz
-steps, p their polynomial. Layout: q, k (B, T, H, K);
-v (B, T, H, V); θ, η, α (B, T, H); weights (B, H, d_in, d_out).
+steps, p their polynomial, LN LayerNorm without a learned scale, ε its epsilon. Layout:
+q, k (B, T, H, K); v (B, T, H, V); θ, η, α (B, T, H); weights (B, H, d_in, d_out).
 
 Compute dtype: promote(input dtype, float32) (``lrm.dtypes``); the state is kept in it.
 """
@@ -157,18 +173,26 @@ def _act(name: str) -> tuple[Callable, Callable]:
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
 
 
+LN_EPS = 1e-5  # the norm_residual wrapper's LayerNorm epsilon (nn.LayerNorm's default)
+
+
+def _layer_norm(h: torch.Tensor) -> torch.Tensor:
+    """LN without a learned scale or bias, over the last dimension."""
+    return F.layer_norm(h, h.shape[-1:], eps=LN_EPS)
+
+
 def memory_forward(weights: tuple[torch.Tensor, ...], x: torch.Tensor, *,
-                   activation: str = "gelu") -> torch.Tensor:
+                   activation: str = "gelu", norm_residual: bool = False) -> torch.Tensor:
     """M_W(x) for per-(batch, head) weights (B, H, in, out) and x (B, T, H, in) -> (B, T, H, out)
-    in the compute dtype. A plain read: no update."""
+    in the compute dtype, or LN(M_W(x)) + x with ``norm_residual``. A plain read: no update."""
     act = _act(activation)[0]
     dtype = compute_dtype(x, *weights)
-    h = upcast(x, dtype)
+    h = x = upcast(x, dtype)
     for i, w in enumerate(weights):
         if i:
             h = act(h)
         h = torch.einsum("bthi,bhio->btho", h, upcast(w, dtype))
-    return h
+    return _layer_norm(h) + x if norm_residual else h
 
 
 def _check(q, k, v, theta, eta, alpha, state: NeuralMemoryState, chunk_size: int) -> None:
@@ -218,6 +242,13 @@ def _check_stabilisers(max_grad_norm: float | None) -> None:
     if max_grad_norm is not None and not max_grad_norm > 0:
         raise ValueError(f"max_grad_norm is the soft cap c on each token's gradient norm and "
                          f"must be > 0 (or None for no cap); got {max_grad_norm}")
+
+
+def _check_norm_residual(norm_residual: bool, k: torch.Tensor, v: torch.Tensor) -> None:
+    if norm_residual and k.shape[-1] != v.shape[-1]:
+        raise ValueError(f"norm_residual adds the input to the memory's output, LN(M(x)) + x, so "
+                         f"the value width must equal the key width; got K={k.shape[-1]}, "
+                         f"V={v.shape[-1]} (use norm_residual=False)")
 
 
 def soft_clamp_factor(n: torch.Tensor, c: float) -> torch.Tensor:
@@ -272,6 +303,7 @@ def neural_memory_recurrent_ref(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, theta: torch.Tensor, eta: torch.Tensor,
     alpha: torch.Tensor, state: NeuralMemoryState, *, chunk_size: int = 16,
     activation: str = "gelu", max_grad_norm: float | None = None, normalize_surprise: bool = False,
+    norm_residual: bool = False,
 ) -> tuple[torch.Tensor, NeuralMemoryState]:
     """The paper's loop, token by token; the gradient of ℓ comes from ``torch.func.grad`` (not
     the hand-derived outer products of the parallel form). Slow; the oracle for tests.
@@ -280,12 +312,14 @@ def neural_memory_recurrent_ref(
     """
     _check(q, k, v, theta, eta, alpha, state, chunk_size)
     _check_stabilisers(max_grad_norm)
+    _check_norm_residual(norm_residual, k, v)
     dtype, out_dtype = compute_dtype(q, k, v, theta, eta, alpha, *state.weights), v.dtype
     P, q, k, v, theta, eta, alpha = _prepend_pending(q, k, v, theta, eta, alpha, state, dtype)
     T = q.shape[1]
+    read = {"activation": activation, "norm_residual": norm_residual}
 
     def loss(ws, k_t, v_t):  # Σ over (batch, head) of ℓ: each head's weights get its own ∇ℓ
-        pred = memory_forward(ws, k_t[:, None], activation=activation)[:, 0]
+        pred = memory_forward(ws, k_t[:, None], **read)[:, 0]
         return (pred - v_t).square().sum()
 
     grad = torch.func.grad(loss)
@@ -301,7 +335,7 @@ def neural_memory_recurrent_ref(
         th, et, al = (x[:, t, :, None, None] for x in (theta, eta, alpha))
         S = tuple(et * s - th * gi for s, gi in zip(S, g, strict=True))
         W = tuple((1 - al) * w + s for w, s in zip(W, S, strict=True))
-        outs.append(memory_forward(W, q[:, t:t + 1], activation=activation))
+        outs.append(memory_forward(W, q[:, t:t + 1], **read))
     if T % chunk_size == 0:
         W_start, S_start, start = W, S, T
     y = torch.cat(outs, 1)[:, P:]
@@ -362,6 +396,7 @@ def neural_memory_ref(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, theta: torch.Tensor, eta: torch.Tensor,
     alpha: torch.Tensor, state: NeuralMemoryState, *, chunk_size: int = 16,
     activation: str = "gelu", max_grad_norm: float | None = None, normalize_surprise: bool = False,
+    norm_residual: bool = False,
 ) -> tuple[torch.Tensor, NeuralMemoryState]:
     """The chunk-parallel form (see the module docstring); same contract as the recurrent ref.
 
@@ -369,12 +404,23 @@ def neural_memory_ref(
     """
     _check(q, k, v, theta, eta, alpha, state, chunk_size)
     _check_stabilisers(max_grad_norm)
+    _check_norm_residual(norm_residual, k, v)
     dtype, out_dtype = compute_dtype(q, k, v, theta, eta, alpha, *state.weights), v.dtype
     P, q, k, v, theta, eta, alpha = _prepend_pending(q, k, v, theta, eta, alpha, state, dtype)
     T, C, depth = q.shape[1], chunk_size, len(state.weights)
     n_full = T // C
     act, act_backward = _act(activation)
     stabilise = max_grad_norm is not None or normalize_surprise
+
+    def surprise(h, k_n, v_n):  # ∂ℓ/∂M(k_i) at the MLP's output h_i = M_{W₀}(k_i)
+        if not norm_residual:
+            return 2 * (h - v_n)
+        # ℓ = ‖LN(h) + k − v‖²: the LayerNorm's backward of r = 2(LN(h) + k − v)
+        mu = h.mean(-1, keepdim=True)
+        rstd = torch.rsqrt(h.var(-1, unbiased=False, keepdim=True) + LN_EPS)
+        n_ = (h - mu) * rstd
+        r = 2 * (n_ + k_n - v_n)
+        return (r - r.mean(-1, keepdim=True) - n_ * (r * n_).mean(-1, keepdim=True)) * rstd
 
     def transformed(x_norm, delta):  # 𝒯(x_i ⊗ δ_i) = x_i ⊗ (f_i δ_i), per token, head, batch row
         n = x_norm * torch.linalg.vector_norm(delta, dim=-1)  # ‖x_i ⊗ δ_i‖_F = ‖x_i‖ ‖δ_i‖
@@ -419,7 +465,7 @@ def neural_memory_ref(
         if depth == 1:
             (WS1,) = WS
             W1 = WS1[..., :dims_in[0], :]
-            delta = 2 * (k_n @ W1 - v_n)  # ∂ℓ/∂M(k_i) (B, H, C, V)
+            delta = surprise(k_n @ W1, k_n, v_n)  # ∂ℓ/∂M(k_i) (B, H, C, V)
             if stabilise:
                 delta = transformed(kn_n, delta)
             outs.append(qr_n @ WS1 + rk_n @ delta)
@@ -429,7 +475,7 @@ def neural_memory_ref(
             W1, W2 = WS1[..., :dims_in[0], :], WS2[..., :dims_in[1], :]
             a = k_n @ W1  # (B, H, C, F)
             z = act(a)
-            delta2 = 2 * (z @ W2 - v_n)  # ∂ℓ/∂M(k_i)
+            delta2 = surprise(z @ W2, k_n, v_n)  # ∂ℓ/∂M(k_i)
             delta1 = act_backward(delta2 @ W2.transpose(-1, -2), a)  # ∂ℓ/∂a_i
             if stabilise:
                 delta1 = transformed(kn_n, delta1)
@@ -445,7 +491,10 @@ def neural_memory_ref(
             WS = [rearrange(carry_n @ rearrange(ws, "b h (two i) o -> b h two (i o)", two=2),
                             "b h two (i o) -> b h (two i) o", i=d_in) + u
                   for ws, u, d_in in zip(WS, updates, dims_in, strict=True)]
-    y = rearrange(torch.stack(outs, 2), "b h n c v -> b (n c) h v")[:, P:T]
+    y = rearrange(torch.stack(outs, 2), "b h n c v -> b (n c) h v")[:, :T]
+    if norm_residual:  # the read is LN(M_{W_t}(q_t)) + q_t
+        y = _layer_norm(y) + q
+    y = y[:, P:]
     start = n_full * C
     W = tuple(ws[..., :d_in, :] for ws, d_in in zip(WS, dims_in, strict=True))
     S = tuple(ws[..., d_in:, :] for ws, d_in in zip(WS, dims_in, strict=True))
@@ -458,7 +507,7 @@ def neural_memory(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, theta: torch.Tensor, eta: torch.Tensor,
     alpha: torch.Tensor, state: NeuralMemoryState, *, chunk_size: int = 16,
     activation: str = "gelu", max_grad_norm: float | None = None, normalize_surprise: bool = False,
-    backend: str = "auto",
+    norm_residual: bool = False, backend: str = "auto",
 ) -> tuple[torch.Tensor, NeuralMemoryState]:
     """Dispatching neural memory; same contract as :func:`neural_memory_ref`. No kernel package
     implements this memory, so every backend runs the reference (``backend="kernel"`` is an
@@ -470,4 +519,4 @@ def neural_memory(
                            "or 'ref' (the chunk-parallel PyTorch form runs on any device)")
     return neural_memory_ref(q, k, v, theta, eta, alpha, state, chunk_size=chunk_size,
                              activation=activation, max_grad_norm=max_grad_norm,
-                             normalize_surprise=normalize_surprise)
+                             normalize_surprise=normalize_surprise, norm_residual=norm_residual)

@@ -33,7 +33,7 @@ def _l2(x):
     return x * torch.rsqrt(x.square().sum(-1, keepdim=True) + 1e-6)
 
 
-def _memory_branch_by_hand(mem, x):
+def _memory_branch_by_hand(mem, x, norm_residual=False):
     """The LMM branch from its parameters: the paper's equations, with the token loop."""
     H = mem.n_heads
     qkv = torch.cat([mem.to_queries(x), mem.to_keys(x), mem.to_values(x)], -1)
@@ -50,7 +50,8 @@ def _memory_branch_by_hand(mem, x):
                                                      x.shape[0]),
                                        chunk_size=mem.chunk_size,
                                        max_grad_norm=mem.max_grad_norm,
-                                       normalize_surprise=mem.normalize_surprise)
+                                       normalize_surprise=mem.normalize_surprise,
+                                       norm_residual=norm_residual)
     o = o.flatten(2)
     o = o * torch.rsqrt(o.unflatten(-1, (H, -1)).square().mean(-1) + 1e-6).repeat_interleave(
         mem.head_dim, -1) * mem.o_norm.weight
@@ -71,14 +72,15 @@ def _swa_by_hand(m, x):
     return m.o_proj(o.transpose(1, 2).flatten(2))
 
 
-@pytest.mark.parametrize("variant", ["lmm", "mag", "mal"])
-def test_mixer_against_the_papers_equations(variant):
+@pytest.mark.parametrize(("variant", "norm_residual"),
+                         [("lmm", False), ("mag", False), ("mal", False), ("lmm", True)])
+def test_mixer_against_the_papers_equations(variant, norm_residual):
     torch.manual_seed(0)
     m = Titans(32, variant=variant, head_dim=8, chunk_size=4, window=5, n_persistent=3,
-               attn_heads=2).double()
+               attn_heads=2, memory_norm_residual=norm_residual).double()
     x = torch.randn(2, 23, 32, dtype=F64)
     y, _ = m(x)
-    mem = _memory_branch_by_hand(m.memory, x if variant != "mac" else None)
+    mem = _memory_branch_by_hand(m.memory, x, norm_residual)
     if variant == "lmm":
         ref = mem
     elif variant == "mag":
@@ -88,13 +90,15 @@ def test_mixer_against_the_papers_equations(variant):
     torch.testing.assert_close(y, ref, atol=1e-10, rtol=1e-9)
 
 
-def test_mac_against_the_papers_equations():
+@pytest.mark.parametrize("norm_residual", [False, True])
+def test_mac_against_the_papers_equations(norm_residual):
     """Segment by segment: read the memory of the segment's start, attend over [P ‖ h ‖ x],
-    update the memory with y, gate y with the memory's read of y."""
+    update the memory with y, gate y with the memory's read of y. With ``norm_residual`` the
+    memory is LN(MLP(x)) + x in the segment read and in the update alike."""
     torch.manual_seed(0)
     S = 8
     m = Titans(32, variant="mac", head_dim=8, chunk_size=4, segment_len=S, n_persistent=3,
-               attn_heads=2, d_conv=0).double()
+               attn_heads=2, d_conv=0, memory_norm_residual=norm_residual).double()
     x = torch.randn(2, 21, 32, dtype=F64)
     y, _ = m(x)
     mem = m.memory
@@ -104,7 +108,7 @@ def test_mac_against_the_papers_equations():
     for s0 in range(0, x.shape[1], S):
         xs = x[:, s0:s0 + S]
         qx = _l2(F.silu(mem.to_queries(xs)).unflatten(-1, (H, -1)))
-        h = m.h_proj(memory_forward(state.weights, qx).flatten(2))
+        h = m.h_proj(memory_forward(state.weights, qx, norm_residual=norm_residual).flatten(2))
         L = xs.shape[1]
         q, k, v = (m._heads(p(xs)) for p in (m.q_proj, m.k_proj, m.v_proj))
         hk, hv = m._heads(m.k_proj(h)), m._heads(m.v_proj(h))
@@ -127,7 +131,8 @@ def test_mac_against_the_papers_equations():
         r, state = neural_memory_recurrent_ref(qm, km, vm, *gates, state,
                                                chunk_size=mem.chunk_size,
                                                max_grad_norm=mem.max_grad_norm,
-                                               normalize_surprise=mem.normalize_surprise)
+                                               normalize_surprise=mem.normalize_surprise,
+                                               norm_residual=norm_residual)
         r = mem.o_norm(r.flatten(2)) * F.silu(mem.g_proj(yn))
         outs.append(m.norm_y(ys) * torch.sigmoid(m.norm_m(mem.o_proj(r))))
     torch.testing.assert_close(y, torch.cat(outs, 1), atol=1e-10, rtol=1e-9)

@@ -180,18 +180,25 @@ def test_errors_say_what_to_do():
 # ----------------------------------------------------------------------------- stabilisers
 
 
-def _stabilised_loop(q, k, v, theta, eta, alpha, ws, chunk_size, cap, normalize):
+def _stabilised_loop(q, k, v, theta, eta, alpha, ws, chunk_size, cap, normalize,
+                     norm_residual=False):
     """An independent token loop with the stabilisers written out: the gradient by autograd at
     the chunk's start, the soft clamp G·c·tanh(n/c)/n and five Newton–Schulz matrix steps with
-    Muon's coefficients as literals. Returns y and the weights at the unfinished chunk's start
-    (what the state holds)."""
+    Muon's coefficients as literals; with ``norm_residual`` the memory is LN(MLP(x)) + x, the
+    LayerNorm written out. Returns y and the weights at the unfinished chunk's start (what the
+    state holds)."""
     B = q.shape[0]
     W = [w.expand(B, *w.shape) for w in ws]
     S = [torch.zeros_like(w) for w in W]
 
     def mlp(weights, x):  # x (B, H, in)
+        x_in = x
         for i, w in enumerate(weights):
             x = torch.einsum("bhi,bhio->bho", F.gelu(x) if i else x, w)
+        if norm_residual:
+            mu = x.mean(-1, keepdim=True)
+            var = (x - mu).square().mean(-1, keepdim=True)
+            x = (x - mu) / (var + 1e-5).sqrt() + x_in
         return x
 
     ys = []
@@ -239,6 +246,47 @@ def test_stabilisers_against_an_independent_loop(depth, cap, normalize):
             torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-9)
         for a, b in zip(g, g_ref, strict=True):
             torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-8)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+@pytest.mark.parametrize(("cap", "chunk_size"), [(None, 8), (None, 1), (2.0, 8)])
+def test_norm_residual_against_an_independent_loop(depth, cap, chunk_size):
+    """The memory LN(MLP(x)) + x: the parallel form's hand-written LayerNorm backward (the
+    surprise δ) against autograd through the written-out loop, and against the op's own
+    token loop (torch.func.grad through memory_forward). Outputs, the state's weights, every
+    gradient; T = 37 leaves an unfinished chunk."""
+    inputs, ws = make(depth=depth, K=5, V=5)
+    kw = {"max_grad_norm": cap, "norm_residual": True}
+    leaves = [t.clone().requires_grad_(True) for t in inputs + ws]
+    y_ref, w_ref = _stabilised_loop(*leaves[:6], leaves[6:], chunk_size, cap, False,
+                                    norm_residual=True)
+    dy = torch.randn(y_ref.shape, generator=torch.Generator().manual_seed(7), dtype=F64)
+    g_ref = torch.autograd.grad((y_ref * dy).sum() + sum((w * w).sum() for w in w_ref), leaves)
+    y_plain, _, _ = run(neural_memory_ref, inputs, ws, chunk_size, max_grad_norm=cap)
+    assert (y_plain - y_ref).abs().max() > 1e-1  # the option changes the result
+    for fn in (neural_memory_recurrent_ref, neural_memory_ref, neural_memory):
+        y, state, g = run(fn, inputs, ws, chunk_size, **kw)
+        torch.testing.assert_close(y, y_ref, atol=1e-10, rtol=1e-9)
+        for a, b in zip(state.weights, w_ref, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-9)
+        for a, b in zip(g, g_ref, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-8)
+
+
+def test_norm_residual_streams_and_needs_equal_widths():
+    inputs, ws = make(depth=2, T=41, K=5, V=5)
+    kw = {"chunk_size": 8, "norm_residual": True}
+    y_full, _ = neural_memory_ref(*inputs, initial_state(ws, 2), **kw)
+    state, ys, t = initial_state(ws, 2), [], 0
+    for n in [3, 1, 12, 8, 5, 12]:
+        y, state = neural_memory_ref(*(x[:, t:t + n] for x in inputs), state, **kw)
+        ys.append(y)
+        t += n
+    torch.testing.assert_close(torch.cat(ys, 1), y_full, atol=1e-12, rtol=1e-12)
+    inputs, ws = make(depth=2, K=5, V=4)
+    for fn in (neural_memory_recurrent_ref, neural_memory_ref):
+        with pytest.raises(ValueError, match="value width must equal the key width"):
+            fn(*inputs, initial_state(ws, 2), **kw)
 
 
 def test_stabilised_streaming_equals_one_call():
