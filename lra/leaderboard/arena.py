@@ -781,7 +781,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default: the whole grid; the page always shows the whole grid)")
     ap.add_argument("--steps", type=int, default=None,
                     help=f"training steps per run (default: per mixer, ARENA_STEPS, else "
-                         f"{DEFAULT_STEPS}; quick {QUICK['steps']})")
+                         f"{DEFAULT_STEPS}, at least CELL_MIN_STEPS in the cells it names; "
+                         f"quick {QUICK['steps']})")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                     help="runs at once, one torch thread each (default: the cores)")
     ap.add_argument("--device", default=None, choices=("cpu", "cuda"),
