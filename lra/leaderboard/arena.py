@@ -445,6 +445,20 @@ def current(recs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in recs if r.get("version") == ARENA_VERSION]
 
 
+def in_grid(recs: Iterable[dict[str, Any]], cells: Iterable[dict[str, Any]]
+            ) -> list[dict[str, Any]]:
+    """The records of ``cells``' grid: same cell (every option but the rate and the seed, the
+    step count included), so a run made at a cell's earlier step count stays in the store but
+    is not counted beside the runs at its current one. Records of cells outside ``cells`` (other
+    mixers, other cells) are kept."""
+    cells = list(cells)
+    grid_cells = {cell_of(c) for c in cells}
+    shown = {(c["kind"], c["mixer"], c["task"], c["L"], c["kv"], c["d"]) for c in cells}
+    return [r for r in current(recs) if cell_of(r) in grid_cells
+            or (r.get("kind"), r.get("mixer"), r.get("task"), r.get("L"), r.get("kv"),
+                r.get("d")) not in shown]
+
+
 def _short(r: dict[str, Any]) -> tuple:
     return (r["kind"], r["mixer"], r["task"], r["L"], r["kv"], r["d"])
 
@@ -532,7 +546,7 @@ def render(recs: list[dict[str, Any]], cells: list[dict[str, Any]], *, store_nam
     from lra.leaderboard.render import NOTES_BEGIN, NOTES_END
 
     every = recs
-    recs = current(recs)
+    recs = in_grid(recs, cells)
     summ = summaries(recs)
     best = {k: s.best for k, s in summ.items() if s.best is not None}
     out = ["# Recall arena", "",
@@ -623,7 +637,7 @@ def render(recs: list[dict[str, Any]], cells: list[dict[str, Any]], *, store_nam
     old = len(every) - len(recs)
     if old:
         out += [f"The store also keeps {old} records of earlier grids (other defaults, other "
-                f"cells), not shown here; the first grid's page is kept as "
+                f"cells, earlier step counts), not shown here; the first grid's page is kept as "
                 f"[recall_v1.md](recall_v1.md).", ""]
     div = [r for r in recs if r.get("status") == "ok" and diverged(r) is not None]
     if div:
@@ -751,7 +765,8 @@ def plot_lr(recs: list[dict[str, Any]], path: Path) -> None:
 def write_outputs(store: Path, out: Path, cells: list[dict[str, Any]]) -> None:
     from lra.leaderboard.render import read_notes
 
-    recs = load_store(store)
+    every = load_store(store)
+    recs = in_grid(every, cells)  # the plots show what the tables count
     out.parent.mkdir(parents=True, exist_ok=True)
     p_state = out.with_name(out.stem + "_state.png")
     p_ext = out.with_name(out.stem + "_extrapolation.png")
@@ -759,7 +774,7 @@ def write_outputs(store: Path, out: Path, cells: list[dict[str, Any]]) -> None:
     plot_state(recs, p_state)
     plot_extrapolation(recs, p_ext)
     plot_lr(recs, p_lr)
-    text = render(recs, cells, store_name=repo_relative(store),
+    text = render(every, cells, store_name=repo_relative(store),
                   plots=(p_state.name, p_ext.name, p_lr.name), notes=read_notes(out))
     out.write_text(text, encoding="utf-8")
     print(f"[recall] wrote {out}, {p_state}, {p_ext} and {p_lr}", flush=True)

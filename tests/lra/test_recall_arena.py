@@ -174,3 +174,32 @@ def test_dirty_means_code_changes_not_the_results_a_sweep_writes(monkeypatch, po
     monkeypatch.setattr(store.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(
         a, 0, stdout=porcelain, stderr=""))
     assert store.git_dirty() is dirty
+
+
+def test_runs_at_an_earlier_step_count_are_kept_but_not_counted(tmp_path):
+    """A cell whose step count was raised (ARENA_STEPS, CELL_MIN_STEPS) shows only the runs at
+    its current count: the older runs stay in the store and are counted as earlier records,
+    in the table, the missing list and the plots alike."""
+    (cell,) = [c for c in arena.grid(TINY, ["attention"]) if c["kind"] == "state"]
+    base = {**cell, "status": "ok", "acc_by_length": {"16": 0.5}, "wall_s": 1.0,
+            "state_size": [1], "date": "2026-01-01", "final_loss": 1.0,
+            "loss_curve": [[i, max(1.0, 5.0 - i)] for i in range(20)]}
+    old = {**base, "steps": 1, "acc": 0.111}  # the cell's earlier count (TINY trains 2)
+    new = {**base, "acc": 0.777}
+    other = {**base, "mixer": "fox", "acc": 0.333}  # a mixer outside these cells: kept
+    assert arena.in_grid([old, new, other], [cell]) == [new, other]
+
+    def table(recs):
+        page = arena.render(recs, [cell], store_name="runs.json", plots=("a.png",), notes=None)
+        rows = [ln for ln in page[page.index("## MQAR"):].splitlines()
+                if ln.startswith("| attention |")]
+        return page, " ".join(rows)
+    page, row = table([new, old])
+    assert "77.7" in row and "11.1" not in row
+    assert "keeps 1 records of earlier grids" in page
+    page, row = table([old])  # only the old count: the cell is missing, not 11.1%
+    assert "11.1" not in page and "attention mqar L=16 kv=2 d=8 lr=0.003: not run yet" in page
+    store = tmp_path / "runs.json"
+    store.write_text(json.dumps({"schema": 1, "runs": [old, new]}))
+    arena.write_outputs(store, tmp_path / "recall.md", [cell])
+    assert "77.7" in (tmp_path / "recall.md").read_text()
