@@ -688,12 +688,22 @@ def _panels(n: int, width: float, legend_width: float):
     return fig, list(axes[0])
 
 
+def _legend_entries(axes: list) -> tuple[list, list[str]]:
+    """Every panel's curves, one entry per label, sorted: the last panel may hold only some
+    mixers (a cell not yet run for the others)."""
+    entries: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    labels = sorted(entries)
+    return [entries[lb] for lb in labels], labels
+
+
 def _save(fig, axes: list, path: Path) -> None:
     """The legend beside the panels, never over a curve; then the file."""
     import matplotlib.pyplot as plt
 
-    fig.legend(*axes[-1].get_legend_handles_labels(), fontsize=7, loc="center right",
-               frameon=False)
+    fig.legend(*_legend_entries(axes), fontsize=7, loc="center right", frameon=False)
     fig.tight_layout(rect=(0, 0, 0.8, 1))
     fig.savefig(path, dpi=90)
     plt.close(fig)

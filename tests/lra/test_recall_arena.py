@@ -203,3 +203,19 @@ def test_runs_at_an_earlier_step_count_are_kept_but_not_counted(tmp_path):
     store.write_text(json.dumps({"schema": 1, "runs": [old, new]}))
     arena.write_outputs(store, tmp_path / "recall.md", [cell])
     assert "77.7" in (tmp_path / "recall.md").read_text()
+
+
+def test_the_legend_names_every_panels_mixers():
+    """The last panel (a cell run for two mixers so far) must not decide the legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2)
+    axes[0].plot([1, 2], [1, 2], label="gdn")
+    axes[0].plot([1, 2], [2, 1], label="attention")
+    axes[1].plot([1, 2], [1, 2], label="attention")
+    handles, labels = arena._legend_entries(list(axes))
+    plt.close(fig)
+    assert labels == ["attention", "gdn"] and len(handles) == 2
