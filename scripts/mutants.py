@@ -508,6 +508,15 @@ MUTANTS: list[Mutant] = [
       "max_grad_norm=self.max_grad_norm,", "max_grad_norm=None,",
       (f"{TT}mixer_against_the_papers_equations[lmm]",),
       "the mixer's max_grad_norm never reaches the memory"),
+    M("titans-normres-mac-read-bare", "lrm/mixers/titans.py",
+      "norm_residual=self.memory.norm_residual)", "norm_residual=False)",
+      (f"{TT}mac_against_the_papers_equations[True]",),
+      "MAC's segment read skips the memory's LayerNorm + residual wrapper"),
+    M("nmem-normres-ln-backward", "lrm/ops/neural_memory.py",
+      "return (r - r.mean(-1, keepdim=True) - n_ * (r * n_).mean(-1, keepdim=True)) * rstd",
+      "return (r - r.mean(-1, keepdim=True)) * rstd",
+      (f"{NM}norm_residual_against_an_independent_loop",),
+      "the surprise's LayerNorm backward without its projection term"),
 
     # ------------------------------------------------------------------ oryx
     M("oryx-attn-mask-diagonal", "lrm/mixers/oryx.py", "n = T + end", "n = T + end - 1",

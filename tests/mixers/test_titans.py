@@ -72,8 +72,9 @@ def _swa_by_hand(m, x):
     return m.o_proj(o.transpose(1, 2).flatten(2))
 
 
-@pytest.mark.parametrize(("variant", "norm_residual"),
-                         [("lmm", False), ("mag", False), ("mal", False), ("lmm", True)])
+@pytest.mark.parametrize(("variant", "norm_residual"), [
+    pytest.param("lmm", False, id="lmm"), pytest.param("mag", False, id="mag"),
+    pytest.param("mal", False, id="mal"), pytest.param("lmm", True, id="lmm_norm_residual")])
 def test_mixer_against_the_papers_equations(variant, norm_residual):
     torch.manual_seed(0)
     m = Titans(32, variant=variant, head_dim=8, chunk_size=4, window=5, n_persistent=3,
