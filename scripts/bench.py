@@ -712,7 +712,7 @@ PATHS.update({
     ("titans", "no-memory"): [("lrm.mixers.titans", "neural_memory", _memory_stand_in)],
     ("titans", "no-memory-read"): [
         ("lrm.mixers.titans", "neural_memory", _memory_stand_in),
-        ("lrm.mixers.titans", "memory_forward", lambda weights, x, activation: x)],
+        ("lrm.mixers.titans", "memory_forward", lambda weights, x, **_: x)],
 })
 
 
