@@ -137,8 +137,8 @@ CELL_MIN_STEPS: dict[tuple[int, int, int], tuple[int, str]] = {
 
 
 def steps_for(mixer: str, cell: tuple[int, int, int] | None = None) -> tuple[int, str]:
-    """A mixer's training steps in an MQAR cell (L, pairs, d), or per cell when ``cell`` is
-    None, and where the number comes from."""
+    """A mixer's training steps in the MQAR cell (L, pairs, d) (its count for any cell when
+    ``cell`` is None), and where the number comes from."""
     n, why = ARENA_STEPS.get(mixer.split(":")[0], (DEFAULT_STEPS, "not measured: the default"))
     if cell is not None and tuple(cell) in CELL_MIN_STEPS:
         floor, cell_why = CELL_MIN_STEPS[tuple(cell)]
@@ -453,10 +453,8 @@ def in_grid(recs: Iterable[dict[str, Any]], cells: Iterable[dict[str, Any]]
     mixers, other cells) are kept."""
     cells = list(cells)
     grid_cells = {cell_of(c) for c in cells}
-    shown = {(c["kind"], c["mixer"], c["task"], c["L"], c["kv"], c["d"]) for c in cells}
-    return [r for r in current(recs) if cell_of(r) in grid_cells
-            or (r.get("kind"), r.get("mixer"), r.get("task"), r.get("L"), r.get("kv"),
-                r.get("d")) not in shown]
+    shown = {_short(c) for c in cells}
+    return [r for r in current(recs) if cell_of(r) in grid_cells or _short(r) not in shown]
 
 
 def _short(r: dict[str, Any]) -> tuple:

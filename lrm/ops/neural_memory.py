@@ -491,10 +491,9 @@ def neural_memory_ref(
             WS = [rearrange(carry_n @ rearrange(ws, "b h (two i) o -> b h two (i o)", two=2),
                             "b h two (i o) -> b h (two i) o", i=d_in) + u
                   for ws, u, d_in in zip(WS, updates, dims_in, strict=True)]
-    y = rearrange(torch.stack(outs, 2), "b h n c v -> b (n c) h v")[:, :T]
+    y = rearrange(torch.stack(outs, 2), "b h n c v -> b (n c) h v")[:, P:T]
     if norm_residual:  # the read is LN(M_{W_t}(q_t)) + q_t
-        y = _layer_norm(y) + q
-    y = y[:, P:]
+        y = _layer_norm(y) + q[:, P:]
     start = n_full * C
     W = tuple(ws[..., :d_in, :] for ws, d_in in zip(WS, dims_in, strict=True))
     S = tuple(ws[..., d_in:, :] for ws, d_in in zip(WS, dims_in, strict=True))

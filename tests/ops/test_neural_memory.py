@@ -225,6 +225,27 @@ def _stabilised_loop(q, k, v, theta, eta, alpha, ws, chunk_size, cap, normalize,
     return torch.stack(ys, 1), (W if q.shape[1] % chunk_size == 0 else W0)
 
 
+def _assert_equals_the_loop(inputs, ws, chunk_size, *, min_change, plain=None, **kw):
+    """Every tier of the op with options ``kw`` against the written-out loop: outputs, the
+    state's weights, every gradient. ``plain`` (the options without the one under test) must
+    differ from the loop by more than ``min_change``, so the option is seen to act."""
+    leaves = [t.clone().requires_grad_(True) for t in inputs + ws]
+    y_ref, w_ref = _stabilised_loop(*leaves[:6], leaves[6:], chunk_size,
+                                    kw.get("max_grad_norm"), kw.get("normalize_surprise", False),
+                                    norm_residual=kw.get("norm_residual", False))
+    dy = torch.randn(y_ref.shape, generator=torch.Generator().manual_seed(7), dtype=F64)
+    g_ref = torch.autograd.grad((y_ref * dy).sum() + sum((w * w).sum() for w in w_ref), leaves)
+    y_plain, _, _ = run(neural_memory_ref, inputs, ws, chunk_size, **(plain or {}))
+    assert (y_plain - y_ref).abs().max() > min_change  # the option changes the result
+    for fn in (neural_memory_recurrent_ref, neural_memory_ref, neural_memory):
+        y, state, g = run(fn, inputs, ws, chunk_size, **kw)
+        torch.testing.assert_close(y, y_ref, atol=1e-10, rtol=1e-9)
+        for a, b in zip(state.weights, w_ref, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-9)
+        for a, b in zip(g, g_ref, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-8)
+
+
 @pytest.mark.parametrize("depth", [1, 2])
 @pytest.mark.parametrize(("cap", "normalize"), [(2.0, False), (None, True), (2.0, True)])
 def test_stabilisers_against_an_independent_loop(depth, cap, normalize):
@@ -232,20 +253,8 @@ def test_stabilisers_against_an_independent_loop(depth, cap, normalize):
     T = 37 with C = 8 leaves an unfinished chunk; c = 2 clamps some tokens' gradients and
     leaves others nearly untouched."""
     inputs, ws = make(depth=depth)
-    kw = {"max_grad_norm": cap, "normalize_surprise": normalize}
-    leaves = [t.clone().requires_grad_(True) for t in inputs + ws]
-    y_ref, w_ref = _stabilised_loop(*leaves[:6], leaves[6:], 8, cap, normalize)
-    dy = torch.randn(y_ref.shape, generator=torch.Generator().manual_seed(7), dtype=F64)
-    g_ref = torch.autograd.grad((y_ref * dy).sum() + sum((w * w).sum() for w in w_ref), leaves)
-    y_plain, _, _ = run(neural_memory_ref, inputs, ws, 8)
-    assert (y_plain - y_ref).abs().max() > 1e-2  # the option changes the result
-    for fn in (neural_memory_recurrent_ref, neural_memory_ref, neural_memory):
-        y, state, g = run(fn, inputs, ws, 8, **kw)
-        torch.testing.assert_close(y, y_ref, atol=1e-10, rtol=1e-9)
-        for a, b in zip(state.weights, w_ref, strict=True):
-            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-9)
-        for a, b in zip(g, g_ref, strict=True):
-            torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-8)
+    _assert_equals_the_loop(inputs, ws, 8, min_change=1e-2, max_grad_norm=cap,
+                            normalize_surprise=normalize)
 
 
 @pytest.mark.parametrize("depth", [1, 2])
@@ -256,21 +265,8 @@ def test_norm_residual_against_an_independent_loop(depth, cap, chunk_size):
     token loop (torch.func.grad through memory_forward). Outputs, the state's weights, every
     gradient; T = 37 leaves an unfinished chunk."""
     inputs, ws = make(depth=depth, K=5, V=5)
-    kw = {"max_grad_norm": cap, "norm_residual": True}
-    leaves = [t.clone().requires_grad_(True) for t in inputs + ws]
-    y_ref, w_ref = _stabilised_loop(*leaves[:6], leaves[6:], chunk_size, cap, False,
-                                    norm_residual=True)
-    dy = torch.randn(y_ref.shape, generator=torch.Generator().manual_seed(7), dtype=F64)
-    g_ref = torch.autograd.grad((y_ref * dy).sum() + sum((w * w).sum() for w in w_ref), leaves)
-    y_plain, _, _ = run(neural_memory_ref, inputs, ws, chunk_size, max_grad_norm=cap)
-    assert (y_plain - y_ref).abs().max() > 1e-1  # the option changes the result
-    for fn in (neural_memory_recurrent_ref, neural_memory_ref, neural_memory):
-        y, state, g = run(fn, inputs, ws, chunk_size, **kw)
-        torch.testing.assert_close(y, y_ref, atol=1e-10, rtol=1e-9)
-        for a, b in zip(state.weights, w_ref, strict=True):
-            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-9)
-        for a, b in zip(g, g_ref, strict=True):
-            torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-8)
+    _assert_equals_the_loop(inputs, ws, chunk_size, min_change=1e-1,
+                            plain={"max_grad_norm": cap}, max_grad_norm=cap, norm_residual=True)
 
 
 def test_norm_residual_needs_equal_widths():
