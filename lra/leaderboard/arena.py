@@ -842,8 +842,19 @@ def main(argv: list[str] | None = None) -> None:
             protocol=None if args.no_sweep else sweep.PROTOCOL,
             command="lra leaderboard --suite recall " + shlex.join(argv))
     st.merge_stores(store, args.merge)
-    write_outputs(store, out, cells)
+    # the page shows the store's whole grid: a run of some mixers must not drop the others'
+    # missing cells from it
+    write_outputs(store, out, page_cells(spec, mixers, load_store(store), steps=args.steps))
     return None
+
+
+def page_cells(spec: dict[str, Any], mixers: Sequence[str], recs: list[dict[str, Any]], *,
+               steps: int | None = None) -> list[dict[str, Any]]:
+    """The grid a published page covers: that of the mixers named and of every mixer with a
+    record of this grid's version in the store."""
+    stored = {r["mixer"] for r in current(recs)}
+    return grid(spec, list(dict.fromkeys([*mixers, *sorted(stored - set(mixers))])),
+                steps=steps)
 
 
 if __name__ == "__main__":

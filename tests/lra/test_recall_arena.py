@@ -128,6 +128,23 @@ def test_cells_option_runs_only_the_named_cells_and_refuses_unknown_ones(tmp_pat
     assert ran and {(c["L"], c["kv"], c["d"]) for c in ran} == {(64, 4, 64)}
 
 
+def test_a_run_of_some_mixers_keeps_the_others_missing_cells_on_the_page(tmp_path):
+    """Publishing after a run of one mixer must still list every stored mixer's missing runs
+    (the page once listed only the named mixers')."""
+    fox_cell = next(c for c in arena.grid(arena.FULL, ["fox"]) if arena.cell_name(c) == "64:4:64")
+    rec = {**fox_cell, "status": "ok", "acc": 0.5, "loss_curve": [[1, 1.0]], "state_size": [1],
+           "params": 1}
+    store = tmp_path / "runs.json"
+    store.write_text(json.dumps({"schema": 1, "runs": [rec]}))
+    out = tmp_path / "recall.md"
+    arena.main(["--mixers", "attention", "--render", "--out", str(out), "--store", str(store)])
+    page = out.read_text()
+    missing = page[page.index("## Missing cells"):]
+    assert "attention mqar L=128 kv=8 d=64" in missing
+    assert "fox mqar L=128 kv=8 d=64" in missing  # the stored mixer's grid stays on the page
+    assert "mamba mqar" not in missing  # neither named nor stored
+
+
 def test_a_diverged_run_is_never_a_result_and_is_listed():
     """A run whose loss went NaN scores 0% (argmax of NaN logits): it must not enter the tables
     as a result, and the page must say it diverged."""
