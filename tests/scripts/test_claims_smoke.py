@@ -1,6 +1,6 @@
 """The claim checks' smoke mode (tiny sizes and steps) runs end to end and writes a report with
-the control, the verdict table, both seeds and the wall time (scripts/claims/gdn.py and
-scripts/claims/oryx.py, in-process)."""
+the control, the verdict table, both seeds and the wall time (scripts/claims/gdn.py,
+scripts/claims/oryx.py and scripts/claims/fox.py, in-process)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ def _load(name: str):
 @pytest.mark.parametrize(("script", "extra"), [
     ("gdn", ["--models", "gdn", "mamba2"]),
     ("oryx", ["--models", "oryx-gdn", "oryx-gdn (rec only)", "gdn", "--p-attn", "0", "1"]),
+    ("fox", ["--models", "fox, b_f = 0", "--factors", "2"]),
 ])
 def test_smoke_mode_writes_a_report(script, extra, tmp_path):
     out = tmp_path / "report.md"
@@ -31,7 +32,7 @@ def test_smoke_mode_writes_a_report(script, extra, tmp_path):
                         "--store", str(tmp_path / "store.jsonl"), *extra])
     text = out.read_text()
     assert text.startswith("Command: `python ")
-    assert "Control: attention acc" in text and "| claim | verdict |" in text
+    assert "Control: attention" in text and "| claim | verdict |" in text
     assert "Learning-rate sweeps" in text and "seed 0: " in text and "seed 1: " in text
     assert "Wall time of the check" in text
     assert list(tmp_path.glob("r*.json"))
@@ -46,3 +47,15 @@ def test_smoke_mode_writes_a_report(script, extra, tmp_path):
     def verdicts(t: str) -> list[str]:
         return [ln for ln in t.splitlines() if ln.startswith("| ") and "**" in ln]
     assert verdicts(again.read_text()) == verdicts(text)
+
+
+def test_fox_claims_compare_the_longest_test_with_the_control_and_with_the_training_length():
+    fox = _load("fox")
+    extrap, keeps = fox.claims(list(fox.MODELS), "acc@8L")
+    assert {(c.a, c.b) for c in extrap.parts} == {
+        ((m, "acc@8L"), ("attention + RoPE", "acc@8L")) for m in ("fox, b_f = 0", "fox, b_f = 3")}
+    assert all(c.margin > 0 for c in extrap.parts)
+    assert {(c.a, c.b) for c in keeps.parts} == {
+        ((m, "acc@8L"), (m, "acc")) for m in ("fox, b_f = 0", "fox, b_f = 3")}
+    assert all(c.margin < 0 for c in keeps.parts)
+    assert fox.claims(["attention + RoPE", "attention, no PE"], "acc@8L") == []
