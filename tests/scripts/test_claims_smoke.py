@@ -1,14 +1,16 @@
 """The claim checks' smoke mode (tiny sizes and steps) runs end to end and writes a report with
 the control, the verdict table, both seeds and the wall time (scripts/claims/gdn.py,
-scripts/claims/oryx.py and scripts/claims/fox.py, in-process)."""
+scripts/claims/oryx.py, scripts/claims/fox.py and scripts/claims/s4.py, in-process)."""
 
 from __future__ import annotations
 
 import importlib.util
+import math
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 CLAIMS = Path(__file__).resolve().parents[2] / "scripts" / "claims"
 
@@ -25,6 +27,7 @@ def _load(name: str):
     ("gdn", ["--models", "gdn", "mamba2"]),
     ("oryx", ["--models", "oryx-gdn", "oryx-gdn (rec only)", "gdn", "--p-attn", "0", "1"]),
     ("fox", ["--models", "fox, b_f = 0", "--factors", "2"]),
+    ("s4", ["--task", "copy"]),
 ])
 def test_smoke_mode_writes_a_report(script, extra, tmp_path):
     out = tmp_path / "report.md"
@@ -59,3 +62,17 @@ def test_fox_claims_compare_the_longest_test_with_the_control_and_with_the_train
         ((m, "acc@8L"), (m, "acc")) for m in ("fox, b_f = 0", "fox, b_f = 3")}
     assert all(c.margin < 0 for c in keeps.parts)
     assert fox.claims(["attention + RoPE", "attention, no PE"], "acc@8L") == []
+
+
+def test_s4_tasks_put_the_answer_exactly_delay_steps_back():
+    s4 = _load("s4")
+    x, y = s4.delayed_copy(3, 200, 64, seed=1)
+    assert (y[:, :64] == -100).all() and torch.equal(y[:, 64:], x[:, :136])
+    # the filter at D = 1024 is the original kernel; a shorter D scales tau and period with it
+    x, y = s4.long_filter(2, 300, 64, tau=25.0, period=18.75, seed=2)
+    sign = 3 - 2 * x.double()
+    ell = torch.arange(64, dtype=torch.float64)
+    h = torch.exp(-ell / 25.0) * torch.cos(2 * math.pi * ell / 18.75)
+    t = 150
+    s_t = (h * sign[:, t - ell.long()]).sum(1)
+    assert torch.equal(y[:, t], torch.where(s_t > 0, 1, 2))
