@@ -76,3 +76,13 @@ def test_s4_tasks_put_the_answer_exactly_delay_steps_back():
     t = 150
     s_t = (h * sign[:, t - ell.long()]).sum(1)
     assert torch.equal(y[:, t], torch.where(s_t > 0, 1, 2))
+
+
+def test_longmamba_check_scores_each_run_with_and_without_the_filter(tmp_path):
+    out, store = tmp_path / "lm.md", tmp_path / "lm.jsonl"
+    _load("longmamba").main(["--smoke", "--out", str(out), "--store", str(store)])
+    text = out.read_text()
+    assert "Control: mamba2 van@256" in text
+    assert "| van@256 | lm@256 | van@512 | lm@512 | van |" in text
+    assert "the filter raises accuracy at 512" in text
+    assert len(store.read_text().splitlines()) == 4  # three rates and the second seed
