@@ -1,40 +1,71 @@
 """Claim check (landmark attention, Mohtashami & Jaggi 2023): top-k landmark retrieval reaches a
 passkey far beyond the training length while attending to a few blocks per query.
 
+    python scripts/claims/landmark.py --out docs/claims/landmark_run.md   # see To run
+    python scripts/claims/landmark.py --smoke                             # the plumbing
+
 The paper fine-tunes LLaMA-7B with landmarks and retrieves a passkey up to 32k tokens with k = 4
 blocks of 50 tokens. A CPU-sized stand-in: the passkey task (``lra.data.recall_tasks.passkey``: a
-5-digit key at a random depth in repeated filler, asked for at the end, teacher-forced) trained at L
-and evaluated at 4L, 8L and 16L. Three models of equal size (same width, depth, MLP; landmark
-attention adds one learned d-vector):
+5-digit key at a random depth in repeated filler, asked for at the end, teacher-forced; chance
+0.1 per digit) trained at L = 128 and evaluated at L, 4L, 8L and 16L. Two models of equal size
+(d 64, 2 layers, MLP ratio 4; landmark attention adds one learned d-vector), ``lra.quick.fit``
+(AdamW, warmup + cosine, batch 32), 2000 steps (at 800 steps, the first version of this check,
+both models were still learning: per-digit 0.66-0.70 at L, docs/claims/landmark.md):
 
-- attention + RoPE (the baseline);
-- landmark attention, evaluated with the grouped softmax over the whole context (its training
-  mode);
-- the same landmark model, evaluated with top-k retrieval (k = 2 and 4), per query (each query
-  reads its own block and its top-k blocks, as in token-by-token decoding: the mode the numbers
-  in docs/claims/landmark.md were measured in) and, with ``--chunk C``, as upstream evaluates
-  long inputs (chunks of C tokens, a grouped softmax inside the chunk, retrieval only into the
-  cache before it; ``retrieval_chunk`` of ``lrm.mixers.landmark``).
+- attention + RoPE: the positive control (per-digit accuracy at L must reach 0.9 on both seeds)
+  and the baseline;
+- landmark attention, block_len 16, trained with the grouped softmax; the same weights evaluated
+  with the grouped softmax over the whole context (its training mode, ``grouped@…``), with top-k
+  retrieval per query (``top{k}@…``: every query reads its own block and its top-k blocks, as in
+  token-by-token decoding), and with chunked retrieval as upstream evaluates long inputs
+  (``top{k}/C{C}@…``: chunks of C tokens, a grouped softmax inside the chunk, retrieval only
+  into the cache before it; ``retrieval_chunk`` of ``lrm.mixers.landmark``).
 
-Reported: per-digit accuracy, whole-key accuracy, and per answer query the number of value
-vectors with a nonzero weight ("values") and of keys it scores ("keys scored": retrieval scores
-every cached landmark, then attends over k blocks and its own block).
+The protocol of ``common.py``: a learning-rate sweep per model (1e-3, 3e-3, 1e-2, extended at an
+end) chosen by per-digit accuracy at L (``acc``; for landmark, in its training mode), the best
+rate re-run on a second seed. Claims, on both seeds, margin 0.05:
 
-    python scripts/claims/landmark.py     # prints the tables of docs/claims/landmark.md
-    python scripts/claims/landmark.py --chunk 64  # also chunked retrieval, chunks of 64
-    python scripts/claims/landmark.py --quick     # a smoke run
+- "retrieval reaches the passkey at 16L where attention does not": every retrieval mode at 16L
+  above attention at 16L;
+- "retrieval keeps its training-length accuracy": every retrieval mode at 16L within 0.05 of
+  the model's accuracy at L.
+
+Reported besides: whole-key accuracy of every mode and length for both seeds, and per answer
+query the number of value vectors with a nonzero weight ("values") and of keys it scores
+("keys scored": retrieval scores every cached landmark, then attends over k blocks and its own
+block).
 """
 
 from __future__ import annotations
 
-import time
-
 import torch
-from common import build_lm, parser, report, setup, train
+from common import (
+    Check,
+    Claim,
+    Cmp,
+    Control,
+    Run,
+    build_lm,
+    curve_of,
+    dump,
+    parser,
+    protocol_options,
+    render,
+    report,
+    run_check,
+    run_store,
+    setup,
+    train,
+)
 
 import lrm
 from lra import quick
 from lra.data import recall_tasks
+
+D_MODEL, N_LAYERS, BATCH, N_DIGITS = 64, 2, 32, 5
+LRS = (1e-3, 3e-3, 1e-2)
+MARGIN = 0.05
+CONTROL = "attention + RoPE"
 
 
 def set_topk(model: lrm.LRModel, k: int | None, chunk: int | None = None) -> None:
@@ -84,88 +115,108 @@ def attended(mode: str, L: int, bl: int, n_digits: int) -> tuple[float, float]:
     return sum(vals) / len(vals), sum(keys) / len(keys)
 
 
-def main() -> None:
-    p = parser(__doc__, out=True)
+def modes(topk: list[int], chunks: list[int]) -> list[tuple[str, int | None, int | None]]:
+    """The landmark model's evaluation modes: (name, k, chunk)."""
+    return ([("grouped", None, None)] + [(f"top{k}", k, None) for k in topk]
+            + [(f"top{k}/C{C}", k, C) for C in chunks for k in topk])
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = parser(__doc__, out=True, seed=None)
     p.add_argument("--L", type=int, default=128, help="training length")
-    p.add_argument("--factors", type=int, nargs="+", default=[1, 4, 8, 16],
-                   help="test lengths as multiples of L")
-    p.add_argument("--block_len", type=int, default=16, help="landmark block length")
+    p.add_argument("--factors", type=int, nargs="+", default=[4, 8, 16],
+                   help="test lengths as multiples of L (besides L itself)")
+    p.add_argument("--block-len", type=int, default=16, help="landmark block length")
     p.add_argument("--topk", type=int, nargs="+", default=[2, 4], help="retrieved blocks k")
-    p.add_argument("--chunk", type=int, nargs="*", default=[],
-                   help="also evaluate chunked retrieval with chunks of these many tokens "
-                   "(multiples of block_len)")
-    p.add_argument("--d", type=int, default=64, help="model width")
-    p.add_argument("--layers", type=int, default=2, help="layers")
-    p.add_argument("--steps", type=int, default=800, help="training steps")
-    p.add_argument("--batch", type=int, default=32, help="batch size")
-    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
-    p.add_argument("--n_train", type=int, default=20_000, help="training examples")
-    p.add_argument("--n_test", type=int, default=64, help="test examples per length")
-    p.add_argument("--quick", action="store_true", help="tiny smoke run")
-    a = setup(p)
-    if a.quick:
-        a.steps, a.n_train, a.n_test, a.factors = 20, 256, 8, [1, 2]
-    t_start = a.t_start
+    p.add_argument("--chunk", type=int, nargs="*", default=[64],
+                   help="chunk lengths of the chunked retrieval mode (multiples of --block-len; "
+                        "none: per-query retrieval only)")
+    p.add_argument("--steps", type=int, default=2000, help="training steps")
+    p.add_argument("--n-train", type=int, default=20_000, help="training examples")
+    p.add_argument("--n-test", type=int, default=128, help="test examples per length")
+    protocol_options(p, lrs=LRS)
+    args = setup(p, argv)
+    if args.smoke:
+        args.steps, args.n_train, args.n_test, args.max_extend = 6, 128, 8, 0
+        args.L, args.factors, args.block_len, args.chunk = 32, [2], 8, [16]
+    if any(f <= 1 for f in args.factors):
+        p.error(f"--factors {args.factors}: every test length must be longer than L")
+    if any(C % args.block_len for C in args.chunk):
+        p.error(f"--chunk {args.chunk}: every chunk must be a multiple of --block-len "
+                f"{args.block_len}")
+    store = run_store(args)  # finished runs are read back: a stopped check resumes
+    factors = [1, *sorted(set(args.factors))]
+    lengths = [f * args.L for f in factors]
+    evals = modes(args.topk, args.chunk)
+    tests = {s: recall_tasks.extrapolation_sets("passkey", args.n_test, lengths,
+                                                seed=10_000 + 100 * s, n_digits=N_DIGITS)
+             for s in args.seeds}
 
-    n_digits = 5
-    x_tr, y_tr = recall_tasks.passkey(a.n_train, a.L, n_digits=n_digits, seed=0)
-    lengths = [f * a.L for f in a.factors]
-    tests = recall_tasks.extrapolation_sets("passkey", a.n_test, lengths, n_digits=n_digits)
+    def run(label: str, lr: float, seed: int) -> Run:
+        mixer, kw = (("attention", {"rope": True}) if label == CONTROL
+                     else ("landmark", {"block_len": args.block_len}))
+        model = build_lm(mixer=mixer, mixer_kwargs=kw, d=D_MODEL, layers=N_LAYERS,
+                         vocab=recall_tasks.PASSKEY_VOCAB, seed=seed)
+        x, y = recall_tasks.passkey(args.n_train, args.L, n_digits=N_DIGITS, seed=seed)
+        losses, secs = train(model, x, y, steps=args.steps, batch_size=BATCH, lr=lr, seed=seed)
+        scores: dict[str, float] = {}
+        for name, k, chunk in ([("attn", None, None)] if label == CONTROL else evals):
+            set_topk(model, k, chunk)
+            for f, n in zip(factors, lengths, strict=True):
+                digit, key = key_accuracy(model, *tests[seed][n], batch_size=16)
+                scores[f"{name}@{f}L"], scores[f"key:{name}@{f}L"] = digit, key
+        set_topk(model, None)
+        first = "attn" if label == CONTROL else "grouped"
+        scores["acc"] = scores[f"{first}@1L"]  # the rate's criterion: the training mode at L
+        return Run(scores, curve_of(losses), secs)
 
-    trained = {}
-    curves = {}
-    for name, mixer, kw in [("attention + RoPE", "attention", {"rope": True}),
-                            ("landmark", "landmark", {"block_len": a.block_len})]:
-        t0 = time.time()
-        model = build_lm(mixer=mixer, mixer_kwargs=kw, d=a.d, layers=a.layers,
-                         vocab=recall_tasks.PASSKEY_VOCAB, seed=a.seed)
-        losses, _ = train(model, x_tr, y_tr, steps=a.steps, batch_size=a.batch, lr=a.lr,
-                          seed=a.seed)
-        trained[name] = model
-        every = max(1, a.steps // 10)
-        curves[name] = [(s, sum(losses[max(0, s - every + 1):s + 1]) / len(
-            losses[max(0, s - every + 1):s + 1])) for s in range(every - 1, a.steps, every)]
-        print(f"# trained {name}: {sum(p.numel() for p in model.parameters())} parameters, "
-              f"final loss {losses[-1]:.3f}, {time.time() - t0:.0f} s", flush=True)
-
-    rows = []
-    modes = [("attention + RoPE", "attention", None), ("landmark, grouped softmax", "grouped",
-                                                        None)]
-    modes += [(f"landmark, top-{k} retrieval", str(k), k) for k in a.topk]
-    modes += [(f"landmark, top-{k} retrieval, chunks of {C}", f"{k}:{C}", k) for C in a.chunk
-              for k in a.topk]
-    for label, mode, k in modes:
-        model = trained["attention + RoPE" if mode == "attention" else "landmark"]
-        set_topk(model, k, int(mode.split(":")[1]) if ":" in mode else None)
-        t0 = time.time()
-        accs = [key_accuracy(model, *tests[n], batch_size=16) for n in lengths]
-        att = [attended(mode, n, a.block_len, n_digits) for n in lengths]
-        rows.append((label, accs, att, time.time() - t0))
-        print(f"# evaluated {label}: {time.time() - t0:.0f} s", flush=True)
-    set_topk(trained["landmark"], None)
-
-    wall = time.time() - t_start
-    out = [f"Passkey, trained at L = {a.L} ({n_digits} digits; d {a.d}, {a.layers} layers, MLP "
-           f"ratio 4, batch {a.batch}, {a.steps} steps, lr {a.lr}, {a.n_train} training "
-           f"examples, {a.n_test} test examples per length, seed {a.seed}; landmark block_len "
-           f"{a.block_len}). Wall time {wall / 60:.1f} min on {a.threads} thread(s).", "",
-           "Per-digit accuracy / whole-key accuracy:", "",
-           "| model | " + " | ".join(f"{n // a.L}L = {n}" for n in lengths) + " |",
-           "|---" * (len(lengths) + 1) + "|"]
-    for label, accs, _, _ in rows:
-        out.append(f"| {label} | " + " | ".join(f"{d:.3f} / {k:.2f}" for d, k in accs) + " |")
-    out += ["", "Values attended / keys scored per answer query (mean over the 5 answer "
-            "positions):", "", "| model | " + " | ".join(f"{n}" for n in lengths) + " |",
-            "|---" * (len(lengths) + 1) + "|"]
-    for label, _, att, _ in rows:
-        out.append(f"| {label} | " + " | ".join(f"{v:.0f} / {s:.0f}" for v, s in att) + " |")
-    out += ["", "Training loss (mean over the preceding tenth of training):", "",
-            "| step | " + " | ".join(curves) + " |", "|---" * (len(curves) + 1) + "|"]
-    for i in range(len(next(iter(curves.values())))):
-        step = next(iter(curves.values()))[i][0] + 1
-        out.append(f"| {step} | " + " | ".join(f"{c[i][1]:.3f}" for c in curves.values()) + " |")
-    print()
-    report("\n".join(out), a)
+    top = f"@{factors[-1]}L"
+    retrieval = [name for name, k, _ in evals if k is not None]
+    claims = [Claim(f"retrieval reaches the passkey at {factors[-1]}L where attention does not",
+                    [Cmp(("landmark", m + top), (CONTROL, "attn" + top), MARGIN)
+                     for m in retrieval]),
+              Claim(f"retrieval keeps its training-length accuracy at {factors[-1]}L",
+                    [Cmp(("landmark", m + top), ("landmark", "acc"), -MARGIN)
+                     for m in retrieval])]
+    check = Check(f"passkey trained at L={args.L}, tested to {factors[-1]}L",
+                  [CONTROL, "landmark"], args.lrs, run,
+                  Control(CONTROL, 0.9, why="per-digit, RoPE attention within its training "
+                                            "length"),
+                  claims, seeds=args.seeds, max_extend=args.max_extend, store=store)
+    res = run_check(check)
+    shown = ["acc", "attn" + top, "grouped" + top, *(m + top for m in retrieval)]
+    head = (f"Passkey ({N_DIGITS} digits, chance 0.1 per digit), trained at L={args.L}, tested "
+            f"at {', '.join(f'{f}L' for f in factors)}; {N_LAYERS} layers, d={D_MODEL}, MLP "
+            f"ratio 4, {args.steps} steps of {BATCH}, {args.n_train} training examples, "
+            f"{args.n_test} test examples per length; landmark block_len {args.block_len}. "
+            f"Metrics are per-digit accuracy; \"acc\" is at L in each model's training mode; "
+            f"top{{k}} is retrieval per query, top{{k}}/C{{C}} chunked retrieval with chunks of "
+            f"C tokens")
+    # every mode at every length, both seeds: per-digit / whole-key
+    # (label, model, metric name, the mode's name in attended())
+    rows = [("attention + RoPE", CONTROL, "attn", "attention")]
+    rows += [(f"landmark, {name}", "landmark", name,
+              "grouped" if k is None else f"{k}:{chunk}" if chunk else str(k))
+             for name, k, chunk in evals]
+    table = ["Per-digit / whole-key accuracy at the best rate, seed / seed:", "",
+             "| model | " + " | ".join(f"{f}L = {n}" for f, n in zip(factors, lengths,
+                                                                      strict=True)) + " |",
+             "|---" * (len(lengths) + 1) + "|"]
+    for label, model, name, _ in rows:
+        runs = res.models[model].runs
+        table.append(f"| {label} | " + " | ".join(
+            " / ".join(f"{r.scores[f'{name}@{f}L']:.3f}" for r in runs) + " ; "
+            + " / ".join(f"{r.scores[f'key:{name}@{f}L']:.2f}" for r in runs)
+            for f in factors) + " |")
+    table += ["", "Values attended / keys scored per answer query (mean over the "
+              f"{N_DIGITS} answer positions):", "",
+              "| model | " + " | ".join(str(n) for n in lengths) + " |",
+              "|---" * (len(lengths) + 1) + "|"]
+    for label, _, _, mode in rows:
+        att = [attended(mode, n, args.block_len, N_DIGITS) for n in lengths]
+        table.append(f"| {label} | " + " | ".join(f"{v:.0f} / {s:.0f}" for v, s in att) + " |")
+    dump(res, args.json)
+    report(head + "\n\n" + render(res, shown) + "\n\n" + "\n".join(table), args)
 
 
 if __name__ == "__main__":

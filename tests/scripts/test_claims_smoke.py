@@ -1,6 +1,6 @@
 """The claim checks' smoke mode (tiny sizes and steps) runs end to end and writes a report with
 the control, the verdict table, both seeds and the wall time (scripts/claims/gdn.py,
-scripts/claims/oryx.py, scripts/claims/fox.py and scripts/claims/s4.py, in-process)."""
+scripts/claims/oryx.py, fox.py, s4.py, landmark.py and longmamba.py, in-process)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ def _load(name: str):
     ("oryx", ["--models", "oryx-gdn", "oryx-gdn (rec only)", "gdn", "--p-attn", "0", "1"]),
     ("fox", ["--models", "fox, b_f = 0", "--factors", "2"]),
     ("s4", ["--task", "copy"]),
+    ("landmark", ["--topk", "2"]),
 ])
 def test_smoke_mode_writes_a_report(script, extra, tmp_path):
     out = tmp_path / "report.md"
@@ -86,3 +87,14 @@ def test_longmamba_check_scores_each_run_with_and_without_the_filter(tmp_path):
     assert "| van@256 | lm@256 | van@512 | lm@512 | van |" in text
     assert "the filter raises accuracy at 512" in text
     assert len(store.read_text().splitlines()) == 4  # three rates and the second seed
+
+
+def test_landmark_check_reports_per_query_and_chunked_retrieval(tmp_path):
+    out = tmp_path / "la.md"
+    _load("landmark").main(["--smoke", "--out", str(out), "--store", str(tmp_path / "s.jsonl")])
+    text = out.read_text()
+    for mode in ("grouped", "top2", "top4", "top2/C16", "top4/C16"):
+        assert f"| landmark, {mode} | " in text  # every mode, in both tables
+        assert f"| {mode}@2L " in text or f" {mode}@2L |" in text
+    with pytest.raises(SystemExit):  # a chunk that is not whole blocks
+        _load("landmark").main(["--chunk", "20", "--store", str(tmp_path / "t")])
