@@ -51,6 +51,7 @@ import itertools
 import json
 import math
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -648,13 +649,20 @@ def render(recs: list[dict[str, Any]], cells: list[dict[str, Any]], *, store_nam
         out += ["None: every run of the grid has a result."]
     elif len(miss) <= 40:
         out += [f"- {m}" for m in miss]
-    else:  # a long list says little: count the runs by mixer and reason
-        counts: dict[tuple[str, str], int] = {}
+    else:  # a long list says little: count the runs by mixer and reason, naming the cells
+        counts: dict[tuple[str, str], dict[str, int]] = {}
         for m in miss:
             mixer, why = m.split(" ", 1)[0], m.split(": ", 1)[1]
-            counts[(mixer, why)] = counts.get((mixer, why), 0) + 1
-        out += [f"{len(miss)} runs have no result:", ""]
-        out += [f"- {mixer}: {n} runs, {why}" for (mixer, why), n in sorted(counts.items())]
+            at = re.search(r"(\S+) L=(\d+) kv=(\d+) d=(\d+)", m)
+            # the names --cells takes: L:pairs:d for MQAR, the task's name otherwise
+            cell = "?" if not at else f"{at[2]}:{at[3]}:{at[4]}" if at[1] == "mqar" else at[1]
+            by_cell = counts.setdefault((mixer, why), {})
+            by_cell[cell] = by_cell.get(cell, 0) + 1
+        out += [f"{len(miss)} runs have no result (cells as `--cells` names them, MQAR as "
+                f"L:pairs:d):", ""]
+        out += [f"- {mixer}: {sum(c.values())} runs, {why}: "
+                + ", ".join(f"{cell} ({n})" for cell, n in c.items())
+                for (mixer, why), c in sorted(counts.items())]
     out += [""] + [f"![{alt}]({p})" + "\n" for alt, p in
                    zip(("accuracy against state size", "extrapolation",
                         "accuracy against learning rate"), plots, strict=False)]

@@ -5,6 +5,7 @@ cells are missing."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -236,3 +237,18 @@ def test_the_legend_names_every_panels_mixers():
     handles, labels = arena._legend_entries(list(axes))
     plt.close(fig)
     assert labels == ["attention", "gdn"] and len(handles) == 2
+
+
+def test_a_long_missing_list_is_counted_by_mixer_and_names_its_cells():
+    """Past 40 missing runs the page counts them per mixer; the count must still say which
+    cells the runs belong to, or the page cannot tell a reader what is left to run."""
+    cells = arena.grid(arena.FULL, ["attention", "mamba", "gdn"])
+    page = arena.render([], cells, store_name="runs.json", plots=("a.png", "b.png"), notes=None)
+    missing = page[page.index("## Missing cells"):]
+    n = len(arena.missing(cells, []))
+    assert n > 40 and f"{n} runs have no result" in missing
+    line = next(ln for ln in missing.splitlines() if ln.startswith("- mamba: "))
+    assert " 128:8:64 (3)" in line and " 256:16:64 (3)" in line and " passkey (3)" in line
+    counted = sum(int(x) for ln in missing.splitlines() if ln.startswith("- ")
+                  for x in re.findall(r"\((\d+)\)", ln))
+    assert counted == n
