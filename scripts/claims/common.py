@@ -143,9 +143,18 @@ def protocol_options(p: argparse.ArgumentParser, *, lrs: Sequence[float]) -> Non
                    help="train every run again (the store is still appended to)")
 
 
-# settings that do not change what a run computes: left out of a stored run's key
+# settings that do not change what a run computes: left out of a stored run's key. The last
+# four choose which models, mixers, parts or tasks of a check run, not how any one run trains
+# (the check's name carries its part or task), so a check run in pieces reuses its runs.
 _NOT_IN_KEY = {"threads", "json", "out", "store", "fresh", "lrs", "seeds", "max_extend", "jobs",
-               "command", "t_start", "runs_dir", "worker"}
+               "command", "t_start", "runs_dir", "worker",
+               "models", "mixers", "part", "tasks"}
+
+
+def _key_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings a run's key holds: those that change what it computes, and of those only
+    the set ones (an option added later with default None leaves older keys as they were)."""
+    return {k: v for k, v in sorted(settings.items()) if k not in _NOT_IN_KEY and v is not None}
 
 
 class RunStore:
@@ -155,7 +164,7 @@ class RunStore:
     back only where it would be trained the same way. A line cut short by a kill is skipped."""
 
     def __init__(self, path: Path, settings: dict[str, Any], *, fresh: bool = False) -> None:
-        self.path, self.settings = Path(path), settings
+        self.path, self.settings = Path(path), _key_settings(settings)
         self.commit = git_commit()  # of the code the runs of this invocation train with
         self._runs: dict[str, Run] = {}
         self._lock = threading.Lock()  # checks with jobs > 1 finish runs from several threads
@@ -165,10 +174,18 @@ class RunStore:
                     rec = json.loads(line)
                     run = Run(**rec["run"])
                     run.curve = [tuple(x) for x in run.curve]
-                    self._runs[rec["key"]] = run
+                    self._runs[self._normal(rec["key"])] = run
                 except (ValueError, KeyError, TypeError):
                     print(f"[store] {self.path}:{n}: not a stored run (cut short?), skipped",
                           file=sys.stderr)
+
+    @staticmethod
+    def _normal(key: str) -> str:
+        """A stored key as :meth:`key` would write it now (keys written before a setting left
+        the key still match)."""
+        k = json.loads(key)
+        k["settings"] = _key_settings(k.get("settings", {}))
+        return json.dumps(k, sort_keys=True, default=str)
 
     def key(self, check: str, model: str, lr: float, seed: int) -> str:
         return json.dumps({"check": check, "model": model, "lr": lr, "seed": seed,
@@ -192,8 +209,7 @@ def run_store(args: argparse.Namespace) -> RunStore:
     stem = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else "check"
     path = args.store or REPO / "runs" / "claims" / (
         stem + ("-smoke" if getattr(args, "smoke", False) else "") + ".jsonl")
-    settings = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_IN_KEY}
-    return RunStore(path, settings, fresh=getattr(args, "fresh", False))
+    return RunStore(path, vars(args), fresh=getattr(args, "fresh", False))
 
 
 @dataclass

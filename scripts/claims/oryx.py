@@ -74,11 +74,12 @@ MODELS: dict[str, dict] = {
     "oryx-mamba2": {"mixer": "oryx", "mixer_kwargs": {**ORYX, "core": "mamba2"}},
     "gdn": {"mixer": "gdn", "mixer_kwargs": {"n_heads": 2, "head_dim": 16}},
 }
-TASKS: dict[str, dict] = {
-    "mqar": dict(L=64, vocab=64,
-                 make=lambda n, seed: mqar(n, 64, vocab_size=64, num_kv_pairs=8, seed=seed)),
-    "passkey": dict(L=128, vocab=PASSKEY_VOCAB,
-                    make=lambda n, seed: passkey(n, 128, n_digits=5, seed=seed)),
+TASKS: dict[str, dict] = {  # make(n, seed, L, kv): kv is the MQAR pairs (passkey: unused)
+    "mqar": dict(L=64, vocab=64, kv=8,
+                 make=lambda n, seed, L, kv: mqar(n, L, vocab_size=64, num_kv_pairs=kv,
+                                                  seed=seed)),
+    "passkey": dict(L=128, vocab=PASSKEY_VOCAB, kv=None,
+                    make=lambda n, seed, L, kv: passkey(n, L, n_digits=5, seed=seed)),
 }
 
 
@@ -119,6 +120,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="attention shares p_attn at which the Oryx models are evaluated")
     p.add_argument("--placements", type=int, default=3, help="random placements per p_attn")
     p.add_argument("--task", default="mqar", choices=list(TASKS), help="the task")
+    p.add_argument("--seq-len", type=int, default=None,
+                   help="sequence length (default: the task's, 64 for mqar, 128 for passkey)")
+    p.add_argument("--kv", type=int, default=None,
+                   help="MQAR key-value pairs (default 8; at most 32, half the vocabulary)")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS),
                    help="the models to train (the control is always kept)")
     protocol_options(p, lrs=LRS)
@@ -132,7 +137,10 @@ def main(argv: list[str] | None = None) -> None:
     store = run_store(args)  # finished runs are read back: a stopped check resumes
     models = list(dict.fromkeys(["attention", *args.models]))
     t = TASKS[args.task]
-    data = {s: (*t["make"](args.n_train, s), *t["make"](args.n_test, s + 10_000))
+    if args.kv is not None and args.task != "mqar":
+        p.error("--kv is the number of MQAR pairs: it goes with --task mqar")
+    L, kv = args.seq_len or t["L"], args.kv or t["kv"]
+    data = {s: (*t["make"](args.n_train, s, L, kv), *t["make"](args.n_test, s + 10_000, L, kv))
             for s in args.seeds}
 
     def run(label: str, lr: float, seed: int) -> Run:
@@ -141,17 +149,19 @@ def main(argv: list[str] | None = None) -> None:
         x, y, xt, yt = data[seed]
         losses, secs = train(model, x, y, steps=args.steps, batch_size=32, lr=lr, seed=seed)
         if MODELS[label]["mixer"] == "oryx":
-            scores = evaluate(model, xt, yt, t["L"], sorted(args.p_attn), args.placements)
+            scores = evaluate(model, xt, yt, L, sorted(args.p_attn), args.placements)
         else:
             scores = {"acc": accuracy(model, xt, yt)}
         return Run(scores, curve_of(losses), secs)
 
-    check = Check(f"Oryx on {args.task}, L={t['L']}", models, args.lrs, run,
+    pairs = f", {kv} pairs" if args.kv is not None else ""  # the default's name stays as stored
+    check = Check(f"Oryx on {args.task}, L={L}{pairs}", models, args.lrs, run,
                   Control("attention", 0.9, why="full attention within its training length"),
                   claims(models), seeds=args.seeds, max_extend=args.max_extend, store=store,
                   select={"oryx-gdn (rec only)": "acc@0"})
     res = run_check(check)
-    head = (f"{args.task}, L={t['L']}: {N_LAYERS} layers, d={D_MODEL}, no MLP, {args.steps} "
+    shown = f", {kv} pairs" if kv else ""
+    head = (f"{args.task}, L={L}{shown}: {N_LAYERS} layers, d={D_MODEL}, no MLP, {args.steps} "
             f"steps of 32, {args.n_train} / {args.n_test} sequences; Oryx evaluated at "
             f"p_attn {sorted(args.p_attn)} ({args.placements} random placements of "
             f"{TRAIN_CHUNK}-token chunks); \"acc\" of an Oryx model is the mean over the shares")

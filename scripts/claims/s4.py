@@ -2,7 +2,7 @@
 ~1K steps that a same-size attention model, trained with the same budget, does not.
 
     python scripts/claims/s4.py --out docs/claims/s4_run.md   # both tasks (see To run)
-    python scripts/claims/s4.py --task copy                   # one task
+    python scripts/claims/s4.py --tasks copy                  # one task
     python scripts/claims/s4.py --smoke                       # the plumbing, in seconds
 
 Two generated, seeded tasks, scored only at positions t >= D (targets are -100 before):
@@ -112,7 +112,7 @@ def build(mixer: str, vocab: int, seed: int) -> lrm.LRModel:
 
 def main(argv: list[str] | None = None) -> None:
     p = parser(__doc__, out=True, seed=None)
-    p.add_argument("--task", nargs="+", choices=list(TASKS), default=list(TASKS),
+    p.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS),
                    help="the tasks, each its own check")
     p.add_argument("--seq-len", type=int, default=1280, help="sequence length")
     p.add_argument("--delay", type=int, default=1024, help="the dependency's distance D")
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"{args.seq_len}")
     store = run_store(args)  # finished runs are read back: a stopped check resumes
     parts = []
-    for task in args.task:
+    for task in args.tasks:
         make = long_filter if task == "filter" else delayed_copy
         vocab, chance = TASKS[task]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -161,3 +162,20 @@ def test_run_store_resumes_a_killed_check_and_keys_runs_by_their_settings(tmp_pa
     fresh: list = []
     run_check(check(models, [], calls=fresh, store=RunStore(path, {"steps": 10}, fresh=True)))
     assert fresh == first
+
+
+def test_run_store_keys_ignore_which_models_run_and_unset_new_options(tmp_path):
+    """Running a check's models in pieces (--models, --part) reuses the runs of the whole
+    check, and so do stores written before that rule or before an option (default None)
+    existed; a setting that changes a run still separates the keys."""
+    path = tmp_path / "runs.jsonl"
+    run = Run({"acc": 0.5}, [(1, 2.0)], 3.0, 1e-3, 0)
+    old = {"check": "c", "model": "m", "lr": 1e-3, "seed": 0,
+           "settings": {"models": ["m", "n"], "steps": 10}}  # as stores were once written
+    path.write_text(json.dumps({"key": json.dumps(old), "run": asdict(run)}) + "\n")
+    for settings in ({"models": ["m"], "steps": 10}, {"steps": 10, "kv": None},
+                     {"steps": 10, "part": ["memory"]}):
+        store = RunStore(path, settings)
+        assert store.get(store.key("c", "m", 1e-3, 0)).scores == {"acc": 0.5}
+    store = RunStore(path, {"steps": 10, "kv": 16})
+    assert store.get(store.key("c", "m", 1e-3, 0)) is None

@@ -27,7 +27,7 @@ def _load(name: str):
     ("gdn", ["--models", "gdn", "mamba2"]),
     ("oryx", ["--models", "oryx-gdn", "oryx-gdn (rec only)", "gdn", "--p-attn", "0", "1"]),
     ("fox", ["--models", "fox, b_f = 0", "--factors", "2"]),
-    ("s4", ["--task", "copy"]),
+    ("s4", ["--tasks", "copy"]),
     ("landmark", ["--topk", "2"]),
 ])
 def test_smoke_mode_writes_a_report(script, extra, tmp_path):
