@@ -74,12 +74,12 @@ MODELS: dict[str, dict] = {
     "oryx-mamba2": {"mixer": "oryx", "mixer_kwargs": {**ORYX, "core": "mamba2"}},
     "gdn": {"mixer": "gdn", "mixer_kwargs": {"n_heads": 2, "head_dim": 16}},
 }
-TASKS: dict[str, dict] = {  # make(n, seed, L, kv): kv is the MQAR pairs (passkey: unused)
+TASKS: dict[str, dict] = {  # make(n, seed, L, kv, vocab); kv, vocab: MQAR only
     "mqar": dict(L=64, vocab=64, kv=8,
-                 make=lambda n, seed, L, kv: mqar(n, L, vocab_size=64, num_kv_pairs=kv,
-                                                  seed=seed)),
+                 make=lambda n, seed, L, kv, V: mqar(n, L, vocab_size=V, num_kv_pairs=kv,
+                                                     seed=seed)),
     "passkey": dict(L=128, vocab=PASSKEY_VOCAB, kv=None,
-                    make=lambda n, seed, L, kv: passkey(n, L, n_digits=5, seed=seed)),
+                    make=lambda n, seed, L, kv, V: passkey(n, L, n_digits=5, seed=seed)),
 }
 
 
@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seq-len", type=int, default=None,
                    help="sequence length (default: the task's, 64 for mqar, 128 for passkey)")
     p.add_argument("--kv", type=int, default=None,
-                   help="MQAR key-value pairs (default 8; at most 32, half the vocabulary)")
+                   help="MQAR key-value pairs (default 8; fewer than half the vocabulary)")
+    p.add_argument("--vocab", type=int, default=None, help="MQAR vocabulary (default 64)")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS),
                    help="the models to train (the control is always kept)")
     protocol_options(p, lrs=LRS)
@@ -137,14 +138,14 @@ def main(argv: list[str] | None = None) -> None:
     store = run_store(args)  # finished runs are read back: a stopped check resumes
     models = list(dict.fromkeys(["attention", *args.models]))
     t = TASKS[args.task]
-    if args.kv is not None and args.task != "mqar":
-        p.error("--kv is the number of MQAR pairs: it goes with --task mqar")
-    L, kv = args.seq_len or t["L"], args.kv or t["kv"]
-    data = {s: (*t["make"](args.n_train, s, L, kv), *t["make"](args.n_test, s + 10_000, L, kv))
-            for s in args.seeds}
+    if (args.kv, args.vocab) != (None, None) and args.task != "mqar":
+        p.error("--kv and --vocab set the MQAR task: they go with --task mqar")
+    L, kv, V = args.seq_len or t["L"], args.kv or t["kv"], args.vocab or t["vocab"]
+    data = {s: (*t["make"](args.n_train, s, L, kv, V),
+                *t["make"](args.n_test, s + 10_000, L, kv, V)) for s in args.seeds}
 
     def run(label: str, lr: float, seed: int) -> Run:
-        model = build_lm(d=D_MODEL, layers=N_LAYERS, vocab=t["vocab"], seed=seed, mlp_ratio=0,
+        model = build_lm(d=D_MODEL, layers=N_LAYERS, vocab=V, seed=seed, mlp_ratio=0,
                          **MODELS[label])
         x, y, xt, yt = data[seed]
         losses, secs = train(model, x, y, steps=args.steps, batch_size=32, lr=lr, seed=seed)
@@ -154,13 +155,15 @@ def main(argv: list[str] | None = None) -> None:
             scores = {"acc": accuracy(model, xt, yt)}
         return Run(scores, curve_of(losses), secs)
 
-    pairs = f", {kv} pairs" if args.kv is not None else ""  # the default's name stays as stored
+    # the default task's name stays as its stored runs have it
+    pairs = (f", {kv} pairs" if args.kv is not None else "") + (
+        f", vocab {V}" if args.vocab is not None else "")
     check = Check(f"Oryx on {args.task}, L={L}{pairs}", models, args.lrs, run,
                   Control("attention", 0.9, why="full attention within its training length"),
                   claims(models), seeds=args.seeds, max_extend=args.max_extend, store=store,
                   select={"oryx-gdn (rec only)": "acc@0"})
     res = run_check(check)
-    shown = f", {kv} pairs" if kv else ""
+    shown = f", {kv} pairs, vocab {V}" if kv else ""
     head = (f"{args.task}, L={L}{shown}: {N_LAYERS} layers, d={D_MODEL}, no MLP, {args.steps} "
             f"steps of 32, {args.n_train} / {args.n_test} sequences; Oryx evaluated at "
             f"p_attn {sorted(args.p_attn)} ({args.placements} random placements of "
