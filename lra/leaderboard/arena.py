@@ -51,7 +51,6 @@ import itertools
 import json
 import math
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -489,7 +488,13 @@ def extrapolated(best: dict[tuple, dict[str, Any]]) -> dict[tuple, dict[str, dic
 
 
 def missing(cells: list[dict[str, Any]], recs: list[dict[str, Any]]) -> list[str]:
-    """A line for each run the protocol asks for that has no result yet: never run, its last
+    """A line for each run the protocol asks for that has no result yet (:func:`missing_runs`)."""
+    return [f"{_label(c)}: {why}" for c, why in missing_runs(cells, recs)]
+
+
+def missing_runs(cells: list[dict[str, Any]], recs: list[dict[str, Any]]
+                 ) -> list[tuple[dict[str, Any], str]]:
+    """(run, why) for each run the protocol asks for that has no result yet: never run, its last
     error, diverged, or left out by the grid; a cell whose sweep is not settled says so."""
     recs = current(recs) if any(r.get("version") for r in recs) else recs
     last_err = {cell_key(r): r.get("error") for r in recs if r.get("status") != "ok"}
@@ -499,15 +504,16 @@ def missing(cells: list[dict[str, Any]], recs: list[dict[str, Any]]) -> list[str
         if step is not None:
             at = f" from step {step}" if step > 0 else ""
             last_err[cell_key(r)] = f"diverged: the training loss was not finite{at}"
-    out = [f"{_label(c)}: {c['skip']}" for c in cells if c.get("skip")]
+    out = [(c, c["skip"]) for c in cells if c.get("skip")]
     for st in plan(cells, recs).values():
-        lines = [f"{_label(c)}: {last_err.get(cell_key(c)) or 'not run yet'}"
-                 for c in st.runs if cell_key(c) not in ok]
+        runs = [(c, last_err.get(cell_key(c)) or "not run yet")
+                for c in st.runs if cell_key(c) not in ok]
         settled = st.best_lr is not None and any(c["seed"] != st.runs[0]["seed"]
                                                  for c in st.runs)
-        if lines and not settled and st.best_lr is not None:
-            lines[-1] += " (the sweep may extend or add a seed after this)"
-        out += lines
+        if runs and not settled and st.best_lr is not None:
+            c, why = runs[-1]
+            runs[-1] = (c, why + " (the sweep may extend or add a seed after this)")
+        out += runs
     return out
 
 
@@ -598,7 +604,7 @@ def render(recs: list[dict[str, Any]], cells: list[dict[str, Any]], *, store_nam
                 f"{100 * r['acc_by_length'][str(n)]:.1f}" if str(n) in r["acc_by_length"]
                 else "" for n in lengths) + " |")
         out.append("")
-    miss = missing(cells, recs)
+    miss = missing_runs(cells, recs)
     out += ["## Reading against the published shape", "", ZOOLOGY, "",
             "The point-by-point reading (each mixer's row above against this shape) is written "
             "in the notes below once every cell has its result"
@@ -648,16 +654,12 @@ def render(recs: list[dict[str, Any]], cells: list[dict[str, Any]], *, store_nam
     if not miss:
         out += ["None: every run of the grid has a result."]
     elif len(miss) <= 40:
-        out += [f"- {m}" for m in miss]
+        out += [f"- {_label(c)}: {why}" for c, why in miss]
     else:  # a long list says little: count the runs by mixer and reason, naming the cells
         counts: dict[tuple[str, str], dict[str, int]] = {}
-        for m in miss:
-            mixer, why = m.split(" ", 1)[0], m.split(": ", 1)[1]
-            at = re.search(r"(\S+) L=(\d+) kv=(\d+) d=(\d+)", m)
-            # the names --cells takes: L:pairs:d for MQAR, the task's name otherwise
-            cell = "?" if not at else f"{at[2]}:{at[3]}:{at[4]}" if at[1] == "mqar" else at[1]
-            by_cell = counts.setdefault((mixer, why), {})
-            by_cell[cell] = by_cell.get(cell, 0) + 1
+        for c, why in miss:
+            by_cell = counts.setdefault((c["mixer"], why), {})
+            by_cell[cell_name(c)] = by_cell.get(cell_name(c), 0) + 1
         out += [f"{len(miss)} runs have no result (cells as `--cells` names them, MQAR as "
                 f"L:pairs:d):", ""]
         out += [f"- {mixer}: {sum(c.values())} runs, {why}: "
