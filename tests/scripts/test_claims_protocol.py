@@ -16,6 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "claims"))
 
 from common import (
+    AT_CEILING,
     HOLDS,
     IN_PART,
     NOT_HOLD,
@@ -104,6 +105,25 @@ def test_claims_are_judged_on_every_seed(offsets, verdict):
     claim = Claim("a recalls more than b", [Cmp(("a", "acc"), ("b", "acc"), margin=0.05)])
     res = run_check(check(models, [claim]))
     assert res.verdicts[0][1] == verdict
+
+
+@pytest.mark.parametrize(("a_top", "b_top", "margin", "ceiling", "verdict"), [
+    (1.0, 0.99, 0.05, 1.0, AT_CEILING),   # b within the margin of 1.0: no room to hold
+    (1.0, 0.99, 0.05, None, NOT_HOLD),    # an unbounded metric has no ceiling
+    (1.0, 0.99, -0.05, 1.0, HOLDS),       # "no worse than": a ceiling never blocks it
+    (0.9, 0.8, 0.05, 1.0, HOLDS),         # room enough, and it holds
+    (0.8, 0.8, 0.05, 1.0, NOT_HOLD),      # room enough, and it fails: a real "does not hold"
+])
+def test_a_comparison_with_no_room_under_the_ceiling_asks_for_a_redesign(
+        a_top, b_top, margin, ceiling, verdict):
+    models = {"ctrl": (peaked(3e-3, 0.99), {}), "a": (peaked(3e-3, a_top), {}),
+              "b": (peaked(3e-3, b_top), {})}
+    claim = Claim("a recalls more than b", [Cmp(("a", "acc"), ("b", "acc"), margin, ceiling)])
+    res = run_check(check(models, [claim]))
+    assert res.verdicts[0][1] == verdict
+    if verdict == AT_CEILING:
+        assert f"**{AT_CEILING}**" in render(res)
+        assert AT_CEILING in res.verdicts[0][2][0]  # the comparison's line says why
 
 
 def test_a_claim_of_several_parts_holds_in_part_when_only_some_hold():
