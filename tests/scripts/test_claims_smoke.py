@@ -98,3 +98,26 @@ def test_landmark_check_reports_per_query_and_chunked_retrieval(tmp_path):
         assert f"| {mode}@2L " in text or f" {mode}@2L |" in text
     with pytest.raises(SystemExit):  # a chunk that is not whole blocks
         _load("landmark").main(["--chunk", "20", "--store", str(tmp_path / "t")])
+
+
+def test_longmamba_threshold_diagnosis_reports_every_global_channel_and_restores_b(capsys):
+    """The thresholds part of longmamba_numerics.py on a tiny calibrated model: one line per
+    global channel, one accuracy line per scale b, and the filters' configs as they were."""
+    import lrm.longmamba as lm
+    from lra.data import recall_tasks
+
+    numerics = _load("longmamba_numerics")
+    torch.manual_seed(0)
+    model = numerics.build("mamba2")
+    Xc, _ = recall_tasks.passkey(4, 32, n_digits=1, seed=0)
+    lm.calibrate(model, [Xc], train_len=32)
+    n_global = sum(int(f.global_channels().sum()) for f in lm.filters(model))
+    assert n_global > 0  # at initialisation the slow heads span 32 tokens
+    before = [f.config for f in lm.filters(model)]
+    numerics.thresholds(model, {128: recall_tasks.passkey(4, 128, n_digits=1, seed=1)},
+                        [0.5, 2.0], n_inputs=2)
+    out = capsys.readouterr().out
+    assert out.count(" channel ") == n_global
+    assert "θ × 0.5: L=128: " in out and "θ × 2: L=128: " in out
+    assert [f.config for f in lm.filters(model)] == before
+    assert all(not f._forward_hooks for f in lm.filters(model))
