@@ -176,6 +176,10 @@ def test_run_store_resumes_a_killed_check_and_keys_runs_by_their_settings(tmp_pa
         a, b = full.models[name], res.models[name]
         assert b.best_lr == a.best_lr and b.values("acc") == a.values("acc")
         assert [r.curve for r in b.runs] == [r.curve for r in a.runs]
+    # the report says which runs came back from the store and what they took when trained
+    assert "(4 of its 8 runs read back from the run store; the runs' own training" in render(res)
+    assert "read back" not in render(full)
+    assert all("from_store" not in line for line in path.read_text().splitlines())
     other: list = []
     run_check(check(models, [], calls=other, store=RunStore(path, {"steps": 20})))
     assert other == first  # other settings: every run trains
