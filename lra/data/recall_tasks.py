@@ -139,15 +139,23 @@ PASSKEY_FILLER = torch.tensor([12, 13, 14, 15, 16, 17, 18, 19])  # "the grass is
 PASSKEY_VOCAB = 20
 
 
-def passkey(n: int, seq_len: int, *, n_digits: int = 5,
-            seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def passkey(n: int, seq_len: int, *, n_digits: int = 5, seed: int = 0,
+            filler: str = "repeat") -> tuple[torch.Tensor, torch.Tensor]:
     """Passkey retrieval (landmark attention, Mohtashami & Jaggi 2023; RULER's single needle).
 
     The sentence "the pass key is N" becomes ``KEY d1 .. dn`` hidden at a uniformly random depth
-    in a repeated fixed filler sentence; the sequence ends with ``QUERY d1 .. d(n-1)``, and the
-    model must produce the digits: the target at QUERY is d1, at d1 it is d2, and so on (teacher
-    forcing, so one forward pass scores the whole answer). Vocabulary: ``PASSKEY_VOCAB`` = 20.
+    in filler; the sequence ends with ``QUERY d1 .. d(n-1)``, and the model must produce the
+    digits: the target at QUERY is d1, at d1 it is d2, and so on (teacher forcing, so one
+    forward pass scores the whole answer). Vocabulary: ``PASSKEY_VOCAB`` = 20.
+
+    ``filler``: ``"repeat"`` (the papers' form: one fixed sentence repeated) or ``"random"``
+    (each filler token drawn uniformly from the same sentence's tokens, so no two stretches of
+    filler look alike; the digits and the key's depth are those of ``"repeat"`` for the same
+    seed). Repeated filler makes a model's inputs, and so anything computed from a short window
+    of them (a convolution, Mamba's Δ), take a handful of values only.
     """
+    if filler not in ("repeat", "random"):
+        raise ValueError(f"filler must be 'repeat' or 'random', got {filler!r}")
     tail = n_digits  # QUERY + first n-1 digits
     body = seq_len - tail
     if body < n_digits + 1 + 1:
@@ -157,6 +165,8 @@ def passkey(n: int, seq_len: int, *, n_digits: int = 5,
     reps = math.ceil(body / len(PASSKEY_FILLER))
     inputs = PASSKEY_FILLER.repeat(reps)[:body].repeat(n, 1)
     depth = torch.randint(0, body - n_digits, (n, 1), generator=g)  # where KEY goes
+    if filler == "random":  # drawn after the depth, so digits and depth match "repeat"
+        inputs = PASSKEY_FILLER[torch.randint(0, len(PASSKEY_FILLER), (n, body), generator=g)]
     inputs.scatter_(1, depth, PASSKEY_KEY)
     inputs.scatter_(1, depth + 1 + torch.arange(n_digits), digits)
     query = torch.cat([torch.full((n, 1), PASSKEY_QUERY), digits[:, :-1]], dim=1)

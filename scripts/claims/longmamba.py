@@ -8,9 +8,10 @@ Each run (everything follows its seed):
 
 1. Train a small Mamba-2 LM (d_model 64, 2 layers, d_state 16, head_dim 16) on passkey retrieval
    (``lra.data.recall_tasks.passkey``, one digit hidden at a random depth in repeated filler,
-   asked at the end) with ``lra.quick.fit`` (batch 32). A 1-digit passkey at L=256 does not take
-   off from scratch in a CPU budget, so the lengths grow 32 -> 64 -> 128 -> 256 (150, 150, 150
-   and 250 steps); the last and longest stage sets the training length T_tr = 256.
+   or with ``--filler random`` filler drawn token by token, asked at the end) with
+   ``lra.quick.fit`` (batch 32). A 1-digit passkey at L=256 does not take off from scratch in
+   a CPU budget, so the lengths grow 32 -> 64 -> 128 -> 256 (150, 150, 150 and 250 steps);
+   the last and longest stage sets the training length T_tr = 256.
 2. Calibrate LongMamba on 32 fresh passkey inputs of length 256 (``lrm.longmamba.calibrate``,
    defaults: channel threshold 0.05, top-10% clamp, mean over samples).
 3. Evaluate the passkey accuracy (the digit predicted at the query) on fresh inputs at 256, 1K,
@@ -69,6 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192],
                    help="evaluation lengths beyond T_tr")
     p.add_argument("--n-eval", type=int, default=100, help="test inputs per length")
+    p.add_argument("--filler", choices=["repeat", "random"], default=None,
+                   help="the passkey's filler for training, calibration and test: the papers' "
+                        "repeated sentence (the default), or its tokens drawn at random")
     protocol_options(p, lrs=LRS)
     args = setup(p, argv)
     T = args.train_len
@@ -79,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     if any(L <= T for L in args.lengths):
         p.error(f"--lengths {args.lengths}: every evaluation length must exceed --train-len {T}")
     store = run_store(args)  # finished runs are read back: a stopped check resumes
+    filler = args.filler or "repeat"  # None keeps the run-store keys of the default
     lengths = [T, *sorted(set(args.lengths))]
 
     def run(label: str, lr: float, seed: int) -> Run:
@@ -86,13 +91,15 @@ def main(argv: list[str] | None = None) -> None:
         model = build(label)
         losses: list[float] = []
         for i, (L, steps) in enumerate(stages):
-            X, Y = recall_tasks.passkey(8192, L, n_digits=1, seed=seed + 100 * i)
+            X, Y = recall_tasks.passkey(8192, L, n_digits=1, seed=seed + 100 * i,
+                                         filler=filler)
             losses += quick.fit(model, X, Y, steps=steps, batch_size=32, lr=lr, seed=seed + i)
-        Xc, _ = recall_tasks.passkey(32, T, n_digits=1, seed=seed + 7)
+        Xc, _ = recall_tasks.passkey(32, T, n_digits=1, seed=seed + 7, filler=filler)
         lm.calibrate(model, [Xc], train_len=T)
         scores = {}
         for i, L in enumerate(lengths):
-            X, Y = recall_tasks.passkey(args.n_eval, L, n_digits=1, seed=seed + 10_000 + i)
+            X, Y = recall_tasks.passkey(args.n_eval, L, n_digits=1, seed=seed + 10_000 + i,
+                                        filler=filler)
             with lm.disabled(model):
                 scores[f"van@{L}"] = quick.accuracy(model, X, Y, batch_size=16)
             scores[f"lm@{L}"] = quick.accuracy(model, X, Y, batch_size=16)
@@ -109,7 +116,8 @@ def main(argv: list[str] | None = None) -> None:
                   [claim], seeds=args.seeds, max_extend=args.max_extend, store=store,
                   metric="van")
     res = run_check(check)
-    head = (f"Passkey (1 digit, chance 0.10), {args.mixer} LM trained with the length curriculum "
+    head = (f"Passkey (1 digit, chance 0.10, {filler} filler), {args.mixer} LM trained with "
+            f"the length curriculum "
             f"{' -> '.join(str(L) for L, _ in stages)} ({' + '.join(str(s) for _, s in stages)}"
             f" steps of 32); {args.n_eval} test inputs per length; van@L without the filter, "
             f"lm@L with it; \"van\" (the rate's criterion) is the mean of van@L over the "

@@ -66,6 +66,24 @@ def test_passkey_answer_is_the_hidden_number():
     assert x.max() < recall_tasks.PASSKEY_VOCAB
 
 
+def test_passkey_random_filler_keeps_key_and_digits_but_breaks_the_period():
+    xr, yr = recall_tasks.passkey(16, 200, n_digits=3, seed=5)
+    xs, ys = recall_tasks.passkey(16, 200, n_digits=3, seed=5, filler="random")
+    assert torch.equal(ys, yr)  # the same digits at the same depth, the same targets
+    assert torch.equal(xs == recall_tasks.PASSKEY_KEY, xr == recall_tasks.PASSKEY_KEY)
+    filler = ~torch.isin(xs, torch.tensor([recall_tasks.PASSKEY_KEY, recall_tasks.PASSKEY_QUERY,
+                                            *range(10)]))
+    assert torch.isin(xs[filler], recall_tasks.PASSKEY_FILLER).all()
+    # repeated filler is periodic (period 8); random filler is not, and uses every token
+    body = xs[:, 100:150]  # away from the key in most rows: compare the period row by row
+    period = len(recall_tasks.PASSKEY_FILLER)
+    assert (xr[:, 100:150] == xr[:, 100 + period:150 + period]).float().mean() > 0.9
+    assert (body == xs[:, 100 + period:150 + period]).float().mean() < 0.3
+    assert set(xs[filler].tolist()) == set(recall_tasks.PASSKEY_FILLER.tolist())
+    with pytest.raises(ValueError, match="filler"):
+        recall_tasks.passkey(1, 50, filler="shuffled")
+
+
 def test_generators_reject_impossible_settings():
     with pytest.raises(ValueError, match="seq_len"):
         recall_tasks.mqar(1, 20, vocab_size=100, num_kv_pairs=8)
