@@ -105,8 +105,10 @@ def thresholds(model: torch.nn.Module, tests: dict[int, tuple[torch.Tensor, torc
             d, t = seen[i][:, c].flatten(), float(theta[c])
             dropped = float((d <= t).float().mean())
             near = float(((d - t).abs() <= 0.02 * t).float().mean())
+            others = ", ".join(f"θ({n}) {float(f.threshold(n)[c]):.3e}" for n in sorted(tests)
+                               if n != L)  # θ stops growing once it reaches the clamp value
             print(f"  layer {i} channel {c}: θ {t:.3e}, dropped {dropped:.3f}, "
-                  f"within ±2% {near:.3f}", flush=True)
+                  f"within ±2% {near:.3f}" + (f" ({others})" if others else ""), flush=True)
     base = [f.config for f in filters]
     try:
         for b in scales:
