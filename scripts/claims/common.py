@@ -19,8 +19,8 @@ out either way, so every check
    steps were too few to read an end point; the steps of a check are set from these curves);
 5. states each claim as holds / holds in part / does not hold from comparisons that must hold
    on every seed, beside the control and the check's wall time. A comparison that asks a model
-   to beat another by a margin the metric has no room for (the other already within the margin
-   of the metric's ceiling, 1.0 for an accuracy) cannot hold whatever the models do: its claim
+   to beat another by a margin the metric has no room for (both already within the margin of
+   the metric's ceiling, 1.0 for an accuracy) cannot hold whatever the models do: its claim
    reads "redesign needed (at the ceiling)", a harder task being the fix, not "does not hold".
 
 A claim check stays one readable script; this module holds only what every one of them would
@@ -245,8 +245,8 @@ class Control:
 class Cmp:
     """One comparison: ``a`` − ``b`` ≥ ``margin``, where a and b are (model, metric) or, for b,
     a fixed level. ``ceiling`` is the metric's best possible value (1.0 for the accuracies every
-    check reports; None for an unbounded metric): with a positive margin, a b within the margin
-    of it leaves the comparison no room to hold."""
+    check reports; None for an unbounded metric): with a positive margin, an a and b both within
+    the margin of it leave the comparison no room to hold."""
 
     a: tuple[str, str]
     b: tuple[str, str] | float
@@ -372,16 +372,17 @@ def _values(models: dict[str, ModelResult], ref: tuple[str, str] | float) -> lis
 def judge(claim: Claim, models: dict[str, ModelResult]) -> tuple[str, list[str]]:
     """(verdict, one line per comparison). A comparison holds when its worst seed pairing
     clears the margin, fails when even its best pairing does not, and is split otherwise; one
-    that does not hold while some b is within its margin of the ceiling (no room to hold) is
-    at the ceiling, and so is its claim."""
+    that does not hold while every a and b is within its margin of the ceiling (no room to
+    separate them) is at the ceiling, and so is its claim. An a that trails a b at the ceiling
+    is a plain "does not hold"."""
     states, lines = [], []
     for c in claim.parts:
         a, b = _values(models, c.a), _values(models, c.b)
         worst, best = min(a) - max(b), max(a) - min(b)
         state = HOLDS if worst >= c.margin else NOT_HOLD if best < c.margin else IN_PART
         if (state != HOLDS and c.margin > 0 and c.ceiling is not None
-                and any(v + c.margin > c.ceiling for v in b)):
-            state = AT_CEILING
+                and all(v + c.margin > c.ceiling for v in a + b)):
+            state = AT_CEILING  # both within the margin of the top: nothing to separate
         states.append(state)
         name_b = f"{c.b:.3g}" if isinstance(c.b, int | float) else f"{c.b[0]} {c.b[1]}"
         lines.append(f"{c.a[0]} {c.a[1]} ({' / '.join(f'{x:.3f}' for x in a)}) − {name_b} "

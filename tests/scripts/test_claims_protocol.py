@@ -113,6 +113,7 @@ def test_claims_are_judged_on_every_seed(offsets, verdict):
     (1.0, 0.99, -0.05, 1.0, HOLDS),       # "no worse than": a ceiling never blocks it
     (0.9, 0.8, 0.05, 1.0, HOLDS),         # room enough, and it holds
     (0.8, 0.8, 0.05, 1.0, NOT_HOLD),      # room enough, and it fails: a real "does not hold"
+    (0.8, 0.99, 0.05, 1.0, NOT_HOLD),     # a trails a b at the ceiling: it does not hold
 ])
 def test_a_comparison_with_no_room_under_the_ceiling_asks_for_a_redesign(
         a_top, b_top, margin, ceiling, verdict):
