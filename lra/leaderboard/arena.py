@@ -487,11 +487,6 @@ def extrapolated(best: dict[tuple, dict[str, Any]]) -> dict[tuple, dict[str, dic
     return out
 
 
-def missing(cells: list[dict[str, Any]], recs: list[dict[str, Any]]) -> list[str]:
-    """A line for each run the protocol asks for that has no result yet (:func:`missing_runs`)."""
-    return [f"{_label(c)}: {why}" for c, why in missing_runs(cells, recs)]
-
-
 def missing_runs(cells: list[dict[str, Any]], recs: list[dict[str, Any]]
                  ) -> list[tuple[dict[str, Any], str]]:
     """(run, why) for each run the protocol asks for that has no result yet: never run, its last

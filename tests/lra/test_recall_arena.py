@@ -245,7 +245,7 @@ def test_a_long_missing_list_is_counted_by_mixer_and_names_its_cells():
     cells = arena.grid(arena.FULL, ["attention", "mamba", "gdn"])
     page = arena.render([], cells, store_name="runs.json", plots=("a.png", "b.png"), notes=None)
     missing = page[page.index("## Missing cells"):]
-    n = len(arena.missing(cells, []))
+    n = len(arena.missing_runs(cells, []))
     assert n > 40 and f"{n} runs have no result" in missing
     line = next(ln for ln in missing.splitlines() if ln.startswith("- mamba: "))
     assert " 128:8:64 (3)" in line and " 256:16:64 (3)" in line and " passkey (3)" in line
