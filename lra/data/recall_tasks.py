@@ -162,11 +162,12 @@ def passkey(n: int, seq_len: int, *, n_digits: int = 5, seed: int = 0,
         raise ValueError(f"seq_len={seq_len} is too short for a {n_digits}-digit passkey")
     g = _gen(seed)
     digits = torch.randint(0, 10, (n, n_digits), generator=g)
-    reps = math.ceil(body / len(PASSKEY_FILLER))
-    inputs = PASSKEY_FILLER.repeat(reps)[:body].repeat(n, 1)
     depth = torch.randint(0, body - n_digits, (n, 1), generator=g)  # where KEY goes
     if filler == "random":  # drawn after the depth, so digits and depth match "repeat"
         inputs = PASSKEY_FILLER[torch.randint(0, len(PASSKEY_FILLER), (n, body), generator=g)]
+    else:
+        reps = math.ceil(body / len(PASSKEY_FILLER))
+        inputs = PASSKEY_FILLER.repeat(reps)[:body].repeat(n, 1)
     inputs.scatter_(1, depth, PASSKEY_KEY)
     inputs.scatter_(1, depth + 1 + torch.arange(n_digits), digits)
     query = torch.cat([torch.full((n, 1), PASSKEY_QUERY), digits[:, :-1]], dim=1)
