@@ -63,6 +63,32 @@ def build(mixer: str) -> lrm.LRModel:
                                        vocab_size=recall_tasks.PASSKEY_VOCAB, mixer_kwargs=kw))
 
 
+def curriculum(T: int) -> list[tuple[int, int]]:
+    """The training stages (length, steps) that end at the training length T."""
+    return [(T // 8, 150), (T // 4, 150), (T // 2, 150), (T, 250)]
+
+
+def train_calibrated(label: str, lr: float, seed: int, stages: list[tuple[int, int]],
+                     T: int, filler: str = "repeat") -> tuple[lrm.LRModel, list[float]]:
+    """Step 1 and 2 of a run: the model trained through ``stages``, then calibrated at T;
+    returns it with its training losses."""
+    torch.manual_seed(seed)
+    model = build(label)
+    losses: list[float] = []
+    for i, (L, steps) in enumerate(stages):
+        X, Y = recall_tasks.passkey(8192, L, n_digits=1, seed=seed + 100 * i, filler=filler)
+        losses += quick.fit(model, X, Y, steps=steps, batch_size=32, lr=lr, seed=seed + i)
+    Xc, _ = recall_tasks.passkey(32, T, n_digits=1, seed=seed + 7, filler=filler)
+    lm.calibrate(model, [Xc], train_len=T)
+    return model, losses
+
+
+def held_out(n: int, L: int, seed: int, index: int,
+                filler: str = "repeat") -> tuple[torch.Tensor, torch.Tensor]:
+    """The test passkeys at length L, the ``index``-th of the run's lengths [T, ...]."""
+    return recall_tasks.passkey(n, L, n_digits=1, seed=seed + 10_000 + index, filler=filler)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = parser(__doc__, out=True, seed=None)
     p.add_argument("--mixer", default="mamba2", choices=["mamba2", "mamba"], help="the model")
@@ -76,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     protocol_options(p, lrs=LRS)
     args = setup(p, argv)
     T = args.train_len
-    stages = [(T // 8, 150), (T // 4, 150), (T // 2, 150), (T, 250)]
+    stages = curriculum(T)
     if args.smoke:
         args.lengths, args.n_eval, args.max_extend = [2 * T], 8, 0
         stages = [(T // 8, 4), (T, 2)]
@@ -87,19 +113,10 @@ def main(argv: list[str] | None = None) -> None:
     lengths = [T, *sorted(set(args.lengths))]
 
     def run(label: str, lr: float, seed: int) -> Run:
-        torch.manual_seed(seed)
-        model = build(label)
-        losses: list[float] = []
-        for i, (L, steps) in enumerate(stages):
-            X, Y = recall_tasks.passkey(8192, L, n_digits=1, seed=seed + 100 * i,
-                                         filler=filler)
-            losses += quick.fit(model, X, Y, steps=steps, batch_size=32, lr=lr, seed=seed + i)
-        Xc, _ = recall_tasks.passkey(32, T, n_digits=1, seed=seed + 7, filler=filler)
-        lm.calibrate(model, [Xc], train_len=T)
+        model, losses = train_calibrated(label, lr, seed, stages, T, filler)
         scores = {}
         for i, L in enumerate(lengths):
-            X, Y = recall_tasks.passkey(args.n_eval, L, n_digits=1, seed=seed + 10_000 + i,
-                                        filler=filler)
+            X, Y = held_out(args.n_eval, L, seed, i, filler)
             with lm.disabled(model):
                 scores[f"van@{L}"] = quick.accuracy(model, X, Y, batch_size=16)
             scores[f"lm@{L}"] = quick.accuracy(model, X, Y, batch_size=16)

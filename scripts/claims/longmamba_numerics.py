@@ -24,12 +24,11 @@ import time
 
 import torch
 from common import parser, setup
-from longmamba import build
+from longmamba import curriculum, held_out, train_calibrated
 
 import lrm.longmamba as lm
 import lrm.ops.ssd as ssd_mod
 from lra import quick
-from lra.data import recall_tasks
 
 T_TR = 256
 
@@ -47,17 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     check_lengths = [T_TR, 1024, 2048, 4096, 8192]  # the check's test seeds follow this order
     if any(L not in check_lengths for L in args.lengths):
         p.error(f"--lengths must be among {check_lengths[1:]}")
-    seed = args.seed
-    torch.manual_seed(seed)
-    model = build("mamba2")
-    for i, (L, steps) in enumerate([(32, 150), (64, 150), (128, 150), (T_TR, 250)]):
-        X, Y = recall_tasks.passkey(8192, L, n_digits=1, seed=seed + 100 * i)
-        quick.fit(model, X, Y, steps=steps, batch_size=32, lr=args.lr, seed=seed + i)
-    Xc, _ = recall_tasks.passkey(32, T_TR, n_digits=1, seed=seed + 7)
-    lm.calibrate(model, [Xc], train_len=T_TR)
-    tests = {L: recall_tasks.passkey(100, L, n_digits=1,
-                                     seed=seed + 10_000 + check_lengths.index(L))
-             for L in args.lengths}
+    model, _ = train_calibrated("mamba2", args.lr, args.seed, curriculum(T_TR), T_TR)
+    tests = {L: held_out(100, L, args.seed, check_lengths.index(L)) for L in args.lengths}
 
     def score(tag: str) -> None:
         t0, parts = time.time(), []

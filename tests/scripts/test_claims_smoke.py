@@ -108,7 +108,7 @@ def test_longmamba_threshold_diagnosis_reports_every_global_channel_and_restores
 
     numerics = _load("longmamba_numerics")
     torch.manual_seed(0)
-    model = numerics.build("mamba2")
+    model = _load("longmamba").build("mamba2")
     Xc, _ = recall_tasks.passkey(4, 32, n_digits=1, seed=0)
     lm.calibrate(model, [Xc], train_len=32)
     n_global = sum(int(f.global_channels().sum()) for f in lm.filters(model))
