@@ -9,7 +9,9 @@ multi-key recall further.
 Task: ``lra.data.recall_tasks.mqar`` (Zoology's generator: keys from the lower half of the
 vocabulary, values from the upper half, queries at power-law gaps, loss only at query
 positions) at L = 64, vocabulary 64, 8 key-value pairs (``--kv`` adds counts; each count is
-its own check), 8000 training and 500 held-out sequences. Chance is 1/32.
+its own check), 8000 training and 500 held-out sequences. Chance is 2/vocabulary (1/32).
+``--seq-len`` and ``--vocab`` make the task harder at the same matrix state (longer inputs, more
+distinct keys and values), for when every model reaches the ceiling at the default size.
 
 Models: ``lrm.LRModel(head="lm")``, 2 layers, d_model 64, no MLP in any block (the mixers alone
 do the recall), ``lra.quick.fit`` (AdamW, warmup + cosine, batch 32), 2000 steps: the budget at
@@ -73,7 +75,7 @@ CLAIMS = [
 ]
 
 
-def state_floats(mixer: str, kw: dict) -> int:
+def state_floats(mixer: str, kw: dict, seq_len: int = SEQ_LEN) -> int:
     """Matrix state of one layer (without the short-convolution windows)."""
     m = build_lm(mixer=mixer, mixer_kwargs=kw, d=D_MODEL, layers=1, vocab=VOCAB, seed=0,
                  mlp_ratio=0).blocks[0].mixer
@@ -81,12 +83,16 @@ def state_floats(mixer: str, kw: dict) -> int:
         return m.d_inner * m.d_state
     if mixer == "gdn":
         return m.n_heads * m.head_k_dim * m.head_v_dim
-    return m.state_size(SEQ_LEN)
+    return m.state_size(seq_len)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = parser(__doc__, out=True, seed=None)
     p.add_argument("--kv", nargs="+", type=int, default=[8], help="key-value pair counts")
+    p.add_argument("--seq-len", type=int, default=None,
+                   help=f"MQAR sequence length (default {SEQ_LEN})")
+    p.add_argument("--vocab", type=int, default=None,
+                   help=f"MQAR vocabulary (default {VOCAB})")
     p.add_argument("--steps", type=int, default=2000, help="training steps")
     p.add_argument("--n-train", type=int, default=8000, help="training sequences")
     p.add_argument("--n-test", type=int, default=500, help="held-out sequences")
@@ -94,33 +100,36 @@ def main(argv: list[str] | None = None) -> None:
                    help="the models to train (the control is always kept)")
     protocol_options(p, lrs=LRS)
     args = setup(p, argv)
+    L, V = args.seq_len or SEQ_LEN, args.vocab or VOCAB
     if args.smoke:
         args.steps, args.n_train, args.n_test, args.max_extend = 8, 128, 32, 0
     store = run_store(args)  # finished runs are read back: a stopped check resumes
     models = {m: MODELS[m] for m in args.models}
     if "attention" not in models:
         models = {"attention": MODELS["attention"], **models}
-    sizes = {label: state_floats(*spec) for label, spec in models.items()
+    sizes = {label: state_floats(*spec, L) for label, spec in models.items()
              if label != "attention"}
-    parts = [f"MQAR, L={SEQ_LEN}, vocab {VOCAB}, {N_LAYERS} layers, d={D_MODEL}, no MLP, "
+    parts = [f"MQAR, L={L}, vocab {V}, {N_LAYERS} layers, d={D_MODEL}, no MLP, "
              f"{args.steps} steps of 32, {args.n_train} training / {args.n_test} held-out "
-             f"sequences (chance {2 / VOCAB:.3f}); matrix state per layer: "
+             f"sequences (chance {2 / V:.3f}); matrix state per layer: "
              + ", ".join(f"{k} {v}" for k, v in sizes.items())]
     for kv in args.kv:
-        data = {s: mqar_split(args.n_train, args.n_test, SEQ_LEN, vocab=VOCAB, kv=kv, seed=s)
+        data = {s: mqar_split(args.n_train, args.n_test, L, vocab=V, kv=kv, seed=s)
                 for s in args.seeds}
 
         def run(label: str, lr: float, seed: int, kv=kv, data=data) -> Run:
             mixer, kw = models[label]
             model = build_lm(mixer=mixer, mixer_kwargs=kw, d=D_MODEL, layers=N_LAYERS,
-                             vocab=VOCAB, seed=seed, mlp_ratio=0)
+                             vocab=V, seed=seed, mlp_ratio=0)
             x, y, xt, yt = data[seed]
             losses, secs = train(model, x, y, steps=args.steps, batch_size=32, lr=lr, seed=seed)
             return Run({"acc": accuracy(model, xt, yt)}, curve_of(losses), secs)
 
         claims = [c for c in CLAIMS if all(part.a[0] in models and part.b[0] in models
                                            for part in c.parts)]
-        check = Check(f"MQAR with {kv} pairs", list(models), args.lrs, run,
+        # the default size keeps the name its stored runs were written under
+        size = "" if (L, V) == (SEQ_LEN, VOCAB) else f", L {L}, vocab {V}"
+        check = Check(f"MQAR with {kv} pairs{size}", list(models), args.lrs, run,
                       Control("attention", 0.9, why="full attention within its training length"),
                       claims, seeds=args.seeds, max_extend=args.max_extend, store=store)
         res = run_check(check)

@@ -121,3 +121,20 @@ def test_longmamba_threshold_diagnosis_reports_every_global_channel_and_restores
     assert "θ × 0.5: L=128: " in out and "θ × 2: L=128: " in out
     assert [f.config for f in lm.filters(model)] == before
     assert all(not f._forward_hooks for f in lm.filters(model))
+
+
+def test_gdn_check_at_another_size_trains_on_that_task_under_its_own_name(tmp_path):
+    """--seq-len and --vocab reach the data and the model (the report states them) and name
+    the check, so runs at another size never mix with the default size's in a store."""
+    import json
+
+    store = tmp_path / "s.jsonl"
+    out = tmp_path / "g.md"
+    _load("gdn").main(["--smoke", "--models", "gdn", "--seq-len", "32", "--vocab", "40",
+                       "--out", str(out), "--store", str(store)])
+    assert "MQAR, L=32, vocab 40," in out.read_text()
+    checks = {json.loads(json.loads(ln)["key"])["check"] for ln in store.read_text().splitlines()}
+    assert checks == {"MQAR with 8 pairs, L 32, vocab 40"}
+    _load("gdn").main(["--smoke", "--models", "gdn", "--out", str(out), "--store", str(store)])
+    checks = {json.loads(json.loads(ln)["key"])["check"] for ln in store.read_text().splitlines()}
+    assert checks == {"MQAR with 8 pairs, L 32, vocab 40", "MQAR with 8 pairs"}
