@@ -440,9 +440,12 @@ def render(res: CheckResult, metrics: Sequence[str] | None = None) -> str:
     lines = [f"## {res.name}", "",
              f"Control: {c.model} {c.metric} {' / '.join(f'{v:.3f}' for v in res.control_values)}"
              f" (both seeds must reach {c.level:.3g}{'; ' + c.why if c.why else ''}): "
-             f"{'passed' if res.control_ok else 'FAILED, redesign needed'}", "",
-             "| claim | verdict |", "|---|---|"]
-    lines += [f"| {text} | **{verdict}** |" for text, verdict, _ in res.verdicts]
+             f"{'passed' if res.control_ok else 'FAILED, redesign needed'}", ""]
+    if res.verdicts:
+        lines += ["| claim | verdict |", "|---|---|"]
+        lines += [f"| {text} | **{verdict}** |" for text, verdict, _ in res.verdicts]
+    else:  # a run of some of the models only (e.g. --models): nothing to judge yet
+        lines.append("No claim judged: every claim compares a model this run left out.")
     lines.append("")
     for text, _, parts in res.verdicts:
         lines.append(f"- {text}: " + "; ".join(parts))

@@ -138,3 +138,28 @@ def test_gdn_check_at_another_size_trains_on_that_task_under_its_own_name(tmp_pa
     _load("gdn").main(["--smoke", "--models", "gdn", "--out", str(out), "--store", str(store)])
     checks = {json.loads(json.loads(ln)["key"])["check"] for ln in store.read_text().splitlines()}
     assert checks == {"MQAR with 8 pairs, L 32, vocab 40", "MQAR with 8 pairs"}
+
+
+def test_titans_models_option_trains_a_subset_and_judges_only_complete_claims(tmp_path):
+    """--models keeps the control and the named models; a claim missing one of its models is
+    not judged, and the report says so instead of showing an empty verdict table; a second
+    process with the other models reads the shared store and judges the claim."""
+    import json
+
+    store, out = tmp_path / "s.jsonl", tmp_path / "t.md"
+    titans = _load("titans")
+    titans.main(["--smoke", "--part", "window", "--models", "Titans MAC", "--out", str(out),
+                 "--store", str(store)])
+    text = out.read_text()
+    assert "No claim judged" in text and "| claim | verdict |" not in text
+    trained = {json.loads(json.loads(ln)["key"])["model"]
+               for ln in store.read_text().splitlines()}
+    assert trained == {"attention", "Titans MAC"}
+    titans.main(["--smoke", "--part", "window", "--models", "sliding-window attention",
+                 "Titans MAG", "Titans MAL", "Titans MAC", "--out", str(out),
+                 "--store", str(store)])
+    assert "| claim | verdict |" in out.read_text()
+    keys = [json.loads(ln)["key"] for ln in store.read_text().splitlines()]
+    assert len(keys) == len(set(keys))  # the first process's runs were read back, not retrained
+    with pytest.raises(SystemExit):
+        titans.main(["--smoke", "--models", "MAC", "--store", str(store)])
