@@ -209,6 +209,12 @@ def ensure_generated(task: str, data_dir: Path, spec: Sequence[str] | None = Non
     stamp = data_dir / f".generated-{task}.json"
     if task == "listops":
         present = (data_dir / "listops-1000" / "basic_test.tsv").is_file()
+        if present and stamp.is_file() and json.loads(stamp.read_text())["args"] != args:
+            # generated here with other settings (sizes, lengths): the files hold another set
+            print(f"[leaderboard] {data_dir} holds ListOps generated with other settings "
+                  f"({' '.join(json.loads(stamp.read_text())['args'])}); generating again",
+                  flush=True)
+            present = False
     else:
         # any difficulty counts: a run may ask for another contour length than 14
         present = any((data_dir / "pathfinder32").glob("curv_*/metadata"))

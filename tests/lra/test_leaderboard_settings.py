@@ -58,3 +58,26 @@ def test_the_pathfinder_probe_is_the_easiest_generated_difficulty():
     assert args[args.index("--contour-length") + 1] == "6"
     assert args[args.index("--resolution") + 1] == "32"
     assert spec["overrides"]["data"]["init_args"]["contour_length"] == 6  # the loader agrees
+
+
+def test_listops_set_generated_with_other_settings_is_generated_again(tmp_path, capsys):
+    """ensure_generated keeps a ListOps set made with the same generator arguments and makes it
+    again when the arguments differ (a check that changed its split sizes must not train on the
+    old files)."""
+    from lra.leaderboard.runner import ensure_generated
+
+    def sizes() -> list[int]:
+        root = tmp_path / "listops-1000"
+        return [len((root / f"basic_{s}.tsv").read_text().splitlines()) for s in
+                ("train", "val", "test")]
+
+    small = ["--n-train", "20", "--n-val", "5", "--n-test", "6", "--min-length", "5", "--max-length", "40"]
+    ensure_generated("listops", tmp_path, small)
+    first = sizes()
+    mtime = (tmp_path / "listops-1000" / "basic_test.tsv").stat().st_mtime_ns
+    assert ensure_generated("listops", tmp_path, small).endswith(" ".join(small))
+    assert (tmp_path / "listops-1000" / "basic_test.tsv").stat().st_mtime_ns == mtime
+    bigger = ["--n-train", "20", "--n-val", "5", "--n-test", "9", "--min-length", "5", "--max-length", "40"]
+    assert ensure_generated("listops", tmp_path, bigger).endswith(" ".join(bigger))
+    assert sizes()[2] - first[2] == 3  # the test split grew from 6 to 9 expressions
+    assert "generated with other settings" in capsys.readouterr().out
