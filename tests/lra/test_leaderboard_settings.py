@@ -71,13 +71,14 @@ def test_listops_set_generated_with_other_settings_is_generated_again(tmp_path, 
         return [len((root / f"basic_{s}.tsv").read_text().splitlines()) for s in
                 ("train", "val", "test")]
 
-    small = ["--n-train", "20", "--n-val", "5", "--n-test", "6", "--min-length", "5", "--max-length", "40"]
+    lengths = ["--min-length", "5", "--max-length", "40"]
+    small = ["--n-train", "20", "--n-val", "5", "--n-test", "6", *lengths]
     ensure_generated("listops", tmp_path, small)
     first = sizes()
     mtime = (tmp_path / "listops-1000" / "basic_test.tsv").stat().st_mtime_ns
     assert ensure_generated("listops", tmp_path, small).endswith(" ".join(small))
     assert (tmp_path / "listops-1000" / "basic_test.tsv").stat().st_mtime_ns == mtime
-    bigger = ["--n-train", "20", "--n-val", "5", "--n-test", "9", "--min-length", "5", "--max-length", "40"]
+    bigger = ["--n-train", "20", "--n-val", "5", "--n-test", "9", *lengths]
     assert ensure_generated("listops", tmp_path, bigger).endswith(" ".join(bigger))
     assert sizes()[2] - first[2] == 3  # the test split grew from 6 to 9 expressions
     assert "generated with other settings" in capsys.readouterr().out
