@@ -11,7 +11,10 @@ out either way, so every check
    needed" and gives no verdict;
 2. sweeps the learning rate per model (at least three rates; when the best is at an end of the
    sweep the sweep is extended in that direction, up to ``max_extend`` times, and a best still
-   at an end is flagged), then re-runs the best rate on a second seed; both seeds are shown;
+   at an end is flagged), then re-runs the best rate on a second seed; both seeds are shown.
+   A tie for the best goes to the lowest of the tied rates (so a tie that includes the lowest
+   rate extends the sweep downwards, one run that cannot change the choice; the rule is kept
+   because the stored checks' chosen rates depend on it);
 3. keeps every finished run in a run store (a JSON-lines file, ``--store``), so a killed or
    stopped check resumes where it stopped: a run already in the store (same check, model,
    rate, seed and settings) is read back, not trained again;
