@@ -158,10 +158,22 @@ _NOT_IN_KEY = {"threads", "json", "out", "store", "fresh", "lrs", "seeds", "max_
                "models", "mixers", "part", "tasks"}
 
 
+def _portable(value: Any) -> Any:
+    """A path inside the repository as a relative path string, so that a stored run's key is
+    the same in every clone (and names no machine's folders); anything else unchanged."""
+    if isinstance(value, Path | str) and Path(value).is_absolute():
+        try:
+            return Path(value).resolve().relative_to(REPO).as_posix()
+        except ValueError:  # outside the repository: kept as given
+            return str(value)
+    return value
+
+
 def _key_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """The settings a run's key holds: those that change what it computes, and of those only
     the set ones (an option added later with default None leaves older keys as they were)."""
-    return {k: v for k, v in sorted(settings.items()) if k not in _NOT_IN_KEY and v is not None}
+    return {k: _portable(v) for k, v in sorted(settings.items())
+            if k not in _NOT_IN_KEY and v is not None}
 
 
 class RunStore:

@@ -204,3 +204,19 @@ def test_run_store_keys_ignore_which_models_run_and_unset_new_options(tmp_path):
         assert store.get(store.key("c", "m", 1e-3, 0)).scores == {"acc": 0.5}
     store = RunStore(path, {"steps": 10, "kv": 16})
     assert store.get(store.key("c", "m", 1e-3, 0)) is None
+
+
+def test_run_store_keys_name_paths_inside_the_repository_relative_to_it(tmp_path):
+    """A data folder inside the checkout enters a run's key as a relative path, so a store
+    committed from one clone is read back in another (and names no machine's folders); a
+    store line written with this checkout's absolute path is read back too."""
+    from common import REPO, RunStore
+
+    path = tmp_path / "s.jsonl"
+    store = RunStore(path, {"data_dir": REPO / "data" / "spt", "other": tmp_path})
+    key = store.key("c", "m", 1e-3, 0)
+    assert json.loads(key)["settings"] == {"data_dir": "data/spt", "other": str(tmp_path)}
+    old = json.dumps({"check": "c", "model": "m", "lr": 1e-3, "seed": 0, "settings": {
+        "data_dir": str(REPO / "data" / "spt"), "other": str(tmp_path)}}, sort_keys=True)
+    path.write_text(json.dumps({"key": old, "run": {"scores": {"acc": 0.5}}}) + "\n")
+    assert RunStore(path, {"data_dir": REPO / "data" / "spt", "other": tmp_path}).get(key)
