@@ -277,6 +277,11 @@ class Claim:
     text: str
     parts: list[Cmp]
 
+    def models(self) -> set[str]:
+        """Every model the claim compares (a fixed level names none)."""
+        return ({c.a[0] for c in self.parts}
+                | {c.b[0] for c in self.parts if isinstance(c.b, tuple)})
+
 
 @dataclass
 class Check:
@@ -412,7 +417,8 @@ def judge(claim: Claim, models: dict[str, ModelResult]) -> tuple[str, list[str]]
 
 
 def run_check(check: Check) -> CheckResult:
-    """Sweep every model (the control first), then judge the claims, unless the control failed."""
+    """Sweep every model (the control first), then judge the claims, unless the control failed.
+    A claim that compares a model the check does not train is left out of the verdicts."""
     t0 = time.time()
     order = [check.control.model] + [m for m in check.models if m != check.control.model]
     models: dict[str, ModelResult] = {}
@@ -422,6 +428,8 @@ def run_check(check: Check) -> CheckResult:
     ok = all(v >= check.control.level for v in ctrl)
     verdicts = []
     for claim in check.claims:
+        if not claim.parts or not claim.models() <= set(models):
+            continue  # compares a model this run left out (e.g. --models): judged when it ran
         if ok:
             verdict, lines = judge(claim, models)
         else:

@@ -92,9 +92,7 @@ def claims(models: list[str]) -> list[Claim]:
                                         0.05)]),
            Claim("the Oryx core alone beats a plain GDN (rec only at p = 0 against gdn)",
                  [Cmp(("oryx-gdn (rec only)", "acc@0"), ("gdn", "acc"), 0.05)])]
-    return [c for c in out if c.parts and all(
-        part.a[0] in models and (not isinstance(part.b, tuple) or part.b[0] in models)
-        for part in c.parts)]
+    return out  # run_check leaves out the claims whose models did not run
 
 
 def evaluate(model: lrm.LRModel, xt, yt, L: int, shares: list[float], placements: int

@@ -220,3 +220,15 @@ def test_run_store_keys_name_paths_inside_the_repository_relative_to_it(tmp_path
         "data_dir": str(REPO / "data" / "spt"), "other": str(tmp_path)}}, sort_keys=True)
     path.write_text(json.dumps({"key": old, "run": {"scores": {"acc": 0.5}}}) + "\n")
     assert RunStore(path, {"data_dir": REPO / "data" / "spt", "other": tmp_path}).get(key)
+
+
+def test_a_claim_comparing_a_model_the_check_does_not_train_is_left_out():
+    """run_check judges a claim only when every model it compares was trained (a check run
+    with some of its models, e.g. --models); a comparison against a fixed level names no model."""
+    models = {"ctrl": (peaked(3e-3, 0.99), {}), "m": (peaked(3e-3, 0.95), {})}
+    claims = [Claim("m beats a model not trained", [Cmp(("m", "acc"), ("absent", "acc"), 0.0)]),
+              Claim("m beats a level", [Cmp(("m", "acc"), 0.5, 0.1)]),
+              Claim("no comparison", [])]
+    res = run_check(check(models, claims))
+    assert [text for text, _, _ in res.verdicts] == ["m beats a level"]
+    assert claims[0].models() == {"m", "absent"} and claims[1].models() == {"m"}
