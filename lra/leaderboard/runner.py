@@ -209,11 +209,11 @@ def ensure_generated(task: str, data_dir: Path, spec: Sequence[str] | None = Non
     stamp = data_dir / f".generated-{task}.json"
     if task == "listops":
         present = (data_dir / "listops-1000" / "basic_test.tsv").is_file()
-        if present and stamp.is_file() and json.loads(stamp.read_text())["args"] != args:
+        made_with = json.loads(stamp.read_text())["args"] if stamp.is_file() else args
+        if present and made_with != args:
             # generated here with other settings (sizes, lengths): the files hold another set
             print(f"[leaderboard] {data_dir} holds ListOps generated with other settings "
-                  f"({' '.join(json.loads(stamp.read_text())['args'])}); generating again",
-                  flush=True)
+                  f"({' '.join(made_with)}); generating again", flush=True)
             present = False
     else:
         # any difficulty counts: a run may ask for another contour length than 14

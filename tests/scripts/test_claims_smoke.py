@@ -5,6 +5,7 @@ scripts/claims/oryx.py, fox.py, s4.py, landmark.py and longmamba.py, in-process)
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -126,8 +127,6 @@ def test_longmamba_threshold_diagnosis_reports_every_global_channel_and_restores
 def test_gdn_check_at_another_size_trains_on_that_task_under_its_own_name(tmp_path):
     """--seq-len and --vocab reach the data and the model (the report states them) and name
     the check, so runs at another size never mix with the default size's in a store."""
-    import json
-
     store = tmp_path / "s.jsonl"
     out = tmp_path / "g.md"
     _load("gdn").main(["--smoke", "--models", "gdn", "--seq-len", "32", "--vocab", "40",
@@ -144,8 +143,6 @@ def test_titans_models_option_trains_a_subset_and_judges_only_complete_claims(tm
     """--models keeps the control and the named models; a claim missing one of its models is
     not judged, and the report says so instead of showing an empty verdict table; a second
     process with the other models reads the shared store and judges the claim."""
-    import json
-
     store, out = tmp_path / "s.jsonl", tmp_path / "t.md"
     titans = _load("titans")
     titans.main(["--smoke", "--part", "window", "--models", "Titans MAC", "--out", str(out),
