@@ -90,6 +90,7 @@ from lra.leaderboard.store import (  # noqa: F401  (re-exported)
     load_store,
     merge_stores,
     output_paths,
+    portable_command,
     save_store,
 )
 from lra.leaderboard.sweep import PROTOCOL
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
                  budget_minutes=budget, runs_dir=Path(args.runs_dir), store=store,
                  overrides=overrides, timeout=timeout,
                  config_dir=Path(args.config_dir), note=args.note,
-                 command="lra leaderboard " + shlex.join(argv),
+                 command=portable_command("lra leaderboard " + shlex.join(argv)),
                  threads=(1 if quick or preset else 0) if args.threads is None
                  else args.threads,
                  recipe=args.recipe, protocol=None if quick or args.no_sweep else PROTOCOL,

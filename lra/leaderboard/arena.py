@@ -67,6 +67,7 @@ from lra.leaderboard.store import (
     git_commit,
     git_dirty,
     load_store,
+    portable_command,
     repo_relative,
 )
 
@@ -657,7 +658,7 @@ def render(recs: list[dict[str, Any]], cells: list[dict[str, Any]], *, store_nam
             by_cell[cell_name(c)] = by_cell.get(cell_name(c), 0) + 1
         out += [f"{len(miss)} runs have no result (cells as `--cells` names them, MQAR as "
                 f"L:pairs:d):", ""]
-        out += [f"- {mixer}: {sum(c.values())} runs, {why}: "
+        out += [f"- {mixer}: {sum(c.values())} run{'s' * (sum(c.values()) != 1)}, {why}: "
                 + ", ".join(f"{cell} ({n})" for cell, n in c.items())
                 for (mixer, why), c in sorted(counts.items())]
     out += [""] + [f"![{alt}]({p})" + "\n" for alt, p in
@@ -845,7 +846,7 @@ def main(argv: list[str] | None = None) -> None:
         run(select_cells(cells, args.cells), store, jobs=args.jobs, timeout=args.timeout,
             device=args.device,
             protocol=None if args.no_sweep else sweep.PROTOCOL,
-            command="lra leaderboard --suite recall " + shlex.join(argv))
+            command=portable_command("lra leaderboard --suite recall " + shlex.join(argv)))
     st.merge_stores(store, args.merge)
     # the page shows the store's whole grid: a run of some mixers must not drop the others'
     # missing cells from it

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
@@ -93,6 +94,20 @@ def repo_relative(path: str | Path) -> str:
     one machine reads the same on another), else as given."""
     p = Path(path).resolve()
     return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(path)
+
+
+def portable_command(command: str) -> str:
+    """A command line as a store keeps it: every absolute path in it relative to the repository
+    when it lies inside, else ``OUT_DIR/<name>`` (an output folder of one machine means nothing
+    on another, and committed text names no machine's folders)."""
+    def one(arg: str) -> str:
+        opt, eq, val = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+        if not val.startswith("/"):
+            return arg
+        p = Path(val)
+        rel = repo_relative(p)
+        return opt + eq + (rel if not Path(rel).is_absolute() else f"OUT_DIR/{p.name}")
+    return shlex.join(one(a) for a in shlex.split(command))
 
 
 def device_name(kind: str | None = None) -> str:
@@ -182,6 +197,9 @@ def merge_stores(store: Path, others: Iterable[str | Path]) -> None:
     """Add every record of ``others`` to ``store`` (nothing is dropped or duplicated)."""
     for other in others:
         recs = load_store(other)
+        for r in recs:
+            if r.get("grid_command"):
+                r["grid_command"] = portable_command(r["grid_command"])
         if not recs:
             raise SystemExit(f"--merge: no records in {other}")
         add_runs(store, recs)

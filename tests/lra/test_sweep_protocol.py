@@ -316,6 +316,18 @@ def test_merge_adds_another_stores_records(tmp_path):
     assert store.load_store(a) == [{"x": 1}, {"x": 2}]
 
 
+def test_stored_commands_name_no_machines_folders(tmp_path):
+    inside = store.REPO / "data" / "lra"
+    cmd = f"lra leaderboard --out /root/out/recall.md --data-dir={inside} --mixers attention"
+    assert store.portable_command(cmd) == (
+        "lra leaderboard --out OUT_DIR/recall.md --data-dir=data/lra --mixers attention")
+    # a store brought back from another machine is cleaned as it is merged
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    store.save_store(b, [{"x": 1, "grid_command": "lra leaderboard --out /tmp/o/r.md"}])
+    store.merge_stores(a, [b])
+    assert store.load_store(a)[0]["grid_command"] == "lra leaderboard --out OUT_DIR/r.md"
+
+
 def test_still_improving_reads_the_last_fifth_of_a_loss_curve():
     from lra.leaderboard.sweep import still_improving
 
