@@ -10,6 +10,10 @@ sequence length T, it draws fresh random inputs and reports
 - speed: the median time of forward + backward (events, after warm-up) of ``backend="ref"``
   and ``backend="kernel"`` on the same inputs, with TF32 allowed for both.
 
+Where fla refuses a kernel's backward on this GPU (``_kernels.fla_gated_bwd_blocked``: the gated
+delta rule on Hopper with Triton < 3.7.1 and no tilelang), the row is the forward alone, and
+its ``forward_only`` field gives the reason.
+
 An op whose kernel does not import is listed with the reason and skipped; nothing is faked.
 The numbers of a run are in ``docs/kernels.md`` with the device named.
 
@@ -138,16 +142,32 @@ def median_ms(fn: Callable[[], object], reps: int) -> float:
     return statistics.median(times)
 
 
+def fwd_only(op: str, args: list[torch.Tensor], kw: dict, backend: str, gout: torch.Tensor
+             ) -> tuple[torch.Tensor, tuple[()]]:
+    with torch.no_grad():
+        return call(op, args, kw, backend), ()
+
+
+def bwd_blocked(op: str) -> str | None:
+    """Why the kernel's backward may not run here (fla's own guard, copied by lrm), if so."""
+    if op != "gated_delta_rule" or DEVICE != "cuda":
+        return None
+    return _kernels.fla_gated_bwd_blocked()
+
+
 def bench(op: str, T: int, reps: int, seed: int, kernel: str = "kernel") -> dict:
-    """One row: parity and speed of ``backend=kernel`` against ``backend="ref"``."""
+    """One row: parity and speed of ``backend=kernel`` against ``backend="ref"``; forward only
+    (and said so in the row) where the kernel's backward is blocked on this machine."""
     gen = torch.Generator().manual_seed(seed)
     args, kw = inputs(op, T, gen)
     with torch.no_grad():
         gout = torch.randn(call(op, args, kw, "ref").shape, generator=gen).to(DEVICE)
+    blocked = bwd_blocked(op)
+    step = fwd_only if blocked else fwd_bwd
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    o_r, g_r = fwd_bwd(op, args, kw, "ref", gout)
-    o_k, g_k = fwd_bwd(op, args, kw, kernel, gout)
+    o_r, g_r = step(op, args, kw, "ref", gout)
+    o_k, g_k = step(op, args, kw, kernel, gout)
     finite = bool(torch.isfinite(o_k).all()) and all(
         g is None or bool(torch.isfinite(g).all()) for g in g_k)
     errs = [rel(o_k, o_r)] + [rel(a, b) for a, b in zip(g_k, g_r, strict=True)]
@@ -156,10 +176,12 @@ def bench(op: str, T: int, reps: int, seed: int, kernel: str = "kernel") -> dict
     torch.backends.cudnn.allow_tf32 = True
     row = {"op": op, "T": T, "finite": finite, "out_rel_err": errs[0],
            "max_grad_rel_err": max((e for e in errs[1:] if not math.isnan(e)), default=None)}
+    if blocked:
+        row["forward_only"] = blocked
     for name, backend in (("ref", "ref"), ("kernel", kernel)):
         if DEVICE == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        row[f"{name}_ms"] = median_ms(lambda b=backend: fwd_bwd(op, args, kw, b, gout), reps)
+        row[f"{name}_ms"] = median_ms(lambda b=backend: step(op, args, kw, b, gout), reps)
         row[f"{name}_peak_mb"] = (torch.cuda.max_memory_allocated() / 2**20
                                   if DEVICE == "cuda" else float("nan"))
     row["speedup"] = row["ref_ms"] / row["kernel_ms"]
@@ -238,7 +260,9 @@ def main(argv: list[str] | None = None) -> None:
         if "error" in r:
             print(f"| {r['op']} | {r['T']} | error: {r['error'][:80]} | | | | | |")
             continue
-        print(f"| {r['op']} | {r['T']} | {r['out_rel_err']:.1e} | {r['max_grad_rel_err']:.1e} "
+        grad = ("forward only" if r.get("forward_only") else
+                f"{r['max_grad_rel_err']:.1e}" if r["max_grad_rel_err"] is not None else "–")
+        print(f"| {r['op']} | {r['T']} | {r['out_rel_err']:.1e} | {grad} "
               f"| {r['ref_ms']:.2f} | {r['kernel_ms']:.2f} | {r['speedup']:.1f}x "
               f"| {r['ref_peak_mb']:.0f} / {r['kernel_peak_mb']:.0f} |")
     for op, why in skipped.items():

@@ -5,12 +5,14 @@
 #
 #   bash scripts/device/prepare.sh
 #
-#   .whl/  wheels the GPU image lacks: fla-core; tilelang with apache-tvm-ffi and
-#          torch-c-dlpack-ext (with tilelang installed, fla runs its gated-delta-rule backward
-#          on Hopper under Triton < 3.7.1; a Triton 3.7.1 wheel is 198 MB, over what a call
-#          may carry). z3-solver (29 MB), which tilelang also lists, would not fit either.
+#   .whl/  the wheel the GPU image lacks: fla-core. Not tilelang: with it installed fla would
+#          run its gated-delta-rule backward on Hopper under Triton < 3.7.1, but it does not
+#          import without z3's library (seen on 2026-12-04), and tilelang (50 MB) and z3-solver
+#          (29 MB) do not fit together in what a call carries (64 MiB); nor does a Triton 3.7.1
+#          wheel (198 MB). That backward stays blocked there; kernel_bench times its forward.
 #   .kern/ mamba-ssm's Python package and causal-conv1d's source, from their PyPI sdists (PyPI
 #          has no wheels for either), plus sitecustomize.py and build_causal_conv1d.py.
+#          scripts/device/build_here.sh then compiles both extensions into .kern for sm_90.
 # Both folders are ignored by git (.git/info/exclude); nothing of the third-party code is
 # committed. What travels (the tracked files plus these) must stay under 64 MiB.
 set -eu
@@ -19,8 +21,7 @@ grep -qx '/.whl/' .git/info/exclude 2>/dev/null || printf '/.whl/\n/.kern/\n' >>
 PLAT="--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64"
 for n in 24 27 28; do PLAT="$PLAT --platform manylinux_2_${n}_x86_64"; done
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    $PLAT -d .whl fla-core==0.6.0 tilelang==0.1.15 apache-tvm-ffi==0.1.12 \
-    torch-c-dlpack-ext==0.1.5
+    $PLAT -d .whl fla-core==0.6.0
 mkdir -p .kern/mamba /tmp/lrm-sdists
 # the sdists' setup.py wants torch at metadata time: reuse the installed one, build nothing
 MAMBA_SKIP_CUDA_BUILD=TRUE CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE python3 -m pip download -q \

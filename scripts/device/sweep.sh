@@ -7,17 +7,20 @@
 #   DRY_RUN=1 bash scripts/device/sweep.sh OUT_DIR    # on a CPU: every step that can run there
 #
 # Steps (each with its own timeout, all inside one deadline, SWEEP_SECONDS, default 530 s):
-#   1. install the carried wheels (fla-core; tilelang and its missing deps, so that fla's
-#      gated-delta-rule backward is allowed on Hopper with Triton < 3.7.1) into /tmp/site;
-#   2. causal-conv1d: the prebuilt extension in .kern/cc_build if prepare.sh built one, else a
-#      JIT build for sm_90 alone, in the background while step 4 runs;
+#   1. install the carried wheels (fla-core) into /tmp/site. A carried tilelang that does not
+#      import is removed again: fla imports it when present, and a broken one (it needs z3's
+#      library) stops every fla op from importing, as it did on 2026-12-04;
+#   2. the compiled extensions: causal_conv1d_cuda and selective_scan_cuda prebuilt by
+#      scripts/device/build_here.sh (.kern/cc_build, .kern/ss_build); without a prebuilt
+#      causal-conv1d, a JIT build for sm_90 alone in the background while step 4 runs
+#      (300 s and 12 jobs were not enough for it on 2026-12-04);
 #   3. env.json: device, versions, which kernels import and why not, fla's backward guard;
 #   4. scripts/kernel_bench.py, one op per process, each with a timeout: parity against the
 #      reference (output and every input gradient) and fwd+bwd time and peak memory at
 #      T = 1024, 4096, 16384. Each row is appended to kernel_bench.jsonl as it is measured;
-#   5. a bf16 throughput row for every mixer (scripts/bench.py, backend auto, d 512, batch 8,
-#      L 4096), one mixer per process, appended to throughput.jsonl;
-#   6. the CUDA tests (pytest -m cuda), whatever time is left.
+#   5. the CUDA tests (pytest -m cuda): every mixer on its kernels against its reference;
+#   6. a bf16 throughput row for every mixer (scripts/bench.py, backend auto, d 512, batch 8,
+#      L 4096), one mixer per process, appended to throughput.jsonl, while time is left.
 # Everything lands in OUT_DIR as it is produced, in six files.
 set -u
 O=${1:?usage: scripts/device/sweep.sh OUT_DIR}
@@ -44,6 +47,10 @@ elif ls .whl/*.whl > /dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl >> "$LOG" 2>&1 || say "pip install failed (see above)"
     export PYTHONPATH=/tmp/site:$PYTHONPATH
+    if [ -d /tmp/site/tilelang ] && ! python3 -c "import tilelang" >> "$LOG" 2>&1; then
+        rm -rf /tmp/site/tilelang /tmp/site/tilelang-*
+        say "tilelang does not import (above): removed, so that fla imports without it"
+    fi
 else
     say "no .whl/ carried: fla and tilelang come only from the image, if at all"
 fi
@@ -51,6 +58,11 @@ fi
 # mamba-ssm's Triton kernels from its unpacked sdist (.kern/sitecustomize.py registers the
 # package without the __init__ that imports its compiled extension)
 [ -d .kern/mamba ] && export PYTHONPATH=$PWD/.kern:$PYTHONPATH MAMBA_TRITON_SRC=$PWD/.kern/mamba
+# causal-conv1d's Python package (it imports the compiled causal_conv1d_cuda)
+[ -d .kern/causal_conv1d-1.7.0 ] && export PYTHONPATH=$PWD/.kern/causal_conv1d-1.7.0:$PYTHONPATH
+if ls .kern/ss_build/selective_scan_cuda*.so > /dev/null 2>&1; then
+    export PYTHONPATH=$PWD/.kern/ss_build:$PYTHONPATH
+fi
 
 say "2. causal-conv1d extension"
 BUILD_PID=
@@ -94,8 +106,12 @@ cat "$O/env.json" >> "$LOG"
 say "4. kernel parity and speed, one op per process"
 BENCH=(python3 scripts/kernel_bench.py --jsonl "$KB")
 [ "$DRY" = 1 ] && BENCH+=(--dry-run)
-for spec in gated_delta_rule:80 gdn2:80 forgetting_attn:70 ssd:70 selective_scan:40 \
-            causal_conv1d:40; do
+# ssd gets the most: mamba-ssm's Triton SSD compiled and autotuned for over 70 s at T = 1024
+# on 2026-12-04 and wrote no row
+OPS=(selective_scan:50 gated_delta_rule:70 gdn2:70 forgetting_attn:70 ssd:130)
+# a prebuilt causal-conv1d goes first; one still building in the background goes last
+if [ -n "$BUILD_PID" ]; then OPS+=(causal_conv1d:40); else OPS=(causal_conv1d:40 "${OPS[@]}"); fi
+for spec in "${OPS[@]}"; do
     op=${spec%%:*}
     if [ "$op" = causal_conv1d ] && [ -n "$BUILD_PID" ]; then
         say "waiting for the causal-conv1d build"
@@ -109,7 +125,17 @@ for spec in gated_delta_rule:80 gdn2:80 forgetting_attn:70 ssd:70 selective_scan
     [ $rc -ne 0 ] && { say "$op: exit $rc"; echo "{\"op\": \"$op\", \"exit\": $rc}" >> "$KB"; }
 done
 
-say "5. bf16 throughput, one mixer per process"
+say "5. CUDA tests"
+t=$(left 150)
+if [ "$t" -ge 20 ]; then
+    timeout "$t" python3 -m pytest -m cuda tests -q -rA -p no:cacheprovider \
+        > "$O/pytest_cuda.log" 2>&1
+    say "pytest exit $? ($(tail -n 1 "$O/pytest_cuda.log"))"
+else
+    say "no time left for the CUDA tests"
+fi
+
+say "6. bf16 throughput, one mixer per process"
 if [ "$DRY" = 1 ]; then SIZE=(--device cpu --lengths 128 --d 64 --batch 2 --repeats 1)
 else SIZE=(--device cuda --lengths 4096 --d 512 --batch 8 --repeats 5); fi
 for m in $(python3 -c "import lrm; print(' '.join(lrm.available()))"); do
@@ -127,13 +153,4 @@ for m in $(python3 -c "import lrm; print(' '.join(lrm.available()))"); do
     say "$m: exit $rc"
 done
 
-say "6. CUDA tests"
-t=$(left 120)
-if [ "$t" -ge 20 ]; then
-    timeout "$t" python3 -m pytest -m cuda tests -q -rA -p no:cacheprovider \
-        > "$O/pytest_cuda.log" 2>&1
-    say "pytest exit $? ($(tail -n 1 "$O/pytest_cuda.log"))"
-else
-    say "no time left for the CUDA tests"
-fi
 say "done"

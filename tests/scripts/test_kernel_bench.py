@@ -36,6 +36,22 @@ def test_kernel_bench_dry_run_appends_one_json_line_per_row(tmp_path):
         assert r["ref_ms"] > 0 and r["kernel_ms"] > 0
 
 
+def test_a_blocked_backward_gives_a_forward_only_row(tmp_path, monkeypatch):
+    kb = _kernel_bench()
+    reason = "fla refuses its gated backward here"
+    monkeypatch.setattr(kb, "bwd_blocked", lambda op: reason if op == "gated_delta_rule" else None)
+
+    def no_backward(*a, **k):
+        raise AssertionError("the backward ran although it is blocked")
+
+    monkeypatch.setattr(kb, "fwd_bwd", no_backward)
+    out = tmp_path / "rows.jsonl"
+    kb.main(["--dry-run", "--ops", "gated_delta_rule", "--jsonl", str(out), "--reps", "1"])
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["forward_only"] == reason and row["max_grad_rel_err"] is None
+    assert row["out_rel_err"] == 0.0 and row["ref_ms"] > 0 and row["kernel_ms"] > 0
+
+
 def test_kernel_bench_refuses_unknown_ops_and_a_missing_gpu():
     kb = _kernel_bench()
     with pytest.raises(SystemExit, match="unknown op"):
