@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# The whole recall arena on one GPU in one call of under 10 minutes: every mixer, the five MQAR
-# cells (difficulty and state axes), passkey, each swept over its family's learning rates with
-# the protocol's extensions and second seeds (lra/leaderboard/sweep.py), several runs per GPU.
+# The recall arena on one GPU, in calls of under 10 minutes: every mixer, the five MQAR cells
+# (difficulty and state axes), passkey, each swept over its family's learning rates with the
+# protocol's extensions and second seeds (lra/leaderboard/sweep.py), 16 runs at a time. The
+# arena's models are small, so each run is bound by its process launching kernels, not by the
+# GPU: on an H200 (2026-12-04), 16 runs of 2000 steps at L 64 shared it at 110-150 s each, and
+# a 395-s call finished 16 runs. The grid's runs still missing (docs/recall.md) take several
+# calls; pass the store back in each time (ARENA_STORE, below).
 #
 #   bash scripts/device/recall_arena.sh OUT_DIR            # on the GPU machine, repository root
 #   DRY_RUN=1 bash scripts/device/recall_arena.sh OUT_DIR  # on a CPU: the smoke grid, 2 steps,
