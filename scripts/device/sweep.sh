@@ -39,6 +39,9 @@ say() { echo "== [${SECONDS} s] $*" | tee -a "$LOG"; }
 # the seconds a step may take: its own cap, and never past the deadline (minus 10 s to write up)
 left() { local r=$((DEADLINE - SECONDS - 10)); [ "$r" -lt "$1" ] && echo "$r" || echo "$1"; }
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
+# Triton keeps compiled kernels on disk anyway; this keeps the autotuners' choices too, so
+# that the CUDA tests (step 5) reuse what the kernel bench (step 4) tuned
+export TRITON_CACHE_AUTOTUNING=1
 
 say "1. wheels"
 if [ "$DRY" = 1 ]; then
