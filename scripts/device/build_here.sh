@@ -7,7 +7,8 @@
 # link against (nothing of it is imported here: its CUDA libraries are not installed).
 #
 #   bash scripts/device/prepare.sh       # first: unpacks the sdists into .kern and /tmp
-#   bash scripts/device/build_here.sh    # then: .kern/cc_build and .kern/ss_build
+#   bash scripts/device/build_here.sh    # then: .kern/cc_build and .kern/ss_build,
+#                                        # each extension as NAME.so.xz
 #
 # Environment: TORCH_VERSION (2.11.0), PY312 (a python3.12 whose headers are used), JOBS (2),
 # NICE (0; raise it to leave other work the CPU),
@@ -64,7 +65,9 @@ build() {  # build NAME OUT_DIR SOURCE...
     g++ -shared "${objs[@]}" -L"$T/torch/lib" -lc10 -lc10_cuda -ltorch_cpu -ltorch_cuda -ltorch \
         -ltorch_python -L"$CUDA/lib64" -L"$CUDA/lib" -lcudart -o "$out/$name.so"
     strip --strip-unneeded "$out/$name.so"
-    echo "$name: $(du -h "$out/$name.so" | cut -f1) in $((SECONDS - start)) s"
+    # what travels is compressed (55 MB of selective scan become 6): sweep.sh unpacks it there
+    xz -9 -T0 -f "$out/$name.so"
+    echo "$name: $(du -h "$out/$name.so.xz" | cut -f1) compressed, in $((SECONDS - start)) s"
 }
 if [[ " $WHAT " == *" cc "* ]]; then
     build causal_conv1d_cuda .kern/cc_build "$CC_SRC"/csrc/causal_conv1d.cpp \

@@ -11,7 +11,7 @@
 #      import is removed again: fla imports it when present, and a broken one (it needs z3's
 #      library) stops every fla op from importing, as it did on 2026-12-04;
 #   2. the compiled extensions: causal_conv1d_cuda and selective_scan_cuda prebuilt by
-#      scripts/device/build_here.sh (.kern/cc_build, .kern/ss_build); without a prebuilt
+#      scripts/device/build_here.sh (.kern/cc_build, .kern/ss_build, xz-compressed); without a prebuilt
 #      causal-conv1d, a JIT build for sm_90 alone in the background while step 4 runs
 #      (300 s and 12 jobs were not enough for it on 2026-12-04);
 #   3. env.json: device, versions, which kernels import and why not, fla's backward guard;
@@ -63,15 +63,26 @@ fi
 [ -d .kern/mamba ] && export PYTHONPATH=$PWD/.kern:$PYTHONPATH MAMBA_TRITON_SRC=$PWD/.kern/mamba
 # causal-conv1d's Python package (it imports the compiled causal_conv1d_cuda)
 [ -d .kern/causal_conv1d-1.7.0 ] && export PYTHONPATH=$PWD/.kern/causal_conv1d-1.7.0:$PYTHONPATH
-if ls .kern/ss_build/selective_scan_cuda*.so > /dev/null 2>&1; then
-    export PYTHONPATH=$PWD/.kern/ss_build:$PYTHONPATH
-fi
 
-say "2. causal-conv1d extension"
+say "2. compiled extensions"
+# build_here.sh leaves them xz-compressed (what a call carries is limited); Python unpacks them
+# (the image need not have xz) into /tmp, so that the carried folder stays as it came
+EXT=/tmp/lrm-ext
+for f in .kern/*_build/*.so.xz; do
+    [ -e "$f" ] || continue
+    d=$EXT/$(basename "$(dirname "$f")")
+    mkdir -p "$d"
+    python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" \
+        "$f" "$d/$(basename "$f" .xz)" && say "unpacked $f"
+done
+if ls $EXT/ss_build/selective_scan_cuda*.so > /dev/null 2>&1; then
+    export PYTHONPATH=$EXT/ss_build:$PYTHONPATH
+    say "prebuilt: $(ls $EXT/ss_build/selective_scan_cuda*.so)"
+fi
 BUILD_PID=
-if ls .kern/cc_build/causal_conv1d_cuda*.so > /dev/null 2>&1; then
-    export PYTHONPATH=$PWD/.kern/cc_build:$PYTHONPATH
-    say "prebuilt: $(ls .kern/cc_build/causal_conv1d_cuda*.so)"
+if ls $EXT/cc_build/causal_conv1d_cuda*.so > /dev/null 2>&1; then
+    export PYTHONPATH=$EXT/cc_build:$PYTHONPATH
+    say "prebuilt: $(ls $EXT/cc_build/causal_conv1d_cuda*.so)"
 elif [ "$DRY" = 1 ]; then
     say "dry run: no build (it needs a CUDA build of torch)"
 elif [ -f .kern/build_cc.py ]; then
