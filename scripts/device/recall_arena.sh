@@ -14,6 +14,9 @@
 # The store OUT_DIR/recall_runs.json gets each run's record as it finishes, so whatever ran
 # before the deadline (ARENA_SECONDS, default 540) comes back. A second call resumes where the
 # first stopped when the store is put back first: ARENA_STORE=path/to/recall_runs.json.
+# ARENA_ARGS adds options (say "--mixers attention fox --cells 128:8:128"): a run must finish
+# inside the call, and 2000-step runs took 110-150 s each there, so the 6000-step cells (GDN,
+# Mamba, Oryx, and every mixer at L=256) fit one call only just, if at all.
 # Here, afterwards: lra leaderboard --suite recall --render --publish --merge OUT_DIR/recall_runs.json
 set -u
 O=${1:?usage: scripts/device/recall_arena.sh OUT_DIR}
@@ -30,6 +33,8 @@ else
     # 16 runs share the GPU: each is a small model, so the GPU is shared rather than saturated
     ARGS=(--jobs "${ARENA_JOBS:-16}" --device cuda --timeout 400)
 fi
+# shellcheck disable=SC2206  # ARENA_ARGS is a list of options, split on purpose
+ARGS+=(${ARENA_ARGS:-})
 echo "== recall arena: ${ARGS[*]} (deadline ${DEADLINE} s)" | tee "$O/arena.log"
 timeout --signal=INT "$((DEADLINE - 20))" python3 -m lra.leaderboard --suite recall "${ARGS[@]}" \
     --out "$O/recall.md" >> "$O/arena.log" 2>&1
