@@ -16,7 +16,9 @@
 # first stopped when the store is put back first: ARENA_STORE=path/to/recall_runs.json.
 # ARENA_ARGS adds options (say "--mixers attention fox --cells 128:8:128"): a run must finish
 # inside the call, and 2000-step runs took 110-150 s each there, so the 6000-step cells (GDN,
-# Mamba, Oryx, and every mixer at L=256) fit one call only just, if at all.
+# Mamba, Oryx, and every mixer at L=256) fit one call only just, if at all: at three times that,
+# 330-450 s (an estimate, not yet measured), they need the per-run limit raised and the longest
+# call, ARENA_SECONDS=580 ARENA_ARGS="--cells 256:16:64 --timeout 520" (the last --timeout wins).
 # Here, afterwards: lra leaderboard --suite recall --render --publish --merge OUT_DIR/recall_runs.json
 set -u
 O=${1:?usage: scripts/device/recall_arena.sh OUT_DIR}
