@@ -8,7 +8,12 @@ sequence length T, it draws fresh random inputs and reports
 - parity: ``||kernel - ref|| / ||ref||`` of the output and of every input gradient (fp32
   inputs; TF32 off for the reference during this check, so the error is the kernel's), and
 - speed: the median time of forward + backward (events, after warm-up) of ``backend="ref"``
-  and ``backend="kernel"`` on the same inputs, with TF32 allowed for both.
+  and ``backend="kernel"`` on the same inputs, with TF32 allowed for both. Up to ``--reps``
+  repetitions, fewer where one call is slow (``--budget`` seconds per case and backend; at
+  least 3); each row records its own (``ref_reps``, ``kernel_reps``).
+
+Progress goes to stderr as it happens (which case, which backend, how long the first call
+took to compile), so a process killed by its timeout shows where it was.
 
 Where fla refuses a kernel's backward on this GPU (``_kernels.fla_gated_bwd_blocked``: the gated
 delta rule on Hopper with Triton < 3.7.1 and no tilelang), the row is the forward alone, and
@@ -51,6 +56,7 @@ from lrm.ops.ssd import ssd
 
 B, H, D = 2, 8, 64  # batch, heads, head width of the attention-like ops
 DEVICE = "cuda"  # "cpu" under --dry-run
+START = time.perf_counter()
 
 
 def inputs(op: str, T: int, gen: torch.Generator) -> tuple[list[torch.Tensor], dict]:
@@ -122,16 +128,30 @@ def rel(a: torch.Tensor | None, b: torch.Tensor | None) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
-def median_ms(fn: Callable[[], object], reps: int) -> float:
-    for _ in range(3):
-        fn()
+def sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_ms(fn: Callable[[], object], reps: int, budget_s: float) -> tuple[float, int]:
+    """Median milliseconds of ``fn`` and the repetitions timed. Where one call is slow (Mamba's
+    reference scan at T = 16384 takes seconds), fewer repetitions fit ``budget_s``; at least 3."""
+    t0 = time.perf_counter()
+    fn()  # the first call compiles and autotunes a Triton kernel: not timed
+    sync()
+    t1 = time.perf_counter()
+    fn()
+    sync()
+    once = time.perf_counter() - t1
+    reps = min(reps, max(3, int(budget_s / max(once, 1e-6))))  # at least 3, unless asked fewer
+    log(f"  warm-up {t1 - t0:.1f} s, then {once * 1e3:.1f} ms a call: timing {reps}")
     times = []
     if DEVICE == "cpu":  # the dry run: wall-clock time, no CUDA events
         for _ in range(reps):
             t0 = time.perf_counter()
             fn()
             times.append(1e3 * (time.perf_counter() - t0))
-        return statistics.median(times)
+        return statistics.median(times), reps
     for _ in range(reps):
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         s.record()
@@ -139,7 +159,12 @@ def median_ms(fn: Callable[[], object], reps: int) -> float:
         e.record()
         torch.cuda.synchronize()
         times.append(s.elapsed_time(e))
-    return statistics.median(times)
+    return statistics.median(times), reps
+
+
+def log(msg: str) -> None:
+    """Progress on stderr, flushed: a process killed by its timeout shows where it was."""
+    print(f"[{time.perf_counter() - START:6.1f} s] {msg}", file=sys.stderr, flush=True)
 
 
 def fwd_only(op: str, args: list[torch.Tensor], kw: dict, backend: str, gout: torch.Tensor
@@ -155,7 +180,8 @@ def bwd_blocked(op: str) -> str | None:
     return _kernels.fla_gated_bwd_blocked()
 
 
-def bench(op: str, T: int, reps: int, seed: int, kernel: str = "kernel") -> dict:
+def bench(op: str, T: int, reps: int, seed: int, kernel: str = "kernel",
+          budget_s: float = 8.0) -> dict:
     """One row: parity and speed of ``backend=kernel`` against ``backend="ref"``; forward only
     (and said so in the row) where the kernel's backward is blocked on this machine."""
     gen = torch.Generator().manual_seed(seed)
@@ -166,7 +192,9 @@ def bench(op: str, T: int, reps: int, seed: int, kernel: str = "kernel") -> dict
     step = fwd_only if blocked else fwd_bwd
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+    log(f"{op} T={T}: parity, reference")
     o_r, g_r = step(op, args, kw, "ref", gout)
+    log(f"{op} T={T}: parity, {kernel} (its first call compiles)")
     o_k, g_k = step(op, args, kw, kernel, gout)
     finite = bool(torch.isfinite(o_k).all()) and all(
         g is None or bool(torch.isfinite(g).all()) for g in g_k)
@@ -181,7 +209,9 @@ def bench(op: str, T: int, reps: int, seed: int, kernel: str = "kernel") -> dict
     for name, backend in (("ref", "ref"), ("kernel", kernel)):
         if DEVICE == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        row[f"{name}_ms"] = median_ms(lambda b=backend: step(op, args, kw, b, gout), reps)
+        log(f"{op} T={T}: timing {name}")
+        row[f"{name}_ms"], row[f"{name}_reps"] = median_ms(
+            lambda b=backend: step(op, args, kw, b, gout), reps, budget_s)
         row[f"{name}_peak_mb"] = (torch.cuda.max_memory_allocated() / 2**20
                                   if DEVICE == "cuda" else float("nan"))
     row["speedup"] = row["ref_ms"] / row["kernel_ms"]
@@ -215,6 +245,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lengths", nargs="+", type=int, default=[1024, 4096, 16384],
                     help="sequence lengths T")
     ap.add_argument("--reps", type=int, default=10, help="timed repetitions per case")
+    ap.add_argument("--budget", type=float, default=8.0,
+                    help="seconds of timing per case and backend: a slow call gets fewer "
+                         "repetitions (at least 3); each row records its own")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     ap.add_argument("--jsonl", default=None, help="append every row to this file as it comes")
@@ -240,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         for i, T in enumerate(args.lengths):
             try:
-                row = bench(op, T, args.reps, args.seed + i, kernel)
+                row = bench(op, T, args.reps, args.seed + i, kernel, args.budget)
             except Exception as err:  # one failing op must not hide the others
                 row = {"op": op, "T": T, "error": f"{type(err).__name__}: {err}"[:400]}
             if args.dry_run:
@@ -252,7 +285,8 @@ def main(argv: list[str] | None = None) -> None:
             if DEVICE == "cuda":
                 torch.cuda.empty_cache()
     dev = device_name()
-    print(f"\n{dev}, torch {torch.__version__}, fp32 inputs, fwd+bwd, median of {args.reps}\n")
+    print(f"\n{dev}, torch {torch.__version__}, fp32 inputs, fwd+bwd, median of up to "
+          f"{args.reps} (fewer where one call is slow: --budget)\n")
     print("| op | T | out rel err | max grad rel err | ref ms | kernel ms | speedup "
           "| ref / kernel peak MiB |")
     print("|---|---|---|---|---|---|---|---|")

@@ -1,5 +1,6 @@
 """Sample a training run's Lightning metrics as it trains: steps per second, seconds per epoch
-and the validation accuracy after each epoch (scripts/device/s4_listops.sh).
+and the validation accuracy after each epoch (scripts/device/s4_listops.sh). A validation
+taken before the epoch's last step (the time cap's) is marked ``"complete": false``.
 
     python scripts/device/epoch_clock.py RUNS_DIR OUT.json --steps-per-epoch 3000
 
@@ -50,9 +51,10 @@ def main() -> None:
             samples.append((round(time.time() - t0, 1), max(steps)))
         for r in rows:
             if r.get("val/acc") and r.get("epoch"):
-                e = int(float(r["epoch"]))
-                epochs.setdefault(e, {"epoch": e, "step": int(float(r["step"])) + 1,
-                                      "val_acc": float(r["val/acc"]),
+                e, step = int(float(r["epoch"])), int(float(r["step"])) + 1
+                # a run stopped by its time cap validates once more, mid-epoch: say so
+                epochs.setdefault(e, {"epoch": e, "step": step, "val_acc": float(r["val/acc"]),
+                                      "complete": step >= (e + 1) * args.steps_per_epoch,
                                       "seen_at_s": round(time.time() - t0, 1)})
         rate = None
         if len(samples) >= 2 and samples[-1][0] > samples[0][0]:

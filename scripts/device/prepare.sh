@@ -5,7 +5,8 @@
 #
 #   bash scripts/device/prepare.sh
 #
-#   .whl/  the wheel the GPU image lacks: fla-core. Not tilelang: with it installed fla would
+#   .whl/  the wheels the GPU image lacks: fla-core, and jsonargparse with its [signatures]
+#          extra's needs (Lightning's CLI, for s4_listops.sh). Not tilelang: with it installed fla would
 #          run its gated-delta-rule backward on Hopper under Triton < 3.7.1, but it does not
 #          import without z3's library (seen on 2026-12-04), and tilelang (50 MB) and z3-solver
 #          (29 MB) do not fit together in what a call carries (64 MiB); nor does a Triton 3.7.1
@@ -22,6 +23,11 @@ PLAT="--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64"
 for n in 24 27 28; do PLAT="$PLAT --platform manylinux_2_${n}_x86_64"; done
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     $PLAT -d .whl fla-core==0.6.0
+# Lightning's CLI (lra fit, so every LRA run) needs jsonargparse[signatures], which the GPU
+# image lacks (s4_listops.sh stopped on it on 2026-12-04): the package and its extra's needs
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    $PLAT -d .whl jsonargparse==4.53.0 docstring-parser==0.18.0 typeshed-client==2.15.0 \
+    importlib-resources==7.1.0
 mkdir -p .kern/mamba /tmp/lrm-sdists
 # the sdists' setup.py wants torch at metadata time: reuse the installed one, build nothing
 MAMBA_SKIP_CUDA_BUILD=TRUE CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE python3 -m pip download -q \

@@ -3,7 +3,8 @@
 # for about 8 minutes: the time per epoch, against the s4 repository's published 15 min per
 # epoch on a T4, and the validation accuracy after each epoch that fits.
 #
-#   bash scripts/device/s4_listops.sh OUT_DIR            # on the GPU machine, repository root
+#   bash scripts/device/prepare.sh                       # here: .whl/ (jsonargparse for lra fit)
+#   bash scripts/device/s4_listops.sh OUT_DIR            # on the GPU machine, carrying .whl
 #   DRY_RUN=1 bash scripts/device/s4_listops.sh OUT_DIR  # on a CPU: tiny data, model and steps
 #
 # Steps: generate ListOps with the LRA release's settings (no network there); one leaderboard
@@ -18,6 +19,14 @@ cd "$(dirname "$0")/../.."
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 DRY=${DRY_RUN:-0}
 DATA=${S4_DATA:-/tmp/lra_listops}
+# the wheels prepare.sh lays out: lra fit's Lightning CLI needs jsonargparse[signatures], which
+# the GPU image lacks (this script stopped on it on 2026-12-04); carry .whl
+if [ "$DRY" != 1 ] && ls .whl/*.whl > /dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PYTHONPATH
+fi
+python3 -c "import jsonargparse, docstring_parser, typeshed_client" 2>/dev/null ||
+    echo "== jsonargparse[signatures] does not import: lra fit will stop (carry .whl)"
 if [ "$DRY" = 1 ]; then
     DATA=$O/data
     GEN=(--n-train 64 --n-val 16 --n-test 16 --min-length 10 --max-length 40 --max-depth 3)

@@ -6,6 +6,8 @@
 #   bash scripts/device/sweep.sh OUT_DIR    # there, in the repository root, carrying .whl .kern
 #   DRY_RUN=1 bash scripts/device/sweep.sh OUT_DIR    # on a CPU: every step that can run there
 #
+#   SWEEP_OPS="gdn2 selective_scan" bash scripts/device/sweep.sh OUT_DIR   # those ops alone
+#
 # Steps (each with its own timeout, all inside one deadline, SWEEP_SECONDS, default 530 s):
 #   1. install the carried wheels (fla-core) into /tmp/site. A carried tilelang that does not
 #      import is removed again: fla imports it when present, and a broken one (it needs z3's
@@ -122,11 +124,15 @@ BENCH=(python3 scripts/kernel_bench.py --jsonl "$KB")
 [ "$DRY" = 1 ] && BENCH+=(--dry-run)
 # ssd gets the most: mamba-ssm's Triton SSD compiled and autotuned for over 70 s at T = 1024
 # on 2026-12-04 and wrote no row
-OPS=(selective_scan:50 gated_delta_rule:70 gdn2:70 forgetting_attn:70 ssd:130)
+# on 2026-12-04 (third run) gated_delta_rule and forgetting_attn took 66 s each, ssd 110;
+# gdn2 wrote no row in 70 s (its first call compiles and autotunes fla's kernels)
+OPS=(selective_scan:60 gated_delta_rule:90 gdn2:150 forgetting_attn:90 ssd:130)
 # a prebuilt causal-conv1d goes first; one still building in the background goes last
 if [ -n "$BUILD_PID" ]; then OPS+=(causal_conv1d:40); else OPS=(causal_conv1d:40 "${OPS[@]}"); fi
 for spec in "${OPS[@]}"; do
     op=${spec%%:*}
+    # SWEEP_OPS="gdn2 selective_scan" measures those alone (the others were measured before)
+    if [ -n "${SWEEP_OPS:-}" ] && [[ " $SWEEP_OPS " != *" $op "* ]]; then continue; fi
     if [ "$op" = causal_conv1d ] && [ -n "$BUILD_PID" ]; then
         say "waiting for the causal-conv1d build"
         wait "$BUILD_PID"; say "build exit $? ($(tail -n 1 "$O/build.log"))"
@@ -142,7 +148,8 @@ done
 say "5. CUDA tests"
 t=$(left 150)
 if [ "$t" -ge 20 ]; then
-    timeout "$t" python3 -m pytest -m cuda tests -q -rA -p no:cacheprovider \
+    # -v names each test as it starts, so a cut-off log still says which one was running
+    timeout "$t" python3 -m pytest -m cuda tests -v -rA --durations=0 -p no:cacheprovider \
         > "$O/pytest_cuda.log" 2>&1
     say "pytest exit $? ($(tail -n 1 "$O/pytest_cuda.log"))"
 else

@@ -38,5 +38,7 @@ def test_s4_listops_dry_run(tmp_path):
     clock = json.loads((tmp_path / "epochs.json").read_text())
     assert clock["steps_per_epoch"] == 8 and clock["samples"], clock
     assert "T4" in clock["published"]
+    # 4 steps of an 8-step epoch: the time cap's validation is no epoch's end
+    assert clock["epochs"] and clock["epochs"][-1]["complete"] is False, clock["epochs"]
     (rec,) = json.loads((tmp_path / "leaderboard_runs.json").read_text())["runs"]
     assert rec["status"] == "ok" and rec["mixer"] == "s4", rec.get("error")

@@ -36,6 +36,25 @@ def test_kernel_bench_dry_run_appends_one_json_line_per_row(tmp_path):
         assert r["ref_ms"] > 0 and r["kernel_ms"] > 0
 
 
+def test_a_slow_call_gets_fewer_repetitions_but_at_least_three(monkeypatch):
+    """Mamba's reference scan at T = 16384 took seconds a call on a GPU, and ten repetitions of
+    it outran the op's timeout: the timing budget caps the repetitions."""
+    kb = _kernel_bench()
+    monkeypatch.setattr(kb, "DEVICE", "cpu")
+    calls = []
+
+    def slow():
+        calls.append(1)
+        kb.time.sleep(0.03)
+
+    ms, reps = kb.median_ms(slow, reps=10, budget_s=0.1)
+    assert reps == 3 and len(calls) == 2 + 3 and ms >= 30  # 2 untimed calls, 3 timed
+    calls.clear()
+    ms, reps = kb.median_ms(lambda: calls.append(1), reps=10, budget_s=5.0)
+    assert reps == 10 and len(calls) == 12  # a fast call keeps every repetition asked for
+    assert kb.median_ms(lambda: None, reps=2, budget_s=5.0)[1] == 2  # never more than asked
+
+
 def test_a_blocked_backward_gives_a_forward_only_row(tmp_path, monkeypatch):
     kb = _kernel_bench()
     reason = "fla refuses its gated backward here"
