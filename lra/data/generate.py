@@ -39,6 +39,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="image side in pixels")
     pf.add_argument("--contour-length", type=int, default=14, choices=sorted(DIFFICULTY_DIRS),
                     help="dashes per path (6, 9 or 14: the difficulty)")
+    pf.add_argument("--distractors", type=int, default=None,
+                    help="distractor paths per image instead of LRA's (10 at 32x32 and contour "
+                         "length 6); fewer make an easier task, written to "
+                         "<difficulty>_distractors<N> so it never passes for the release's")
     pf.add_argument("--n-images", type=int, default=200000, help="images in all")
     pf.add_argument("--per-batch", type=int, default=1000, help="images per imgs/<i> folder")
     pf.add_argument("--examples", default=None, help="also save a labelled example grid here")
@@ -54,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         folder = generate_pathfinder(args.out, args.resolution, args.contour_length,
                                      args.n_images, args.per_batch, args.seed, args.workers,
-                                     progress=not args.quiet)
+                                     progress=not args.quiet, distractors=args.distractors)
         if args.examples:
             plot_examples(args.examples, seed=args.seed)
     print(f"wrote {folder}")

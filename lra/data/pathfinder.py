@@ -42,7 +42,7 @@ from lra.data.common import (
     LRADataModule,
     file_stamp,
 )
-from lra.data.pathfinder_generator import DIFFICULTY_DIRS
+from lra.data.pathfinder_generator import difficulty_dir
 
 RESOLUTIONS = (32, 64, 128, 256)
 
@@ -118,6 +118,9 @@ class PathfinderDataModule(LRADataModule):
             folder itself).
         resolution: image side: 32 (Pathfinder), 128 (Path-X), or 64 / 256.
         contour_length: 14 (LRA's hard split), 9 or 6 (``curv_baseline``).
+        distractors: None for the release's data; N for data generated with N distractor
+            paths per image (``lra generate pathfinder --distractors N``), read from the
+            ``<difficulty>_distractors<N>`` folder.
         batch_size: images per batch (S4 repo: 64 for Pathfinder, 16 for Path-X).
         num_workers: DataLoader worker processes; None (the default) uses what the machine
             has (lra.data.common.default_num_workers).
@@ -139,6 +142,7 @@ class PathfinderDataModule(LRADataModule):
         data_dir: str = "data/lra_release",
         resolution: int = 32,
         contour_length: int = 14,
+        distractors: int | None = None,
         batch_size: int = 64,
         num_workers: int | None = None,
         seq_len: int | None = None,
@@ -157,14 +161,13 @@ class PathfinderDataModule(LRADataModule):
         self.save_hyperparameters()
         if resolution not in RESOLUTIONS:
             raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution}")
-        if contour_length not in DIFFICULTY_DIRS:
-            raise ValueError(f"contour_length must be one of {sorted(DIFFICULTY_DIRS)}, "
-                             f"got {contour_length}")
+        self.difficulty = difficulty_dir(contour_length, distractors)  # checks both
         if seq_len is not None and seq_len != resolution**2:
             raise ValueError(f"seq_len must be resolution**2 = {resolution**2}, got {seq_len}")
         if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
             raise ValueError("need val_fraction, test_fraction >= 0 with a sum below 1")
         self.resolution, self.contour_length = resolution, contour_length
+        self.distractors = distractors
         self.seq_len = resolution**2
         self.task = f"pathfinder{resolution}"
         self.split_seed = split_seed
@@ -173,10 +176,12 @@ class PathfinderDataModule(LRADataModule):
 
     def root(self) -> Path:
         """The difficulty folder holding ``metadata/`` and ``imgs/``."""
-        diff = DIFFICULTY_DIRS[self.contour_length]
+        diff = self.difficulty
         res = f"pathfinder{self.resolution}"
         candidates = [self.data_dir / res / diff, self.data_dir / "lra_release" / res / diff,
-                      self.data_dir / diff, self.data_dir]
+                      self.data_dir / diff]
+        if self.distractors is None:  # a bare difficulty folder, whose name is not checked
+            candidates.append(self.data_dir)
         for c in candidates:
             if (c / "metadata").is_dir():
                 return c
@@ -184,13 +189,17 @@ class PathfinderDataModule(LRADataModule):
             f"Pathfinder metadata not found: expected {candidates[0] / 'metadata'} (also looked "
             f"in {', '.join(str(c) for c in candidates[1:])}). To get it, {RELEASE_HINT}, or "
             f"generate it with `lra generate pathfinder --resolution {self.resolution} "
-            f"--contour-length {self.contour_length} --out {self.data_dir}`."
+            f"--contour-length {self.contour_length}"
+            + (f" --distractors {self.distractors}" if self.distractors is not None else "")
+            + f" --out {self.data_dir}`."
         )
 
     def cache_key(self) -> dict[str, Any]:
         root = self.root()
         return {"metadata": file_stamp(sorted((root / "metadata").glob("*.npy"))),
                 "res": self.resolution, "cl": self.contour_length, "split": self.split_seed,
+                # only where set, so the caches of the release's layout stay valid
+                **({"distractors": self.distractors} if self.distractors is not None else {}),
                 "fractions": self.fractions}
 
     def build(self) -> dict[str, Any]:

@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +66,19 @@ from lra.data.workers import progress_bar, worker_pool
 
 # the release's difficulty folders by contour length (also used by lra.data.pathfinder)
 DIFFICULTY_DIRS = {6: "curv_baseline", 9: "curv_contour_length_9", 14: "curv_contour_length_14"}
+
+
+def difficulty_dir(contour_length: int, distractors: int | None = None) -> str:
+    """The difficulty folder's name: the release's for LRA's geometry (``distractors`` None);
+    with another number of distractor paths, the release's name and ``_distractors<N>``, so that
+    such data never passes for the release's."""
+    if contour_length not in DIFFICULTY_DIRS:
+        raise ValueError(f"contour_length must be one of {sorted(DIFFICULTY_DIRS)}, "
+                         f"got {contour_length}")
+    if distractors is not None and distractors < 0:
+        raise ValueError(f"distractors must be >= 0 (or None for LRA's), got {distractors}")
+    base = DIFFICULTY_DIRS[contour_length]
+    return base if distractors is None else f"{base}_distractors{distractors}"
 
 
 @dataclass(frozen=True)
@@ -463,10 +476,15 @@ def _pathfinder_batch(args: tuple[str, PathfinderParams, int, int, int]) -> int:
 def generate_pathfinder(out: str | Path, size: int = 32, contour_length: int = 14,
                         n_images: int = 200000, per_batch: int = 1000, seed: int = 0,
                         workers: int = 1, params: PathfinderParams | None = None,
-                        progress: bool = True) -> Path:
-    """Write ``out/pathfinder<size>/<difficulty>/{imgs,metadata}``; returns that folder."""
+                        progress: bool = True, distractors: int | None = None) -> Path:
+    """Write ``out/pathfinder<size>/<difficulty>/{imgs,metadata}``; returns that folder.
+
+    ``distractors`` replaces LRA's number of distractor paths per image (an easier or harder
+    task than the release's) and names the folder accordingly (:func:`difficulty_dir`)."""
     p = params or PathfinderParams.lra(size, contour_length)
-    root = Path(out) / f"pathfinder{p.size}" / DIFFICULTY_DIRS[p.contour_length]
+    if distractors is not None:
+        p = replace(p, n_distractors=distractors)
+    root = Path(out) / f"pathfinder{p.size}" / difficulty_dir(p.contour_length, distractors)
     jobs = [(str(root), p, seed, b, min(per_batch, n_images - b * per_batch))
             for b in range(math.ceil(n_images / per_batch))]
     with (progress_bar(progress, f"Pathfinder-{p.size}", n_images) as bar,

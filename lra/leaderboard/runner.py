@@ -85,6 +85,24 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "overrides": {"model": {"model": {"d_model": 64, "n_layers": 2}},
                       "data": {"init_args": {"contour_length": 6}}},
     },
+    # the probe stayed at chance for every mixer; the next easier task keeps LRA's geometry and
+    # drops its 10 distractor paths, so only the two target paths remain
+    "pathfinder-easy": {
+        "about": "Pathfinder made easier than the release's easiest: 32x32, contour length 6, "
+                 "no distractor paths (`lra generate pathfinder --distractors 0`), 80000 images "
+                 "(64000 / 8000 / 8000), the `cpu` model (2 layers, d = 64, bidirectional), "
+                 "4000 steps or 40 minutes per run, one rate per mixer: does any mixer leave "
+                 "chance on a CPU when only the two target paths are drawn",
+        "command": "lra leaderboard --setting pathfinder-easy --mixers s4d s4 attention "
+                   "--no-sweep --publish --jobs 2",
+        "tasks": ["pathfinder"], "data_dir": "data/pf6-easy",
+        "data": {"pathfinder": ["--resolution", "32", "--contour-length", "6", "--distractors",
+                                "0", "--n-images", "80000", "--per-batch", "1000", "--workers",
+                                "2"]},
+        "max_steps": 4000, "budget_minutes": 40.0,
+        "overrides": {"model": {"model": {"d_model": 64, "n_layers": 2}},
+                      "data": {"init_args": {"contour_length": 6, "distractors": 0}}},
+    },
 }
 QUICK_BUDGET_MINUTES = 1.5  # training time cap per quick run (Lightning max_time)
 QUICK_TIMEOUT_S = 240  # hard kill of a quick run's process (start + fit + test)

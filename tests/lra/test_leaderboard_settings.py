@@ -60,6 +60,17 @@ def test_the_pathfinder_probe_is_the_easiest_generated_difficulty():
     assert spec["overrides"]["data"]["init_args"]["contour_length"] == 6  # the loader agrees
 
 
+def test_the_easy_pathfinder_generates_and_loads_the_same_difficulty():
+    """The generator's --distractors and the loader's ``distractors`` must name one folder, or
+    the setting would train on the release's harder data (or find none)."""
+    spec = runner.SETTINGS["pathfinder-easy"]
+    args = spec["data"]["pathfinder"]
+    init = spec["overrides"]["data"]["init_args"]
+    assert int(args[args.index("--distractors") + 1]) == init["distractors"] == 0
+    assert int(args[args.index("--contour-length") + 1]) == init["contour_length"]
+    assert spec["data_dir"] != runner.SETTINGS["pathfinder-probe"]["data_dir"]
+
+
 def test_listops_set_generated_with_other_settings_is_generated_again(tmp_path, capsys):
     """ensure_generated keeps a ListOps set made with the same generator arguments and makes it
     again when the arguments differ (a check that changed its split sizes must not train on the

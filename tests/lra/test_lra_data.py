@@ -262,6 +262,33 @@ def test_pathfinder_cli_workers_deterministic(tmp_path):
         assert (tmp_path / "a" / rel / f).read_bytes() == (tmp_path / "b" / rel / f).read_bytes()
 
 
+def test_pathfinder_fewer_distractors_is_its_own_difficulty(tmp_path):
+    """--distractors N draws N distractor paths instead of LRA's 10 (at 32x32, contour 6) and
+    writes them where neither the loader nor a reader takes them for the release's data."""
+    args = ["pathfinder", "--contour-length", "6", "--n-images", "20", "--per-batch", "10",
+            "--quiet", "--out", str(tmp_path)]
+    main([*args, "--distractors", "0"])
+    easy = tmp_path / "pathfinder32" / "curv_baseline_distractors0"
+    assert sorted(p.name for p in (easy / "metadata").iterdir()) == ["0.npy", "1.npy"]
+    with pytest.raises(FileNotFoundError, match="--contour-length 6 --out"):
+        PathfinderDataModule(str(tmp_path), contour_length=6).root()  # the release's: absent
+    main(args)  # LRA's count, same seeds
+    lra = tmp_path / "pathfinder32" / "curv_baseline"
+
+    def ink(root):  # mean stroke intensity over the 20 images
+        return np.mean([np.asarray(Image.open(p)).mean() for p in root.glob("imgs/*/*.png")])
+
+    # 2 paths of 6 dashes against those plus 10 distractors of 2: far less ink
+    assert ink(easy) < 0.6 * ink(lra)
+    dm = PathfinderDataModule(str(tmp_path), contour_length=6, distractors=0, batch_size=4)
+    assert dm.root() == easy
+    _check_contract(_batches(dm)[0], 256, 2, 1024)
+    assert dm.cache_key()["distractors"] == 0
+    assert "distractors" not in PathfinderDataModule(str(tmp_path), contour_length=6).cache_key()
+    with pytest.raises(ValueError, match="distractors must be >= 0"):
+        PathfinderDataModule(str(tmp_path), distractors=-1)
+
+
 def _dilate(mask: np.ndarray, radius: float) -> np.ndarray:
     """Binary dilation by a Euclidean disk: per row offset, a horizontal window-OR."""
     h, w = mask.shape
