@@ -216,6 +216,19 @@ def run_config(task: str, mixer: str, *, quick: bool, data_dir: str | None,
 
 
 # ================================================================================ data
+def _without_workers(args: Sequence[str]) -> list[str]:
+    """``lra generate`` arguments less ``--workers N``, which changes the speed, not the data."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "--workers":
+            skip = True
+        else:
+            out.append(a)
+    return out
+
+
 def ensure_generated(task: str, data_dir: Path, spec: Sequence[str] | None = None) -> str:
     """Generate a small ``task`` set into ``data_dir`` with ``lra generate`` unless it is there.
 
@@ -228,7 +241,7 @@ def ensure_generated(task: str, data_dir: Path, spec: Sequence[str] | None = Non
     if task == "listops":
         present = (data_dir / "listops-1000" / "basic_test.tsv").is_file()
         made_with = json.loads(stamp.read_text())["args"] if stamp.is_file() else args
-        if present and made_with != args:
+        if present and _without_workers(made_with) != _without_workers(args):
             # generated here with other settings (sizes, lengths): the files hold another set
             print(f"[leaderboard] {data_dir} holds ListOps generated with other settings "
                   f"({' '.join(made_with)}); generating again", flush=True)
@@ -237,10 +250,12 @@ def ensure_generated(task: str, data_dir: Path, spec: Sequence[str] | None = Non
         # any difficulty counts: a run may ask for another contour length than 14
         present = any((data_dir / "pathfinder32").glob("curv_*/metadata"))
     if not present:
+        # the generators give the same files for any number of processes: use every core
+        run = [*_without_workers(args), "--workers", str(max(1, os.cpu_count() or 1))]
         print(f"[leaderboard] generating {task} into {data_dir}: lra generate {task} "
-              f"--out {data_dir} {' '.join(args)}", flush=True)
+              f"--out {data_dir} {' '.join(run)}", flush=True)
         t0 = time.time()
-        generate([task, "--out", str(data_dir), *args, "--quiet"])
+        generate([task, "--out", str(data_dir), *run, "--quiet"])
         stamp.write_text(json.dumps({"args": args, "seconds": round(time.time() - t0, 1)}))
     if stamp.is_file():
         args = json.loads(stamp.read_text())["args"]

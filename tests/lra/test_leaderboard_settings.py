@@ -89,6 +89,9 @@ def test_listops_set_generated_with_other_settings_is_generated_again(tmp_path, 
     mtime = (tmp_path / "listops-1000" / "basic_test.tsv").stat().st_mtime_ns
     assert ensure_generated("listops", tmp_path, small).endswith(" ".join(small))
     assert (tmp_path / "listops-1000" / "basic_test.tsv").stat().st_mtime_ns == mtime
+    # the number of processes is no property of the data: the set is kept
+    ensure_generated("listops", tmp_path, [*small, "--workers", "16"])
+    assert (tmp_path / "listops-1000" / "basic_test.tsv").stat().st_mtime_ns == mtime
     bigger = ["--n-train", "20", "--n-val", "5", "--n-test", "9", *lengths]
     assert ensure_generated("listops", tmp_path, bigger).endswith(" ".join(bigger))
     assert sizes()[2] - first[2] == 3  # the test split grew from 6 to 9 expressions

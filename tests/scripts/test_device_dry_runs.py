@@ -1,6 +1,6 @@
 """The GPU scripts' dry runs (DRY_RUN=1: tiny sizes on the CPU) go through end to end, so a call
 on a lent GPU is not spent finding a typo: the recall arena writes its store and page, the S4
-ListOps recipe writes its epoch clock."""
+ListOps recipe writes its epoch clock, the LRA grid writes its store."""
 
 from __future__ import annotations
 
@@ -42,3 +42,13 @@ def test_s4_listops_dry_run(tmp_path):
     assert clock["epochs"] and clock["epochs"][-1]["complete"] is False, clock["epochs"]
     (rec,) = json.loads((tmp_path / "leaderboard_runs.json").read_text())["runs"]
     assert rec["status"] == "ok" and rec["mixer"] == "s4", rec.get("error")
+
+
+@pytest.mark.slow
+def test_lra_grid_dry_run(tmp_path):
+    _dry("lra_grid.sh", tmp_path)
+    runs = json.loads((tmp_path / "leaderboard_runs.json").read_text())["runs"]
+    assert sorted(r["mixer"] for r in runs) == ["attention", "s4d"]
+    assert all(r["status"] == "ok" and r["steps"] == 2 for r in runs), runs
+    assert "2 records, 2 ok" in (tmp_path / "lra.log").read_text()
+
