@@ -21,9 +21,11 @@
 #      reference (output and every input gradient) and fwd+bwd time and peak memory at
 #      T = 1024, 4096, 16384. Each row is appended to kernel_bench.jsonl as it is measured;
 #   5. the CUDA tests (pytest -m cuda): every mixer on its kernels against its reference;
-#   6. a bf16 throughput row for every mixer (scripts/bench.py, backend auto, d 512, batch 8,
+#   6. scripts/device/profile_step.py: S4's ListOps recipe step timed by phase and profiled
+#      (profile_step.json, profile_step.txt), up to 60 s;
+#   7. a bf16 throughput row for every mixer (scripts/bench.py, backend auto, d 512, batch 8,
 #      L 4096), one mixer per process, appended to throughput.jsonl, while time is left.
-# Everything lands in OUT_DIR as it is produced, in six files.
+# Everything lands in OUT_DIR as it is produced, in eight files.
 set -u
 O=${1:?usage: scripts/device/sweep.sh OUT_DIR}
 mkdir -p "$O"
@@ -156,7 +158,18 @@ else
     say "no time left for the CUDA tests"
 fi
 
-say "6. bf16 throughput, one mixer per process"
+say "6. where a training step of S4's ListOps recipe spends its time"
+t=$(left 60)
+if [ "$t" -ge 20 ]; then
+    PROF=(python3 scripts/device/profile_step.py "$O")
+    [ "$DRY" = 1 ] && PROF+=(--dry-run)
+    timeout "$t" "${PROF[@]}" >> "$LOG" 2>&1
+    say "profile_step exit $?"
+else
+    say "no time left for profile_step"
+fi
+
+say "7. bf16 throughput, one mixer per process"
 if [ "$DRY" = 1 ]; then SIZE=(--device cpu --lengths 128 --d 64 --batch 2 --repeats 1)
 else SIZE=(--device cuda --lengths 4096 --d 512 --batch 8 --repeats 5); fi
 for m in $(python3 -c "import lrm; print(' '.join(lrm.available()))"); do

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,4 +52,19 @@ def test_lra_grid_dry_run(tmp_path):
     assert sorted(r["mixer"] for r in runs) == ["attention", "s4d"]
     assert all(r["status"] == "ok" and r["steps"] == 2 for r in runs), runs
     assert "2 records, 2 ok" in (tmp_path / "lra.log").read_text()
+
+
+def test_profile_step_dry_run_times_each_phase(tmp_path):
+    """scripts/device/profile_step.py (the S4 recipe's step, timed by phase and profiled) runs
+    its whole path on a CPU at tiny sizes."""
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "device" / "profile_step.py"),
+                           str(tmp_path), "--dry-run"], capture_output=True, text=True,
+                          timeout=240, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads((tmp_path / "profile_step.json").read_text())
+    ms = got["ms_median"]
+    assert set(ms) == {"forward", "backward", "optimizer", "step"} and ms["step"] > 0
+    assert abs(ms["step"] - ms["forward"] - ms["backward"] - ms["optimizer"]) < 0.2 * ms["step"]
+    assert got["params"] > 0 and got["ms_per_step_unsynced"] > 0
+    assert "by cpu_time_total" in (tmp_path / "profile_step.txt").read_text()
 
