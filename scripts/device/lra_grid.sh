@@ -27,12 +27,9 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 DRY=${DRY_RUN:-0}
 DEADLINE=${LRA_SECONDS:-540}
 # lra fit's Lightning CLI needs jsonargparse[signatures], which the GPU image lacks
-if [ "$DRY" != 1 ] && ls .whl/*.whl > /dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PYTHONPATH
-fi
-python3 -c "import jsonargparse, docstring_parser, typeshed_client" 2>/dev/null ||
-    echo "== jsonargparse[signatures] does not import: lra fit will stop (carry .whl)"
+. scripts/device/wheels.sh
+[ "$DRY" != 1 ] && install_wheels
+warn_without_lightning_cli
 [ -n "${LRA_STORE:-}" ] && cp "$LRA_STORE" "$O/leaderboard_runs.json"
 if [ "$DRY" = 1 ]; then
     ARGS=(--quick --mixers attention s4d --tasks listops --max-steps 2 --no-sweep --jobs 2

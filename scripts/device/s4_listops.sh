@@ -21,12 +21,9 @@ DRY=${DRY_RUN:-0}
 DATA=${S4_DATA:-/tmp/lra_listops}
 # the wheels prepare.sh lays out: lra fit's Lightning CLI needs jsonargparse[signatures], which
 # the GPU image lacks (this script stopped on it on 2026-12-04); carry .whl
-if [ "$DRY" != 1 ] && ls .whl/*.whl > /dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PYTHONPATH
-fi
-python3 -c "import jsonargparse, docstring_parser, typeshed_client" 2>/dev/null ||
-    echo "== jsonargparse[signatures] does not import: lra fit will stop (carry .whl)"
+. scripts/device/wheels.sh
+[ "$DRY" != 1 ] && install_wheels
+warn_without_lightning_cli
 if [ "$DRY" = 1 ]; then
     DATA=$O/data
     GEN=(--n-train 64 --n-val 16 --n-test 16 --min-length 10 --max-length 40 --max-depth 3)

@@ -51,9 +51,8 @@ say "1. wheels"
 if [ "$DRY" = 1 ]; then
     say "dry run: not installing; carried: $(ls .whl 2>/dev/null | tr '\n' ' ')"
 elif ls .whl/*.whl > /dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl >> "$LOG" 2>&1 || say "pip install failed (see above)"
-    export PYTHONPATH=/tmp/site:$PYTHONPATH
+    . scripts/device/wheels.sh
+    install_wheels >> "$LOG" 2>&1 || say "pip install failed (see above)"
     if [ -d /tmp/site/tilelang ] && ! python3 -c "import tilelang" >> "$LOG" 2>&1; then
         rm -rf /tmp/site/tilelang /tmp/site/tilelang-*
         say "tilelang does not import (above): removed, so that fla imports without it"
