@@ -121,7 +121,8 @@ def render(recs: list[dict[str, Any]], *, command: str, notes: str | None) -> st
              "(lra/leaderboard/arena.py: 2-layer LM, batch 32, AdamW with warmup and cosine "
              "decay, accuracy on the query positions of 256 fresh test sequences) with the "
              "settings shown changed. \"still learning\": the training loss still fell over the "
-             "last fifth of the steps. By quarter: the accuracy on the queries in each quarter "
+             "last fifth of the steps (the arena's rule, lra/leaderboard/arena.py). By "
+             "quarter: the accuracy on the queries in each quarter "
              "of the sequence (first to last; – where a quarter holds no query, or the run "
              "predates the column). Loss curve: (step: mean training loss) at the start, "
              "a quarter, half, three quarters and the end.", ""]
@@ -137,7 +138,8 @@ def render(recs: list[dict[str, Any]], *, command: str, notes: str | None) -> st
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         rs.sort(key=lambda r: (_settings_text(r), *(r[k] for k in SHOWN)))
         for r in rs:
-            learning = "yes" if still_improving(r.get("loss_curve") or []) else "no"
+            learning = ("yes" if still_improving(r.get("loss_curve") or [],
+                                                 floor=arena.LEARNING_FLOOR) else "no")
             if arena.diverged(r) is not None:
                 acc, learning = "diverged", "–"
             else:

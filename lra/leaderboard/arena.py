@@ -77,6 +77,10 @@ BATCH = 32
 N_TRAIN = 20_000
 N_TEST = 256
 EXTRAP = (2, 4, 8, 16)  # test lengths as multiples of the training length
+# "still learning" also when the query cross-entropy was still >= 0.1 nats (about 95%
+# accuracy in the arena's runs) and fell by more than a tenth in the last fifth of the steps
+# (lra.leaderboard.sweep.still_improving, second clause)
+LEARNING_FLOOR = 0.1
 
 # The grid. ``mqar`` cells: (L, kv pairs, d) on two axes, after Zoology: the difficulty axis
 # (L, pairs) = (64, 4), (128, 8), (256, 16) at d = 64, and the state axis (128, 8) at d = 32, 64,
@@ -526,7 +530,8 @@ ZOOLOGY = ("Zoology (Arora et al., 2023, Fig. 2) reports: attention solves MQAR 
 
 def _cell_text(s: Any) -> str:
     """``mean (seed0 / seed1) @ lr, state`` of one cell summary; "still learning" when a seed's
-    loss was still falling over its last fifth (:func:`lra.leaderboard.sweep.still_improving`):
+    loss was still falling at its end (:func:`lra.leaderboard.sweep.still_improving` with
+    :data:`LEARNING_FLOOR`):
     the cell's steps, not the mixer, set that number."""
     if s.best is None:
         return "diverged" if any(w.startswith("diverged") for _, w in s.rates) else ""
@@ -534,7 +539,8 @@ def _cell_text(s: Any) -> str:
 
     seeds = " / ".join(f"{100 * r['acc']:.1f}" for _, r in sorted(s.seeds.items()))
     mean = s.mean(_score)
-    learning = any(still_improving(r.get("loss_curve") or []) for r in s.seeds.values())
+    learning = any(still_improving(r.get("loss_curve") or [], floor=LEARNING_FLOOR)
+                   for r in s.seeds.values())
     return (f"{100 * mean:.1f} ({seeds}) @ {s.best['lr']:g}"
             + (" (end of sweep)" if s.capped else "")
             + (" (still learning)" if learning else "")
@@ -559,8 +565,9 @@ def render(recs: list[dict[str, Any]], cells: list[dict[str, Any]], *, store_nam
            f"best learning rate (each seed in brackets), `@` the rate, then the state size "
            f"(floats per sequence summed over the layers after L tokens). \"end of sweep\": "
            f"the best rate is still at an end of the extended sweep; \"still learning\": a "
-           f"seed's training loss still fell over the last fifth of its steps, so more steps "
-           f"would have moved the number.", "",
+           f"seed's training loss still fell over the last fifth of its steps (by more than 5% "
+           f"of its whole fall, or by more than a tenth while it was still above "
+           f"{LEARNING_FLOOR:g}), so more steps would have moved the number.", "",
            "## Protocol", "", sweep.PROTOCOL.describe() + ".", "", sweep.rates_table(), "",
            "Steps per cell: " + "; ".join(f"{m} {n} ({why})" for m, (n, why)
                                           in sorted(ARENA_STEPS.items()))

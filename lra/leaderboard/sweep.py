@@ -119,16 +119,27 @@ def diverged(r: Record) -> int | None:
     return None
 
 
-def still_improving(curve: Sequence[Sequence[float]], rel: float = 0.05) -> bool:
-    """True when a loss curve ((step, loss) pairs) still fell over its last fifth by more than
-    ``rel`` of the whole curve's fall (mean of the last fifth against the fifth before): more
-    steps would have moved the end point, so the run's budget, not the model, set its score."""
+def still_improving(curve: Sequence[Sequence[float]], rel: float = 0.05, *,
+                    floor: float | None = None, rel_level: float = 0.1) -> bool:
+    """True when a loss curve ((step, loss) pairs) was still falling at its end, so that more
+    steps would have moved the end point: the run's budget, not the model, set its score.
+
+    Compared are the mean loss of the last fifth and of the fifth before. The curve is still
+    falling when that drop is more than ``rel`` of the whole curve's fall; or, with ``floor``
+    given, when the loss before was still at least ``floor`` and the drop more than
+    ``rel_level`` of it. The second clause catches a slow fall late in a long run, which the
+    first measures against a large early fall and misses: an MQAR run whose cross-entropy on
+    the queries went 5.5 -> 0.41 -> 0.29 over its last three fifths (85% accuracy, its other
+    seed 97%) passes the first clause and fails the second. Below ``floor`` the loss no longer
+    moves the accuracy much, and small relative drops there are noise."""
     vals = [v for _, v in curve]
     n = len(vals) // 5
     if n == 0 or not all(math.isfinite(v) for v in vals):
         return False
     last, before = sum(vals[-n:]) / n, sum(vals[-2 * n:-n]) / n
-    return before - last > rel * max(vals[0] - last, 0.0)
+    if before - last > rel * max(vals[0] - last, 0.0):
+        return True
+    return floor is not None and before >= floor and before - last > rel_level * before
 
 
 def is_result(r: Record) -> bool:

@@ -336,3 +336,22 @@ def test_still_improving_reads_the_last_fifth_of_a_loss_curve():
     assert still_improving(falling) and not still_improving(flat)
     assert not still_improving([[1, 2.0], [2, 1.0]])  # too short to tell
     assert not still_improving([[i, float("nan")] for i in range(20)])  # diverged: not learning
+
+
+def test_still_improving_with_a_floor_catches_a_slow_late_fall():
+    from lra.leaderboard.arena import LEARNING_FLOOR
+    from lra.leaderboard.sweep import still_improving
+
+    # an arena run's shape: a large early fall, then 0.45 -> 0.26 over the last two fifths
+    # (Oryx at (128, 8, 32), seed 1: 85% where seed 0 reached 97%)
+    late = ([[0, 5.5], [300, 4.8], [600, 3.0], [900, 1.5]] + [[1200 + 300 * i, 1.0 - 0.03 * i]
+            for i in range(8)] + [[3600 + 300 * i, 0.45 - 0.024 * i] for i in range(8)])
+    assert not still_improving(late)  # the drop is under 5% of the whole fall
+    assert still_improving(late, floor=LEARNING_FLOOR)  # but a third of the loss level
+    # converged: a tiny loss still drifting down by a quarter is under the floor, not learning
+    done = [[0, 5.5]] + [[i, 0.006 - 0.00015 * i] for i in range(1, 20)]
+    assert not still_improving(done, floor=LEARNING_FLOOR)
+    assert still_improving(done, floor=0.001)  # the floor, not the drop, decides that
+    # above the floor but flat: not learning
+    flat = [[0, 5.5]] + [[i, 0.5 + (0.01 if i % 2 else 0.0)] for i in range(1, 20)]
+    assert not still_improving(flat, floor=LEARNING_FLOOR)
