@@ -657,6 +657,7 @@ def render(recs: list[dict[str, Any]], cells: list[dict[str, Any]], *, store_nam
     if not miss:
         out += ["None: every run of the grid has a result."]
     elif len(miss) <= 40:
+        out += [f"{len(miss)} run{'s' * (len(miss) != 1)} without a result:", ""]
         out += [f"- {_label(c)}: {why}" for c, why in miss]
     else:  # a long list says little: count the runs by mixer and reason, naming the cells
         counts: dict[tuple[str, str], dict[str, int]] = {}

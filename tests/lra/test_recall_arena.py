@@ -144,6 +144,8 @@ def test_a_run_of_some_mixers_keeps_the_others_missing_cells_on_the_page(tmp_pat
     assert "attention mqar L=128 kv=8 d=64" in missing
     assert "fox mqar L=128 kv=8 d=64" in missing  # the stored mixer's grid stays on the page
     assert "mamba mqar" not in missing  # neither named nor stored
+    listed = [ln for ln in missing.splitlines() if ln.startswith("- ")]
+    assert f"{len(listed)} runs without a result:" in missing  # a short list is counted too
 
 
 def test_a_diverged_run_is_never_a_result_and_is_listed():
