@@ -4,7 +4,10 @@ building blocks of the paper-equation tests of tests/mixers/."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import sys
+from pathlib import Path
 
 import torch
 from torch.autograd import gradcheck
@@ -236,3 +239,13 @@ def ssm_block(m, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     y = y + m.D[0] * u
     a, b = linear(m.output_linear, torch.nn.functional.gelu(y)).chunk(2, dim=-1)
     return a * torch.sigmoid(b)
+
+
+def load_script(name: str):
+    """``scripts/<name>.py`` imported as the module ``name`` (scripts are not a package)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod

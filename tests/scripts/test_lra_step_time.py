@@ -4,24 +4,14 @@ setting's time cap and step count."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+from _helpers import load_script
 
 from lra.leaderboard.runner import SETTINGS
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def _load():
-    spec = importlib.util.spec_from_file_location("lra_step_time",
-                                                  ROOT / "scripts" / "lra_step_time.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["lra_step_time"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("lra_step_time")
 
 
 def test_the_timed_model_is_the_settings_model():

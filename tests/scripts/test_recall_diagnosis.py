@@ -4,24 +4,14 @@ the written notes survive a re-render, and a setting that is none of these is re
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+from _helpers import load_script
 
 from lra.leaderboard import arena
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def _load():
-    spec = importlib.util.spec_from_file_location("recall_diagnosis",
-                                                  ROOT / "scripts" / "recall_diagnosis.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["recall_diagnosis"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("recall_diagnosis")
 
 
 def test_variants_are_the_arena_run_with_the_settings_changed(tmp_path, monkeypatch):
