@@ -130,8 +130,8 @@ def still_improving(curve: Sequence[Sequence[float]], rel: float = 0.05, *,
     ``rel_level`` of it. The second clause catches a slow fall late in a long run, which the
     first measures against a large early fall and misses: an MQAR run whose cross-entropy on
     the queries went 5.5 -> 0.41 -> 0.29 over its last three fifths (85% accuracy, its other
-    seed 97%) passes the first clause and fails the second. Below ``floor`` the loss no longer
-    moves the accuracy much, and small relative drops there are noise."""
+    seed 97%) is not marked by the first clause and is by the second. Below ``floor`` the loss
+    no longer moves the accuracy much, and small relative drops there are noise."""
     vals = [v for _, v in curve]
     n = len(vals) // 5
     if n == 0 or not all(math.isfinite(v) for v in vals):
