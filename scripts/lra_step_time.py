@@ -17,11 +17,8 @@ take, and the steps that fit in the setting's time cap.
 from __future__ import annotations
 
 import argparse
-import importlib
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -29,9 +26,12 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+import measure  # noqa: E402
 
 import lrm  # noqa: E402
-from lra.leaderboard.runner import SETTINGS, run_config  # noqa: E402
+from lra.leaderboard.runner import SETTINGS, data_module, run_config  # noqa: E402
 from lrm.optim import param_groups  # noqa: E402
 
 
@@ -43,8 +43,7 @@ def build(setting: str, task: str, mixer: str) -> tuple[torch.nn.Module, dict, i
                          max_steps=spec["max_steps"], budget_minutes=spec["budget_minutes"],
                          run_dir=Path(tmp), overrides=spec.get("overrides", {}),
                          config_dir=REPO / "configs")
-    module, name = cfg["data"]["class_path"].rsplit(".", 1)
-    data = getattr(importlib.import_module(module), name)(**cfg["data"]["init_args"])
+    data = data_module(cfg["data"])
     model = lrm.LRModel(lrm.ModelConfig(**{**cfg["model"]["model"], **data.model_hints()}))
     return model, cfg["model"], int(data.seq_len)
 
@@ -57,15 +56,14 @@ def step_seconds(model: torch.nn.Module, opts: dict, seq_len: int, batch: int,
     opt = torch.optim.AdamW(param_groups(model, lr=float(opts.get("lr", 1e-3)),
                                          weight_decay=float(opts.get("weight_decay", 0.0))))
     model.train()
-    times = []
-    for _ in range(repeats + 1):  # the first step warms up and is not counted
-        t0 = time.perf_counter()
+
+    def step() -> None:
         loss = F.cross_entropy(model(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times[1:])
+
+    return measure.time_calls(step, repeats=repeats, warmup=1)["median_s"]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -263,13 +263,19 @@ def ensure_generated(task: str, data_dir: Path, spec: Sequence[str] | None = Non
     return f"files in {repo_relative(data_dir)}"
 
 
-def task_facts(data_cfg: dict[str, Any]) -> dict[str, Any]:
-    """Instantiate the run's DataModule (same arguments, so the child reuses its cache) and
-    return its model hints and the majority-class baseline of its test split."""
+def data_module(data_cfg: dict[str, Any]) -> Any:
+    """The DataModule a run config's ``data`` entry names (``class_path`` and ``init_args``),
+    built without reading any data."""
     import importlib
 
     module, cls = data_cfg["class_path"].rsplit(".", 1)
-    dm = getattr(importlib.import_module(module), cls)(**data_cfg.get("init_args", {}))
+    return getattr(importlib.import_module(module), cls)(**data_cfg.get("init_args", {}))
+
+
+def task_facts(data_cfg: dict[str, Any]) -> dict[str, Any]:
+    """Instantiate the run's DataModule (same arguments, so the child reuses its cache) and
+    return its model hints and the majority-class baseline of its test split."""
+    dm = data_module(data_cfg)
     dm.setup("test")
 
     def class_counts(split: str) -> dict[int, int]:
