@@ -104,6 +104,18 @@ SETTINGS: dict[str, dict[str, Any]] = {
                       "data": {"init_args": {"contour_length": 6, "distractors": 0}}},
     },
 }
+# both probes sat on the ln 2 plateau for their whole 40 minutes; this one asks whether it ends
+# with a few times more images: the easy setting's data, model and loader, a longer budget, the
+# fastest mixer's step
+SETTINGS["pathfinder-long"] = {
+    **SETTINGS["pathfinder-easy"],
+    "about": "the `pathfinder-easy` data and model (32x32, contour length 6, no distractor paths, "
+             "64000 training images; 2 layers, d = 64, bidirectional), 12000 steps or 100 "
+             "minutes per run, one rate: does the plateau at ln 2 end within hours of CPU for "
+             "the fastest mixer",
+    "command": "lra leaderboard --setting pathfinder-long --mixers s4d --no-sweep --publish",
+    "max_steps": 12000, "budget_minutes": 100.0,
+}
 QUICK_BUDGET_MINUTES = 1.5  # training time cap per quick run (Lightning max_time)
 QUICK_TIMEOUT_S = 240  # hard kill of a quick run's process (start + fit + test)
 

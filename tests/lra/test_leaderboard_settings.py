@@ -71,6 +71,17 @@ def test_the_easy_pathfinder_generates_and_loads_the_same_difficulty():
     assert spec["data_dir"] != runner.SETTINGS["pathfinder-probe"]["data_dir"]
 
 
+def test_the_long_pathfinder_run_trains_on_the_easy_setting_data_for_longer():
+    """pathfinder-long answers "does the easy probe's plateau end with more steps?", so only its
+    budget may differ from pathfinder-easy: same folder, same generator arguments (else
+    ensure_generated would regenerate the folder the easy runs read), same model and loader."""
+    easy, long = runner.SETTINGS["pathfinder-easy"], runner.SETTINGS["pathfinder-long"]
+    for key in ("data_dir", "data", "overrides", "tasks"):
+        assert long[key] == easy[key], key
+    assert long["max_steps"] > easy["max_steps"]
+    assert long["budget_minutes"] >= 2 * easy["budget_minutes"]
+
+
 def test_listops_set_generated_with_other_settings_is_generated_again(tmp_path, capsys):
     """ensure_generated keeps a ListOps set made with the same generator arguments and makes it
     again when the arguments differ (a check that changed its split sizes must not train on the
