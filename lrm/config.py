@@ -8,6 +8,7 @@ from typing import Any
 
 from lrm import registry
 from lrm.names import unknown as unknown_names
+from lrm.nn import NORMS
 
 HEADS = ("classify", "lm", "retrieval")
 ENCODERS = ("embedding", "linear")
@@ -35,7 +36,9 @@ class ModelConfig:
             an intensity, scaled to [-1, 1] by ``2 * id / (vocab_size - 1) - 1`` and mapped by
             a linear layer (S4's encoder for pixel tasks, where 200 and 201 should be close).
         bidirectional: wrap every mixer in :class:`lrm.model.Bidirectional` (LRA encoders).
-        norm: ``rmsnorm`` or ``layernorm``. prenorm: pre- (True) or post-norm residuals.
+        norm: ``rmsnorm``, ``layernorm`` or ``batchnorm`` (statistics over the batch and the
+            positions, as in S4's LRA recipes; classification heads only, see
+            :class:`lrm.nn.SequenceBatchNorm`). prenorm: pre- (True) or post-norm residuals.
         mlp_ratio: width of the MLP after each mixer as a multiple of d; 0 for no MLP;
             None for the mixer's customary value (4 for attention, 0 for Mamba and S4).
         dropout: after the mixer and MLP in every block, and on the embeddings.
@@ -80,8 +83,12 @@ class ModelConfig:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
-        if self.norm not in ("rmsnorm", "layernorm"):
-            raise ValueError(f"norm must be 'rmsnorm' or 'layernorm', got {self.norm!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if self.norm == "batchnorm" and self.head == "lm":
+            raise ValueError("norm='batchnorm' takes its training statistics over all positions, "
+                             "so a language model (head='lm') would see later tokens through "
+                             "them; use 'rmsnorm' or 'layernorm' for head='lm'")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 

@@ -85,13 +85,35 @@ def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return (xf * torch.rsqrt(xf.square().sum(-1, keepdim=True) + eps)).to(x.dtype)
 
 
+NORMS = ("rmsnorm", "layernorm", "batchnorm")
+
+
+class SequenceBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over the d channels of a (B, L, d) input: while training, each channel is
+    normalised with the mean and variance over the batch *and the positions*; in eval mode
+    with running averages of them, so each position on its own.
+
+    S4's LRA recipes normalise this way (BatchNorm in every block; state-spaces/s4
+    ``configs/experiment/lra/*``). Two consequences the other norms do not have: while
+    training, a token's output depends on every other token of the batch (so a causal
+    language model would see the future through the statistics: :class:`lrm.ModelConfig`
+    refuses ``norm="batchnorm"`` with ``head="lm"``), and the padding of variable-length
+    batches enters the statistics (as in S4's code, which does not mask them either).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, d) -> (B, L, d)
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
 def make_norm(kind: str, d: int) -> nn.Module:
-    """'rmsnorm' or 'layernorm'."""
+    """'rmsnorm', 'layernorm' or 'batchnorm' (:class:`SequenceBatchNorm`) over width d."""
     if kind == "rmsnorm":
         return RMSNorm(d)
     if kind == "layernorm":
         return nn.LayerNorm(d)
-    raise ValueError(f"norm must be 'rmsnorm' or 'layernorm', got {kind!r}")
+    if kind == "batchnorm":
+        return SequenceBatchNorm(d)
+    raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
 
 
 # ----------------------------------------------------------------------------- short conv

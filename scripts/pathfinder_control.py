@@ -49,13 +49,15 @@ from lra.leaderboard.runner import SETTINGS  # noqa: E402
 class PathCNN(nn.Module):
     """Three stages of (3x3 conv, ReLU) x 2 and a 2x2 max pool, global max pool, linear head."""
 
-    def __init__(self, width: int = 16, n_classes: int = 2) -> None:
+    def __init__(self, width: int = 16, n_classes: int = 2, norm: bool = True) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c_in = 1
         for c_out in (width, 2 * width, 2 * width):
-            layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(),
-                       nn.Conv2d(c_out, c_out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+            for c in (c_in, c_out):
+                layers += [nn.Conv2d(c, c_out, 3, padding=1),
+                           nn.BatchNorm2d(c_out) if norm else nn.Identity(), nn.ReLU()]
+            layers.append(nn.MaxPool2d(2))
             c_in = c_out
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(c_in, n_classes)
@@ -107,13 +109,13 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
 
 
 def train(splits: dict[str, tuple[torch.Tensor, torch.Tensor]], *, steps: int, batch: int,
-          lr: float, width: int, eval_every: int, seed: int,
+          lr: float, width: int, eval_every: int, seed: int, norm: bool = True,
           progress: bool = True) -> dict[str, Any]:
     """Train the CNN; returns the curve (step, mean training loss, validation accuracy) and the
     test accuracy at the best validation reading."""
     torch.manual_seed(seed)
     x_tr, y_tr = splits["train"]
-    model = PathCNN(width)
+    model = PathCNN(width, norm=norm)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
@@ -163,6 +165,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--width", type=int, default=16, help="channels of the first stage")
+    ap.add_argument("--no-norm", action="store_true",
+                    help="no BatchNorm after the convolutions")
     ap.add_argument("--eval-every", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
@@ -174,9 +178,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     splits, data = load_splits(args.setting, args.data_dir)
     result = train(splits, steps=args.steps, batch=args.batch, lr=args.lr, width=args.width,
-                   eval_every=args.eval_every, seed=args.seed)
+                   eval_every=args.eval_every, seed=args.seed, norm=not args.no_norm)
     result.update(setting=args.setting, data=data, steps=args.steps, batch=args.batch,
                   lr=args.lr, width=args.width, seed=args.seed, threads=args.threads,
+                  norm=not args.no_norm,
                   command="python scripts/pathfinder_control.py "
                           + " ".join(argv if argv is not None else sys.argv[1:]))
     print(f"CNN ({result['params']} parameters) on {data}: best validation "

@@ -32,7 +32,8 @@ def test_unknown_config_key_lists_valid_keys():
 
 
 @pytest.mark.parametrize("bad", [
-    {"head": "regress"}, {"pooling": "max"}, {"norm": "batchnorm"}, {"n_layers": 0},
+    {"head": "regress"}, {"pooling": "max"}, {"norm": "groupnorm"}, {"n_layers": 0},
+    {"norm": "batchnorm", "head": "lm"},
     {"encoder": "conv"},
     {"pattern": ["attention", "attention", "attention"], "n_layers": 4},
     {"pattern": ["attention"], "mixer_kwargs": {"rope": True}},
@@ -40,6 +41,31 @@ def test_unknown_config_key_lists_valid_keys():
 def test_bad_config_values_raise(bad):
     with pytest.raises(ValueError):
         lrm.ModelConfig(**bad)
+
+
+def test_batchnorm_normalises_each_channel_over_batch_and_positions():
+    """S4's LRA norm: per channel over (B, L) while training, running statistics in eval. A
+    norm over the wrong axis (positions as channels, or per token like LayerNorm) fails."""
+    from lrm.nn import make_norm
+
+    torch.manual_seed(0)
+    norm = make_norm("batchnorm", 6)
+    x = torch.randn(4, 9, 6) * torch.arange(1, 7) + torch.arange(6)  # channel c: mean c, std c+1
+    y = norm(x)
+    assert y.shape == x.shape
+    torch.testing.assert_close(y.mean(dim=(0, 1)), torch.zeros(6), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.var(dim=(0, 1), unbiased=False), torch.ones(6), atol=1e-3,
+                               rtol=0)
+    assert y[0, 0].std() > 0.1  # not normalised per token
+    norm.eval()  # running statistics: one token's output no longer depends on the others
+    alone = norm(x[:1, :1])
+    torch.testing.assert_close(alone, norm(x)[:1, :1])
+    model = lrm.LRModel(lrm.ModelConfig(mixer="s4d", d_model=8, vocab_size=5, n_classes=2,
+                                        norm="batchnorm", bidirectional=True))
+    assert model(torch.randint(0, 5, (3, 7))).shape == (3, 2)
+    no_decay = {id(p) for g in param_groups(model, lr=1e-3, weight_decay=0.1)
+                if g["weight_decay"] == 0 for p in g["params"]}
+    assert id(model.blocks[0].norm1.weight) in no_decay  # a norm's scale is not decayed
 
 
 def test_pattern_builds_per_layer_mixers():

@@ -116,6 +116,18 @@ SETTINGS["pathfinder-long"] = {
     "command": "lra leaderboard --setting pathfinder-long --mixers s4d --no-sweep --publish",
     "max_steps": 12000, "budget_minutes": 100.0,
 }
+# a small CNN with BatchNorm solves the easy data within 800 steps where the same CNN without
+# it can sit on ln 2 for 8000 (scripts/pathfinder_control.py), and S4's LRA recipes use
+# BatchNorm: the easy probe again with norm = batchnorm in every block
+SETTINGS["pathfinder-easy-bn"] = {
+    **SETTINGS["pathfinder-easy"],
+    "about": "the `pathfinder-easy` setting (same data, model, 4000 steps or 40 minutes per run, "
+             "one rate) with BatchNorm instead of LayerNorm in every block, as S4's LRA "
+             "recipes normalise: does the norm move the plateau",
+    "command": "lra leaderboard --setting pathfinder-easy-bn --mixers s4d --no-sweep --publish",
+    "overrides": {"model": {"model": {"d_model": 64, "n_layers": 2, "norm": "batchnorm"}},
+                  "data": {"init_args": {"contour_length": 6, "distractors": 0}}},
+}
 QUICK_BUDGET_MINUTES = 1.5  # training time cap per quick run (Lightning max_time)
 QUICK_TIMEOUT_S = 240  # hard kill of a quick run's process (start + fit + test)
 

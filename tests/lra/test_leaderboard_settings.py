@@ -107,3 +107,13 @@ def test_listops_set_generated_with_other_settings_is_generated_again(tmp_path, 
     assert ensure_generated("listops", tmp_path, bigger).endswith(" ".join(bigger))
     assert sizes()[2] - first[2] == 3  # the test split grew from 6 to 9 expressions
     assert "generated with other settings" in capsys.readouterr().out
+
+
+def test_the_batchnorm_probe_differs_from_the_easy_probe_only_by_its_norm():
+    easy, bn = runner.SETTINGS["pathfinder-easy"], runner.SETTINGS["pathfinder-easy-bn"]
+    for key in ("data_dir", "data", "tasks", "max_steps", "budget_minutes"):
+        assert bn[key] == easy[key], key
+    assert bn["overrides"]["data"] == easy["overrides"]["data"]
+    model = dict(bn["overrides"]["model"]["model"])
+    assert model.pop("norm") == "batchnorm"
+    assert model == easy["overrides"]["model"]["model"]
