@@ -15,9 +15,12 @@ theirs (their budget), not the data's; a CNN that stays at chance points at the 
 
 The data is the setting's (``lra.leaderboard.runner.SETTINGS``: folder, contour length,
 distractors, the loader's 80/10/10 split), read through the same ``PathfinderDataModule``,
-pixels scaled to [0, 1]. The network: three stages of two 3x3 convolutions (ReLU) and a 2x2 max
-pool, widths ``--width``, 2·width, 2·width, then global max pooling and a linear classifier:
-the receptive field of the last convolution spans 36 pixels, more than the 32x32 image.
+pixels scaled to [0, 1]. The network: three stages of two 3x3 convolutions (each followed by
+BatchNorm, unless ``--no-norm``, and a ReLU) and a 2x2 max pool, widths ``--width``, 2·width,
+2·width, then global max pooling and a linear classifier: the receptive field of the last
+convolution spans 36 pixels, more than the 32x32 image. BatchNorm matters: without it the
+same network can sit on the ln 2 plateau for thousands of steps, like the mixers
+(docs/leaderboard.md has the runs).
 AdamW at ``--lr`` with a cosine schedule, batch ``--batch``, one torch thread by default.
 Validation accuracy every ``--eval-every`` steps on the validation split, the test accuracy of
 the best validation checkpoint at the end; the training loss as means over the evaluation

@@ -8,7 +8,7 @@ that runs of different batch sizes share one axis.
 Left: training loss (the runs' window means) with ln 2, the loss of a constant guess on
 balanced labels; right: validation accuracy with 50%. Dashed: ``pathfinder-probe``, whose
 images carry LRA's distractor paths; solid: the settings without distractors; thick black and
-grey: the CNN control.
+grey: the CNN control (dash-dotted: without BatchNorm).
 """
 
 from __future__ import annotations
@@ -47,8 +47,11 @@ def control_curves(paths: list[Path]) -> list[dict[str, Any]]:
     for p in paths:
         r = json.loads(p.read_text())
         b = int(r["batch"])
-        out.append({"label": f"CNN control, seed {r['seed']} ({r['setting']} data)",
-                    "style": "-", "color": "black" if r["seed"] == 0 else "dimgray",
+        norm = r.get("norm", True)
+        out.append({"label": f"CNN control{'' if norm else ' without BatchNorm'}, seed "
+                             f"{r['seed']} ({r['setting']} data)",
+                    "style": "-" if norm else "-.",
+                    "color": "black" if r["seed"] == 0 else "dimgray",
                     "loss": [(c["step"] * b, c["train_loss"]) for c in r["curve"]],
                     "val": [(c["step"] * b, c["val_acc"]) for c in r["curve"]]})
     return out
@@ -74,10 +77,10 @@ def plot(curves: list[dict[str, Any]], path: Path) -> None:
     ax_l.text(0, math.log(2), "ln 2", va="bottom", fontsize=8)
     ax_v.axhline(50, ls=":", color="k")
     ax_l.set(xlabel="training images seen (thousands)", ylabel="training loss (window means)",
-             title="Pathfinder-32, contour length 6: training loss", ylim=(0.45, 0.75))
+             title="Pathfinder-32, contour length 6: training loss", ylim=(0.0, 0.78))
     ax_v.set(xlabel="training images seen (thousands)", ylabel="validation accuracy (%)",
              title="validation accuracy")
-    ax_v.legend(fontsize=7, loc="upper left")
+    ax_v.legend(fontsize=7, loc="lower right", bbox_to_anchor=(1.0, 0.08))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
