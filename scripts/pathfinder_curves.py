@@ -8,7 +8,8 @@ that runs of different batch sizes share one axis.
 Left: training loss (the runs' window means) with ln 2, the loss of a constant guess on
 balanced labels; right: validation accuracy with 50%. Dashed: ``pathfinder-probe``, whose
 images carry LRA's distractor paths; solid: the settings without distractors; thick black and
-grey: the CNN control (dash-dotted: without BatchNorm).
+grey: the CNN control (dash-dotted: without BatchNorm); thicker coloured lines: mixers with
+BatchNorm (``pathfinder-easy-bn``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-SETTINGS = ("pathfinder-probe", "pathfinder-easy", "pathfinder-long")
+SETTINGS = ("pathfinder-probe", "pathfinder-easy", "pathfinder-easy-bn", "pathfinder-long")
 
 
 def leaderboard_curves(store: Path, settings: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -37,6 +38,7 @@ def leaderboard_curves(store: Path, settings: tuple[str, ...]) -> list[dict[str,
         out.append({"label": f"{r['mixer']} ({r['setting']}, lr {r['lr']:g})",
                     # the probe's images have LRA's distractor paths, the others have none
                     "style": "--" if r["setting"] == "pathfinder-probe" else "-",
+                    "width": 1.8 if r["setting"].endswith("-bn") else 1.0,
                     "loss": [(s * b, v) for s, v in r["loss_curve"]],
                     "val": [(s * b, v) for s, v in r.get("val_curve") or []]})
     return out
@@ -65,7 +67,7 @@ def plot(curves: list[dict[str, Any]], path: Path) -> None:
 
     fig, (ax_l, ax_v) = plt.subplots(1, 2, figsize=(13, 4.8))
     for c in curves:
-        width = 2.2 if "color" in c else 1.0  # the control stands out
+        width = c.get("width", 2.2)  # the control (and the BatchNorm runs) stand out
         xs, ys = zip(*c["loss"], strict=True)
         (line,) = ax_l.plot([x / 1000 for x in xs], ys, c["style"], lw=width,
                             color=c.get("color"), label=c["label"])
