@@ -228,6 +228,7 @@ def test_configs_build_a_model(path):
     assert mc.mixer in ("s4", "s4d") and len(model.blocks) == mc.n_layers
     if path.parent.name == "s4":  # the LRA recipes
         assert mc.n_layers == 6 and mc.bidirectional
+        assert mc.norm == "batchnorm"  # every S4 LRA config normalises with BatchNorm
         kw = mc.mixer_kwargs
         if path.stem in ("listops", "text", "retrieval"):
             assert kw["d_state"] == 4
