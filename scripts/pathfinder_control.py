@@ -164,14 +164,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--setting", default="pathfinder-easy",
                     help="the leaderboard setting whose Pathfinder data to use")
     ap.add_argument("--data-dir", default=None, help="default: the setting's data folder")
-    ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--steps", type=int, default=2000, help="training steps")
+    ap.add_argument("--batch", type=int, default=64, help="images per step")
+    ap.add_argument("--lr", type=float, default=2e-3, help="AdamW's peak rate (cosine decay)")
     ap.add_argument("--width", type=int, default=16, help="channels of the first stage")
     ap.add_argument("--no-norm", action="store_true",
                     help="no BatchNorm after the convolutions")
-    ap.add_argument("--eval-every", type=int, default=200)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval-every", type=int, default=200,
+                    help="steps between validation readings")
+    ap.add_argument("--seed", type=int, default=0, help="initialisation and batch order")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     ap.add_argument("--json", default=None, help="write the result and curve here")
     args = ap.parse_args(argv)

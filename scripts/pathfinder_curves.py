@@ -92,12 +92,14 @@ def plot(curves: list[dict[str, Any]], path: Path) -> None:
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--store", default="docs/leaderboard_runs.json")
-    ap.add_argument("--settings", nargs="+", default=list(SETTINGS))
+    ap.add_argument("--store", default="docs/leaderboard_runs.json",
+                    help="the leaderboard's run store")
+    ap.add_argument("--settings", nargs="+", default=list(SETTINGS),
+                    help="the settings whose Pathfinder runs are drawn")
     ap.add_argument("--controls", nargs="*", default=None,
                     help="pathfinder_control.py JSON results (default: "
                          "docs/pathfinder_control/*.json)")
-    ap.add_argument("--out", default="docs/pathfinder_curves.png")
+    ap.add_argument("--out", default="docs/pathfinder_curves.png", help="the figure")
     args = ap.parse_args(argv)
     controls = ([Path(p) for p in args.controls] if args.controls is not None
                 else sorted((REPO / "docs" / "pathfinder_control").glob("*.json")))
