@@ -9,7 +9,7 @@ Left: training loss (the runs' window means) with ln 2, the loss of a constant g
 balanced labels; right: validation accuracy with 50%. Dashed: ``pathfinder-probe``, whose
 images carry LRA's distractor paths; solid: the settings without distractors; thick black and
 grey: the CNN control (dash-dotted: without BatchNorm); thicker coloured lines: mixers with
-BatchNorm (``pathfinder-easy-bn``).
+BatchNorm (``pathfinder-easy-bn``) and the 90-minute LayerNorm run (``pathfinder-long``).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def leaderboard_curves(store: Path, settings: tuple[str, ...]) -> list[dict[str,
         out.append({"label": f"{r['mixer']} ({r['setting']}, lr {r['lr']:g})",
                     # the probe's images have LRA's distractor paths, the others have none
                     "style": "--" if r["setting"] == "pathfinder-probe" else "-",
-                    "width": 1.8 if r["setting"].endswith("-bn") else 1.0,
+                    "width": 1.8 if r["setting"].endswith(("-bn", "-long")) else 1.0,
                     "loss": [(s * b, v) for s, v in r["loss_curve"]],
                     "val": [(s * b, v) for s, v in r.get("val_curve") or []]})
     return out
