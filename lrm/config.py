@@ -88,7 +88,7 @@ class ModelConfig:
         if self.norm == "batchnorm" and self.head == "lm":
             raise ValueError("norm='batchnorm' takes its training statistics over all positions, "
                              "so a language model (head='lm') would see later tokens through "
-                             "them; use 'rmsnorm' or 'layernorm' for head='lm'")
+                             "them; use 'rmsnorm' or 'layernorm' for head='lm'.")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
