@@ -3,22 +3,10 @@ docs only with --publish) and the marked-section writer."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load(name: str):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from _helpers import load_script
 
 
 def _table(md: str) -> list[dict[str, str]]:
@@ -28,7 +16,7 @@ def _table(md: str) -> list[dict[str, str]]:
 
 
 def test_train_step_dry_run_reports_ratios_to_attention(tmp_path):
-    bench = _load("bench")
+    bench = load_script("bench")
     bench.main(["train-step", "--dry-run", "--mixers", "gdn", "attention", "--out",
                 str(tmp_path)])
     rows = _table((tmp_path / "train-step.md").read_text())
@@ -45,21 +33,21 @@ def test_train_step_dry_run_reports_ratios_to_attention(tmp_path):
 
 
 def test_docs_are_written_only_with_publish(tmp_path):
-    measure = _load("measure")
+    measure = load_script("measure")
     with pytest.raises(SystemExit, match="--publish"):
         measure.run_dir("scaling", measure.DOCS / "bench")
     assert measure.run_dir("scaling", tmp_path / "run") == tmp_path / "run"
 
 
 def test_summarize_median_and_spread():
-    measure = _load("measure")
+    measure = load_script("measure")
     s = measure.summarize([5.0, 1.0, 3.0, 2.0, 4.0])
     assert (s["median_s"], s["min_s"], s["max_s"], s["q1_s"], s["q3_s"]) == (3, 1, 5, 2, 4)
     assert measure.summarize([2.0])["q1_s"] == 2.0
 
 
 def test_write_section_replaces_only_its_own_section(tmp_path):
-    measure = _load("measure")
+    measure = load_script("measure")
     doc = tmp_path / "doc.md"
     doc.write_text("# Title\n\nhand-written notes\n")
     measure.write_section(doc, "bench-x", "first table")
@@ -73,7 +61,7 @@ def test_write_section_replaces_only_its_own_section(tmp_path):
 
 
 def test_every_option_has_help_and_shows_its_default():
-    bench = _load("bench")
+    bench = load_script("bench")
     parser = bench.build_parser()
     for mode, sub in parser._subparsers._group_actions[0].choices.items():
         for action in sub._actions:
@@ -90,7 +78,7 @@ def test_titans_parts_are_taken_out_only_inside_forced_path():
     import lrm
     import lrm.mixers.titans as titans
 
-    bench = _load("bench")
+    bench = load_script("bench")
     torch.manual_seed(0)
     block = lrm.build("titans", d=16)
     x = torch.randn(2, 32, 16)

@@ -3,26 +3,18 @@ them: `scripts/kernel_bench.py --dry-run` and the shell syntax of `scripts/devic
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 from pathlib import Path
 
 import pytest
+from _helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _kernel_bench():
-    spec = importlib.util.spec_from_file_location("kernel_bench", ROOT / "scripts" /
-                                                  "kernel_bench.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_kernel_bench_dry_run_appends_one_json_line_per_row(tmp_path):
-    kb = _kernel_bench()
+    kb = load_script("kernel_bench")
     out = tmp_path / "rows.jsonl"
     out.write_text('{"op": "earlier process"}\n')  # appended to, never overwritten
     kb.main(["--dry-run", "--ops", "forgetting_attn", "causal_conv1d", "--jsonl", str(out),
@@ -39,7 +31,7 @@ def test_kernel_bench_dry_run_appends_one_json_line_per_row(tmp_path):
 def test_a_slow_call_gets_fewer_repetitions_but_at_least_three(monkeypatch):
     """Mamba's reference scan at T = 16384 took seconds a call on a GPU, and ten repetitions of
     it outran the op's timeout: the timing budget caps the repetitions."""
-    kb = _kernel_bench()
+    kb = load_script("kernel_bench")
     monkeypatch.setattr(kb, "DEVICE", "cpu")
     calls = []
 
@@ -56,7 +48,7 @@ def test_a_slow_call_gets_fewer_repetitions_but_at_least_three(monkeypatch):
 
 
 def test_a_blocked_backward_gives_a_forward_only_row(tmp_path, monkeypatch):
-    kb = _kernel_bench()
+    kb = load_script("kernel_bench")
     reason = "fla refuses its gated backward here"
     monkeypatch.setattr(kb, "bwd_blocked", lambda op: reason if op == "gated_delta_rule" else None)
 
@@ -72,7 +64,7 @@ def test_a_blocked_backward_gives_a_forward_only_row(tmp_path, monkeypatch):
 
 
 def test_kernel_bench_refuses_unknown_ops_and_a_missing_gpu():
-    kb = _kernel_bench()
+    kb = load_script("kernel_bench")
     with pytest.raises(SystemExit, match="unknown op"):
         kb.main(["--dry-run", "--ops", "no_such_op"])
     if not kb.torch.cuda.is_available():

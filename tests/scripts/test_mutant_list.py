@@ -4,21 +4,17 @@ or the conformance run reports an error instead of a kill."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
+from _helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _mutants():
-    spec = importlib.util.spec_from_file_location("mutants", ROOT / "scripts" / "mutants.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["mutants"] = mod
-    spec.loader.exec_module(mod)
-    return mod.MUTANTS
+    return load_script("mutants").MUTANTS
 
 
 @pytest.mark.parametrize("mut", _mutants(), ids=lambda m: m.id)

@@ -10,12 +10,8 @@ from _helpers import load_script
 from lra.leaderboard import arena
 
 
-def _load():
-    return load_script("recall_diagnosis")
-
-
 def test_variants_are_the_arena_run_with_the_settings_changed(tmp_path, monkeypatch):
-    diag = _load()
+    diag = load_script("recall_diagnosis")
     launched = []
 
     def fake(c, timeout):
@@ -58,7 +54,7 @@ def test_variants_are_the_arena_run_with_the_settings_changed(tmp_path, monkeypa
 
 
 def test_a_setting_that_is_no_field_or_option_is_refused(tmp_path):
-    diag = _load()
+    diag = load_script("recall_diagnosis")
     with pytest.raises(SystemExit, match="'mlp_ratoi' is not a cell field"):
         diag.main(["gdn", "--vary", "mlp_ratoi=0", "--store", str(tmp_path / "s.json"),
                    "--out", str(tmp_path / "d.md")])
@@ -67,7 +63,7 @@ def test_a_setting_that_is_no_field_or_option_is_refused(tmp_path):
 
 
 def test_several_mixers_each_get_every_variant(tmp_path, monkeypatch):
-    diag = _load()
+    diag = load_script("recall_diagnosis")
     launched = []
     monkeypatch.setattr(arena, "_launch", lambda c, t: launched.append(c) or {
         **c, "status": "ok", "acc": 0.5, "wall_s": 1.0, "acc_by_length": {}, "state_size": [1],
