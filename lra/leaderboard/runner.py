@@ -107,8 +107,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
 # both probes sat on the ln 2 plateau for their whole 40 minutes; this one asks whether it ends
 # with a few times more images: the easy setting's data, model and loader, a longer budget, the
 # fastest mixer's step
+_easy = SETTINGS["pathfinder-easy"]
 SETTINGS["pathfinder-long"] = {
-    **SETTINGS["pathfinder-easy"],
+    **_easy,
     "about": "the `pathfinder-easy` data and model (32x32, contour length 6, no distractor paths, "
              "64000 training images; 2 layers, d = 64, bidirectional), 12000 steps or 90 "
              "minutes per run, one rate: does the plateau at ln 2 end within hours of CPU for "
@@ -120,13 +121,14 @@ SETTINGS["pathfinder-long"] = {
 # it can sit on ln 2 for 8000 (scripts/pathfinder_control.py), and S4's LRA recipes use
 # BatchNorm: the easy probe again with norm = batchnorm in every block
 SETTINGS["pathfinder-easy-bn"] = {
-    **SETTINGS["pathfinder-easy"],
+    **_easy,
     "about": "the `pathfinder-easy` setting (same data, model, 4000 steps or 40 minutes per run, "
              "one rate) with BatchNorm instead of LayerNorm in every block, as S4's LRA "
              "recipes normalise: does the norm move the plateau",
     "command": "lra leaderboard --setting pathfinder-easy-bn --mixers s4d --no-sweep --publish",
-    "overrides": {"model": {"model": {"d_model": 64, "n_layers": 2, "norm": "batchnorm"}},
-                  "data": {"init_args": {"contour_length": 6, "distractors": 0}}},
+    "overrides": {**_easy["overrides"],
+                  "model": {"model": {**_easy["overrides"]["model"]["model"],
+                                      "norm": "batchnorm"}}},
 }
 QUICK_BUDGET_MINUTES = 1.5  # training time cap per quick run (Lightning max_time)
 QUICK_TIMEOUT_S = 240  # hard kill of a quick run's process (start + fit + test)
