@@ -34,7 +34,9 @@ def leaderboard_curves(store: Path, settings: tuple[str, ...]) -> list[dict[str,
         if r.get("status") != "ok" or not r.get("loss_curve"):
             continue
         b = int(r["batch_size"])
-        out.append({"label": f"{r['mixer']} ({r['setting']}, lr {r['lr']:g})",
+        seed = r.get("seed")  # two seeds of one cell must not share a legend entry
+        out.append({"label": f"{r['mixer']} ({r['setting']}, lr {r['lr']:g}"
+                             f"{'' if seed is None else f', seed {seed}'})",
                     # the probe's images have LRA's distractor paths, the others have none
                     "style": "--" if r["setting"] == "pathfinder-probe" else "-",
                     "width": 1.8 if r["setting"].endswith(("-bn", "-long")) else 1.0,

@@ -117,3 +117,36 @@ def test_the_batchnorm_probe_differs_from_the_easy_probe_only_by_its_norm():
     model = dict(bn["overrides"]["model"]["model"])
     assert model.pop("norm") == "batchnorm"
     assert model == easy["overrides"]["model"]["model"]
+
+
+@pytest.mark.parametrize("mixer", ["s4d", "attention", "gdn"])
+def test_the_batchnorm_probe_runs_are_its_sweeps_runs_at_the_config_rate(mixer):
+    """`pathfinder-easy-bn` is the CPU Pathfinder row with the sweep; its earlier `--no-sweep`
+    runs (the config's rate, seed 0, or seed 1 through ``--set seed_everything=1``) must carry the
+    store keys of the sweep's runs at that rate, or the sweep would train them again."""
+    from lra.leaderboard import sweep
+
+    spec = runner.SETTINGS["pathfinder-easy-bn"]
+    kw = dict(quick=True, data_dir=spec["data_dir"], max_steps=spec["max_steps"],
+              budget_minutes=spec["budget_minutes"], run_dir=Path("RUN"),
+              config_dir=store.REPO / "configs")
+    probe = runner.run_config("pathfinder", mixer, overrides=spec["overrides"], **kw)
+    lr = probe["model"]["lr"]
+    assert lr in sweep.rates_for(mixer)
+    for seed in sweep.PROTOCOL.seeds:
+        seeded = runner.run_config("pathfinder", mixer, overrides=runner.deep_merge(
+            spec["overrides"], {"seed_everything": seed}), **kw)
+        swept = runner.run_config("pathfinder", mixer, overrides=runner.with_lr_seed(
+            spec["overrides"], lr, seed), **kw)
+        # the sweep's cell key (run_grid: the config as the setting makes it), the probe's
+        # record and the sweep's record must agree
+        assert (runner.config_fingerprint(seeded) == runner.config_fingerprint(swept)
+                == runner.config_fingerprint(probe))
+        assert seeded["seed_everything"] == swept["seed_everything"] == seed
+
+
+def test_the_cpu_setting_leaves_pathfinder_to_the_batchnorm_probe():
+    cpu = runner.SETTINGS["cpu"]
+    assert cpu["tasks"] == ["listops"]
+    assert "pathfinder-easy-bn" in cpu["about"]
+    assert "pathfinder" in runner.SETTINGS["pathfinder-easy-bn"]["tasks"]

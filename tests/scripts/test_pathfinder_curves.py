@@ -25,6 +25,13 @@ def test_steps_become_images_seen_with_each_run_own_batch(tmp_path):
     assert len(curves) == 1
     assert curves[0]["loss"] == [(1600, 0.70), (3200, 0.69)]
     assert curves[0]["val"] == [(3200, 0.5)]
+    assert curves[0]["label"] == "s4d (pathfinder-easy, lr 0.003)"  # no seed stored: none shown
+    seeded = tmp_path / "seeded.json"
+    seeded.write_text(json.dumps({"schema": 1, "runs": [
+        {**json.loads(_store(tmp_path).read_text())["runs"][0], "seed": s} for s in (0, 1)]}))
+    labels = [c["label"] for c in pcv.leaderboard_curves(seeded, ("pathfinder-easy",))]
+    assert labels == ["s4d (pathfinder-easy, lr 0.003, seed 0)",
+                      "s4d (pathfinder-easy, lr 0.003, seed 1)"]
     assert pcv.leaderboard_curves(_store(tmp_path), ("pathfinder-probe",)) == []
     ctl = tmp_path / "cnn.json"
     ctl.write_text(json.dumps({"batch": 64, "seed": 1, "setting": "pathfinder-easy",
