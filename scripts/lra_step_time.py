@@ -2,7 +2,7 @@
 of that setting would cost on this machine, before running it.
 
     python scripts/lra_step_time.py --setting listops-lra
-    python scripts/lra_step_time.py --setting cpu --task pathfinder --mixers s4d attention
+    python scripts/lra_step_time.py --setting pathfinder-easy-bn --mixers s4d attention
 
 The model is the one ``lra leaderboard --setting NAME`` trains (the task's quick config with
 the setting's overrides, through ``lra.leaderboard.runner.run_config``, and the data module's

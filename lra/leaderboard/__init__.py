@@ -1,7 +1,8 @@
 """``lra leaderboard``: train a grid of mixers x LRA tasks and write the leaderboard.
 
     lra leaderboard --quick                                  every mixer, generated tasks, CPU-sized
-    lra leaderboard --setting cpu                            every mixer, ListOps, Pathfinder, swept
+    lra leaderboard --setting cpu                            every mixer, ListOps, swept
+    lra leaderboard --setting pathfinder-easy-bn --mixers s4d s4   the CPU Pathfinder row, swept
     lra leaderboard --setting listops-lra                    ListOps at the release's lengths, swept
     lra leaderboard --mixers attention s4 --tasks listops text --data-dir data/lra_release
     lra leaderboard --recipe s4 --tasks listops --no-sweep   S4's own recipe, its own rate
