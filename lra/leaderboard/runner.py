@@ -55,8 +55,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "about": "every mixer on generated ListOps (20-200 tokens), the same model for all (2 "
                  "layers, d = 64, bidirectional), 1000 steps or 15 minutes per run, one torch "
                  "thread, the learning-rate sweep; its Pathfinder row is the setting "
-                 "`pathfinder-easy-bn` (no mixer leaves chance on LRA-difficulty Pathfinder in a "
-                 "CPU budget)",
+                 "`pathfinder-easy-bn` (no mixer tried left chance on LRA-difficulty "
+                 "Pathfinder in the CPU budgets tried)",
         "tasks": ["listops"], "data_dir": "data/lra_quick", "data": QUICK_DATA,
         "max_steps": 1000, "budget_minutes": 15.0,
         "overrides": {"model": {"model": {"d_model": 64, "n_layers": 2}}},
