@@ -23,14 +23,21 @@ def _leaves(d: dict[str, Any], prefix: tuple = ()) -> set[tuple]:
     return out
 
 
+def _config(name: str, task: str, mixer: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The run config a setting's grid builds for one cell, with ``overrides`` in place of the
+    setting's own."""
+    spec = runner.SETTINGS[name]
+    return runner.run_config(task, mixer, quick=True, data_dir=spec["data_dir"],
+                             max_steps=spec["max_steps"], budget_minutes=spec["budget_minutes"],
+                             run_dir=Path("RUN"), overrides=overrides,
+                             config_dir=store.REPO / "configs")
+
+
 @pytest.mark.parametrize(("name", "task"), CASES)
 def test_a_setting_overrides_only_keys_its_task_config_has(name, task):
     spec = runner.SETTINGS[name]
-    kw = dict(quick=True, data_dir=spec["data_dir"], max_steps=spec["max_steps"],
-              budget_minutes=spec["budget_minutes"], run_dir=Path("RUN"),
-              config_dir=store.REPO / "configs")
-    base = runner.run_config(task, "s4d", overrides={}, **kw)
-    cfg = runner.run_config(task, "s4d", overrides=spec["overrides"], **kw)
+    base = _config(name, task, "s4d", {})
+    cfg = _config(name, task, "s4d", spec["overrides"])
     assert _leaves(cfg) == _leaves(base), f"{name}: an override names a key {task} lacks"
     for path in _leaves(spec["overrides"]):
         got = cfg
@@ -126,18 +133,15 @@ def test_the_batchnorm_probe_runs_are_its_sweeps_runs_at_the_config_rate(mixer):
     store keys of the sweep's runs at that rate, or the sweep would train them again."""
     from lra.leaderboard import sweep
 
-    spec = runner.SETTINGS["pathfinder-easy-bn"]
-    kw = dict(quick=True, data_dir=spec["data_dir"], max_steps=spec["max_steps"],
-              budget_minutes=spec["budget_minutes"], run_dir=Path("RUN"),
-              config_dir=store.REPO / "configs")
-    probe = runner.run_config("pathfinder", mixer, overrides=spec["overrides"], **kw)
+    name = "pathfinder-easy-bn"
+    overrides = runner.SETTINGS[name]["overrides"]
+    probe = _config(name, "pathfinder", mixer, overrides)
     lr = probe["model"]["lr"]
     assert lr in sweep.rates_for(mixer)
     for seed in sweep.PROTOCOL.seeds:
-        seeded = runner.run_config("pathfinder", mixer, overrides=runner.deep_merge(
-            spec["overrides"], {"seed_everything": seed}), **kw)
-        swept = runner.run_config("pathfinder", mixer, overrides=runner.with_lr_seed(
-            spec["overrides"], lr, seed), **kw)
+        seeded = _config(name, "pathfinder", mixer,
+                         runner.deep_merge(overrides, {"seed_everything": seed}))
+        swept = _config(name, "pathfinder", mixer, runner.with_lr_seed(overrides, lr, seed))
         # the sweep's cell key (run_grid: the config as the setting makes it), the probe's
         # record and the sweep's record must agree
         assert (runner.config_fingerprint(seeded) == runner.config_fingerprint(swept)
