@@ -282,10 +282,10 @@ MUTANTS: list[Mutant] = [
       "the lean path's decay misses the factor log2(e)"),
 
     # ------------------------------------------------------------------ op: ssd
-    M("ssd-no-dt-in-diag", "lrm/ops/ssd.py",
-      "W = CB[:, :, None] * torch.exp(segsum(dA)) * dtc[..., None, :]",
-      "W = CB[:, :, None] * torch.exp(segsum(dA))",
-      (SSD, eq("mamba2")), "intra-chunk term without Δ_s"),
+    M("ssd-x-not-scaled-by-dt", "lrm/ops/ssd.py",
+      'xc = rearrange(xf * dt[..., None], "b (c q) (g h) p -> b c q g h p", q=Q, g=G)',
+      'xc = rearrange(xf, "b (c q) (g h) p -> b c q g h p", q=Q, g=G)',
+      (SSD, eq("mamba2")), "x_s not scaled by Δ_s (intra-chunk term and chunk states)"),
     M("ssd-segsum-off-by-one", "lrm/ops/ssd.py",
       "strictly_below = torch.ones(T, T, dtype=torch.bool, device=a.device).tril(-1)",
       "strictly_below = torch.ones(T, T, dtype=torch.bool, device=a.device).tril(0)",
@@ -295,12 +295,13 @@ MUTANTS: list[Mutant] = [
       "h = h + state", (SSD, eq("mamba2")),
       "inter-chunk recurrence forgets the chunk's decay"),
     M("ssd-decay-to-end-off-by-one", "lrm/ops/ssd.py",
-      "decay_to_end = torch.exp(A_cum[..., -1:] - A_cum) * dtc",
-      "decay_to_end = torch.exp(A_cum[..., -1:] - A_cum + dA) * dtc",
+      "decay_to_end = rearrange(torch.exp(A_cum[..., -1:] - A_cum),",
+      "decay_to_end = rearrange(torch.exp(A_cum[..., -1:] - A_cum + dA),",
       (SSD, eq("mamba2")),
       "chunk state decays each token by its own step too"),
     M("ssd-off-diagonal-boundary", "lrm/ops/ssd.py",
-      'Cc, entering, torch.exp(A_cum))', 'Cc, entering, torch.exp(A_cum - dA))',
+      'torch.exp(A_cum), "b g h c q -> b c q g h 1")',
+      'torch.exp(A_cum - dA), "b g h c q -> b c q g h 1")',
       (SSD, eq("mamba2")),
       "state entering a chunk decayed one step short"),
 
@@ -674,18 +675,21 @@ def md_escape(s: str) -> str:
     return s.replace("|", "\\|").replace("\n", "⏎")
 
 
-def write_doc(results: list[Result], wall: float, selections: list[str]) -> str:
-    killed = sum(r.status == "killed" for r in results)
-    rows = []
-    for r in results:
-        m = r.mutant
-        where = f"`{m.file}:{r.line}`" if r.line else f"`{m.file}`"
-        change = f"`{md_escape(m.original)}` → `{md_escape(m.replacement)}`"
-        by = f"`{md_escape(r.detail)}`" if r.status == "killed" else f"**{r.detail}**"
-        rows.append(f"| {m.id} | {where} | {m.what}: {change} | {r.status} | {by} |")
+def doc_row(r: Result) -> str:
+    m = r.mutant
+    where = f"`{m.file}:{r.line}`" if r.line else f"`{m.file}`"
+    change = f"`{md_escape(m.original)}` → `{md_escape(m.replacement)}`"
+    by = f"`{md_escape(r.detail)}`" if r.status == "killed" else f"**{r.detail}**"
+    return f"| {m.id} | {where} | {m.what}: {change} | {r.status} | {by} |"
+
+
+def write_doc(rows: list[str], wall: float, n_selections: int) -> str:
+    """The page from one row per mutant (in MUTANTS order), the full run's wall time and the
+    number of test selections its baseline ran."""
+    killed = sum(" | killed | " in row for row in rows)
     groups: dict[str, int] = {}
-    for r in results:
-        groups[group_of(r.mutant)] = groups.get(group_of(r.mutant), 0) + 1
+    for m in MUTANTS:
+        groups[group_of(m)] = groups.get(group_of(m), 0) + 1
     counts = ", ".join(f"{g} {n}" for g, n in groups.items())
     return f"""# Planted bugs: does the test suite catch them?
 
@@ -700,21 +704,39 @@ Each row is one single-line mutation of the code, applied to a fresh copy of the
 tracked files; the tests named for it then run inside that copy (its `lrm` is the one imported:
 the unmutated copy is checked to import from itself, and the `sanity` mutant breaks the copy's
 `lrm` alone). A mutant is **killed** when a test fails; the first failing test is named. Every
-mutant must be killed: a survivor means a missing test.
+mutant must be killed: a survivor means a missing test. A run with `-k` (some mutants only)
+replaces those mutants' rows and keeps the others from the last run.
 
 The tests that catch wrong math are mainly the equation tests in `tests/mixers/` (every mixer
 against an independent loop of its paper's equations), the `_ref == _recurrent_ref` tests of
 each op in `tests/ops/`, and `tests/test_contract.py` (full == chunked == token by token) for
 the streaming paths.
 
-**{killed} of {len(results)} mutants killed** (per group: {counts}); wall time {wall:.0f} s,
+**{killed} of {len(rows)} mutants killed** (per group: {counts}); wall time {wall:.0f} s,
 2 mutants at a time, one torch thread each. The unmutated copy passed all
-{len(selections)} test selections first (the tests of each mutant are listed in
+{n_selections} test selections first (the tests of each mutant are listed in
 `scripts/mutants.py`).
 
 | mutant | where | what changed | result | killed by |
 |---|---|---|---|---|
 """ + "\n".join(rows) + "\n"
+
+
+def update_doc(results: list[Result]) -> str:
+    """The page with the rows of ``results`` replaced (a ``-k`` run): the other mutants keep
+    their rows from the page, a mutant the page lacks reads "not run", and a row whose mutant
+    no longer exists is dropped. The header keeps the last full run's wall time."""
+    text = DOC.read_text()
+    old = {line[2:].split(" | ", 1)[0]: line for line in text.splitlines()
+           if line.startswith("| ") and not line.startswith("| mutant |")}
+    new = {r.mutant.id: doc_row(r) for r in results}
+    rows = [new.get(m.id) or old.get(m.id)
+            or f"| {m.id} | `{m.file}` | {m.what} | not run | **`-k {m.id}` not run yet** |"
+            for m in MUTANTS]
+    wall = re.search(r"wall time (\d+) s", text)
+    n_sel = re.search(r"passed all\s+(\d+) test selections", text)
+    return write_doc(rows, float(wall.group(1)) if wall else 0.0,
+                     int(n_sel.group(1)) if n_sel else 0)
 
 
 def main() -> int:
@@ -756,8 +778,11 @@ def main() -> int:
     wall = time.perf_counter() - t0
     bad = [r for r in results if r.status != "killed"]
     print(f"{len(results) - len(bad)} of {len(results)} mutants killed in {wall:.0f} s")
-    if not args.no_doc and not args.k:
-        DOC.write_text(write_doc(results, wall, selections))
+    if not args.no_doc:
+        if args.k:  # only these mutants' rows change
+            DOC.write_text(update_doc(results))
+        else:
+            DOC.write_text(write_doc([doc_row(r) for r in results], wall, len(selections)))
         print(f"wrote {DOC.relative_to(ROOT)}")
     return 1 if bad else 0
 

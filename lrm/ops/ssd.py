@@ -111,7 +111,8 @@ def ssd_ref(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_st
     xf, Bf, Cf = (F.pad(upcast(t, dtype), (0, 0, 0, 0, 0, pad)) for t in (x, B, C))
     dt = F.pad(dt, (0, 0, 0, pad))
 
-    xc = rearrange(xf, "b (c q) (g h) p -> b c q g h p", q=Q, g=G)
+    # Δ_s x_s enters both the intra-chunk term and the chunk states: scale x once
+    xc = rearrange(xf * dt[..., None], "b (c q) (g h) p -> b c q g h p", q=Q, g=G)
     Bc = rearrange(Bf, "b (c q) g n -> b c q g n", q=Q)
     Cc = rearrange(Cf, "b (c q) g n -> b c q g n", q=Q)
     dtc = rearrange(dt, "b (c q) (g h) -> b g h c q", q=Q, g=G)
@@ -120,12 +121,14 @@ def ssd_ref(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_st
 
     # 1. intra-chunk: y_t = Σ_{s<=t in chunk} (C_t·B_s) exp(Σ_{s<k<=t} Δa) Δ_s x_s
     CB = torch.einsum("bclgn,bcsgn->bgcls", Cc, Bc)
-    W = CB[:, :, None] * torch.exp(segsum(dA)) * dtc[..., None, :]  # (b, g, h, c, l, s)
-    y_diag = torch.einsum("bghcls,bcsghp->bclghp", W, xc)
+    W = CB[:, :, None] * torch.exp(segsum(dA))  # (b, g, h, c, l, s)
+    y_diag = torch.einsum("bghcls,bcsghp->bclghp", W, xc)  # xc holds Δ_s x_s
 
-    # 2. the state each chunk leaves behind when started from zero
-    decay_to_end = torch.exp(A_cum[..., -1:] - A_cum) * dtc  # (b, g, h, c, q)
-    states = torch.einsum("bcqgn,bghcq,bcqghp->bcghpn", Bc, decay_to_end, xc)
+    # 2. the state each chunk leaves behind when started from zero. The decay scales x before
+    # the contraction over q: torch.einsum contracts left to right, and B ⊗ decay first would
+    # build a (b, c, q, g, h, n) tensor for nothing
+    decay_to_end = rearrange(torch.exp(A_cum[..., -1:] - A_cum), "b g h c q -> b c q g h 1")
+    states = torch.einsum("bcqgn,bcqghp->bcghpn", Bc, xc * decay_to_end)
 
     # 3. inter-chunk recurrence (a loop over L/Q chunks, linear in L)
     if initial_state is None:
@@ -141,7 +144,8 @@ def ssd_ref(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_st
     entering = torch.stack(entering, dim=1)  # state before each chunk, (b, c, g, h, p, n)
 
     # 4. the contribution of the state entering the chunk, decayed to each position
-    y_off = torch.einsum("bcqgn,bcghpn,bghcq->bcqghp", Cc, entering, torch.exp(A_cum))
+    y_off = torch.einsum("bcqgn,bcghpn->bcqghp", Cc, entering) * rearrange(
+        torch.exp(A_cum), "b g h c q -> b c q g h 1")
 
     y = rearrange(y_diag + y_off, "b c q g h p -> b (c q) (g h) p")[:, :L]
     out = _finish(y, x, D, z, dtype_in)
