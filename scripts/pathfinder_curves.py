@@ -67,7 +67,7 @@ def plot(curves: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_l, ax_v) = plt.subplots(1, 2, figsize=(13, 4.8))
-    # more runs than the default cycle's 10 colours: 20, so no two runs share one
+    # more runs than the default cycle's 10 colours: tab20's 20 (past 20 runs colours repeat)
     ax_l.set_prop_cycle(color=plt.get_cmap("tab20").colors)
     for c in curves:
         width = c.get("width", 2.2)  # the control (and the BatchNorm runs) stand out
