@@ -767,6 +767,8 @@ def train_step_case(cfg: dict[str, Any]) -> measure.Case:
                              seed=0)
     opt = torch.optim.AdamW(param_groups(model, lr=3e-3, weight_decay=0.1), betas=(0.9, 0.98))
     model.train()
+    if cfg.get("compile"):  # as `lra fit --model.compile true`: in place, compiled at 1st step
+        model.compile()
 
     def step() -> None:
         with forced_path(mixer, path):
@@ -802,6 +804,9 @@ def run_train_step(args: argparse.Namespace) -> None:
     order = ["attention", *[m for m in mixers if m != "attention"]]
     if args.interleaved:
         return run_train_step_interleaved(args, order)
+    if args.compile:
+        raise SystemExit("train-step: --compile needs --interleaved (compiled models are timed "
+                         "in the process that compiled them)")
     if any(":" in m for m in order):
         raise SystemExit("train-step: a mixer:path variant needs --interleaved (the path is "
                          "set in the measuring process)")
@@ -887,16 +892,33 @@ def run_train_step_interleaved(args: argparse.Namespace, order: list[str]) -> No
     t0, rows = time.time(), []
     for d in args.d:
         for L in args.lengths:
-            fns = {m: train_step_case(dict(mixer=m, d=d, L=L, batch=args.batch)).step
-                   for m in order}
+            fns = {m: train_step_case(dict(mixer=m, d=d, L=L, batch=args.batch,
+                                           compile=args.compile)).step for m in order}
+            first = {}
+            if args.compile:  # the first step compiles: timed on its own, not in the ratios
+                for m, fn in fns.items():
+                    t1 = time.perf_counter()
+                    fn()
+                    first[m] = time.perf_counter() - t1
+                    print(f"d={d:<4d} L={L:<5d} {m}: first (compiling) step {first[m]:.0f} s",
+                          flush=True)
             t = interleaved(fns, repeats=args.repeats, warmup=args.warmup)
-            rows.append({"d": d, "L": L, "times": t})
+            rows.append({"d": d, "L": L, "times": t, "first_step_s": first})
             print(f"d={d:<4d} L={L:<5d} attention {1000 * t['attention']['median_s']:.1f} ms; "
                   + ", ".join(f"{m} x{t[m]['median_s'] / t['attention']['median_s']:.2f}"
                               for m in order[1:]), flush=True)
-    _ratio_table(args, "# Training step, interleaved: every mixer against attention",
-                 f"One optimizer step of the recall arena's model (as in `train-step`), batch "
-                 f"{args.batch}.", "attention", rows, order, t0)
+    what = (f"One optimizer step of the recall arena's model (as in `train-step`), batch "
+            f"{args.batch}.")
+    if args.compile:
+        what += (" Every model compiled in place (`nn.Module.compile`, Inductor's default mode, "
+                 "as `lra fit --model.compile true`); its first step, which compiles, was timed "
+                 "on its own: " + "; ".join(
+                     f"d {r['d']} L {r['L']}: " + ", ".join(
+                         f"{m} {s:.0f} s" for m, s in r["first_step_s"].items())
+                     for r in rows) + ".")
+    title = ("# Training step, interleaved" + (", compiled" if args.compile else "")
+             + ": every mixer against attention")
+    _ratio_table(args, title, what, "attention", rows, order, t0)
 
 
 # ops mode: the op at the shapes an arena mixer of width d gives it, batch B; every CPU
@@ -1079,6 +1101,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--interleaved", action="store_true",
                    help="time all mixers of a (d, L) in turn in this process (mixer:path "
                         f"variants allowed: {', '.join(f'{m}:{p}' for m, p in PATHS)})")
+    s.add_argument("--compile", action="store_true",
+                   help="with --interleaved: compile every model (torch.compile, in place) and "
+                        "time the compiled steps; each model's first, compiling step is "
+                        "reported on its own")
     _add_timeout(s, 1200)
     _add_common(s, repeats=5, threads=1)
 

@@ -4,6 +4,7 @@ docs only with --publish) and the marked-section writer."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from _helpers import load_script
@@ -95,3 +96,26 @@ def test_titans_parts_are_taken_out_only_inside_forced_path():
     assert torch.equal(block(x)[0], before)
     with pytest.raises(SystemExit, match="no CPU path 'no-memory' for 'mamba'"):
         bench.split_path("mamba:no-memory")
+
+
+def test_train_step_compile_compiles_every_model_and_times_its_first_step(tmp_path,
+                                                                          monkeypatch):
+    # Inductor itself is not run here (minutes per model); what is tested is the plumbing:
+    # every model is compiled before its first step, which is reported apart from the ratios
+    import torch
+
+    bench = load_script("bench")
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile",
+                        lambda self, *a, **k: compiled.append(type(self).__name__))
+    bench.main(["train-step", "--dry-run", "--interleaved", "--compile", "--mixers", "gdn",
+                "--out", str(tmp_path)])
+    assert compiled == ["LRModel", "LRModel"]  # attention, then gdn
+    md = (tmp_path / "train-step.md").read_text()
+    assert "compiled" in md.splitlines()[0]
+    assert re.search(r"timed on its own: d 16 L 32: attention \d+ s, gdn \d+ s", md)
+    row = json.loads((tmp_path / "train-step.json").read_text())["results"][0]
+    assert set(row["first_step_s"]) == {"attention", "gdn"}
+    assert all(s > 0 for s in row["first_step_s"].values())
+    with pytest.raises(SystemExit, match="--interleaved"):
+        bench.main(["train-step", "--dry-run", "--compile", "--out", str(tmp_path / "b")])
