@@ -118,6 +118,13 @@ def _cell(recs: list[dict[str, Any]]) -> dict[tuple, Any]:
     return out
 
 
+def headline(summ: Any) -> tuple[float | None, list[float]]:
+    """A cell's number, as the table and the plot show it: the mean test accuracy over the
+    seeds run at the best rate, and each seed's (seed order)."""
+    tests = [x["test"] for _, x in sorted(summ.seeds.items()) if x.get("test") is not None]
+    return (sum(tests) / len(tests) if tests else None), tests
+
+
 def _date(summ: Any) -> str:
     recs = list(summ.seeds.values()) or ([summ.best] if summ.best else [])
     return max((str(r.get("date", "")) for r in recs), default="")
@@ -148,8 +155,7 @@ def ours_table(recs: list[dict[str, Any]]) -> str:
             r = newest.get((m, t))
             if summ is not None and summ.best is not None:
                 seeds = sorted(summ.seeds.items())
-                tests = [x["test"] for _, x in seeds if x.get("test") is not None]
-                mean = sum(tests) / len(tests) if tests else None
+                mean, _ = headline(summ)
                 each = " / ".join(_pct(x.get("test")) for _, x in seeds)
                 cut = "; ".join(sorted({x["cut_short"] for _, x in seeds if x.get("cut_short")}))
                 cells.append(f"{_pct(mean)} ({each}) @ {summ.best.get('lr')} / "
@@ -282,18 +288,40 @@ def read_notes(path: Path) -> str | None:
     return None
 
 
+def plot_rows(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Per task, our bars: one per setting and mixer with the number its table shows (the
+    mean over seeds at the best rate; :func:`headline`), each seed's accuracy and the test set's
+    majority class; settings in the page's order, mixers sorted within a setting."""
+    ok = [r for r in runs if r.get("status") == "ok" and r.get("test") is not None]
+    out: dict[str, list[dict[str, Any]]] = {}
+    for s in sorted({r["setting"] for r in ok}):
+        recs = [r for r in ok if r["setting"] == s]
+        for (label, task), summ in sorted(_cell(recs).items()):
+            mean, tests = headline(summ)
+            if mean is None:
+                continue
+            maj = next((r["majority"] for r in recs
+                        if r["task"] == task and r.get("majority")), None)
+            out.setdefault(task, []).append({
+                "label": f"{label} [{s}]", "setting": s, "acc": 100 * mean,
+                "seeds": [100 * t for t in tests], "lr": summ.best.get("lr"),
+                "majority": None if maj is None else 100 * maj})
+    return out
+
+
 def plot(runs: list[dict[str, Any]], path: Path) -> None:
-    """Test accuracy per task: published models (grey) beside our newest runs per setting, with
-    the majority-class baseline of our test set as a dashed line."""
+    """Test accuracy per task: published models (grey) beside our cells per setting (the
+    tables' numbers: the mean over seeds at the best rate, each seed a dot), with the
+    majority-class baseline of our test sets as dashed lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    newest = [r for r in latest(runs).values() if r.get("status") == "ok"]
-    tasks = [t for t in TASK_ORDER if any(r["task"] == t for r in newest)] or list(TASK_ORDER)
-    settings = sorted({r["setting"] for r in newest})
-    n_bars = len(PUBLISHED) + max([sum(r["task"] == t for r in newest) for t in tasks] or [0])
+    rows = plot_rows(runs)
+    tasks = [t for t in TASK_ORDER if t in rows] or list(TASK_ORDER)
+    settings = sorted({b["setting"] for bars in rows.values() for b in bars})
+    n_bars = len(PUBLISHED) + max([len(rows.get(t, [])) for t in tasks] or [0])
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 1.6 + 0.3 * n_bars),
                              squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -304,21 +332,22 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
             labels.append(f"{row['model']} (paper)")
             values.append(50.0 if v is None else v)
             cols.append("0.7")
-        maj = []
-        for i, s in enumerate(settings):
-            for r in sorted((r for r in newest if r["task"] == t and r["setting"] == s),
-                            key=row_label):
-                labels.append(f"{row_label(r)} [{s}]")
-                values.append(100 * r["test"])
-                cols.append(colours[i % len(colours)])
-                if r.get("majority"):
-                    maj.append(100 * r["majority"])
-        y = range(len(values))
-        ax.barh(list(y), values, color=cols)
-        for yi, v in zip(y, values, strict=True):
-            ax.text(v + 1, yi, f"{v:.1f}", va="center", fontsize=7)
-        ax.set_yticks(list(y), labels, fontsize=7)
+        bars = rows.get(t, [])
+        for b in bars:
+            labels.append(b["label"])
+            values.append(b["acc"])
+            cols.append(colours[settings.index(b["setting"]) % len(colours)])
+        y = list(range(len(values)))
+        ax.barh(y, values, color=cols)
+        right = values[:len(PUBLISHED)] + [max(b["acc"], *b["seeds"]) for b in bars]
+        for yi, v, x in zip(y, values, right, strict=True):  # the label right of any dot
+            ax.text(x + 1, yi, f"{v:.1f}", va="center", fontsize=7)
+        for yi, b in enumerate(bars, start=len(PUBLISHED)):
+            if len(b["seeds"]) > 1:  # each seed, so a mean of two distant seeds shows as such
+                ax.plot(b["seeds"], [yi] * len(b["seeds"]), "k.", ms=4)
+        ax.set_yticks(y, labels, fontsize=7)
         ax.invert_yaxis()
+        maj = [b["majority"] for b in bars if b["majority"] is not None]
         for m in sorted(set(round(v, 1) for v in maj)):
             ax.axvline(m, ls="--", color="k", lw=1)
         if maj:
@@ -327,8 +356,8 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
         ax.set_xlim(0, 100)
         ax.set_title(TASK_NAMES.get(t, t))
         ax.set_xlabel("test accuracy (%)")
-    fig.suptitle("LRA: published (grey, full training) vs lrm runs (colour; see setting)",
-                 fontsize=10)
+    fig.suptitle("LRA: published (grey, full training) vs lrm (colour: setting; bar: the "
+                 "table's mean over seeds at the best rate; dots: each seed)", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

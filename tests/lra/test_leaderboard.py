@@ -201,3 +201,28 @@ def test_curves_show_the_tables_rate_and_older_runs_get_theirs_from_their_folder
         [("a", 3e-3, 0)]
     assert "![learning curves](lb_curves.png)" in out.read_text()
     assert (tmp_path / "lb_curves.png").stat().st_size > 1000
+
+
+def test_the_plot_shows_the_tables_numbers_not_the_newest_run(tmp_path):
+    # the newest run of a cell is its second seed (or an extension): the bar must be the
+    # table's number, the mean over the seeds at the best rate
+    runs = [_rec("a", "listops", setting="s", lr=1e-3, seed=0, best_val=0.5, test=0.45,
+                 date="2026-01-01T00:00:00"),
+            _rec("a", "listops", setting="s", lr=3e-3, seed=0, best_val=0.6, test=0.60,
+                 date="2026-01-02T00:00:00"),
+            _rec("a", "listops", setting="s", lr=3e-3, seed=1, best_val=0.55, test=0.50,
+                 date="2026-01-03T00:00:00"),
+            _rec("a", "listops", setting="s", lr=1e-2, seed=0, best_val=0.3, test=0.30,
+                 date="2026-01-04T00:00:00"),
+            _rec("b", "listops", setting="t", test=0.25, majority=0.15)]
+    from lra.leaderboard.render import ours_table, plot, plot_rows
+
+    rows = plot_rows(runs)["listops"]
+    assert [b["label"] for b in rows] == ["a [s]", "b [t]"]
+    a = rows[0]
+    assert a["acc"] == pytest.approx(55.0) and a["seeds"] == pytest.approx([60.0, 50.0])
+    assert a["lr"] == 3e-3 and a["majority"] == pytest.approx(20.0)
+    assert "55.0 (60.0 / 50.0) @ 0.003" in ours_table([r for r in runs if r["setting"] == "s"])
+    assert rows[1]["acc"] == pytest.approx(25.0) and rows[1]["majority"] == pytest.approx(15.0)
+    plot(runs, tmp_path / "lb.png")
+    assert (tmp_path / "lb.png").stat().st_size > 1000
