@@ -721,21 +721,29 @@ def _save(fig, axes: list, path: Path) -> None:
     plt.close(fig)
 
 
+def state_points(recs: list[dict[str, Any]]) -> dict[tuple[int, int], dict[str, list]]:
+    """{(L, kv): {mixer: [(state size, accuracy %), ...]}} over the widths d of the MQAR cells:
+    each point the table's number (the mean over seeds at the cell's best rate)."""
+    out: dict[tuple[int, int], dict[str, list]] = {}
+    for k, s in sorted(summaries(recs).items()):
+        if k[0] == "state" and s.best is not None:
+            out.setdefault((k[3], k[4]), {}).setdefault(k[1], []).append(
+                (sum(s.best["state_size"]), 100 * s.mean(_score)))
+    return {lk: {m: sorted(p) for m, p in by.items()} for lk, by in out.items()}
+
+
 def plot_state(recs: list[dict[str, Any]], path: Path) -> None:
-    """Zoology-style: MQAR accuracy against state size (log x), one curve per mixer over d."""
+    """Zoology-style: MQAR accuracy against state size (log x), one curve per mixer over d
+    (:func:`state_points`)."""
     import matplotlib
 
-    best = best_lr(recs)
-    panels = sorted({(k[3], k[4]) for k in best if k[0] == "state"}) or [(0, 0)]
-    mixers = sorted({k[1] for k in best if k[0] == "state"})
-    style = _style({k[1] for k in best})
+    points = state_points(recs)
+    panels = sorted(points) or [(0, 0)]
+    style = _style({k[1] for k in best_lr(recs)})
     fig, axes = _panels(len(panels), 3.6, 1.6)
     for ax, (L, kv) in zip(axes, panels, strict=True):
-        for m in mixers:
-            pts = sorted((sum(r["state_size"]), 100 * r["acc"]) for k, r in best.items()
-                         if k[0] == "state" and k[1] == m and (k[3], k[4]) == (L, kv))
-            if pts:
-                ax.plot(*zip(*pts, strict=True), **style[m])
+        for m, pts in sorted(points.get((L, kv), {}).items()):
+            ax.plot(*zip(*pts, strict=True), **style[m])
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no crowded labels
         ax.set_title(f"MQAR L={L}, {kv} pairs", fontsize=9)

@@ -254,3 +254,17 @@ def test_a_long_missing_list_is_counted_by_mixer_and_names_its_cells():
     counted = sum(int(x) for ln in missing.splitlines() if ln.startswith("- ")
                   for x in re.findall(r"\((\d+)\)", ln))
     assert counted == n
+
+
+def test_the_state_plot_shows_the_tables_numbers(tmp_path):
+    # two seeds at the best rate: the plotted point is their mean, as in the MQAR table
+    (cell,) = [c for c in arena.grid(TINY, ["attention"]) if c["kind"] == "state"]
+    base = {**cell, "status": "ok", "acc_by_length": {"16": 0.5}, "wall_s": 1.0,
+            "state_size": [100, 28], "date": "2026-01-01", "final_loss": 1.0,
+            "loss_curve": [[1, 1.0]]}
+    recs = [{**base, "acc": 0.8}, {**base, "acc": 0.6, "seed": 1}]
+    assert arena.state_points(recs) == {(16, 2): {"attention": [(128, pytest.approx(70.0))]}}
+    page = arena.render(recs, [cell], store_name="runs.json", plots=("a.png",), notes=None)
+    assert "70.0 (80.0 / 60.0)" in page
+    arena.plot_state(recs, tmp_path / "s.png")
+    assert (tmp_path / "s.png").stat().st_size > 1000
