@@ -609,10 +609,10 @@ def render(recs: list[dict[str, Any]], cells: list[dict[str, Any]], *, store_nam
         out.append("")
     miss = missing_runs(cells, recs)
     out += ["## Reading against the published shape", "", ZOOLOGY, "",
-            "The point-by-point reading (each mixer's row above against this shape) is written "
-            "in the notes below once every cell has its result"
+            "The point-by-point reading (each mixer's row above against this shape) is the "
+            "first of the notes below, for the cells that have their results"
             + (f"; {len(miss)} runs are still missing (listed under Missing cells)."
-               if miss else ": none is missing."), ""]
+               if miss else "; none is missing."), ""]
     if summ:
         out += ["<details><summary>every cell's sweep</summary>", "",
                 "| cell | rates (status; extensions marked) | best | seeds at the best |",
