@@ -66,7 +66,7 @@ def plot(curves: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_l, ax_v) = plt.subplots(1, 2, figsize=(13, 4.8))
+    fig, (ax_l, ax_v) = plt.subplots(1, 2, figsize=(17, 5.2))
     # more runs than the default cycle's 10 colours: tab20's 20 (past 20 runs colours repeat)
     ax_l.set_prop_cycle(color=plt.get_cmap("tab20").colors)
     for c in curves:
@@ -85,8 +85,10 @@ def plot(curves: list[dict[str, Any]], path: Path) -> None:
              title="Pathfinder-32, contour length 6: training loss", ylim=(0.0, 0.78))
     ax_v.set(xlabel="training images seen (thousands)", ylabel="validation accuracy (%)",
              title="validation accuracy")
-    ax_v.legend(fontsize=7, loc="lower right", bbox_to_anchor=(1.0, 0.08))
-    fig.tight_layout()
+    # beside the panels: with two dozen runs a legend inside covers the curves
+    fig.legend(*ax_v.get_legend_handles_labels(), fontsize=7, loc="center right",
+               frameon=False)
+    fig.tight_layout(rect=(0, 0, 0.74, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
