@@ -149,7 +149,11 @@ class LRAModule(pl.LightningModule):
         return loss
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True,
+        # The configured rate under the schedule. Groups are sorted by rate, so group 0 may be
+        # a tagged group (S4's A and dt at a fixed 1e-3); every group shares the schedule's
+        # factor, so read the factor there and apply it to the configured rate.
+        g = self.optimizers().param_groups[0]
+        self.log("train/lr", self.hparams.lr * g["lr"] / g["initial_lr"], on_step=True,
                  on_epoch=False)
         return self._step(batch, "train")
 

@@ -164,6 +164,20 @@ def test_cli_fit_writes_logs_and_loadable_checkpoints(tmp_path, monkeypatch):
               str(run / "checkpoints" / "last.ckpt"), "--trainer.logger", "false"])
 
 
+def test_logged_lr_is_the_configured_rate_not_a_tagged_group(tmp_path, monkeypatch):
+    """S4D tags A and dt with lr 1e-3; train/lr must follow the configured 0.02 and its schedule."""
+    monkeypatch.chdir(tmp_path)
+    lra_main(["fit", "--trainer.max_steps", "8", *TINY, "--model.model.mixer", "s4d",
+              "--model.lr", "0.02", "--model.warmup_steps", "4", "--trainer.log_every_n_steps",
+              "1"])
+    rows = (tmp_path / "runs" / "lra" / "version_0" / "metrics.csv").read_text().splitlines()
+    col = rows[0].split(",").index("train/lr")
+    lrs = [float(r.split(",")[col]) for r in rows[1:] if r.split(",")[col]]
+    assert len(lrs) >= 6
+    assert max(lrs) == pytest.approx(0.02, rel=0.05)  # the peak after warmup, not 1e-3
+    assert lrs[0] < max(lrs)  # the warmup is visible
+
+
 def test_cli_rejects_unknown_model_key(tmp_path, capsys):
     with pytest.raises(SystemExit):
         lra_main(["fit", "--model.model.d_modle", "3", "--trainer.default_root_dir",
