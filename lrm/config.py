@@ -42,6 +42,9 @@ class ModelConfig:
         mlp_ratio: width of the MLP after each mixer as a multiple of d; 0 for no MLP;
             None for the mixer's customary value (4 for attention, 0 for Mamba and S4).
         dropout: after the mixer and MLP in every block, and on the embeddings.
+        embed_std: the standard deviation of the embedding table at initialisation; None keeps
+            PyTorch's ``nn.Embedding`` default (1.0). GPT-2, mamba-ssm's language model and
+            Zoology draw it from N(0, 0.02²); only with ``encoder="embedding"``.
     """
 
     mixer: str = "attention"
@@ -59,6 +62,7 @@ class ModelConfig:
     prenorm: bool = True
     mlp_ratio: float | None = None
     dropout: float = 0.0
+    embed_std: float | None = None
 
     def __post_init__(self) -> None:
         self.mixer = registry.canonical(self.mixer)
@@ -91,6 +95,13 @@ class ModelConfig:
                              "them; use 'rmsnorm' or 'layernorm' for head='lm'.")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.embed_std is not None:
+            if not self.embed_std > 0:
+                raise ValueError(f"embed_std must be > 0 (or None for PyTorch's default), got "
+                                 f"{self.embed_std}")
+            if self.encoder != "embedding":
+                raise ValueError(f"embed_std sets the embedding table's initialisation; "
+                                 f"encoder={self.encoder!r} has no table (drop embed_std)")
 
     def layer_mixers(self) -> list[tuple[str, dict[str, Any]]]:
         """(mixer name, options) for each layer."""

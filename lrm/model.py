@@ -273,6 +273,11 @@ class LRModel(nn.Module):
         d = cfg.d_model
         self.embed = (nn.Embedding(cfg.vocab_size, d) if cfg.encoder == "embedding"
                       else IntensityEncoder(cfg.vocab_size, d))
+        if cfg.embed_std is not None:  # e.g. 0.02, the GPT-2 / mamba-ssm / Zoology table
+            # nn.Embedding draws N(0, 1): scaling it draws no random numbers, so a model with
+            # embed_std and one without, from the same seed, differ in the table's scale only
+            with torch.no_grad():
+                self.embed.weight.mul_(cfg.embed_std)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(
             build_block(name, d, kw, norm=cfg.norm, prenorm=cfg.prenorm, mlp_ratio=cfg.mlp_ratio,

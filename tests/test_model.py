@@ -37,10 +37,25 @@ def test_unknown_config_key_lists_valid_keys():
     {"encoder": "conv"},
     {"pattern": ["attention", "attention", "attention"], "n_layers": 4},
     {"pattern": ["attention"], "mixer_kwargs": {"rope": True}},
+    {"embed_std": 0.0}, {"embed_std": 0.02, "encoder": "linear"},
 ])
 def test_bad_config_values_raise(bad):
     with pytest.raises(ValueError):
         lrm.ModelConfig(**bad)
+
+
+def test_embed_std_sets_the_table_and_nothing_else():
+    def model(**kw):
+        torch.manual_seed(0)
+        return lrm.LRModel(lrm.ModelConfig(d_model=64, vocab_size=512, head="lm", **kw))
+
+    default, small = model(), model(embed_std=0.02)
+    assert default.embed.weight.std().item() == pytest.approx(1.0, rel=0.05)
+    assert small.embed.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert torch.allclose(small.embed.weight, 0.02 * default.embed.weight)  # same draw, scaled
+    rest = [(n, p) for n, p in default.named_parameters() if not n.startswith("embed.")]
+    other = dict(small.named_parameters())
+    assert rest and all(torch.equal(p, other[n]) for n, p in rest)
 
 
 def test_batchnorm_normalises_each_channel_over_batch_and_positions():
