@@ -54,6 +54,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -807,6 +808,9 @@ def run_train_step(args: argparse.Namespace) -> None:
     if args.compile:
         raise SystemExit("train-step: --compile needs --interleaved (compiled models are timed "
                          "in the process that compiled them)")
+    if args.count_ops:
+        raise SystemExit("train-step: --count-ops needs --interleaved (the ops are counted in "
+                         "the process that built the models)")
     if any(":" in m for m in order):
         raise SystemExit("train-step: a mixer:path variant needs --interleaved (the path is "
                          "set in the measuring process)")
@@ -868,8 +872,28 @@ def interleaved(fns: dict[str, Any], *, repeats: int, warmup: int) -> dict[str, 
     return {k: measure.summarize(v) for k, v in times.items()}
 
 
+def dispatched_ops(fn: Any) -> int:
+    """How many ATen ops one call of ``fn`` dispatches, counted below autograd, so the
+    backward's ops count as well as the forward's (views included). At the arena's small
+    sizes a CPU step is bound by this count more than by arithmetic, and unlike a time it
+    does not depend on the machine or its load."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with _Count() as counter:
+        fn()
+    return counter.n
+
+
 def _ratio_table(args: argparse.Namespace, title: str, what: str, base: str,
-                 rows: list[dict[str, Any]], names: list[str], t0: float) -> None:
+                 rows: list[dict[str, Any]], names: list[str], t0: float,
+                 extra: Sequence[str] = ()) -> None:
     lines = [title, "", *measure.provenance_lines(args.provenance),
              f"{what} All alternatives of one (d, L) were timed in turn in one process "
              f"({args.warmup} warm-up round(s), then {args.repeats} timed); ratio = median time "
@@ -881,6 +905,7 @@ def _ratio_table(args: argparse.Namespace, title: str, what: str, base: str,
                  for n in names if n != base]
         lines.append(f"| {r['d']} | {r['L']} | {1000 * r['times'][base]['median_s']:.1f} | "
                      + " | ".join(cells) + " |")
+    lines += extra
     print("\n".join(lines))
     finish(args, "\n".join(lines), rows)
 
@@ -904,6 +929,8 @@ def run_train_step_interleaved(args: argparse.Namespace, order: list[str]) -> No
                           flush=True)
             t = interleaved(fns, repeats=args.repeats, warmup=args.warmup)
             rows.append({"d": d, "L": L, "times": t, "first_step_s": first})
+            if args.count_ops:  # after the timing, which the counting mode would slow
+                rows[-1]["ops"] = {m: dispatched_ops(fn) for m, fn in fns.items()}
             print(f"d={d:<4d} L={L:<5d} attention {1000 * t['attention']['median_s']:.1f} ms; "
                   + ", ".join(f"{m} x{t[m]['median_s'] / t['attention']['median_s']:.2f}"
                               for m in order[1:]), flush=True)
@@ -918,7 +945,15 @@ def run_train_step_interleaved(args: argparse.Namespace, order: list[str]) -> No
                      for r in rows) + ".")
     title = ("# Training step, interleaved" + (", compiled" if args.compile else "")
              + ": every mixer against attention")
-    _ratio_table(args, title, what, "attention", rows, order, t0)
+    extra: list[str] = []
+    if args.count_ops:
+        extra = ["", "ATen ops dispatched by one step (forward, backward and optimizer; views "
+                 "included; counted below autograd with a `TorchDispatchMode`):", "",
+                 "| d | L | " + " | ".join(f"`{m}`" for m in order) + " |",
+                 "|---" * (2 + len(order)) + "|",
+                 *(f"| {r['d']} | {r['L']} | " + " | ".join(f"{r['ops'][m]:,}" for m in order)
+                   + " |" for r in rows)]
+    _ratio_table(args, title, what, "attention", rows, order, t0, extra)
 
 
 # ops mode: the op at the shapes an arena mixer of width d gives it, batch B; every CPU
@@ -1105,6 +1140,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --interleaved: compile every model (torch.compile, in place) and "
                         "time the compiled steps; each model's first, compiling step is "
                         "reported on its own")
+    s.add_argument("--count-ops", action="store_true",
+                   help="with --interleaved: also count the ATen ops one step dispatches "
+                        "(machine-independent; the count runs after the timing)")
     _add_timeout(s, 1200)
     _add_common(s, repeats=5, threads=1)
 

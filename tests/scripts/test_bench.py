@@ -119,3 +119,29 @@ def test_train_step_compile_compiles_every_model_and_times_its_first_step(tmp_pa
     assert all(s > 0 for s in row["first_step_s"].values())
     with pytest.raises(SystemExit, match="--interleaved"):
         bench.main(["train-step", "--dry-run", "--compile", "--out", str(tmp_path / "b")])
+
+
+def test_dispatched_ops_counts_each_op_and_the_backward_too():
+    """The count is exact for plain ops, and a backward adds its own ops (a count taken above
+    autograd would miss them)."""
+    import torch
+
+    bench = load_script("bench")
+    a = torch.ones(3, requires_grad=True)
+    assert bench.dispatched_ops(lambda: a.detach() * 2 + 1) == 3  # detach, mul, add
+    forward = bench.dispatched_ops(lambda: (a * 2).sum())
+    both = bench.dispatched_ops(lambda: (a * 2).sum().backward())
+    assert forward == 2 and both > forward
+
+
+def test_train_step_interleaved_count_ops_adds_a_table(tmp_path):
+    bench = load_script("bench")
+    bench.main(["train-step", "--dry-run", "--interleaved", "--count-ops", "--mixers", "gdn",
+                "--out", str(tmp_path)])
+    md = (tmp_path / "train-step.md").read_text()
+    ops = _table(md[md.index("ATen ops dispatched"):].split("\n", 2)[2])
+    assert len(ops) == 1 and ops[0]["d"] == "16"
+    # a GDN step does more than an attention step of the same model
+    assert int(ops[0]["`gdn`"].replace(",", "")) > int(ops[0]["`attention`"].replace(",", "")) > 100
+    with pytest.raises(SystemExit, match="--interleaved"):
+        bench.main(["train-step", "--dry-run", "--count-ops", "--mixers", "gdn"])
