@@ -32,7 +32,9 @@ Modes (``scaling`` when none is named):
   turn (A, B, C, A, B, C, ...), which keeps ratios meaningful on a loaded machine; there a
   mixer may be named ``mixer:lean``, the mixer with its op's CPU path forced back to the one
   that ran before the by-size dispatch, or ``titans:no-memory`` / ``titans:no-memory-read``,
-  the Titans block with parts taken out to show where its step goes (``PATHS``).
+  the Titans block with parts taken out to show where its step goes (``PATHS``);
+  ``--count-ops`` adds the number of ATen ops each step dispatches, which does not depend
+  on the machine or its load.
 - ``ops``: forward+backward of a bare op at the shapes the arena's mixers give it (batch 32),
   every CPU algorithm against the dispatch, interleaved in one process: the measurements
   behind the size crossovers of the ops' CPU paths (docs/bench/speed.md, "Small shapes").
