@@ -7,7 +7,10 @@ AdamW over :func:`lrm.optim.param_groups`, linear warmup then cosine decay.
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -20,23 +23,54 @@ __all__ = ["IGNORE", "Losses", "accuracy", "accuracy_by_position", "fit", "warmu
 
 class Losses(list):
     """The training loss of every step, in order; ``skipped_steps`` counts the steps whose
-    optimizer update was refused for non-finite gradients (:mod:`lra.step_guard`)."""
+    optimizer update was refused for non-finite gradients (:mod:`lra.step_guard`);
+    ``resumed_at`` is the step a checkpoint resumed the run from (0 for a fresh run) and
+    ``elapsed_s`` the seconds of training, summed over the sittings of a resumed run."""
 
     skipped_steps: int = 0
+    resumed_at: int = 0
+    elapsed_s: float = 0.0
+
+
+CHECKPOINT_EVERY = 250  # steps between checkpoints: a few seconds of a run's minutes
+
+
+def _fit_settings(inputs: torch.Tensor, **kw: Any) -> dict[str, Any]:
+    """What a checkpoint must agree on to continue a run: the data's shape and the loop's
+    settings (the weights' shapes are checked by ``load_state_dict``)."""
+    return {"n_examples": int(inputs.shape[0]), "seq_len": int(inputs.shape[1]), **kw}
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Atomically: a run killed while writing keeps its previous checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(state, tmp)
+    tmp.replace(path)
 
 
 def fit(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, steps: int,
         batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 0.1,
         warmup: int | None = None, seed: int = 0, log_every: int = 0,
-        grad_clip: float = 1.0) -> Losses:
+        grad_clip: float = 1.0, checkpoint: str | Path | None = None,
+        checkpoint_every: int = CHECKPOINT_EVERY) -> Losses:
     """Train an LM-head model on (inputs, targets) for ``steps`` steps; returns the losses.
 
     Batches are drawn by seeded shuffling, epoch after epoch. ``log_every`` > 0 prints the loss.
     A step whose gradients are not finite is skipped (the weights and AdamW's state stay as
     they were), logged, and counted in the result's ``skipped_steps``.
+
+    ``checkpoint``: a file that makes the run resumable. Every ``checkpoint_every`` steps the
+    loop writes there what it needs to go on (weights, AdamW's state, the shuffling generator
+    and the batch order, torch's global random state, the losses so far); a call that finds
+    the file continues from it, and the run ends exactly as it would have without the
+    interruption (tested bit for bit on CPU). The file is removed when the run finishes. It is
+    loaded with ``weights_only=True``; one written for other data or settings is an error.
     """
     if inputs.shape != targets.shape:
         raise ValueError(f"inputs {tuple(inputs.shape)} and targets {tuple(targets.shape)} differ")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     warmup = max(1, steps // 10) if warmup is None else warmup
     opt = torch.optim.AdamW(param_groups(model, lr=lr, weight_decay=weight_decay),
                             betas=(0.9, 0.98))
@@ -44,9 +78,42 @@ def fit(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, 
     g = torch.Generator().manual_seed(seed)
     order, pos, losses = torch.randperm(len(inputs), generator=g), 0, Losses()
     guard = StepGuard(max_in_a_row=None)
+    settings = _fit_settings(inputs, steps=steps, batch_size=batch_size, lr=lr,
+                             weight_decay=weight_decay, warmup=warmup, seed=seed,
+                             grad_clip=grad_clip)
+    first, elapsed = 0, 0.0
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if ckpt is not None and ckpt.is_file():
+        try:
+            state = torch.load(ckpt, weights_only=True)
+        except Exception as e:  # a truncated or foreign file
+            raise ValueError(f"the checkpoint {ckpt} could not be read ({e}); delete it to "
+                             f"start the run afresh") from e
+        if state.get("settings") != settings:
+            raise ValueError(f"the checkpoint {ckpt} belongs to another run (its settings "
+                             f"{state.get('settings')} differ from this run's {settings}); "
+                             f"delete it or pass another checkpoint path")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        g.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        guard.load_state_dict(state["guard"])
+        order, pos, first = state["order"], int(state["pos"]), int(state["step"])
+        losses.extend(state["losses"].tolist())
+        elapsed = float(state["elapsed_s"])
+        losses.resumed_at = first
+        if log_every:
+            print(f"resuming from {ckpt} at step {first}", flush=True)
     model.train()
     t0 = time.time()
-    for step in range(steps):
+    for step in range(first, steps):
+        if ckpt is not None and step > first and step % checkpoint_every == 0:
+            _save_checkpoint(ckpt, {
+                "settings": settings, "step": step, "model": model.state_dict(),
+                "optimizer": opt.state_dict(), "generator": g.get_state(),
+                "torch_rng": torch.get_rng_state(), "guard": guard.state_dict(),
+                "order": order, "pos": pos, "losses": torch.tensor(losses, dtype=torch.float64),
+                "elapsed_s": elapsed + time.time() - t0})
         if pos + batch_size > len(order):
             order, pos = torch.randperm(len(inputs), generator=g), 0
         idx = order[pos:pos + batch_size]
@@ -68,6 +135,9 @@ def fit(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, 
         if log_every and (step % log_every == 0 or step == steps - 1):
             print(f"step {step:5d}  loss {loss.item():.4f}  {time.time() - t0:6.1f}s", flush=True)
     losses.skipped_steps = guard.skipped
+    losses.elapsed_s = elapsed + time.time() - t0
+    if ckpt is not None:
+        ckpt.unlink(missing_ok=True)
     if guard.summary():
         print(f"fit done: {guard.summary()}", flush=True)
     return losses

@@ -80,6 +80,7 @@ TT = "tests/mixers/test_titans.py::test_"
 OX = "tests/mixers/test_oryx.py::test_"
 ATTN = "tests/ops/test_attention.py::test_three_tiers_agree"
 SWA = "tests/ops/test_attention.py::test_sliding_window_attention_blockwise_equals_dense"
+RESUME = "tests/lra/test_quick_resume.py::test_a_killed_run_resumes_to_the_same_weights_and_losses"
 S4_OPS = ("tests/ops/test_ssm_conv.py::test_vandermonde_filter_equals_recurrence",
           "tests/ops/test_ssm_conv.py::test_cauchy_filter_equals_recurrence",
           "tests/ops/test_ssm_conv.py::test_fft_conv_is_causal_convolution_without_wrap",
@@ -563,6 +564,13 @@ MUTANTS: list[Mutant] = [
       "if B * H * T * (K + v.shape[-1] + C) > SMALL_ELEMENTS:",
       ("tests/ops/test_delta_rule_small.py::test_recomputation_only_beyond_the_size_limit",),
       "the gated delta rule recomputes at small sizes and keeps everything at large ones"),
+
+    # ------------------------------------------------------------------ resumable runs (lra)
+    M("resume-batch-order-fresh", "lra/quick.py", 'g.set_state(state["generator"])',
+      "g.manual_seed(seed)", (RESUME,), "a resumed run shuffles its batches afresh"),
+    M("resume-global-rng-fresh", "lra/quick.py", 'torch.set_rng_state(state["torch_rng"])',
+      "torch.get_rng_state()", (RESUME,),
+      "a resumed run's dropout draws from whatever state the new process has"),
 ]
 
 

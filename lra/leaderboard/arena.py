@@ -33,11 +33,15 @@ does it **extrapolate**.
 Every run is one child process (``python -m lra.leaderboard.arena --cell JSON``) with one
 torch thread and a timeout; ``--jobs`` runs at once (default: the machine's cores), on
 ``--device`` (several share one GPU). A finished run's record goes into the store at once,
-atomically, so a killed sweep loses only the runs in flight, and re-running the same command
-skips every run the store already holds (keyed by every option that changes it, lr and seed
-included, and the grid's version). The store records the commit, whether the tree was dirty
-and each run's device. By default the page and store are ``runs/recall/recall.md`` and
-``runs/recall/recall_runs.json``; ``docs/recall.md`` is rewritten only with ``--publish``.
+atomically, and re-running the same command skips every run the store already holds (keyed
+by every option that changes it, lr and seed included, and the grid's version). A run in flight
+keeps a checkpoint every 250 steps (:func:`checkpoint_path`, under ``runs/recall_checkpoints/``),
+so a killed sweep, or a run stopped by the timeout, continues where it stopped when the command
+runs again, and ends exactly as it would have without the interruption; the record then says
+from which step (``resumed_at_step``), and ``fit_s`` counts every sitting. The store records
+the commit, whether the tree was dirty and each run's device. By default the page and store
+are ``runs/recall/recall.md`` and ``runs/recall/recall_runs.json``; ``docs/recall.md`` is
+rewritten only with ``--publish``.
 
 The vocabulary is 256, not Zoology's 8192: the LM head's cost grows with the vocabulary, and at
 these widths it would dominate a CPU step. Keys and values still come from disjoint halves.
@@ -47,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import hashlib
 import itertools
 import json
 import math
@@ -103,6 +108,9 @@ QUICK: dict[str, Any] = {
     "steps": 300,
 }
 TIMEOUT_S = 3600
+# a run's checkpoint while it trains (lra.quick.fit): a sweep killed mid-run, or a run stopped
+# by TIMEOUT_S, continues where it stopped when the sweep runs again
+CHECKPOINTS = REPO / "runs" / "recall_checkpoints"
 ARENA_VERSION = 2  # in every cell's key: records made before this grid never match its cells
 
 # Steps per cell, per mixer, with the measurement behind each number. A mixer without a
@@ -181,6 +189,13 @@ def cell_key(c: dict[str, Any]) -> str:
     return json.dumps(_key_fields(c), sort_keys=True)
 
 
+def checkpoint_path(c: dict[str, Any]) -> Path:
+    """The checkpoint file of run ``c``: one per run key, under :data:`CHECKPOINTS` (or the
+    folder in ``LRA_RECALL_CHECKPOINTS``), removed when the run's training ends."""
+    root = Path(os.environ.get("LRA_RECALL_CHECKPOINTS") or CHECKPOINTS)
+    return root / (hashlib.sha256(cell_key(c).encode()).hexdigest()[:20] + ".pt")
+
+
 def cell_of(c: dict[str, Any]) -> str:
     """The cell of a run: its key without the learning rate and the seed."""
     return json.dumps({k: v for k, v in _key_fields(c).items() if k not in ("lr", "seed")},
@@ -214,10 +229,8 @@ def run_cell(c: dict[str, Any]) -> dict[str, Any]:
                                         vocab_size=vocab, head="lm",
                                         mixer_kwargs=c.get("mixer_kwargs") or {},
                                         **(c.get("model_kwargs") or {}))).to(dev)
-    t0 = time.time()
     losses = quick.fit(model, x.to(dev), y.to(dev), steps=c["steps"], batch_size=c["batch"],
-                       lr=c["lr"], seed=c["seed"])
-    fit_s = time.time() - t0
+                       lr=c["lr"], seed=c["seed"], checkpoint=checkpoint_path(c))
     lengths = [L, *c.get("eval_lengths", [])]
     tests = recall_tasks.extrapolation_sets(task, c["n_test"], lengths,
                                             seed=10_000 + c["seed"], **kw)
@@ -236,7 +249,8 @@ def run_cell(c: dict[str, Any]) -> dict[str, Any]:
                        for i in range(0, len(losses), every)],
         "final_loss": sum(losses[-20:]) / len(losses[-20:]),
         "diverged_at": next((i + 1 for i, v in enumerate(losses) if not math.isfinite(v)), None),
-        "fit_s": round(fit_s, 1),
+        "fit_s": round(losses.elapsed_s, 1),  # every sitting's, for a resumed run
+        **({"resumed_at_step": losses.resumed_at} if losses.resumed_at else {}),
     }
 
 
