@@ -36,8 +36,10 @@ torch thread and a timeout; ``--jobs`` runs at once (default: the machine's core
 atomically, and re-running the same command skips every run the store already holds (keyed
 by every option that changes it, lr and seed included, and the grid's version). A run in flight
 keeps a checkpoint every 250 steps (:func:`checkpoint_path`, under ``runs/recall_checkpoints/``),
-so a killed sweep, or a run stopped by the timeout, continues where it stopped when the command
-runs again, and ends exactly as it would have without the interruption; the record then says
+so a killed sweep continues its unfinished runs where they stopped when the command runs again,
+and each ends exactly as it would have without the interruption. A run stopped by the timeout
+that wrote a checkpoint in that time is continued at once (the timeout catches hung runs, not
+slow ones); the record then says
 from which step (``resumed_at_step``), and ``fit_s`` counts every sitting. The store records
 the commit, whether the tree was dirty and each run's device. By default the page and store
 are ``runs/recall/recall.md`` and ``runs/recall/recall_runs.json``; ``docs/recall.md`` is
@@ -108,8 +110,8 @@ QUICK: dict[str, Any] = {
     "steps": 300,
 }
 TIMEOUT_S = 3600
-# a run's checkpoint while it trains (lra.quick.fit): a sweep killed mid-run, or a run stopped
-# by TIMEOUT_S, continues where it stopped when the sweep runs again
+# a run's checkpoint while it trains (lra.quick.fit): a sweep killed mid-run continues where it
+# stopped when it runs again; a run stopped by TIMEOUT_S that is still writing them goes on
 CHECKPOINTS = REPO / "runs" / "recall_checkpoints"
 ARENA_VERSION = 2  # in every cell's key: records made before this grid never match its cells
 
@@ -413,7 +415,22 @@ def run(cells: list[dict[str, Any]], store: Path, *, jobs: int, timeout: float =
         bar = tqdm(total=0, unit="run", dynamic_ncols=True, desc="recall arena")
 
     def one(c: dict[str, Any]) -> dict[str, Any]:
-        return _launch({**c, **prov}, timeout)
+        c = {**c, **prov}
+        ckpt = checkpoint_path(c)
+        while True:
+            before = ckpt.stat().st_mtime_ns if ckpt.is_file() else None
+            rec = _launch(c, timeout)
+            after = ckpt.stat().st_mtime_ns if ckpt.is_file() else None
+            timed_out = rec["status"] != "ok" and str(rec["error"]).startswith("timeout")
+            # a run stopped by the timeout while it was still writing checkpoints is slow, not
+            # hung: it goes on from its checkpoint; one that wrote none stays an error
+            if not (timed_out and after is not None and after != before):
+                return rec
+            msg = f"{_label(c)}: timed out after {timeout:.0f} s; continuing from its checkpoint"
+            if bar is not None:
+                bar.write(msg)
+            else:
+                print(msg, flush=True)
 
     def started(todo: list[dict[str, Any]]) -> None:
         if bar is not None:

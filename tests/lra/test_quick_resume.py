@@ -4,6 +4,8 @@ refused with what to do; the recall arena gives each run its own checkpoint."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -149,3 +151,44 @@ def _dies_after(forward, n: int):
         return forward(self, *args, **kwargs)
 
     return wrapped
+
+
+def test_a_timed_out_run_that_makes_progress_goes_on_and_a_hung_one_stops(tmp_path, monkeypatch):
+    monkeypatch.setenv("LRA_RECALL_CHECKPOINTS", str(tmp_path))
+    cell = [c for c in arena.grid(arena.QUICK, ["attention"]) if c["kind"] == "state"][:1]
+    ckpt = arena.checkpoint_path(cell[0])
+    sittings = []
+
+    def launch(c, timeout):  # two sittings that time out while writing checkpoints, then done
+        sittings.append(c)
+        if len(sittings) < 3:
+            ckpt.write_bytes(bytes(len(sittings)))
+            os.utime(ckpt, ns=(len(sittings) * 10**9,) * 2)
+            return {**c, "status": "error", "error": "timeout: killed after 5 s", "wall_s": 5}
+        ckpt.unlink()
+        return {**c, "status": "ok", "error": None, "acc": 0.5, "wall_s": 1, "loss_curve": []}
+
+    monkeypatch.setattr(arena, "_launch", launch)
+    (rec,) = arena.run(cell, tmp_path / "runs.json", jobs=1, progress=False)
+    assert rec["status"] == "ok" and len(sittings) == 3
+    # hung: times out without a new checkpoint (none at all, then an unchanged one)
+    for existing in (False, True):
+        sittings.clear()
+        if existing:
+            ckpt.write_bytes(b"x")
+
+        def hung(c, timeout):
+            sittings.append(c)
+            if len(sittings) > 2:
+                raise RuntimeError("a hung run was launched again and again")
+            return {**c, "status": "error", "error": "timeout: killed after 5 s", "wall_s": 5}
+
+        monkeypatch.setattr(arena, "_launch", hung)
+        (rec,) = arena.run(cell, tmp_path / "hung.json", jobs=1, progress=False)
+        assert rec["status"] == "error" and len(sittings) == 1
+        # an error that is not a timeout is never relaunched, checkpoint or not
+        sittings.clear()
+        monkeypatch.setattr(arena, "_launch", lambda c, t: sittings.append(c) or {
+            **c, "status": "error", "error": "exit 1: boom", "wall_s": 1})
+        arena.run(cell, tmp_path / "err.json", jobs=1, progress=False)
+        assert len(sittings) == 1
