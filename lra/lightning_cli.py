@@ -105,13 +105,32 @@ class Checkpoint(ResumableCheckpoint):
     def _uses_split_saves(self) -> bool:
         return self.monitor is not None and self._every_n_train_steps >= 1
 
+    _last_after_validation = False
+
+    @staticmethod
+    def _validation_follows(trainer) -> bool:
+        """Whether a validation runs right after this training step: validation every N global
+        steps (``check_val_every_n_epoch=None``, as the leaderboard's runs set it), or the last
+        step. A wrong guess only delays last.ckpt to the next save (``on_train_end`` at worst)."""
+        every = trainer.val_check_batch
+        on_steps = (trainer.check_val_every_n_epoch is None and isinstance(every, int)
+                    and every > 0
+                    and (trainer.fit_loop.epoch_loop.total_batch_idx + 1) % every == 0)
+        return on_steps or 0 < trainer.max_steps <= trainer.global_step
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not self._uses_split_saves():
             return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if (trainer.global_step % self._every_n_train_steps == 0
                 and not self._should_skip_saving_checkpoint(trainer)):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-            self._last_step_of_last = trainer.global_step
+            if self._validation_follows(trainer):
+                # written after that validation instead: a run killed during the validation
+                # resumes from the save before this step and validates this step again,
+                # where a last.ckpt of this step would resume past its validation
+                self._last_after_validation = True
+            else:
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+                self._last_step_of_last = trainer.global_step
         return None
 
     def on_validation_end(self, trainer, pl_module) -> None:
@@ -130,6 +149,10 @@ class Checkpoint(ResumableCheckpoint):
                     # last.ckpt of this step was written before this validation: write it
                     # again, so that a run resumed from it knows its new best checkpoint
                     self._save_last_checkpoint(trainer, candidates)
+        if self._last_after_validation:  # the step's last.ckpt, deferred to here
+            self._last_after_validation = False
+            self._save_last_checkpoint(trainer, candidates)
+            self._last_step_of_last = trainer.global_step
         return None
 
     def _write_best_alias(self, trainer) -> None:

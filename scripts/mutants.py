@@ -571,6 +571,16 @@ MUTANTS: list[Mutant] = [
     M("resume-global-rng-fresh", "lra/quick.py", 'torch.set_rng_state(state["torch_rng"])',
       "torch.get_rng_state()", (RESUME,),
       "a resumed run's dropout draws from whatever state the new process has"),
+    M("resume-grid-ignores-seed", "lra/leaderboard/runner.py",
+      '            cfg.get("seed_everything", 0))', "            0)",
+      ("tests/lra/test_leaderboard_resume.py::test_a_finished_or_different_run_is_never_resumed",),
+      "a killed grid run of seed 0 is resumed for the run of seed 1"),
+    M("resume-last-before-validation", "lra/lightning_cli.py",
+      "return on_steps or 0 < trainer.max_steps <= trainer.global_step", "return False",
+      ("tests/lra/test_leaderboard_resume.py::"
+       "test_a_killed_run_resumes_in_its_folder_to_the_same_result",),
+      "last.ckpt of a step is written before its validation: killed then, the resumed run "
+      "never validates that step"),
 ]
 
 

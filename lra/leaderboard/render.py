@@ -219,7 +219,8 @@ def settings_section() -> list[str]:
     for name, spec in SETTINGS.items():
         cmd = spec.get("command") or f"lra leaderboard --setting {name} --publish --jobs 2"
         out.append(f"- `{name}`: {spec['about']}: `{cmd}` (two runs at a time, one thread "
-                   "each, on a 2-core machine; resumable: finished runs are skipped).")
+                   "each, on a 2-core machine; resumable: finished runs are skipped, and a run "
+                   "killed mid-way goes on from its last checkpoint in its own folder).")
     return [*out, ""]
 
 

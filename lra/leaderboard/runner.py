@@ -6,6 +6,12 @@ crashes, runs out of memory or hangs (killed after ``timeout`` seconds) becomes 
 record and the grid goes on. A mixer that fails to import or build is caught before a process
 is started. The run folder keeps the exact configs (``fit.yaml``, ``test.yaml``), the CSV
 metrics and the checkpoints.
+
+A killed grid loses at most 100 steps of each run in flight: ``last.ckpt`` is written every 100
+steps (after the validation where one falls on the step), and the next invocation finds the
+folder of an unfinished run of the same experiment (:func:`unfinished_run`) and resumes it
+there (:func:`worker`): exactly, with the metrics logged before the kill kept and the time cap
+counting the time before it.
 """
 
 from __future__ import annotations
@@ -239,12 +245,16 @@ def run_config(task: str, mixer: str, *, quick: bool, data_dir: str | None,
         cfg["trainer"].update(val_check_interval=every, check_val_every_n_epoch=None)
         model = cfg.setdefault("model", {})
         model["warmup_steps"] = min(int(model.get("warmup_steps", 1000)), max(1, steps // 10))
-    cfg["trainer"]["logger"] = [{"class_path": "lightning.pytorch.loggers.CSVLogger",
+    # lra's CSVLogger keeps the rows of a killed run it resumes (Lightning's starts the file anew)
+    cfg["trainer"]["logger"] = [{"class_path": "lra.csv_logger.CSVLogger",
                                  "init_args": {"save_dir": str(run_dir), "name": "",
                                                "version": "fit"}}]
+    # last.ckpt every 100 steps (and at every validation, if validations come more often), the
+    # best after each validation: a killed run loses at most 100 steps (unfinished_run)
+    every_last = max(1, min(100, every)) if steps > 0 else 100
     cfg["checkpoint"] = {"dirpath": str(run_dir / "checkpoints"), "monitor": "val/acc",
                          "mode": "max", "save_top_k": 1, "save_last": True,
-                         "every_n_train_steps": None, "filename": "best-{step}"}
+                         "every_n_train_steps": every_last, "filename": "best-{step}"}
     return cfg
 
 
@@ -351,13 +361,15 @@ def _column(rows: list[dict[str, str]], name: str) -> list[tuple[int, float]]:
 
     Lightning's CSVLogger writes a metric logged after optimizer step n (counting from 1) with
     ``step`` n - 1, so the steps done are the logged step + 1.
+    A resumed run logs the steps between its checkpoint and the kill twice (with the same values,
+    the resume being exact); each step is kept once, its last row.
     """
-    out = []
+    out: dict[int, float] = {}
     for r in rows:
         v = r.get(name, "")
         if v not in ("", None):
-            out.append((int(float(r.get("step") or 0)) + 1, float(v)))
-    return out
+            out[int(float(r.get("step") or 0)) + 1] = float(v)
+    return sorted(out.items())
 
 
 def loss_curve(rows: list[dict[str, str]], points: int = 40) -> list[list[float]]:
@@ -403,11 +415,18 @@ def worker(run_dir: str | Path) -> None:
         torch.set_num_threads(int(os.environ["LRA_THREADS"]))
     run_dir = Path(run_dir)
     info: dict[str, Any] = {}
+    # a folder that holds a checkpoint is a killed run's (unfinished_run): it goes on from there,
+    # exactly, its time cap counting the time before the kill (Lightning's Timer is in it)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    resume = ["--ckpt_path", str(last)] if last.is_file() else []
+    if resume:
+        info["resumed_from_step"] = int(torch.load(last, map_location="cpu",
+                                                   weights_only=True)["global_step"])
     t0 = time.time()
     # a grid cell trains its full budget and is tested below, on the checkpoint it names
     lra(["fit", "--config", str(run_dir / "fit.yaml"), "--test_after_fit", "false",
-         "--early_stopping.stopping_threshold", "null"])
-    info["fit_s"] = round(time.time() - t0, 1)
+         "--early_stopping.stopping_threshold", "null", *resume])
+    info["fit_s"] = round(time.time() - t0, 1)  # this sitting's
     ckpts = run_dir / "checkpoints"
     best = sorted(ckpts.glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
     last = ckpts / "last.ckpt"
@@ -446,7 +465,7 @@ def _launch(run_dir: Path, timeout: float, threads: int | None = None
     if threads:
         env.update(LRA_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
                    MKL_NUM_THREADS=str(threads))
-    with open(log, "w", encoding="utf-8") as out:
+    with open(log, "a", encoding="utf-8") as out:  # a resumed run's sittings, one after another
         proc = subprocess.Popen([*WORKER, str(run_dir)], stdout=out, stderr=subprocess.STDOUT,
                                 cwd=str(REPO), env=env, start_new_session=True)
         try:
@@ -505,6 +524,28 @@ def config_fingerprint(cfg: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def unfinished_run(parent: Path, mixer: str, task: str, cfg: dict[str, Any]) -> Path | None:
+    """The folder, under ``parent``, of a run of the experiment ``cfg`` describes (same config
+    fingerprint, rate and seed) that was stopped after a checkpoint and before its test ended (a
+    grid killed mid-run, a timeout): the newest one, or None. :func:`worker` resumes it."""
+    want = (config_fingerprint(cfg), cfg.get("model", {}).get("lr"),
+            cfg.get("seed_everything", 0))
+    found = []
+    for folder in parent.glob(f"{mixer}-{task}-*"):
+        last = folder / "checkpoints" / "last.ckpt"
+        if (folder / "worker.json").exists() or not last.is_file():
+            continue
+        try:
+            old = yaml.safe_load((folder / "fit.yaml").read_text(encoding="utf-8"))
+            key = (config_fingerprint(old), old.get("model", {}).get("lr"),
+                   old.get("seed_everything", 0))
+        except (OSError, yaml.YAMLError, AttributeError):  # not a run folder of this grid
+            continue
+        if key == want:
+            found.append((last.stat().st_mtime, str(folder)))
+    return Path(max(found)[1]) if found else None
+
+
 def cut_short(rec: dict[str, Any]) -> str | None:
     """``"31 of 60 steps: time cap"`` when a finished run stopped before its max_steps while a
     time cap was set, else None."""
@@ -539,12 +580,22 @@ def run_one(mixer: str, task: str, *, setting: str, quick: bool, data_dir: Path,
     extra = dict(extra or {})
     overrides = with_lr_seed(overrides, lr, seed)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = _reserve_dir((runs_dir / setting).resolve(), f"{mixer}-{task}-{stamp}")
+    parent = (runs_dir / setting).resolve()
+
+    def config_in(folder: Path) -> dict[str, Any]:
+        return run_config(task, mixer, quick=quick, data_dir=str(data_dir), max_steps=max_steps,
+                          budget_minutes=budget_minutes, run_dir=folder, overrides=overrides,
+                          config_dir=config_dir, recipe=recipe)
+
+    # a run of the same experiment that was killed after a checkpoint goes on in its folder
+    try:
+        resume_dir = unfinished_run(parent, mixer, task, config_in(parent / "-"))
+    except Exception:  # a broken config is reported below, as this run's error
+        resume_dir = None
+    run_dir = resume_dir or _reserve_dir(parent, f"{mixer}-{task}-{stamp}")
     cfg = None
     try:
-        cfg = run_config(task, mixer, quick=quick, data_dir=str(data_dir), max_steps=max_steps,
-                         budget_minutes=budget_minutes, run_dir=run_dir, overrides=overrides,
-                         config_dir=config_dir, recipe=recipe)
+        cfg = config_in(run_dir)
         rec = _record_base(mixer, task, setting, cfg, extra)
         rec.update(seed=cfg.get("seed_everything", 0), config=config_fingerprint(cfg))
         facts = task_facts(cfg["data"])
@@ -563,10 +614,13 @@ def run_one(mixer: str, task: str, *, setting: str, quick: bool, data_dir: Path,
         rec["error"] = f"{type(err).__name__}: {err}"[:600]
         print(f"[leaderboard] {mixer} x {task}: error before training: {rec['error']}",
               flush=True)
-        run_dir.rmdir()
+        if resume_dir is None:
+            run_dir.rmdir()
         return rec
     (run_dir / "fit.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     test_cfg = copy.deepcopy(cfg)
+    # the test's metrics start afresh at every sitting
+    test_cfg["trainer"]["logger"][0].update(class_path="lightning.pytorch.loggers.CSVLogger")
     test_cfg["trainer"]["logger"][0]["init_args"]["version"] = "test"
     (run_dir / "test.yaml").write_text(yaml.safe_dump(test_cfg, sort_keys=False))
     rel = repo_relative(run_dir)
@@ -580,6 +634,8 @@ def run_one(mixer: str, task: str, *, setting: str, quick: bool, data_dir: Path,
     if (run_dir / "worker.json").is_file():
         info = json.loads((run_dir / "worker.json").read_text())
     rec.update({k: info.get(k) for k in ("fit_s", "test_s")})
+    if info.get("resumed_from_step") is not None:
+        rec["resumed_from_step"] = info["resumed_from_step"]
     fit_rows = _read_metrics(run_dir / "fit" / "metrics.csv")
     rec["steps"] = _steps_done(fit_rows)
     val = _column(fit_rows, "val/acc")
