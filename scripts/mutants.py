@@ -81,6 +81,8 @@ OX = "tests/mixers/test_oryx.py::test_"
 ATTN = "tests/ops/test_attention.py::test_three_tiers_agree"
 SWA = "tests/ops/test_attention.py::test_sliding_window_attention_blockwise_equals_dense"
 RESUME = "tests/lra/test_quick_resume.py::test_a_killed_run_resumes_to_the_same_weights_and_losses"
+CLAIM_RESUME = ("tests/scripts/test_claims_protocol.py::"
+                "test_a_check_killed_mid_run_continues_that_run_from_its_checkpoint")
 S4_OPS = ("tests/ops/test_ssm_conv.py::test_vandermonde_filter_equals_recurrence",
           "tests/ops/test_ssm_conv.py::test_cauchy_filter_equals_recurrence",
           "tests/ops/test_ssm_conv.py::test_fft_conv_is_causal_convolution_without_wrap",
@@ -581,6 +583,13 @@ MUTANTS: list[Mutant] = [
        "test_a_killed_run_resumes_in_its_folder_to_the_same_result",),
       "last.ckpt of a step is written before its validation: killed then, the resumed run "
       "never validates that step"),
+    M("resume-claim-fits-share-a-file", "scripts/claims/common.py", "        begun[0] += 1",
+      "        pass", (CLAIM_RESUME,),
+      "the fits of one claim run share one checkpoint file: the first picks up the second's"),
+    M("resume-claim-no-checkpoint", "scripts/claims/common.py",
+      "token = _RUN_CHECKPOINT.set((check.store.checkpoint_base(key), [0])",
+      "token = _RUN_CHECKPOINT.set(None if True else (check.store.checkpoint_base(key), [0])",
+      (CLAIM_RESUME,), "a claim check killed mid-run trains that run again from the start"),
 ]
 
 

@@ -17,7 +17,8 @@ out either way, so every check
    because the stored checks' chosen rates depend on it);
 3. keeps every finished run in a run store (a JSON-lines file, ``--store``), so a killed or
    stopped check resumes where it stopped: a run already in the store (same check, model,
-   rate, seed and settings) is read back, not trained again;
+   rate, seed and settings) is read back, not trained again, and the run that was training
+   goes on from its last checkpoint (:func:`train`);
 4. records each run's learning curve, and flags a run still improving over its last fifth (the
    steps were too few to read an end point; the steps of a check are set from these curves);
 5. states each claim as holds / holds in part / does not hold from comparisons that must hold
@@ -35,6 +36,8 @@ own folder, so it is on ``sys.path``); importing it also puts this checkout's ``
 from __future__ import annotations
 
 import argparse
+import contextvars
+import hashlib
 import json
 import math
 import shlex
@@ -109,9 +112,25 @@ def mqar_split(n_train: int, n_test: int, seq_len: int, *, vocab: int, kv: int, 
     return x, y, xt, yt
 
 
+# The checkpoint files of the protocol run this thread is training (set by sweep_model while
+# a check with a run store trains a run): the base path and how many fits the run has begun.
+_RUN_CHECKPOINT: contextvars.ContextVar[tuple[Path, list[int]] | None] = contextvars.ContextVar(
+    "run_checkpoint", default=None)
+
+
 def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, **fit_kwargs: Any
           ) -> tuple[list[float], float]:
-    """``lra.quick.fit``; returns the losses and the wall seconds it took."""
+    """``lra.quick.fit``; returns the losses and the wall seconds it took.
+
+    Inside a protocol run of a check with a run store, the n-th call of the run checkpoints to
+    its own file (``runs/claims/checkpoints/<store>-<run>-<n>.pt``), so a check killed mid-run
+    continues the fit it was in when it runs again (the run's earlier fits, whose checkpoints
+    were removed when they finished, train again: the same arithmetic, so the same result)."""
+    slot = _RUN_CHECKPOINT.get()
+    if slot is not None and "checkpoint" not in fit_kwargs:
+        base, begun = slot
+        fit_kwargs["checkpoint"] = base.with_name(f"{base.name}-{begun[0]}.pt")
+        begun[0] += 1
     t0 = time.time()
     losses = fit(model, x, y, **fit_kwargs)
     return losses, time.time() - t0
@@ -212,6 +231,11 @@ class RunStore:
 
     def get(self, key: str) -> Run | None:
         return self._runs.get(key)
+
+    def checkpoint_base(self, key: str) -> Path:
+        """Where the run ``key`` keeps its checkpoints while it trains (:func:`train`)."""
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        return self.path.parent / "checkpoints" / f"{self.path.stem}-{digest}"
 
     def add(self, key: str, run: Run) -> None:
         rec = asdict(run)
@@ -350,7 +374,12 @@ def sweep_model(check: Check, model: str) -> ModelResult:
             run.from_store = True
         else:
             t0 = time.time()
-            run = check.train(model, lr, seed)
+            token = _RUN_CHECKPOINT.set((check.store.checkpoint_base(key), [0])
+                                        if check.store else None)
+            try:
+                run = check.train(model, lr, seed)
+            finally:
+                _RUN_CHECKPOINT.reset(token)
             run.secs, run.lr, run.seed = run.secs or time.time() - t0, lr, seed
             if check.store:
                 check.store.add(key, run)

@@ -232,3 +232,64 @@ def test_a_claim_comparing_a_model_the_check_does_not_train_is_left_out():
     res = run_check(check(models, claims))
     assert [text for text, _, _ in res.verdicts] == ["m beats a level"]
     assert claims[0].models() == {"m", "absent"} and claims[1].models() == {"m"}
+
+
+def test_a_check_killed_mid_run_continues_that_run_from_its_checkpoint(tmp_path):
+    """A real training run of two fits (common.train), killed in its second fit: the next
+    invocation trains the first fit again (its checkpoint went when it finished), resumes the
+    second from its checkpoint, and the check's results equal an uninterrupted check's."""
+    import common
+    import torch
+
+    from lrm import LRModel, ModelConfig
+
+    x = torch.randint(0, 8, (48, 12), generator=torch.Generator().manual_seed(0))
+    y = x.roll(-1, dims=1)
+    resumed_at: list[int] = []
+    kill = {"at_fit": None}
+
+    def train(model: str, lr: float, seed: int) -> Run:
+        torch.manual_seed(seed)
+        net = LRModel(ModelConfig(mixer="attention", d_model=16, n_layers=1, vocab_size=8,
+                                  head="lm", dropout=0.1))
+        losses = []
+        for n in range(2):  # e.g. pretraining, then the task
+            if kill["at_fit"] == n:
+                handle = net.register_forward_pre_hook(_killed_at(10))  # after step 8's save
+            part, _ = common.train(net, x, y, steps=14, batch_size=8, lr=lr, seed=seed + n,
+                                   checkpoint_every=4)
+            if kill["at_fit"] == n:
+                handle.remove()
+            resumed_at.append(part.resumed_at)
+            losses += part
+        return Run({"acc": 1.0 / (1.0 + losses[-1])}, curve_of(losses, 7))
+
+    def the_check(store: Path) -> Check:
+        return Check("resume", ["ctrl"], [1e-3, 3e-3, 1e-2], train, Control("ctrl", 0.0),
+                     [], log=lambda msg: None, seeds=(0,), store=RunStore(store, {}))
+
+    straight = run_check(the_check(tmp_path / "a.jsonl"))
+    kill["at_fit"] = 1
+    with pytest.raises(KeyboardInterrupt):
+        run_check(the_check(tmp_path / "b.jsonl"))
+    assert len(list((tmp_path / "checkpoints").iterdir())) == 1  # the killed fit's
+    kill["at_fit"], resumed_at[:] = None, []
+    again = run_check(the_check(tmp_path / "b.jsonl"))
+    assert resumed_at[:2] == [0, 8]  # the first fit from scratch, the second from step 8
+    assert again.models["ctrl"].values("acc") == straight.models["ctrl"].values("acc")
+    assert [r.curve for r in again.models["ctrl"].runs] == \
+        [r.curve for r in straight.models["ctrl"].runs]
+    assert not list((tmp_path / "checkpoints").iterdir())  # none left behind
+
+
+def _killed_at(call: int):
+    """A forward pre-hook that stops the process's work at the ``call``-th forward pass (a
+    KeyboardInterrupt, as Ctrl-C; the protocol must not catch it)."""
+    seen = [0]
+
+    def hook(*_):
+        seen[0] += 1
+        if seen[0] == call:
+            raise KeyboardInterrupt
+
+    return hook
