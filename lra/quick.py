@@ -85,7 +85,8 @@ def fit(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, 
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and ckpt.is_file():
         try:
-            state = torch.load(ckpt, weights_only=True)
+            # on the CPU first: a checkpoint written on a GPU also resumes on a CPU
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
         except Exception as e:  # a truncated or foreign file
             raise ValueError(f"the checkpoint {ckpt} could not be read ({e}); delete it to "
                              f"start the run afresh") from e
@@ -97,6 +98,9 @@ def fit(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, 
         opt.load_state_dict(state["optimizer"])
         g.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") and torch.cuda.is_available() \
+                and len(state["cuda_rng"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         guard.load_state_dict(state["guard"])
         order, pos, first = state["order"], int(state["pos"]), int(state["step"])
         losses.extend(state["losses"].tolist())
@@ -112,6 +116,7 @@ def fit(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, 
                 "settings": settings, "step": step, "model": model.state_dict(),
                 "optimizer": opt.state_dict(), "generator": g.get_state(),
                 "torch_rng": torch.get_rng_state(), "guard": guard.state_dict(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 "order": order, "pos": pos, "losses": torch.tensor(losses, dtype=torch.float64),
                 "elapsed_s": elapsed + time.time() - t0})
         if pos + batch_size > len(order):

@@ -19,7 +19,13 @@
 # Mamba, Oryx, and every mixer at L=256) fit one call only just, if at all: at three times that,
 # 330-450 s (an estimate, not yet measured), they need the per-run limit raised and the longest
 # call, ARENA_SECONDS=580 ARENA_ARGS="--cells 256:16:64 --timeout 520" (the last --timeout wins).
+# Runs cut off by the deadline lose nothing: each run in flight writes a checkpoint every 250
+# steps into OUT_DIR/recall_checkpoints (lra.quick.fit), which comes back with the store; put
+# that folder back with ARENA_CHECKPOINTS=path/to/recall_checkpoints and the next call, on the
+# GPU or here, continues those runs (their records say from which step, resumed_at_step).
 # Here, afterwards: lra leaderboard --suite recall --render --publish --merge OUT_DIR/recall_runs.json
+# and, to go on with the unfinished runs on this machine: cp OUT_DIR/recall_checkpoints/*.pt
+# runs/recall_checkpoints/ before the same lra leaderboard --suite recall command.
 set -u
 O=${1:?usage: scripts/device/recall_arena.sh OUT_DIR}
 mkdir -p "$O"
@@ -29,6 +35,9 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 DRY=${DRY_RUN:-0}
 DEADLINE=${ARENA_SECONDS:-540}
 [ -n "${ARENA_STORE:-}" ] && cp "$ARENA_STORE" "$O/recall_runs.json"
+export LRA_RECALL_CHECKPOINTS="$O/recall_checkpoints"
+mkdir -p "$LRA_RECALL_CHECKPOINTS"
+[ -n "${ARENA_CHECKPOINTS:-}" ] && cp "$ARENA_CHECKPOINTS"/*.pt "$LRA_RECALL_CHECKPOINTS"/ 2>/dev/null
 if [ "$DRY" = 1 ]; then
     ARGS=(--quick --mixers attention --steps 2 --no-sweep --jobs 2 --device cpu --timeout 60)
 else
