@@ -40,6 +40,7 @@ import contextvars
 import hashlib
 import json
 import math
+import os
 import shlex
 import sys
 import threading
@@ -233,9 +234,13 @@ class RunStore:
         return self._runs.get(key)
 
     def checkpoint_base(self, key: str) -> Path:
-        """Where the run ``key`` keeps its checkpoints while it trains (:func:`train`)."""
+        """Where the run ``key`` keeps its checkpoints while it trains (:func:`train`): under
+        ``runs/claims/checkpoints/`` (or ``LRA_CLAIM_CHECKPOINTS``), never beside a store kept
+        in ``docs/``."""
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-        return self.path.parent / "checkpoints" / f"{self.path.stem}-{digest}"
+        root = Path(os.environ.get("LRA_CLAIM_CHECKPOINTS") or REPO / "runs" / "claims"
+                    / "checkpoints")
+        return root / f"{self.path.stem}-{digest}"
 
     def add(self, key: str, run: Run) -> None:
         rec = asdict(run)

@@ -234,7 +234,7 @@ def test_a_claim_comparing_a_model_the_check_does_not_train_is_left_out():
     assert claims[0].models() == {"m", "absent"} and claims[1].models() == {"m"}
 
 
-def test_a_check_killed_mid_run_continues_that_run_from_its_checkpoint(tmp_path):
+def test_a_check_killed_mid_run_continues_that_run_from_its_checkpoint(tmp_path, monkeypatch):
     """A real training run of two fits (common.train), killed in its second fit: the next
     invocation trains the first fit again (its checkpoint went when it finished), resumes the
     second from its checkpoint, and the check's results equal an uninterrupted check's."""
@@ -243,6 +243,7 @@ def test_a_check_killed_mid_run_continues_that_run_from_its_checkpoint(tmp_path)
 
     from lrm import LRModel, ModelConfig
 
+    monkeypatch.setenv("LRA_CLAIM_CHECKPOINTS", str(tmp_path / "checkpoints"))
     x = torch.randint(0, 8, (48, 12), generator=torch.Generator().manual_seed(0))
     y = x.roll(-1, dims=1)
     resumed_at: list[int] = []
@@ -293,3 +294,13 @@ def _killed_at(call: int):
             raise KeyboardInterrupt
 
     return hook
+
+
+def test_claim_checkpoints_live_under_runs_not_beside_a_store_in_docs(monkeypatch):
+    import common
+
+    monkeypatch.delenv("LRA_CLAIM_CHECKPOINTS", raising=False)
+    store = RunStore(common.REPO / "docs" / "claims" / "x_runs.jsonl", {}, fresh=True)
+    base = store.checkpoint_base("k")
+    assert base.parent == common.REPO / "runs" / "claims" / "checkpoints"
+    assert base.name.startswith("x_runs-") and base != store.checkpoint_base("k2")
