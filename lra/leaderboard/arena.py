@@ -415,7 +415,9 @@ def run(cells: list[dict[str, Any]], store: Path, *, jobs: int, timeout: float =
         bar = tqdm(total=0, unit="run", dynamic_ncols=True, desc="recall arena")
 
     def one(c: dict[str, Any]) -> dict[str, Any]:
-        c = {**c, **prov}
+        # the commit at launch: each run's process imports the code anew, so a sweep that
+        # spans commits records what each run trained with
+        c = {**c, **prov, "commit": git_commit(), "dirty": git_dirty()}
         ckpt = checkpoint_path(c)
         while True:
             before = ckpt.stat().st_mtime_ns if ckpt.is_file() else None

@@ -723,8 +723,11 @@ def run_grid(mixers: Sequence[str], tasks: Sequence[str], *, setting: str, quick
                       data_dir=data_dir, max_steps=max_steps, budget_minutes=budget_minutes,
                       runs_dir=runs_dir, overrides=overrides, timeout=timeout,
                       config_dir=config_dir, threads=threads,
+                      # the commit at launch: each run's process imports the code anew,
+                      # so a grid that spans commits records what each run trained with
                       extra={**extra, "data": data[spec["task"]],
-                             "extension": spec.get("extension")},
+                             "extension": spec.get("extension"), "commit": git_commit(),
+                             "dirty": git_dirty()},
                       recipe=recipe, lr=spec.get("lr"), seed=spec.get("seed"))
 
     def launch(todo: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -268,3 +268,15 @@ def test_the_state_plot_shows_the_tables_numbers(tmp_path):
     assert "70.0 (80.0 / 60.0)" in page
     arena.plot_state(recs, tmp_path / "s.png")
     assert (tmp_path / "s.png").stat().st_size > 1000
+
+
+def test_each_run_records_the_commit_it_was_launched_at(tmp_path, monkeypatch):
+    """A sweep runs for hours and its runs import the code anew: a commit made in between is
+    what the later runs train with, and their records say so."""
+    commits = iter(f"c{i}" for i in range(10))
+    monkeypatch.setattr(arena, "git_commit", lambda: next(commits))
+    monkeypatch.setattr(arena, "_launch", lambda c, t: {
+        **c, "status": "ok", "error": None, "acc": 0.5, "wall_s": 1, "loss_curve": []})
+    cells = [c for c in arena.grid(TINY, ["attention"])][:2]
+    recs = arena.run(cells, tmp_path / "runs.json", jobs=1, progress=False)
+    assert len({r["commit"] for r in recs}) == 2  # one per launch, not the sweep's start
