@@ -7,7 +7,6 @@ AdamW over :func:`lrm.optim.param_groups`, linear warmup then cosine decay.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 
 from lra.objective import IGNORE, cross_entropy, warmup_cosine
+from lra.resumable import save_atomic
 from lra.step_guard import StepGuard, grad_norm
 from lrm.optim import param_groups
 
@@ -39,14 +39,6 @@ def _fit_settings(inputs: torch.Tensor, **kw: Any) -> dict[str, Any]:
     """What a checkpoint must agree on to continue a run: the data's shape and the loop's
     settings (the weights' shapes are checked by ``load_state_dict``)."""
     return {"n_examples": int(inputs.shape[0]), "seq_len": int(inputs.shape[1]), **kw}
-
-
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Atomically: a run killed while writing keeps its previous checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(state, tmp)
-    tmp.replace(path)
 
 
 def fit(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, steps: int,
@@ -112,13 +104,13 @@ def fit(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, 
     t0 = time.time()
     for step in range(first, steps):
         if ckpt is not None and step > first and step % checkpoint_every == 0:
-            _save_checkpoint(ckpt, {
+            save_atomic({
                 "settings": settings, "step": step, "model": model.state_dict(),
                 "optimizer": opt.state_dict(), "generator": g.get_state(),
                 "torch_rng": torch.get_rng_state(), "guard": guard.state_dict(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 "order": order, "pos": pos, "losses": torch.tensor(losses, dtype=torch.float64),
-                "elapsed_s": elapsed + time.time() - t0})
+                "elapsed_s": elapsed + time.time() - t0}, ckpt)  # a kill mid-write keeps the last
         if pos + batch_size > len(order):
             order, pos = torch.randperm(len(inputs), generator=g), 0
         idx = order[pos:pos + batch_size]

@@ -4,16 +4,34 @@ Lightning saves the ``state_dict()`` of every train dataloader that has one in i
 and hands it back through ``load_state_dict()`` on resume. This loader's order is a pure
 function of (seed, epoch), and its state is the number of batches of the current epoch that
 were used for training, so after a resume the next batch is the one the killed run would have
-seen next.
+seen next. :func:`save_atomic` is the write every resumable file here goes through (the
+quick loop's checkpoints, the data caches).
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save(obj, path)`` so that a reader never sees a half-written file: written under
+    a temporary name of its own per writer (processes *and* threads may write the same file at
+    once; the last rename wins, all are whole), then renamed. A failed write leaves no
+    temporary file and raises."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}-{threading.get_ident()}.tmp")
+    try:
+        torch.save(obj, tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class EpochBatchSampler(Sampler[list[int]]):

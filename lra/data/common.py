@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import threading
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,7 +30,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lra.resumable import ResumableLoader
+from lra.resumable import ResumableLoader, save_atomic
 
 PAD_ID = 0
 LRA_RELEASE_URL = "https://storage.googleapis.com/long-range-arena/lra_release.gz"
@@ -179,21 +178,11 @@ def load_or_build(path: Path, build: Callable[[], dict[str, Any]]) -> dict[str, 
         except Exception as err:  # a truncated cache file: rebuild it
             warnings.warn(f"ignoring unreadable cache {path} ({err}); rebuilding it")
     data = build()
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # a temporary name of its own per writer: processes *and* threads (the leaderboard's
-        # parallel runs) may build the same cache at once; the last rename wins, all are whole
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}-{threading.get_ident()}.tmp")
-        torch.save(data, tmp)
-        tmp.replace(path)
-        tmp = None
+    try:  # the leaderboard's parallel runs may build the same cache at once
+        save_atomic(data, path)
     except OSError as err:
         warnings.warn(f"could not write the preprocessing cache {path} ({err}); continuing "
                       "without it (set cache_dir to a writable folder to make reloads fast)")
-    finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
     return data
 
 
