@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import hashlib
 import itertools
 import json
 import math
@@ -70,6 +69,7 @@ from typing import Any
 from lra.leaderboard.store import (
     REPO,
     add_runs,
+    checkpoint_file,
     device_name,
     git_commit,
     git_dirty,
@@ -194,8 +194,7 @@ def cell_key(c: dict[str, Any]) -> str:
 def checkpoint_path(c: dict[str, Any]) -> Path:
     """The checkpoint file of run ``c``: one per run key, under :data:`CHECKPOINTS` (or the
     folder in ``LRA_RECALL_CHECKPOINTS``), removed when the run's training ends."""
-    root = Path(os.environ.get("LRA_RECALL_CHECKPOINTS") or CHECKPOINTS)
-    return root / (hashlib.sha256(cell_key(c).encode()).hexdigest()[:20] + ".pt")
+    return checkpoint_file(cell_key(c), CHECKPOINTS, "LRA_RECALL_CHECKPOINTS")
 
 
 def cell_of(c: dict[str, Any]) -> str:
@@ -397,8 +396,9 @@ def run(cells: list[dict[str, Any]], store: Path, *, jobs: int, timeout: float =
     in: extensions at an end, then the other seeds on the best rate. Returns the new records."""
     from lra.leaderboard import sweep
 
-    prov = {"commit": git_commit(), "dirty": git_dirty(), "device": device_name(device),
-            "grid_command": command, "device_type": device or "cpu"}
+    # the commit is taken at each launch (one below): a run's process imports the code anew
+    prov = {"device": device_name(device), "grid_command": command,
+            "device_type": device or "cpu"}
     n_skip = sum(1 for c in cells if c.get("skip"))
     live = [c for c in cells if not c.get("skip")]
     done = {cell_key(r) for r in load_store(store) if r.get("status") == "ok"}
@@ -414,9 +414,14 @@ def run(cells: list[dict[str, Any]], store: Path, *, jobs: int, timeout: float =
         # the total grows as the sweep adds extensions and seeds
         bar = tqdm(total=0, unit="run", dynamic_ncols=True, desc="recall arena")
 
+    def say(msg: str) -> None:  # a line above the progress bar, or printed without one
+        if bar is not None:
+            bar.write(msg)
+        else:
+            print(msg, flush=True)
+
     def one(c: dict[str, Any]) -> dict[str, Any]:
-        # the commit at launch: each run's process imports the code anew, so a sweep that
-        # spans commits records what each run trained with
+        # so a sweep that spans commits records what each of its runs trained with
         c = {**c, **prov, "commit": git_commit(), "dirty": git_dirty()}
         ckpt = checkpoint_path(c)
         while True:
@@ -428,11 +433,7 @@ def run(cells: list[dict[str, Any]], store: Path, *, jobs: int, timeout: float =
             # hung: it goes on from its checkpoint; one that wrote none stays an error
             if not (timed_out and after is not None and after != before):
                 return rec
-            msg = f"{_label(c)}: timed out after {timeout:.0f} s; continuing from its checkpoint"
-            if bar is not None:
-                bar.write(msg)
-            else:
-                print(msg, flush=True)
+            say(f"{_label(c)}: timed out after {timeout:.0f} s; continuing from its checkpoint")
 
     def started(todo: list[dict[str, Any]]) -> None:
         if bar is not None:
@@ -445,12 +446,9 @@ def run(cells: list[dict[str, Any]], store: Path, *, jobs: int, timeout: float =
         what = (rec["error"] if rec["status"] != "ok" else
                 f"diverged (loss not finite from step {div})" if div is not None else
                 f"acc {rec['acc']:.3f}")
-        msg = f"{_label(c)}: {what} ({rec['wall_s']:.0f} s)"
+        say(f"{_label(c)}: {what} ({rec['wall_s']:.0f} s)")
         if bar is not None:
-            bar.write(msg)
             bar.update(1)
-        else:
-            print(msg, flush=True)
 
     try:
         if protocol is None:  # exactly the cells given

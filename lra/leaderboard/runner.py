@@ -713,8 +713,7 @@ def run_grid(mixers: Sequence[str], tasks: Sequence[str], *, setting: str, quick
                 data[task] = f"generation failed: {type(err).__name__}: {err}"
         else:
             data[task] = f"files in {repo_relative(data_dir)}"
-    extra = {"device": device_name(), "commit": git_commit(), "dirty": git_dirty(),
-             "grid_command": command,
+    extra = {"device": device_name(), "grid_command": command,  # the commit: at each launch
              "note": note, "threads": threads or _threads(), "recipe": recipe}
     overrides = overrides or {}
 

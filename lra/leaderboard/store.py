@@ -8,6 +8,7 @@ never drop each other's records. Paths inside the repository are stored relative
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -56,6 +57,14 @@ def save_store(path: str | Path, runs: list[dict[str, Any]]) -> None:
     tmp.write_text(json.dumps({"schema": STORE_SCHEMA, "runs": runs}, indent=1, default=str)
                    + "\n", encoding="utf-8")
     tmp.replace(p)
+
+
+def checkpoint_file(key: str, root: Path, env: str, *, stem: str = "") -> Path:
+    """Where the run with store key ``key`` keeps its checkpoint while it trains
+    (``lra.quick.fit``): under ``root``, or the folder in the environment variable ``env``,
+    named ``stem`` + a hash of the key."""
+    folder = Path(os.environ.get(env) or root)
+    return folder / f"{stem}{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
 
 
 def add_runs(path: str | Path, new: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -37,10 +37,8 @@ from __future__ import annotations
 
 import argparse
 import contextvars
-import hashlib
 import json
 import math
-import os
 import shlex
 import sys
 import threading
@@ -58,7 +56,7 @@ import torch  # noqa: E402  (after the path: this checkout's packages first)
 
 import lrm  # noqa: E402
 from lra.data.recall_tasks import mqar  # noqa: E402
-from lra.leaderboard.store import git_commit  # noqa: E402
+from lra.leaderboard.store import checkpoint_file, git_commit  # noqa: E402
 from lra.leaderboard.sweep import still_improving  # noqa: E402  (shared with the arena)
 from lra.quick import fit  # noqa: E402
 
@@ -130,7 +128,7 @@ def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, **fit_kwargs
     slot = _RUN_CHECKPOINT.get()
     if slot is not None and "checkpoint" not in fit_kwargs:
         base, begun = slot
-        fit_kwargs["checkpoint"] = base.with_name(f"{base.name}-{begun[0]}.pt")
+        fit_kwargs["checkpoint"] = base.with_name(f"{base.stem}-{begun[0]}.pt")
         begun[0] += 1
     t0 = time.time()
     losses = fit(model, x, y, **fit_kwargs)
@@ -234,13 +232,11 @@ class RunStore:
         return self._runs.get(key)
 
     def checkpoint_base(self, key: str) -> Path:
-        """Where the run ``key`` keeps its checkpoints while it trains (:func:`train`): under
-        ``runs/claims/checkpoints/`` (or ``LRA_CLAIM_CHECKPOINTS``), never beside a store kept
-        in ``docs/``."""
-        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-        root = Path(os.environ.get("LRA_CLAIM_CHECKPOINTS") or REPO / "runs" / "claims"
-                    / "checkpoints")
-        return root / f"{self.path.stem}-{digest}"
+        """Where the run ``key`` keeps its checkpoints while it trains (:func:`train` numbers
+        one file per fit after this name): under ``runs/claims/checkpoints/`` (or
+        ``LRA_CLAIM_CHECKPOINTS``), never beside a store kept in ``docs/``."""
+        return checkpoint_file(key, REPO / "runs" / "claims" / "checkpoints",
+                               "LRA_CLAIM_CHECKPOINTS", stem=f"{self.path.stem}-")
 
     def add(self, key: str, run: Run) -> None:
         rec = asdict(run)
