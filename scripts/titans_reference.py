@@ -55,12 +55,14 @@ REPO = Path(__file__).resolve().parents[1]
 STORE = REPO / "docs" / "recall_reference_runs.jsonl"
 
 
-def reference_config(d: int) -> dict[str, Any]:
-    """titans-pytorch's MAC transformer settings that match lrm's MAC model at width ``d``."""
+def reference_config(d: int, memory_layers: tuple[int, ...] = (1, 2)) -> dict[str, Any]:
+    """titans-pytorch's MAC transformer settings that match lrm's MAC model at width ``d``;
+    ``memory_layers=()`` leaves the neural memory out (the reference's segmented attention
+    alone, a control for its attention stack)."""
     head = min(32, d // 4)  # lrm's memory head width K
     return {"dim": d, "depth": 2, "segment_len": 64, "num_persist_mem_tokens": 4,
             "num_longterm_mem_tokens": 4, "heads": max(1, d // 64), "dim_head": min(d, 64),
-            "ff_mult": 4, "num_residual_streams": 1, "neural_memory_layers": (1, 2),
+            "ff_mult": 4, "num_residual_streams": 1, "neural_memory_layers": memory_layers,
             "neural_memory_kwargs": {"dim_head": head, "heads": d // head}}
 
 
@@ -127,15 +129,18 @@ def load(store: Path) -> dict[str, dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--cell", default="128:8:64", help="L:pairs:d of an MQAR cell")
-    ap.add_argument("--lr", type=float, nargs="+", default=[3e-3])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--lr", type=float, nargs="+", default=[3e-3], help="learning rates")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds")
     ap.add_argument("--steps", type=int, default=None,
                     help="default: the arena's step count for titans at this cell")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--store", type=Path, default=STORE)
-    ap.add_argument("--log-every", type=int, default=250)
+    ap.add_argument("--memory-layers", type=int, nargs="*", default=[1, 2],
+                    help="the layers (1-based) with a neural memory; none: attention alone")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--store", type=Path, default=STORE,
+                    help="run store, one JSON line per finished run")
+    ap.add_argument("--log-every", type=int, default=250, help="print the loss every N steps")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, a few steps; no store")
     a = ap.parse_args(argv)
     try:
@@ -150,10 +155,11 @@ def main(argv: list[str] | None = None) -> None:
     stored = {} if a.smoke else load(a.store)
     for lr in a.lr:
         for seed in a.seeds:
-            run = {"model": f"titans-pytorch {version('titans-pytorch')} MAC", "task": "mqar",
+            name = "MAC" if a.memory_layers else "MAC without memory"
+            run = {"model": f"titans-pytorch {version('titans-pytorch')} {name}", "task": "mqar",
                    "L": L, "kv": kv, "d": d, "vocab": arena.VOCAB, "batch": arena.BATCH,
                    "n_train": n_train, "n_test": n_test, "steps": steps, "lr": lr,
-                   "seed": seed, "config": reference_config(d)}
+                   "seed": seed, "config": reference_config(d, tuple(a.memory_layers))}
             key = run_key(run)
             label = f"{run['model']} L={L} kv={kv} d={d} lr={lr:g} seed={seed}, {steps} steps"
             if key in stored:
