@@ -58,6 +58,7 @@ import json
 import math
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -273,8 +274,7 @@ def _launch(c: dict[str, Any], timeout: float) -> dict[str, Any]:
                                    json.dumps(c), "--result", str(out)], cwd=str(REPO),
                                   env=env, capture_output=True, text=True, timeout=timeout)
             if proc.returncode != 0:
-                lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-                rec["error"] = f"exit {proc.returncode}: " + " | ".join(lines[-2:])[-400:]
+                rec["error"] = exit_error(proc.returncode, proc.stderr)
             elif out.is_file():
                 rec.update(json.loads(out.read_text()), status="ok")
             else:
@@ -283,6 +283,22 @@ def _launch(c: dict[str, Any], timeout: float) -> dict[str, Any]:
             rec["error"] = f"timeout: killed after {timeout:.0f} s"
     rec["wall_s"] = round(time.time() - t0, 1)
     return rec
+
+
+def exit_error(code: int, stderr: str) -> str:
+    """A failed child's error line: its exit code and the last two lines it printed; a child
+    killed by a signal (a negative code, which prints nothing) is named as stopped, since its
+    run resumes from its checkpoint when launched again."""
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    text = f"exit {code}: " + " | ".join(lines[-2:])[-400:]
+    if code < 0 and not lines:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        text = (f"stopped by {name} (exit {code}); launched again, it resumes from its last "
+                f"checkpoint")
+    return text
 
 
 # ============================================================================ the grid
@@ -529,6 +545,10 @@ def missing_runs(cells: list[dict[str, Any]], recs: list[dict[str, Any]]
     error, diverged, or left out by the grid; a cell whose sweep is not settled says so."""
     recs = current(recs) if any(r.get("version") for r in recs) else recs
     last_err = {cell_key(r): r.get("error") for r in recs if r.get("status") != "ok"}
+    for k, err in last_err.items():  # records written before exit_error named the signal
+        code, sep, rest = (err or "").partition(": ")
+        if sep and code.startswith("exit -") and not rest.strip():
+            last_err[k] = exit_error(int(code[5:]), "")
     ok = {cell_key(r) for r in recs if r.get("status") == "ok" and diverged(r) is None}
     for r in recs:
         step = diverged(r) if r.get("status") == "ok" else None

@@ -148,6 +148,25 @@ def test_a_run_of_some_mixers_keeps_the_others_missing_cells_on_the_page(tmp_pat
     assert f"{len(listed)} runs without a result:" in missing  # a short list is counted too
 
 
+def test_a_run_stopped_by_a_signal_is_named_as_stopped_not_as_a_bare_exit_code(monkeypatch):
+    """A child killed by SIGTERM prints nothing and exits -15: its error says it was stopped
+    and resumes, also for a record written before the error named the signal; a child that
+    failed keeps its exit code and last lines."""
+    import subprocess
+
+    (cell,) = [c for c in arena.grid(TINY, ["attention"]) if c["kind"] == "state"]
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(
+        a, -15, "", ""))
+    rec = arena._launch(cell, 10)
+    assert rec["status"] == "error" and rec["error"].startswith("stopped by SIGTERM")
+    assert "resumes" in rec["error"]
+    failed = arena.exit_error(1, "Traceback\nValueError: no such option\n")
+    assert failed == "exit 1: Traceback | ValueError: no such option"
+    old = {**cell, "status": "error", "error": "exit -15: "}
+    ((_, why),) = arena.missing_runs([cell], [old])
+    assert why.startswith("stopped by SIGTERM (exit -15)")
+
+
 def test_a_diverged_run_is_never_a_result_and_is_listed():
     """A run whose loss went NaN scores 0% (argmax of NaN logits): it must not enter the tables
     as a result, and the page must say it diverged."""
