@@ -27,9 +27,10 @@ batch, steps, seed and test) with ``titans_pytorch.MemoryAsContextTransformer`` 
 The reference's update has no soft clamp (lrm's default ``max_grad_norm = 3``), a LayerNorm and
 residual around the memory MLP (lrm's ``memory_norm_residual``, off by default) and per-token
 learned step sizes of its own form; those differences are what a gap between the two would
-point at. Every finished run is appended to the run store (default
-``docs/recall_reference_runs.jsonl``; a rerun of the same run reads it back), and a run in
-flight checkpoints every 250 steps under ``runs/recall_checkpoints/`` (a killed run resumes).
+point at. Every finished run goes into a run store (default
+``docs/recall_reference_runs.json``, the arena's store format; a rerun of the same run reads it
+back), and a run in flight checkpoints every 250 steps under ``runs/recall_checkpoints/`` (or
+``LRA_RECALL_CHECKPOINTS``; a killed run resumes).
 """
 
 from __future__ import annotations
@@ -49,10 +50,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lra import quick
 from lra.data import recall_tasks
 from lra.leaderboard import arena
-from lra.leaderboard.store import device_name
+from lra.leaderboard.store import add_runs, checkpoint_file, device_name, load_store
 
 REPO = Path(__file__).resolve().parents[1]
-STORE = REPO / "docs" / "recall_reference_runs.jsonl"
+STORE = REPO / "docs" / "recall_reference_runs.json"
 
 
 def reference_config(d: int, memory_layers: tuple[int, ...] = (1, 2)) -> dict[str, Any]:
@@ -86,45 +87,29 @@ def run_key(run: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(run, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def train(run: dict[str, Any], *, log_every: int) -> dict[str, Any]:
+def train(run: dict[str, Any], *, threads: int, log_every: int) -> dict[str, Any]:
     """One run of the cell with the reference model; returns its metrics."""
-    torch.set_num_threads(run["threads"])
+    torch.set_num_threads(threads)
     torch.manual_seed(run["seed"])
     kw = {"vocab_size": run["vocab"], "num_kv_pairs": run["kv"]}
     vocab = recall_tasks.vocab_size_of("mqar", **kw)
     x, y = recall_tasks.make("mqar", run["n_train"], run["L"], seed=run["seed"], **kw)
     model = build_reference(vocab, run["config"])
-    ckpt = arena.CHECKPOINTS / f"reference-{run_key(run)}.pt"
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    ckpt = checkpoint_file(run_key(run), arena.CHECKPOINTS, "LRA_RECALL_CHECKPOINTS",
+                           stem="reference-")
     losses = quick.fit(model, x, y, steps=run["steps"], batch_size=run["batch"], lr=run["lr"],
                        seed=run["seed"], checkpoint=ckpt, log_every=log_every)
     xt, yt = recall_tasks.make("mqar", run["n_test"], run["L"], seed=10_000 + run["seed"], **kw)
-    every = max(1, len(losses) // 20)
     return {
         "acc": quick.accuracy(model, xt, yt, batch_size=16),
         "acc_by_position": quick.accuracy_by_position(model, xt, yt, n_bins=4, batch_size=16),
         "params": sum(p.numel() for p in model.parameters()),
-        "loss_curve": [[i + 1, round(sum(losses[i:i + every]) / len(losses[i:i + every]), 4)]
-                       for i in range(0, len(losses), every)],
+        "loss_curve": arena.loss_curve(losses),
         "final_loss": sum(losses[-20:]) / len(losses[-20:]),
         "skipped_steps": losses.skipped_steps,
         "fit_s": round(losses.elapsed_s, 1),
         **({"resumed_at_step": losses.resumed_at} if losses.resumed_at else {}),
     }
-
-
-def load(store: Path) -> dict[str, dict[str, Any]]:
-    if not store.is_file():
-        return {}
-    out = {}
-    for n, line in enumerate(store.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SystemExit(f"{store}:{n} is not a JSON line ({e}); fix or remove it") from e
-            out[rec["key"]] = rec
-    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -138,8 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--memory-layers", type=int, nargs="*", default=[1, 2],
                     help="the layers (1-based) with a neural memory; none: attention alone")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
-    ap.add_argument("--store", type=Path, default=STORE,
-                    help="run store, one JSON line per finished run")
+    ap.add_argument("--store", type=Path, default=STORE, help="the run store (JSON)")
     ap.add_argument("--log-every", type=int, default=250, help="print the loss every N steps")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, a few steps; no store")
     a = ap.parse_args(argv)
@@ -152,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.smoke:
         L, kv, d, steps, n_train, n_test = 128, 8, 32, 3, 64, 16
     from importlib.metadata import version
-    stored = {} if a.smoke else load(a.store)
+    stored = {} if a.smoke else {r["key"]: r for r in load_store(a.store)}
     for lr in a.lr:
         for seed in a.seeds:
             name = "MAC" if a.memory_layers else "MAC without memory"
@@ -167,15 +151,13 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{label}: acc {r['acc']:.3f} (from the store)")
                 continue
             t0 = time.time()
-            res = train({**run, "threads": a.threads}, log_every=a.log_every)
+            res = train(run, threads=a.threads, log_every=a.log_every)
             by_pos = " / ".join(f"{v:.2f}" for v in res["acc_by_position"])
             print(f"{label}: acc {res['acc']:.3f}, by quarter {by_pos}, final loss "
                   f"{res['final_loss']:.3f}, {res['params']} parameters, {time.time() - t0:.0f} s",
                   flush=True)
             if not a.smoke:
-                with a.store.open("a") as f:
-                    f.write(json.dumps({"key": key, **run, **res,
-                                        "device": device_name()}) + "\n")
+                add_runs(a.store, [{"key": key, **run, **res, "device": device_name()}])
 
 
 if __name__ == "__main__":

@@ -241,19 +241,25 @@ def run_cell(c: dict[str, Any]) -> dict[str, Any]:
     # where in the sequence the answers were right: quarters of L at the training length
     by_pos = quick.accuracy_by_position(model, tests[L][0].to(dev), tests[L][1].to(dev),
                                         n_bins=4, batch_size=16)
-    every = max(1, len(losses) // 20)
     return {
         "acc": acc[str(L)], "acc_by_length": acc, "acc_by_position": by_pos,
         "params": sum(p.numel() for p in model.parameters()),
         "state_size": [int(b.mixer.state_size(L)) for b in model.blocks],
         "mixer_options": _mixer_options(model.blocks[0].mixer),
-        "loss_curve": [[i + 1, round(sum(losses[i:i + every]) / len(losses[i:i + every]), 4)]
-                       for i in range(0, len(losses), every)],
+        "loss_curve": loss_curve(losses),
         "final_loss": sum(losses[-20:]) / len(losses[-20:]),
         "diverged_at": next((i + 1 for i, v in enumerate(losses) if not math.isfinite(v)), None),
         "fit_s": round(losses.elapsed_s, 1),  # every sitting's, for a resumed run
         **({"resumed_at_step": losses.resumed_at} if losses.resumed_at else {}),
     }
+
+
+def loss_curve(losses: Sequence[float], points: int = 20) -> list[list[float]]:
+    """The training losses as about ``points`` [first step, mean loss] pairs, each the mean
+    of an equal run of steps: what a run record keeps of its curve."""
+    every = max(1, len(losses) // points)
+    return [[i + 1, round(sum(losses[i:i + every]) / len(losses[i:i + every]), 4)]
+            for i in range(0, len(losses), every)]
 
 
 def _child(cell_json: str, out: str) -> None:
@@ -290,15 +296,13 @@ def exit_error(code: int, stderr: str) -> str:
     killed by a signal (a negative code, which prints nothing) is named as stopped, since its
     run resumes from its checkpoint when launched again."""
     lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
-    text = f"exit {code}: " + " | ".join(lines[-2:])[-400:]
-    if code < 0 and not lines:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        text = (f"stopped by {name} (exit {code}); launched again, it resumes from its last "
-                f"checkpoint")
-    return text
+    if lines or code >= 0:
+        return f"exit {code}: " + " | ".join(lines[-2:])[-400:]
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    return f"stopped by {name} (exit {code}); launched again, it resumes from its last checkpoint"
 
 
 # ============================================================================ the grid

@@ -30,7 +30,12 @@ def load_store(path: str | Path) -> list[dict[str, Any]]:
     p = Path(path)
     if not p.is_file():
         return []
-    data = json.loads(p.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"the run store {p} is not valid JSON ({e}); restore it (from git, "
+                         f"where it is committed) or move it aside to start an empty "
+                         f"store") from e
     if isinstance(data, list):  # tolerate a bare list
         return data
     return list(data.get("runs", []))

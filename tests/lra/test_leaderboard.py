@@ -22,6 +22,14 @@ def _rec(mixer, task, setting="quick", date="2026-01-01T00:00:00", test=0.5, **k
     return base
 
 
+def test_a_damaged_store_is_refused_with_what_to_do(tmp_path):
+    store = tmp_path / "runs.json"
+    lb.add_runs(store, [_rec("attention", "listops")])
+    store.write_text(store.read_text()[:-20])  # cut short, as a killed copy would leave it
+    with pytest.raises(ValueError, match=r"runs\.json is not valid JSON .*move it aside"):
+        lb.load_store(store)
+
+
 def test_store_merges_without_losing_rows(tmp_path):
     store = tmp_path / "runs.json"
     old = _rec("attention", "listops", test=0.30, date="2026-01-01T00:00:00")

@@ -4,13 +4,12 @@ the arena's cell, and a stored run read back rather than trained again."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from _helpers import load_script
 
 import lrm
+from lra.leaderboard.store import load_store
 
 pytest.importorskip("titans_pytorch")
 
@@ -44,11 +43,12 @@ def test_every_reference_parameter_is_updated_by_adamw():
 
 def test_a_run_is_stored_and_then_read_back(tmp_path, monkeypatch, capsys):
     tr = load_script("titans_reference")
-    store = tmp_path / "runs.jsonl"
+    store = tmp_path / "runs.json"
     monkeypatch.setattr(tr.arena, "CHECKPOINTS", tmp_path / "ckpt")
+    monkeypatch.delenv("LRA_RECALL_CHECKPOINTS", raising=False)
     argv = ["--cell", "64:4:32", "--steps", "2", "--lr", "1e-3", "--store", str(store)]
     tr.main(argv)
-    (rec,) = [json.loads(line) for line in store.read_text().splitlines()]
+    (rec,) = load_store(store)
     assert (rec["L"], rec["kv"], rec["d"], rec["steps"], rec["lr"]) == (64, 4, 32, 2, 1e-3)
     assert rec["n_train"] == 64 and rec["batch"] == 32 and 0.0 <= rec["acc"] <= 1.0
     assert len(rec["acc_by_position"]) == 4 and rec["config"]["dim"] == 32
