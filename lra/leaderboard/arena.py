@@ -549,10 +549,6 @@ def missing_runs(cells: list[dict[str, Any]], recs: list[dict[str, Any]]
     error, diverged, or left out by the grid; a cell whose sweep is not settled says so."""
     recs = current(recs) if any(r.get("version") for r in recs) else recs
     last_err = {cell_key(r): r.get("error") for r in recs if r.get("status") != "ok"}
-    for k, err in last_err.items():  # records written before exit_error named the signal
-        code, sep, rest = (err or "").partition(": ")
-        if sep and code.startswith("exit -") and not rest.strip():
-            last_err[k] = exit_error(int(code[5:]), "")
     ok = {cell_key(r) for r in recs if r.get("status") == "ok" and diverged(r) is None}
     for r in recs:
         step = diverged(r) if r.get("status") == "ok" else None
