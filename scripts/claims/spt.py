@@ -4,6 +4,7 @@ makes tasks learnable where scratch training stays at chance.
 
     python scripts/claims/spt.py --tasks listops --jobs 3 --out docs/claims/spt_run.md
     python scripts/claims/spt.py --tasks pathfinder --jobs 3        # see "To run": a GPU check
+    python scripts/claims/spt.py --tasks pathfinder-easy-bn --jobs 1 # ~40 min a run, one thread
     python scripts/claims/spt.py --smoke                            # the plumbing, ~1 minute
 
 For each task x mixer two kinds of run of the real harness, each run a child process with one
@@ -22,13 +23,17 @@ training still predicts one class cannot tell SPT's lift from noise, and the che
 "redesign needed". Claim: SPT's test accuracy is above scratch's by 2 points on both seeds, for
 every mixer (some mixers: holds in part).
 
-Tasks (generated into ``--data-dir`` with ``lra generate`` when missing, sizes below): ListOps
-with short expressions (attention, s4d, gdn; scratch leaves the majority class within 200
-steps on CPU) and Pathfinder-32 at contour length 6, LRA's easiest split (s4d, attention; on
-CPU no budget tried so far lets scratch training leave the majority class, so the control
-decides whether a run on a faster machine can). Models: the quick configs
-(configs/lra/quick/<task>.yaml: bidirectional, 2 layers, layer norm) at d_model 32, composed
-with configs/model/<mixer>.yaml.
+Tasks (generated into ``--data-dir`` with ``lra generate`` when missing, sizes in ``TASKS``):
+ListOps with short expressions (attention, s4d, gdn; scratch leaves the majority class within
+200 steps on CPU); Pathfinder-32 at contour length 6, LRA's easiest split (s4d, attention; on
+CPU no budget tried lets scratch training leave the majority class, so the control decides
+whether a run on a faster machine can); and ``pathfinder-easy-bn``, the leaderboard's setting
+of that name (contour length 6 without distractor paths, 80000 images, d_model 64, BatchNorm;
+s4d), the first generated Pathfinder that scratch training leaves chance on with a CPU, at
+N = 3000, P = 1000 (about 40 minutes a run on one thread). Models: the quick configs
+(configs/lra/quick/<task>.yaml: bidirectional, 2 layers, layer norm) at d_model 32 unless the
+task sets its own, composed with configs/model/<mixer>.yaml. ``--smoke`` generates a few
+hundred examples into ``<data-dir>/smoke``.
 """
 
 from __future__ import annotations
@@ -80,6 +85,19 @@ TASKS: dict[str, dict[str, Any]] = {
         "mixers": ["s4d", "attention"],
         "steps": 2000, "pretrain": 600,
     },
+    # the leaderboard's `pathfinder-easy-bn` (lra/leaderboard/runner.py): the first generated
+    # Pathfinder that scratch training leaves chance on with a CPU (S4D 62.3 / 60.0% test after
+    # about 3000 steps), the same data, model width, depth and BatchNorm; its own data folder,
+    # since the loader takes any generated contour set it finds there
+    "pathfinder-easy-bn": {
+        "task": "pathfinder", "subdir": "pathfinder-easy",
+        "generate": ["--resolution", "32", "--contour-length", "6", "--distractors", "0",
+                     "--n-images", "80000", "--per-batch", "1000"],
+        "data": {"contour_length": 6, "distractors": 0, "batch_size": 32},
+        "model": {"d_model": 64, "norm": "batchnorm"},
+        "mixers": ["s4d"],
+        "steps": 3000, "pretrain": 1000,
+    },
 }
 LRS = (1e-3, 3e-3, 1e-2)
 LIFT = 0.02  # SPT's test accuracy above scratch's, on both seeds
@@ -130,13 +148,14 @@ def chain(task: str, mixer: str, spt: bool, *, lr: float, seed: int, steps: int,
     """One run: scratch (fit N) or SPT (pretrain P, fit N - P) at fine-tuning rate ``lr``; then
     test the last weights. Scores: best validation and test accuracy; the curve is the
     validation error along the whole budget."""
-    spec = TASKS[task]
+    spec, lra_task = TASKS[task], lra_task_of(task)
     cwd = out / f"{task}-{mixer}-{'spt' if spt else 'scratch'}-lr{lr:g}-seed{seed}"
     cwd.mkdir(parents=True, exist_ok=True)
-    base = ["--config", str(REPO / "configs" / "lra" / "quick" / f"{task}.yaml")]
+    base = ["--config", str(REPO / "configs" / "lra" / "quick" / f"{lra_task}.yaml")]
     common = ["--config", str(REPO / "configs" / "model" / f"{mixer}.yaml"),
-              "--data.init_args.data_dir", str(data_dir), "--model.model.d_model", "32",
-              "--seed_everything", str(seed)]
+              "--data.init_args.data_dir", str(data_dir), "--seed_everything", str(seed)]
+    for k, v in {"d_model": 32, **spec.get("model", {})}.items():
+        common += [f"--model.model.{k}", str(v)]
     for k, v in spec["data"].items():
         common += [f"--data.init_args.{k}", str(v)]
 
@@ -149,7 +168,7 @@ def chain(task: str, mixer: str, spt: bool, *, lr: float, seed: int, steps: int,
     pre_run, run = cwd / "runs" / "pretrain" / "version_0", cwd / "runs" / "lra" / "version_0"
     commands, fit_steps, init = [], steps, []
     if spt:
-        pre_cfg = ["--config", str(REPO / "configs" / "pretrain" / "quick" / f"{task}.yaml")]
+        pre_cfg = ["--config", str(REPO / "configs" / "pretrain" / "quick" / f"{lra_task}.yaml")]
         commands.append(["pretrain", *base, *pre_cfg, *common, *budget(pretrain)])
         init = ["--model.init_from", str(pre_run / "checkpoints" / "last.ckpt")]
         fit_steps = steps - pretrain
@@ -168,19 +187,46 @@ def chain(task: str, mixer: str, spt: bool, *, lr: float, seed: int, steps: int,
     return Run(scores, [(s + 1 + offset, 1 - a) for s, a in val], sum(walls))
 
 
-def ensure_data(data_dir: Path, tasks: list[str]) -> None:
+def lra_task_of(task: str) -> str:
+    """The LRA task (``lra generate`` / data module / quick config) a check's task runs."""
+    return TASKS[task].get("task", task)
+
+
+def data_dir_of(task: str, data_dir: Path) -> Path:
+    return data_dir / TASKS[task]["subdir"] if "subdir" in TASKS[task] else data_dir
+
+
+def ensure_data(data_dir: Path, tasks: list[str], *, smoke: bool = False) -> None:
+    """Generate each task's data unless it is there; ``smoke``: a few hundred images or
+    expressions instead (the sizes are in the check's name, so smoke runs never mix with real
+    ones in a store)."""
     from lra.leaderboard.runner import ensure_generated
 
     for task in tasks:
-        ensure_generated(task, data_dir, TASKS[task]["generate"])
+        args = list(TASKS[task]["generate"])
+        if smoke:
+            args = _small(args)
+        ensure_generated(lra_task_of(task), data_dir_of(task, data_dir), args)
+
+
+SMOKE_SIZES = {"--n-images": "300", "--per-batch": "100", "--n-train": "200", "--n-val": "50",
+               "--n-test": "50"}
+
+
+def _small(args: list[str]) -> list[str]:
+    out = list(args)
+    for i, a in enumerate(out[:-1]):
+        if a in SMOKE_SIZES:
+            out[i + 1] = SMOKE_SIZES[a]
+    return out
 
 
 def majority(task: str, data_dir: Path) -> tuple[float, list[int]]:
     """Majority-class accuracy on the test split and the split sizes."""
     import lra.data as D
 
-    cls = {"pathfinder": D.PathfinderDataModule, "listops": D.ListOpsDataModule}[task]
-    dm = cls(data_dir=str(data_dir), **TASKS[task]["data"])
+    cls = {"pathfinder": D.PathfinderDataModule, "listops": D.ListOpsDataModule}[lra_task_of(task)]
+    dm = cls(data_dir=str(data_dir_of(task, data_dir)), **TASKS[task]["data"])
     dm.setup("test")
     t = dm.datasets["test"].targets
     return (float(t.bincount().max()) / t.numel(),
@@ -198,9 +244,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tasks", nargs="+", default=["listops"], choices=list(TASKS),
                    help="LRA tasks to check")
     p.add_argument("--steps", type=int, default=None,
-                   help="total steps N (default: per task, listops 1000, pathfinder 2000)")
+                   help="total steps N (default: per task, listops 1000, pathfinder 2000, "
+                   "pathfinder-easy-bn 3000)")
     p.add_argument("--pretrain", type=int, default=None,
-                   help="pretraining steps P of SPT (default: per task, 300 / 600)")
+                   help="pretraining steps P of SPT (default: per task, 300 / 600 / 1000)")
     p.add_argument("--mixers", nargs="+", default=None,
                    help="mixers to run (default: the task's; the first one's scratch runs are "
                    "the control)")
@@ -213,9 +260,10 @@ def main(argv: list[str] | None = None) -> None:
     command = "python scripts/claims/spt.py " + shlex.join(sys.argv[1:] if argv is None
                                                              else argv)
     t0 = time.time()
-    if args.smoke:
+    if args.smoke:  # small data in a folder of its own: a real run must never find it
         args.steps, args.pretrain, args.max_extend = 4, 2, 0
-    ensure_data(args.data_dir, args.tasks)
+        args.data_dir = args.data_dir / "smoke"
+    ensure_data(args.data_dir, args.tasks, smoke=args.smoke)
     store = run_store(args)  # finished runs are read back: a stopped check resumes
     out_dir = args.runs_dir / time.strftime("%Y%m%d-%H%M%S")
     parts = []
@@ -230,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
         def train(label: str, lr: float, seed: int, task=task, n=n, pre=pre) -> Run:
             mixer, kind = label.split(" ")
             return chain(task, mixer, kind == "SPT", lr=lr, seed=seed, steps=n, pretrain=pre,
-                         data_dir=args.data_dir.resolve(), out=out_dir)
+                         data_dir=data_dir_of(task, args.data_dir).resolve(), out=out_dir)
 
         models = [f"{m} {kind}" for m in mixers for kind in ("scratch", "SPT")]
         # the split sizes are in the name, so runs on other data are never read back
@@ -245,7 +293,8 @@ def main(argv: list[str] | None = None) -> None:
             seeds=args.seeds, metric="val", max_extend=args.max_extend, jobs=args.jobs,
             store=store)
         res = run_check(check)
-        parts.append(f"Data: `lra generate {task} {' '.join(spec['generate'])}` "
+        gen = _small(spec["generate"]) if args.smoke else spec["generate"]
+        parts.append(f"Data: `lra generate {lra_task_of(task)} {' '.join(gen)}` "
                      f"({sizes[0]}/{sizes[1]}/{sizes[2]} train/val/test), majority class of "
                      f"the test set {100 * maj:.1f}%; the learning curves are validation "
                      "error.\n\n" + render(res, ["test", "val", "pretrain token acc"]))

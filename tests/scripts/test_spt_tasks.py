@@ -1,0 +1,83 @@
+"""scripts/claims/spt.py's tasks: the `pathfinder-easy-bn` variant runs the leaderboard setting's
+model and data through the real `lra` commands, and a smoke run's small data never lands where a
+real run would find it (the Pathfinder loader takes any generated set in its folder)."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import sys
+from pathlib import Path
+
+import pytest
+
+CLAIMS = Path(__file__).resolve().parents[2] / "scripts" / "claims"
+
+
+def _spt():
+    sys.path.insert(0, str(CLAIMS))
+    spec = importlib.util.spec_from_file_location("claims_spt_tasks", CLAIMS / "spt.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _opts(cmd: list[str]) -> dict[str, str]:
+    """The last value of every --option in one lra command (later ones win, as in the CLI)."""
+    return {a: b for a, b in itertools.pairwise(cmd) if a.startswith("--")}
+
+
+def test_the_easy_bn_variant_runs_the_leaderboard_setting_through_pretrain_fit_and_test(
+        monkeypatch, tmp_path):
+    from lra.leaderboard.runner import SETTINGS
+
+    spt = _spt()
+    seen = []
+    monkeypatch.setattr(spt, "_run", lambda cmds, cwd, log: seen.extend(cmds) or [1.0] * len(cmds))
+    spt.chain("pathfinder-easy-bn", "s4d", True, lr=3e-3, seed=1, steps=3000, pretrain=1000,
+              data_dir=tmp_path, out=tmp_path / "out")
+    pre, fit, test = seen
+    assert [pre[0], fit[0], test[0]] == ["pretrain", "fit", "test"]
+    assert pre[2].endswith("configs/lra/quick/pathfinder.yaml")  # the LRA task's quick config
+    bn = SETTINGS["pathfinder-easy-bn"]["overrides"]
+    for cmd, steps in ((pre, "1000"), (fit, "2000")):  # N - P steps of fine-tuning
+        o = _opts(cmd)
+        assert o["--model.model.d_model"] == str(bn["model"]["model"]["d_model"])
+        assert o["--model.model.norm"] == bn["model"]["model"]["norm"] == "batchnorm"
+        assert o["--data.init_args.distractors"] == "0"
+        assert o["--data.init_args.contour_length"] == "6"
+        assert o["--trainer.max_steps"] == steps and o["--seed_everything"] == "1"
+    assert _opts(fit)["--model.lr"] == "0.003"
+    assert _opts(fit)["--model.init_from"].endswith("pretrain/version_0/checkpoints/last.ckpt")
+    # the other tasks keep d_model 32 and their own configs
+    seen.clear()
+    spt.chain("listops", "s4d", False, lr=1e-3, seed=0, steps=10, pretrain=5,
+              data_dir=tmp_path, out=tmp_path / "out")
+    assert _opts(seen[0])["--model.model.d_model"] == "32" and "--model.model.norm" not in seen[0]
+
+
+def test_smoke_data_is_small_and_kept_apart_from_the_real_data(monkeypatch, tmp_path):
+    import lra.leaderboard.runner as runner
+
+    spt = _spt()
+    calls = []
+    monkeypatch.setattr(runner, "ensure_generated", lambda *a: calls.append(a))
+    spt.ensure_data(tmp_path, ["pathfinder-easy-bn", "listops"])
+    spt.ensure_data(tmp_path / "smoke", ["pathfinder-easy-bn"], smoke=True)
+    (t1, d1, a1), (t2, d2, _), (_, d3, a3) = calls
+    assert (t1, d1) == ("pathfinder", tmp_path / "pathfinder-easy") and "80000" in a1
+    assert (t2, d2) == ("listops", tmp_path)  # the original tasks keep their folders
+    assert d3 == tmp_path / "smoke" / "pathfinder-easy"
+    assert a3[a3.index("--n-images") + 1] == "300" and "--distractors" in a3
+    # main's --smoke moves the data folder aside before generating anything
+    class Stop(Exception):
+        pass
+
+    def stop(data_dir, tasks, smoke):
+        raise Stop(data_dir)
+
+    monkeypatch.setattr(spt, "ensure_data", stop)
+    with pytest.raises(Stop) as seen:
+        spt.main(["--smoke", "--tasks", "pathfinder-easy-bn", "--data-dir", str(tmp_path),
+                  "--store", str(tmp_path / "s.jsonl")])
+    assert seen.value.args == (tmp_path / "smoke",)
