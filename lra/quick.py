@@ -8,6 +8,7 @@ AdamW over :func:`lrm.optim.param_groups`, linear warmup then cosine decay.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,9 @@ def fit(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, 
         batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 0.1,
         warmup: int | None = None, seed: int = 0, log_every: int = 0,
         grad_clip: float = 1.0, checkpoint: str | Path | None = None,
-        checkpoint_every: int = CHECKPOINT_EVERY) -> Losses:
+        checkpoint_every: int = CHECKPOINT_EVERY,
+        on_progress: Callable[[int, float], None] | None = None,
+        progress_every: int = 50) -> Losses:
     """Train an LM-head model on (inputs, targets) for ``steps`` steps; returns the losses.
 
     Batches are drawn by seeded shuffling, epoch after epoch. ``log_every`` > 0 prints the loss.
@@ -58,11 +61,16 @@ def fit(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, 
     the file continues from it, and the run ends exactly as it would have without the
     interruption (tested bit for bit on CPU). The file is removed when the run finishes. It is
     loaded with ``weights_only=True``; one written for other data or settings is an error.
+
+    ``on_progress(step, loss)``: called every ``progress_every`` steps and after the last, with
+    the number of steps done and the mean training loss of the last ``progress_every`` steps
+    (how the recall arena shows a run in flight).
     """
     if inputs.shape != targets.shape:
         raise ValueError(f"inputs {tuple(inputs.shape)} and targets {tuple(targets.shape)} differ")
-    if checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    if checkpoint_every < 1 or progress_every < 1:
+        raise ValueError(f"checkpoint_every and progress_every must be >= 1, got "
+                         f"{checkpoint_every} and {progress_every}")
     warmup = max(1, steps // 10) if warmup is None else warmup
     opt = torch.optim.AdamW(param_groups(model, lr=lr, weight_decay=weight_decay),
                             betas=(0.9, 0.98))
@@ -129,6 +137,9 @@ def fit(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, 
         if guard.allows(bool(torch.isfinite(norm)), step):
             opt.step()
         losses.append(loss.item())
+        if on_progress is not None and ((step + 1) % progress_every == 0 or step == steps - 1):
+            recent = losses[-progress_every:]
+            on_progress(step + 1, sum(recent) / len(recent))
         if log_every and (step % log_every == 0 or step == steps - 1):
             print(f"step {step:5d}  loss {loss.item():.4f}  {time.time() - t0:6.1f}s", flush=True)
     losses.skipped_steps = guard.skipped

@@ -32,7 +32,9 @@ does it **extrapolate**.
 
 Every run is one child process (``python -m lra.leaderboard.arena --cell JSON``) with one
 torch thread and a timeout; ``--jobs`` runs at once (default: the machine's cores), on
-``--device`` (several share one GPU). A finished run's record goes into the store at once,
+``--device`` (several share one GPU). While they train, the progress bar names the runs in
+flight with their step, recent training loss, seconds per step and time left (each child keeps
+a small progress file that the parent reads every ``POLL_S`` seconds). A finished run's record goes into the store at once,
 atomically, and re-running the same command skips every run the store already holds (keyed
 by every option that changes it, lr and seed included, and the grid's version). A run in flight
 keeps a checkpoint every 250 steps (:func:`checkpoint_path`, under ``runs/recall_checkpoints/``),
@@ -62,8 +64,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -211,8 +214,9 @@ def _mixer_options(mixer: Any) -> dict[str, Any]:
             if not k.startswith("_") and k != "training" and isinstance(v, (int, float, bool, str))}
 
 
-def run_cell(c: dict[str, Any]) -> dict[str, Any]:
-    """Train one model and test it (in the calling process); returns the metrics."""
+def run_cell(c: dict[str, Any], progress: Path | None = None) -> dict[str, Any]:
+    """Train one model and test it (in the calling process); returns the metrics. ``progress``:
+    a file kept up to date while it trains (:func:`write_progress`)."""
     import torch
 
     import lrm
@@ -231,8 +235,21 @@ def run_cell(c: dict[str, Any]) -> dict[str, Any]:
                                         vocab_size=vocab, head="lm",
                                         mixer_kwargs=c.get("mixer_kwargs") or {},
                                         **(c.get("model_kwargs") or {}))).to(dev)
+    report = None
+    if progress is not None:
+        t0 = time.time()
+        last = {"step": None, "t": t0}
+
+        def report(step: int, loss: float) -> None:
+            now = time.time()  # seconds per step over this sitting's steps since the last call
+            per = (now - last["t"]) / (step - last["step"]) if last["step"] is not None else None
+            last.update(step=step, t=now)
+            write_progress(progress, {"step": step, "steps": c["steps"], "loss": loss,
+                                      "s_per_step": per})
+
     losses = quick.fit(model, x.to(dev), y.to(dev), steps=c["steps"], batch_size=c["batch"],
-                       lr=c["lr"], seed=c["seed"], checkpoint=checkpoint_path(c))
+                       lr=c["lr"], seed=c["seed"], checkpoint=checkpoint_path(c),
+                       on_progress=report)
     lengths = [L, *c.get("eval_lengths", [])]
     tests = recall_tasks.extrapolation_sets(task, c["n_test"], lengths,
                                             seed=10_000 + c["seed"], **kw)
@@ -262,31 +279,71 @@ def loss_curve(losses: Sequence[float], points: int = 20) -> list[list[float]]:
             for i in range(0, len(losses), every)]
 
 
-def _child(cell_json: str, out: str) -> None:
-    res = run_cell(json.loads(cell_json))
+def write_progress(path: Path, info: dict[str, Any]) -> None:
+    """A run's progress (steps done, steps, recent loss, seconds per step) as a small JSON
+    file, replaced atomically so the parent never reads half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, path)
+
+
+def read_progress(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):  # not written yet
+        return None
+
+
+def _child(cell_json: str, out: str, progress: str | None = None) -> None:
+    res = run_cell(json.loads(cell_json), Path(progress) if progress else None)
     Path(out).write_text(json.dumps(res))
 
 
-def _launch(c: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """Run one cell in a child process; always returns a record (status ok or error)."""
+POLL_S = 2.0  # how often the parent looks at a run's progress file
+
+
+def _launch(c: dict[str, Any], timeout: float,
+            on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run one cell in a child process; always returns a record (status ok or error).
+    ``on_progress(info)`` gets the child's progress (:func:`write_progress`) as it changes."""
     rec = {**c, "date": _dt.datetime.now().isoformat(timespec="seconds"), "status": "error",
            "error": None}
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "result.json"
+        out, prog, err = (Path(tmp) / n for n in ("result.json", "progress.json", "stderr"))
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-        try:
-            proc = subprocess.run([sys.executable, "-m", "lra.leaderboard.arena", "--cell",
-                                   json.dumps(c), "--result", str(out)], cwd=str(REPO),
-                                  env=env, capture_output=True, text=True, timeout=timeout)
-            if proc.returncode != 0:
-                rec["error"] = exit_error(proc.returncode, proc.stderr)
-            elif out.is_file():
-                rec.update(json.loads(out.read_text()), status="ok")
-            else:
-                rec["error"] = "the cell wrote no result"
-        except subprocess.TimeoutExpired:
+        with open(err, "w", encoding="utf-8") as err_f:
+            proc = subprocess.Popen([sys.executable, "-m", "lra.leaderboard.arena", "--cell",
+                                     json.dumps(c), "--result", str(out), "--progress",
+                                     str(prog)], cwd=str(REPO), env=env,
+                                    stdout=subprocess.DEVNULL, stderr=err_f)
+            seen = None
+            try:
+                while True:
+                    try:
+                        code = proc.wait(timeout=POLL_S)
+                        break
+                    except subprocess.TimeoutExpired:
+                        if time.time() - t0 > timeout:
+                            proc.kill()
+                            proc.wait()
+                            code = None
+                            break
+                        info = read_progress(prog) if on_progress is not None else None
+                        if info is not None and info != seen:
+                            seen = info
+                            on_progress(info)
+            except BaseException:  # as subprocess.run: the child does not outlive its parent
+                proc.kill()
+                raise
+        if code is None:
             rec["error"] = f"timeout: killed after {timeout:.0f} s"
+        elif code != 0:
+            rec["error"] = exit_error(code, err.read_text(encoding="utf-8", errors="replace"))
+        elif out.is_file():
+            rec.update(json.loads(out.read_text()), status="ok")
+        else:
+            rec["error"] = "the cell wrote no result"
     rec["wall_s"] = round(time.time() - t0, 1)
     return rec
 
@@ -408,6 +465,28 @@ def _label(c: dict[str, Any]) -> str:
             + (f" (sweep extended {c['extension']})" if c.get("extension") else ""))
 
 
+MAX_SHOWN = 2  # runs in flight named after the progress bar (the rest are counted)
+
+
+def _short_label(c: dict[str, Any]) -> str:
+    cell = f"{c['L']}:{c['kv']}:{c['d']}" if c["task"] == "mqar" else f"{c['task']} L={c['L']}"
+    return (f"{c['mixer']} {cell} lr={c['lr']:g}"
+            + (f" seed={c['seed']}" if c.get("seed") else ""))
+
+
+def progress_text(info: dict[str, Any]) -> str:
+    """``step 3000/6000, loss 2.31, 0.31 s/step, ~16 min left`` from a run's progress file (the
+    time left is the training's; the test after it takes seconds)."""
+    text = f"step {info['step']}/{info['steps']}, loss {info['loss']:.3g}"
+    per = info.get("s_per_step")
+    if per:
+        left = per * (info["steps"] - info["step"])
+        text += f", {per:.2f} s/step"
+        if left > 0:
+            text += f", ~{left / 60:.0f} min left" if left >= 90 else f", ~{left:.0f} s left"
+    return text
+
+
 def run(cells: list[dict[str, Any]], store: Path, *, jobs: int, timeout: float = TIMEOUT_S,
         command: str | None = None, progress: bool = True, protocol: Any = None,
         device: str | None = None) -> list[dict[str, Any]]:
@@ -440,20 +519,38 @@ def run(cells: list[dict[str, Any]], store: Path, *, jobs: int, timeout: float =
         else:
             print(msg, flush=True)
 
+    in_flight: dict[str, str] = {}  # label -> progress, shown after the bar
+    lock = threading.Lock()
+
+    def show(label: str, info: dict[str, Any] | None) -> None:  # from the runs' threads
+        with lock:
+            if info is None:
+                in_flight.pop(label, None)
+            else:
+                in_flight[label] = progress_text(info)
+            if bar is not None:
+                shown = [f"{k}: {v}" for k, v in list(in_flight.items())[:MAX_SHOWN]]
+                more = len(in_flight) - len(shown)
+                bar.set_postfix_str("; ".join(shown) + (f"; {more} more" if more > 0 else ""))
+
     def one(c: dict[str, Any]) -> dict[str, Any]:
         # so a sweep that spans commits records what each of its runs trained with
         c = {**c, **prov, "commit": git_commit(), "dirty": git_dirty()}
-        ckpt = checkpoint_path(c)
-        while True:
-            before = ckpt.stat().st_mtime_ns if ckpt.is_file() else None
-            rec = _launch(c, timeout)
-            after = ckpt.stat().st_mtime_ns if ckpt.is_file() else None
-            timed_out = rec["status"] != "ok" and str(rec["error"]).startswith("timeout")
-            # a run stopped by the timeout while it was still writing checkpoints is slow, not
-            # hung: it goes on from its checkpoint; one that wrote none stays an error
-            if not (timed_out and after is not None and after != before):
-                return rec
-            say(f"{_label(c)}: timed out after {timeout:.0f} s; continuing from its checkpoint")
+        ckpt, label = checkpoint_path(c), _short_label(c)
+        try:
+            while True:
+                before = ckpt.stat().st_mtime_ns if ckpt.is_file() else None
+                rec = _launch(c, timeout, on_progress=lambda info: show(label, info))
+                after = ckpt.stat().st_mtime_ns if ckpt.is_file() else None
+                timed_out = rec["status"] != "ok" and str(rec["error"]).startswith("timeout")
+                # a run stopped by the timeout while it was still writing checkpoints is slow,
+                # not hung: it goes on from its checkpoint; one that wrote none stays an error
+                if not (timed_out and after is not None and after != before):
+                    return rec
+                say(f"{_label(c)}: timed out after {timeout:.0f} s; continuing from its "
+                    f"checkpoint")
+        finally:
+            show(label, None)
 
     def started(todo: list[dict[str, Any]]) -> None:
         if bar is not None:
@@ -894,7 +991,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "--cell":
-        return _child(argv[1], argv[argv.index("--result") + 1])
+        progress = argv[argv.index("--progress") + 1] if "--progress" in argv else None
+        return _child(argv[1], argv[argv.index("--result") + 1], progress)
     from lra.leaderboard import store as st
     from lra.leaderboard import sweep
 

@@ -159,7 +159,7 @@ def test_a_timed_out_run_that_makes_progress_goes_on_and_a_hung_one_stops(tmp_pa
     ckpt = arena.checkpoint_path(cell[0])
     sittings = []
 
-    def launch(c, timeout):  # two sittings that time out while writing checkpoints, then done
+    def launch(c, timeout, **_):  # two sittings that time out while writing checkpoints, then done
         sittings.append(c)
         if len(sittings) < 3:
             ckpt.write_bytes(bytes(len(sittings)))
@@ -177,7 +177,7 @@ def test_a_timed_out_run_that_makes_progress_goes_on_and_a_hung_one_stops(tmp_pa
         if existing:
             ckpt.write_bytes(b"x")
 
-        def hung(c, timeout):
+        def hung(c, timeout, **_):
             sittings.append(c)
             if len(sittings) > 2:
                 raise RuntimeError("a hung run was launched again and again")
@@ -188,7 +188,7 @@ def test_a_timed_out_run_that_makes_progress_goes_on_and_a_hung_one_stops(tmp_pa
         assert rec["status"] == "error" and len(sittings) == 1
         # an error that is not a timeout is never relaunched, checkpoint or not
         sittings.clear()
-        monkeypatch.setattr(arena, "_launch", lambda c, t: sittings.append(c) or {
+        monkeypatch.setattr(arena, "_launch", lambda c, t, **_: sittings.append(c) or {
             **c, "status": "error", "error": "exit 1: boom", "wall_s": 1})
         arena.run(cell, tmp_path / "err.json", jobs=1, progress=False)
         assert len(sittings) == 1

@@ -54,7 +54,7 @@ def test_cells_left_out_by_the_grid_are_not_run_and_are_listed_with_the_reason(t
     cells = arena.grid(spec, ["attention"])
     assert [c["d"] for c in cells] == [8, 8, 4]  # the extrapolated width first, then the rest
     launched = []
-    monkeypatch.setattr(arena, "_launch", lambda c, t: launched.append(c) or {
+    monkeypatch.setattr(arena, "_launch", lambda c, t, **_: launched.append(c) or {
         **c, "status": "ok", "acc": 1.0, "acc_by_length": {str(c["L"]): 1.0}, "wall_s": 1.0,
         "state_size": [1], "date": "2026-01-01"})
     arena.run(cells, tmp_path / "runs.json", jobs=1, progress=False)
@@ -80,7 +80,7 @@ def test_killed_sweep_resumes_without_redoing_finished_cells(tmp_path, monkeypat
     assert all(a is None or 0 <= a <= 1 for a in first["acc_by_position"])
     launched = []
     real = arena._launch
-    monkeypatch.setattr(arena, "_launch", lambda c, t: launched.append(c) or real(c, t))
+    monkeypatch.setattr(arena, "_launch", lambda c, t, **kw: launched.append(c) or real(c, t, **kw))
     new = arena.run(cells, store, jobs=2, progress=False)
     assert [arena.cell_key(c) for c in launched] == [arena.cell_key(cells[1])]
     assert len(new) == 1 and new[0]["status"] == "ok"
@@ -154,8 +154,14 @@ def test_a_run_stopped_by_a_signal_is_named_as_stopped_not_as_a_bare_exit_code(m
     import subprocess
 
     (cell,) = [c for c in arena.grid(TINY, ["attention"]) if c["kind"] == "state"]
-    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(
-        a, -15, "", ""))
+    class Killed:  # a child that ends by SIGTERM at once, printing nothing
+        def __init__(self, *a, **k):
+            pass
+
+        def wait(self, timeout=None):
+            return -15
+
+    monkeypatch.setattr(subprocess, "Popen", Killed)
     rec = arena._launch(cell, 10)
     assert rec["status"] == "error" and rec["error"].startswith("stopped by SIGTERM")
     assert "resumes" in rec["error"]
@@ -292,7 +298,7 @@ def test_each_run_records_the_commit_it_was_launched_at(tmp_path, monkeypatch):
     what the later runs train with, and their records say so."""
     commits = iter(f"c{i}" for i in range(10))
     monkeypatch.setattr(arena, "git_commit", lambda: next(commits))
-    monkeypatch.setattr(arena, "_launch", lambda c, t: {
+    monkeypatch.setattr(arena, "_launch", lambda c, t, **_: {
         **c, "status": "ok", "error": None, "acc": 0.5, "wall_s": 1, "loss_curve": []})
     cells = [c for c in arena.grid(TINY, ["attention"])][:2]
     recs = arena.run(cells, tmp_path / "runs.json", jobs=1, progress=False)

@@ -14,7 +14,7 @@ def test_variants_are_the_arena_run_with_the_settings_changed(tmp_path, monkeypa
     diag = load_script("recall_diagnosis")
     launched = []
 
-    def fake(c, timeout):
+    def fake(c, timeout, **_):
         launched.append(c)
         falling = c["vocab"] == 64
         curve = [[i * 100, (5.0 - 0.2 * i) if falling else max(1.0, 5.0 - i)] for i in range(20)]
@@ -65,7 +65,7 @@ def test_a_setting_that_is_no_field_or_option_is_refused(tmp_path):
 def test_several_mixers_each_get_every_variant(tmp_path, monkeypatch):
     diag = load_script("recall_diagnosis")
     launched = []
-    monkeypatch.setattr(arena, "_launch", lambda c, t: launched.append(c) or {
+    monkeypatch.setattr(arena, "_launch", lambda c, t, **_: launched.append(c) or {
         **c, "status": "ok", "acc": 0.5, "wall_s": 1.0, "acc_by_length": {}, "state_size": [1],
         "date": "2026-01-01", "loss_curve": [[1, 1.0]], "final_loss": 1.0})
     diag.main(["gdn", "mamba", "--vary", "steps=10,20", "--seeds", "0", "1", "--store",
