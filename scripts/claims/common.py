@@ -117,9 +117,30 @@ _RUN_CHECKPOINT: contextvars.ContextVar[tuple[Path, list[int]] | None] = context
     "run_checkpoint", default=None)
 
 
+# The name and the log of the protocol run this thread is training: train() reports its
+# progress there (a quarter of the steps at a time), so a long check is not silent for an hour.
+_RUN_LABEL: contextvars.ContextVar[tuple[str, Callable[[str], None]] | None] = (
+    contextvars.ContextVar("run_label", default=None))
+
+
+def _progress_reporter(label: str, log: Callable[[str], None], steps: int
+                       ) -> Callable[[int, float], None]:
+    last = {"step": 0, "t": time.time()}
+
+    def report(step: int, loss: float) -> None:
+        now = time.time()
+        per = (now - last["t"]) / max(1, step - last["step"])
+        last.update(step=step, t=now)
+        log(f"{label}: step {step}/{steps}, loss {loss:.3g}, {per:.2f} s/step")
+    return report
+
+
 def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, **fit_kwargs: Any
           ) -> tuple[list[float], float]:
     """``lra.quick.fit``; returns the losses and the wall seconds it took.
+
+    Inside a protocol run the fit logs its progress every quarter of its steps (the check's
+    log, under the run's name).
 
     Inside a protocol run of a check with a run store, the n-th call of the run checkpoints to
     its own file (``runs/claims/checkpoints/<store>-<run>-<n>.pt``), so a check killed mid-run
@@ -130,6 +151,11 @@ def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, **fit_kwargs
         base, begun = slot
         fit_kwargs["checkpoint"] = base.with_name(f"{base.stem}-{begun[0]}.pt")
         begun[0] += 1
+    named = _RUN_LABEL.get()
+    if named is not None and "on_progress" not in fit_kwargs:
+        steps = int(fit_kwargs["steps"])
+        fit_kwargs["on_progress"] = _progress_reporter(*named, steps)
+        fit_kwargs["progress_every"] = max(1, steps // 4)
     t0 = time.time()
     losses = fit(model, x, y, **fit_kwargs)
     return losses, time.time() - t0
@@ -377,9 +403,12 @@ def sweep_model(check: Check, model: str) -> ModelResult:
             t0 = time.time()
             token = _RUN_CHECKPOINT.set((check.store.checkpoint_base(key), [0])
                                         if check.store else None)
+            named = _RUN_LABEL.set((f"[{check.name}] {model} lr {lr:.3g} seed {seed}",
+                                    check.log))
             try:
                 run = check.train(model, lr, seed)
             finally:
+                _RUN_LABEL.reset(named)
                 _RUN_CHECKPOINT.reset(token)
             run.secs, run.lr, run.seed = run.secs or time.time() - t0, lr, seed
             if check.store:

@@ -304,3 +304,35 @@ def test_claim_checkpoints_live_under_runs_not_beside_a_store_in_docs(monkeypatc
     base = store.checkpoint_base("k")
     assert base.parent == common.REPO / "runs" / "claims" / "checkpoints"
     assert base.name.startswith("x_runs-") and base != store.checkpoint_base("k2")
+
+
+def test_a_protocol_run_logs_its_progress_under_its_name(tmp_path):
+    """Inside a check, every fit reports a quarter of its steps at a time to the check's log,
+    named by the run (model, rate, seed); a fit outside a check stays silent."""
+    import common
+    import torch
+
+    from lrm import LRModel, ModelConfig
+
+    x = torch.randint(0, 8, (32, 12), generator=torch.Generator().manual_seed(0))
+    y = x.roll(-1, dims=1)
+
+    def train(model: str, lr: float, seed: int) -> Run:
+        torch.manual_seed(seed)
+        net = LRModel(ModelConfig(mixer="attention", d_model=16, n_layers=1, vocab_size=8,
+                                  head="lm"))
+        losses, _ = common.train(net, x, y, steps=8, batch_size=8, lr=lr, seed=seed)
+        return Run({"acc": 1.0 / (1.0 + losses[-1])}, curve_of(losses, 4))
+
+    logged: list[str] = []
+    run_check(Check("prog", ["ctrl"], [1e-3, 3e-3, 1e-2], train, Control("ctrl", 0.0), [],
+                    log=logged.append, seeds=(0,), store=None, max_extend=0))
+    mine = [m for m in logged if m.startswith("[prog] ctrl lr 0.003 seed 0: step")]
+    assert [m.split("step ")[1].split(",")[0] for m in mine] == ["2/8", "4/8", "6/8", "8/8"]
+    assert all("s/step" in m and "loss " in m for m in mine)
+    # outside a check nothing reports
+    net = LRModel(ModelConfig(mixer="attention", d_model=16, n_layers=1, vocab_size=8,
+                              head="lm"))
+    before = len(logged)
+    common.train(net, x, y, steps=4, batch_size=8)
+    assert len(logged) == before
