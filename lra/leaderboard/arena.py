@@ -34,15 +34,15 @@ Every run is one child process (``python -m lra.leaderboard.arena --cell JSON``)
 torch thread and a timeout; ``--jobs`` runs at once (default: the machine's cores), on
 ``--device`` (several share one GPU). While they train, the progress bar names the runs in
 flight with their step, recent training loss, seconds per step and time left (each child keeps
-a small progress file that the parent reads every ``POLL_S`` seconds). A finished run's record goes into the store at once,
-atomically, and re-running the same command skips every run the store already holds (keyed
-by every option that changes it, lr and seed included, and the grid's version). A run in flight
-keeps a checkpoint every 250 steps (:func:`checkpoint_path`, under ``runs/recall_checkpoints/``),
-so a killed sweep continues its unfinished runs where they stopped when the command runs again,
-and each ends exactly as it would have without the interruption. A run stopped by the timeout
-that wrote a checkpoint in that time is continued at once (the timeout catches hung runs, not
-slow ones); the record then says
-from which step (``resumed_at_step``), and ``fit_s`` counts every sitting. The store records
+a small progress file that the parent reads every ``POLL_S`` seconds). A finished run's record
+goes into the store at once, atomically, and re-running the same command skips every run the
+store already holds (keyed by every option that changes it, lr and seed included, and the
+grid's version). A run in flight keeps a checkpoint every 250 steps (:func:`checkpoint_path`,
+under ``runs/recall_checkpoints/``), so a killed sweep continues its unfinished runs where they
+stopped when the command runs again, and each ends exactly as it would have without the
+interruption. A run stopped by the timeout that wrote a checkpoint in that time is continued at
+once (the timeout catches hung runs, not slow ones); the record then says from which step
+(``resumed_at_step``), and ``fit_s`` counts every sitting. The store records
 the commit, whether the tree was dirty and each run's device. By default the page and store
 are ``runs/recall/recall.md`` and ``runs/recall/recall_runs.json``; ``docs/recall.md`` is
 rewritten only with ``--publish``.
@@ -302,6 +302,25 @@ def _child(cell_json: str, out: str, progress: str | None = None) -> None:
 POLL_S = 2.0  # how often the parent looks at a run's progress file
 
 
+def _wait(proc: subprocess.Popen, deadline: float, prog: Path,
+          on_progress: Callable[[dict[str, Any]], None] | None) -> int | None:
+    """The child's exit code, or None when the deadline passed (the child is then killed);
+    meanwhile each new state of its progress file goes to ``on_progress``."""
+    seen = None
+    while True:
+        try:
+            return proc.wait(timeout=POLL_S)
+        except subprocess.TimeoutExpired:
+            if time.time() > deadline:
+                proc.kill()
+                proc.wait()
+                return None
+            info = read_progress(prog) if on_progress is not None else None
+            if info is not None and info != seen:
+                seen = info
+                on_progress(info)
+
+
 def _launch(c: dict[str, Any], timeout: float,
             on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run one cell in a child process; always returns a record (status ok or error).
@@ -317,22 +336,8 @@ def _launch(c: dict[str, Any], timeout: float,
                                      json.dumps(c), "--result", str(out), "--progress",
                                      str(prog)], cwd=str(REPO), env=env,
                                     stdout=subprocess.DEVNULL, stderr=err_f)
-            seen = None
             try:
-                while True:
-                    try:
-                        code = proc.wait(timeout=POLL_S)
-                        break
-                    except subprocess.TimeoutExpired:
-                        if time.time() - t0 > timeout:
-                            proc.kill()
-                            proc.wait()
-                            code = None
-                            break
-                        info = read_progress(prog) if on_progress is not None else None
-                        if info is not None and info != seen:
-                            seen = info
-                            on_progress(info)
+                code = _wait(proc, t0 + timeout, prog, on_progress)
             except BaseException:  # as subprocess.run: the child does not outlive its parent
                 proc.kill()
                 raise
