@@ -807,26 +807,54 @@ def render(recs: list[dict[str, Any]], cells: list[dict[str, Any]], *, store_nam
         out += [f"- {_label(r)}: loss not finite from step {diverged(r)}" for r in div]
         out.append("")
     out += ["## Missing cells", ""]
+    # priced from every record of this grid's version: runs at a cell's earlier step count too
+    est = {id(c): cpu_seconds(c, current(every)) for c, _ in miss}
     if not miss:
         out += ["None: every run of the grid has a result."]
-    elif len(miss) <= 40:
+    else:
+        timed = [e for e in est.values() if e is not None]
+        if timed:
+            out += [f"Training time still to spend, at the pace of the CPU runs already in the "
+                    f"store for the same mixer and cell (one torch thread, as the lanes ran "
+                    f"them): about {sum(timed) / 3600:.1f} CPU-hours for {len(timed)} of the "
+                    f"{len(miss)} runs; the other {len(miss) - len(timed)} have no CPU run of "
+                    f"their cell yet.", ""]
+    if miss and len(miss) <= 40:
         out += [f"{len(miss)} run{'s' * (len(miss) != 1)} without a result:", ""]
-        out += [f"- {_label(c)}: {why}" for c, why in miss]
-    else:  # a long list says little: count the runs by mixer and reason, naming the cells
+        out += [f"- {_label(c)}: {why}" + (f" (about {est[id(c)] / 60:.0f} min)"
+                                           if est[id(c)] is not None else "")
+                for c, why in miss]
+    elif miss:  # a long list says little: count the runs by mixer and reason, naming the cells
         counts: dict[tuple[str, str], dict[str, int]] = {}
+        hours: dict[tuple[str, str], float] = {}
         for c, why in miss:
             by_cell = counts.setdefault((c["mixer"], why), {})
             by_cell[cell_name(c)] = by_cell.get(cell_name(c), 0) + 1
+            hours[(c["mixer"], why)] = hours.get((c["mixer"], why), 0.0) + (
+                (est[id(c)] or 0.0) / 3600)
         out += [f"{len(miss)} runs have no result (cells as `--cells` names them, MQAR as "
                 f"L:pairs:d):", ""]
         out += [f"- {mixer}: {sum(c.values())} run{'s' * (sum(c.values()) != 1)}, {why}: "
                 + ", ".join(f"{cell} ({n})" for cell, n in c.items())
+                + (f"; about {hours[(mixer, why)]:.1f} CPU-hours" if hours[(mixer, why)] else "")
                 for (mixer, why), c in sorted(counts.items())]
     out += [""] + [f"![{alt}]({p})" + "\n" for alt, p in
                    zip(("accuracy against state size", "extrapolation",
                         "accuracy against learning rate"), plots, strict=False)]
     out += [NOTES_BEGIN, (notes or "").strip(), NOTES_END, ""]
     return "\n".join(out)
+
+
+def cpu_seconds(c: dict[str, Any], recs: Iterable[dict[str, Any]]) -> float | None:
+    """The training seconds run ``c`` should take on a CPU: the median seconds per step of the
+    finished CPU runs of the same mixer and cell (any rate, seed or step count) times its steps;
+    None when there is none."""
+    from lra.leaderboard import sweep
+
+    per = sorted(r["fit_s"] / r["steps"] for r in recs
+                 if sweep.is_result(r) and _short(r) == _short(c) and r.get("fit_s")
+                 and r.get("steps") and (r.get("device_type") or "cpu") == "cpu")
+    return per[len(per) // 2] * c["steps"] if per else None
 
 
 def _style(mixers: Iterable[str]) -> dict[str, dict[str, Any]]:

@@ -303,3 +303,23 @@ def test_each_run_records_the_commit_it_was_launched_at(tmp_path, monkeypatch):
     cells = [c for c in arena.grid(TINY, ["attention"])][:2]
     recs = arena.run(cells, tmp_path / "runs.json", jobs=1, progress=False)
     assert len({r["commit"] for r in recs}) == 2  # one per launch, not the sweep's start
+
+
+def test_missing_runs_carry_the_cpu_time_their_cell_took():
+    """A missing run is priced at the median CPU seconds per step of its cell's finished runs
+    (GPU runs and other cells do not count), and the page totals what is left."""
+    cells = [c for c in arena.grid(TINY, ["mamba"]) if c["kind"] == "state"]
+    first = cells[0]
+    done = [{**first, "lr": lr, "status": "ok", "acc": 0.5, "acc_by_length": {"16": 0.5},
+             "wall_s": 1.0, "state_size": [1], "date": "2026-01-01", "final_loss": 1.0,
+             "loss_curve": [[1, 1.0]], "fit_s": fit, "steps": steps, "device_type": dev}
+            for lr, fit, steps, dev in ((0.01, 60.0, 100, "cpu"), (0.03, 120.0, 100, "cpu"),
+                                        (0.1, 300.0, 200, "cpu"), (0.3, 1000.0, 100, "cuda"))]
+    todo = {**first, "lr": 1e-3, "steps": 400}
+    # per step on the CPU: 0.6, 1.2, 1.5 -> median 1.2 s, times 400 steps
+    assert arena.cpu_seconds(todo, done) == pytest.approx(480.0)
+    assert arena.cpu_seconds({**todo, "d": 999}, done) is None  # another cell
+    page = arena.render(done, [todo], store_name="runs.json", plots=("a.png", "b.png"),
+                        notes=None)
+    missing = page[page.index("## Missing cells"):]
+    assert "(about 8 min)" in missing and "about 0.1 CPU-hours for 1 of the 1 runs" in missing
