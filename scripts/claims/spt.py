@@ -214,6 +214,7 @@ SMOKE_SIZES = {"--n-images": "300", "--per-batch": "100", "--n-train": "200", "-
 
 
 def _small(args: list[str]) -> list[str]:
+    """``lra generate`` arguments with the sizes of :data:`SMOKE_SIZES` (the rest as given)."""
     out = list(args)
     for i, a in enumerate(out[:-1]):
         if a in SMOKE_SIZES:
