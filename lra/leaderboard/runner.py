@@ -26,7 +26,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -456,9 +456,27 @@ def _tail(text: str, n: int = 600) -> str:
     return " | ".join(lines[-3:])[-n:]
 
 
-def _launch(run_dir: Path, timeout: float, threads: int | None = None
-            ) -> tuple[int | None, str, float]:
-    """Run the worker in its own process group; kill the whole group on timeout."""
+PROGRESS_EVERY_S = 300.0  # how often a run in flight prints where its training stands
+
+
+def training_progress(run_dir: Path, max_steps: int | None) -> str | None:
+    """``step 1200 of 2000, train loss 2.21 (mean of the last 5 logged)``, from the run's
+    metrics file as Lightning has flushed it so far; None before its first rows."""
+    rows = _read_metrics(run_dir / "fit" / "metrics.csv")
+    step = _steps_done(rows)
+    if step is None:
+        return None
+    loss = [v for _, v in _column(rows, "train/loss")][-5:]
+    return (f"step {step}" + (f" of {max_steps}" if max_steps else "")
+            + (f", train loss {sum(loss) / len(loss):.3g} (mean of the last {len(loss)} "
+               f"logged)" if loss else ""))
+
+
+def _launch(run_dir: Path, timeout: float, threads: int | None = None,
+            on_progress: Callable[[], None] | None = None,
+            every: float = PROGRESS_EVERY_S) -> tuple[int | None, str, float]:
+    """Run the worker in its own process group; kill the whole group on timeout. Every
+    ``every`` seconds while it runs, ``on_progress()`` (a line saying where the run stands)."""
     log = run_dir / "worker.log"
     t0 = time.time()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -468,12 +486,19 @@ def _launch(run_dir: Path, timeout: float, threads: int | None = None
     with open(log, "a", encoding="utf-8") as out:  # a resumed run's sittings, one after another
         proc = subprocess.Popen([*WORKER, str(run_dir)], stdout=out, stderr=subprocess.STDOUT,
                                 cwd=str(REPO), env=env, start_new_session=True)
-        try:
-            rc: int | None = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            rc = None
+        rc: int | None = None
+        while True:
+            left = timeout - (time.time() - t0)
+            try:
+                rc = proc.wait(timeout=max(0.0, min(every, left)))
+                break
+            except subprocess.TimeoutExpired:
+                if time.time() - t0 >= timeout:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    break
+                if on_progress is not None:
+                    on_progress()
     return rc, log.read_text(encoding="utf-8", errors="replace"), time.time() - t0
 
 
@@ -628,7 +653,14 @@ def run_one(mixer: str, task: str, *, setting: str, quick: bool, data_dir: Path,
     rec["command"] = (f"lra fit --config {rel}/fit.yaml && lra test --config "
                       f"{rel}/test.yaml --ckpt_path <best checkpoint>")
     print(f"[leaderboard] {mixer} x {task} ({setting}): training in {run_dir}", flush=True)
-    rc, log, wall = _launch(run_dir, timeout, threads)
+    t_start, max_steps = time.time(), cfg.get("trainer", {}).get("max_steps")
+
+    def progress() -> None:
+        where = training_progress(run_dir, max_steps)
+        print(f"[leaderboard] {mixer} x {task}: {where or 'starting'} after "
+              f"{(time.time() - t_start) / 60:.0f} min", flush=True)
+
+    rc, log, wall = _launch(run_dir, timeout, threads, on_progress=progress)
     rec["wall_s"] = round(wall, 1)
     info = {}
     if (run_dir / "worker.json").is_file():
