@@ -14,7 +14,8 @@ process (``python -m lra.leaderboard --worker RUN_DIR``) started for that run al
 that crashes, runs out of memory or hangs (killed after ``--timeout`` seconds) becomes an
 ``error`` cell and the grid goes on. The run folder ``<runs-dir>/<setting>/<mixer>-<task>-<time>/``
 keeps the exact configs (``fit.yaml``, ``test.yaml``: ``lra fit --config fit.yaml`` reruns it),
-the CSV metrics and the checkpoints.
+the CSV metrics and the checkpoints. While a run trains, every 5 minutes the grid prints its
+step and recent training loss (read from that folder's metrics file).
 
 The sweep protocol (lra/leaderboard/sweep.py, shared with the recall arena): every cell sweeps
 its mixer family's learning rates (``--lrs`` to choose), chosen on validation accuracy; a best
