@@ -47,7 +47,7 @@ def fit(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, 
         warmup: int | None = None, seed: int = 0, log_every: int = 0,
         grad_clip: float = 1.0, checkpoint: str | Path | None = None,
         checkpoint_every: int = CHECKPOINT_EVERY,
-        on_progress: Callable[[int, float], None] | None = None,
+        on_progress: Callable[[int, float, float], None] | None = None,
         progress_every: int = 50) -> Losses:
     """Train an LM-head model on (inputs, targets) for ``steps`` steps; returns the losses.
 
@@ -62,9 +62,10 @@ def fit(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, 
     interruption (tested bit for bit on CPU). The file is removed when the run finishes. It is
     loaded with ``weights_only=True``; one written for other data or settings is an error.
 
-    ``on_progress(step, loss)``: called every ``progress_every`` steps and after the last, with
-    the number of steps done and the mean training loss of the last ``progress_every`` steps
-    (how the recall arena shows a run in flight).
+    ``on_progress(step, loss, s_per_step)``: called every ``progress_every`` steps and after the
+    last, with the number of steps done, the mean training loss of the last ``progress_every``
+    steps and the seconds per step since the previous call (this sitting's, for a resumed run):
+    how the recall arena and the claim checks show a run in flight.
     """
     if inputs.shape != targets.shape:
         raise ValueError(f"inputs {tuple(inputs.shape)} and targets {tuple(targets.shape)} differ")
@@ -110,6 +111,7 @@ def fit(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, 
             print(f"resuming from {ckpt} at step {first}", flush=True)
     model.train()
     t0 = time.time()
+    reported = (first, t0)  # the step and time of the last progress report
     for step in range(first, steps):
         if ckpt is not None and step > first and step % checkpoint_every == 0:
             save_atomic({
@@ -138,8 +140,10 @@ def fit(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, 
             opt.step()
         losses.append(loss.item())
         if on_progress is not None and ((step + 1) % progress_every == 0 or step == steps - 1):
-            recent = losses[-progress_every:]
-            on_progress(step + 1, sum(recent) / len(recent))
+            recent, now = losses[-progress_every:], time.time()
+            per = (now - reported[1]) / (step + 1 - reported[0])
+            reported = (step + 1, now)
+            on_progress(step + 1, sum(recent) / len(recent), per)
         if log_every and (step % log_every == 0 or step == steps - 1):
             print(f"step {step:5d}  loss {loss.item():.4f}  {time.time() - t0:6.1f}s", flush=True)
     losses.skipped_steps = guard.skipped

@@ -235,21 +235,13 @@ def run_cell(c: dict[str, Any], progress: Path | None = None) -> dict[str, Any]:
                                         vocab_size=vocab, head="lm",
                                         mixer_kwargs=c.get("mixer_kwargs") or {},
                                         **(c.get("model_kwargs") or {}))).to(dev)
-    report = None
-    if progress is not None:
-        t0 = time.time()
-        last = {"step": None, "t": t0}
-
-        def report(step: int, loss: float) -> None:
-            now = time.time()  # seconds per step over this sitting's steps since the last call
-            per = (now - last["t"]) / (step - last["step"]) if last["step"] is not None else None
-            last.update(step=step, t=now)
-            write_progress(progress, {"step": step, "steps": c["steps"], "loss": loss,
-                                      "s_per_step": per})
+    def report(step: int, loss: float, per: float) -> None:
+        write_progress(progress, {"step": step, "steps": c["steps"], "loss": loss,
+                                  "s_per_step": per})
 
     losses = quick.fit(model, x.to(dev), y.to(dev), steps=c["steps"], batch_size=c["batch"],
                        lr=c["lr"], seed=c["seed"], checkpoint=checkpoint_path(c),
-                       on_progress=report)
+                       on_progress=report if progress is not None else None)
     lengths = [L, *c.get("eval_lengths", [])]
     tests = recall_tasks.extrapolation_sets(task, c["n_test"], lengths,
                                             seed=10_000 + c["seed"], **kw)

@@ -123,18 +123,6 @@ _RUN_LABEL: contextvars.ContextVar[tuple[str, Callable[[str], None]] | None] = (
     contextvars.ContextVar("run_label", default=None))
 
 
-def _progress_reporter(label: str, log: Callable[[str], None], steps: int
-                       ) -> Callable[[int, float], None]:
-    last = {"step": 0, "t": time.time()}
-
-    def report(step: int, loss: float) -> None:
-        now = time.time()
-        per = (now - last["t"]) / max(1, step - last["step"])
-        last.update(step=step, t=now)
-        log(f"{label}: step {step}/{steps}, loss {loss:.3g}, {per:.2f} s/step")
-    return report
-
-
 def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, **fit_kwargs: Any
           ) -> tuple[list[float], float]:
     """``lra.quick.fit``; returns the losses and the wall seconds it took.
@@ -153,8 +141,9 @@ def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, **fit_kwargs
         begun[0] += 1
     named = _RUN_LABEL.get()
     if named is not None and "on_progress" not in fit_kwargs:
-        steps = int(fit_kwargs["steps"])
-        fit_kwargs["on_progress"] = _progress_reporter(*named, steps)
+        (label, log), steps = named, int(fit_kwargs["steps"])
+        fit_kwargs["on_progress"] = lambda step, loss, per: log(
+            f"{label}: step {step}/{steps}, loss {loss:.3g}, {per:.2f} s/step")
         fit_kwargs["progress_every"] = max(1, steps // 4)
     t0 = time.time()
     losses = fit(model, x, y, **fit_kwargs)

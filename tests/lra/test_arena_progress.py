@@ -23,10 +23,12 @@ def test_fit_reports_every_n_steps_and_after_the_last_with_the_recent_mean_loss(
     x = torch.randint(0, 8, (16, 6), generator=torch.Generator().manual_seed(0))
     seen = []
     losses = quick.fit(m, x, x.roll(-1, 1), steps=7, batch_size=4,
-                       on_progress=lambda step, loss: seen.append((step, loss)), progress_every=3)
-    assert [s for s, _ in seen] == [3, 6, 7]
-    for step, loss in seen:
+                       on_progress=lambda step, loss, per: seen.append((step, loss, per)),
+                       progress_every=3)
+    assert [s for s, _, _ in seen] == [3, 6, 7]
+    for step, loss, per in seen:
         assert loss == pytest.approx(sum(losses[step - 3:step]) / 3)
+        assert per > 0
     with pytest.raises(ValueError, match="progress_every"):
         quick.fit(m, x, x, steps=1, progress_every=0)
 
@@ -42,7 +44,7 @@ def test_the_child_keeps_a_progress_file_up_to_the_last_step(tmp_path, monkeypat
         torch.set_num_threads(n)
     info = arena.read_progress(tmp_path / "progress.json")
     assert info["step"] == info["steps"] == 60 and info["loss"] > 0
-    assert info["s_per_step"] > 0  # from the second report on
+    assert info["s_per_step"] > 0
     assert arena.read_progress(tmp_path / "missing.json") is None
 
 
