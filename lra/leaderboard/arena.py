@@ -81,6 +81,7 @@ from lra.leaderboard.store import (
     portable_command,
     repo_relative,
 )
+from lra.leaderboard.sweep import wait_child
 
 VOCAB = 256
 N_LAYERS = 2
@@ -294,25 +295,6 @@ def _child(cell_json: str, out: str, progress: str | None = None) -> None:
 POLL_S = 2.0  # how often the parent looks at a run's progress file
 
 
-def _wait(proc: subprocess.Popen, deadline: float, prog: Path,
-          on_progress: Callable[[dict[str, Any]], None] | None) -> int | None:
-    """The child's exit code, or None when the deadline passed (the child is then killed);
-    meanwhile each new state of its progress file goes to ``on_progress``."""
-    seen = None
-    while True:
-        try:
-            return proc.wait(timeout=POLL_S)
-        except subprocess.TimeoutExpired:
-            if time.time() > deadline:
-                proc.kill()
-                proc.wait()
-                return None
-            info = read_progress(prog) if on_progress is not None else None
-            if info is not None and info != seen:
-                seen = info
-                on_progress(info)
-
-
 def _launch(c: dict[str, Any], timeout: float,
             on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run one cell in a child process; always returns a record (status ok or error).
@@ -328,8 +310,17 @@ def _launch(c: dict[str, Any], timeout: float,
                                      json.dumps(c), "--result", str(out), "--progress",
                                      str(prog)], cwd=str(REPO), env=env,
                                     stdout=subprocess.DEVNULL, stderr=err_f)
+            seen: list[dict[str, Any] | None] = [None]
+
+            def tick() -> None:  # each new state of the progress file, once
+                info = read_progress(prog)
+                if info is not None and info != seen[0]:
+                    seen[0] = info
+                    on_progress(info)
+
             try:
-                code = _wait(proc, t0 + timeout, prog, on_progress)
+                code = wait_child(proc, t0 + timeout, every=POLL_S,
+                                  tick=tick if on_progress is not None else None)
             except BaseException:  # as subprocess.run: the child does not outlive its parent
                 proc.kill()
                 raise

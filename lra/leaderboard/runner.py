@@ -41,6 +41,7 @@ from lra.leaderboard.store import (
     git_dirty,
     repo_relative,
 )
+from lra.leaderboard.sweep import wait_child
 
 # What `--quick` generates (with `lra generate`) when the data is missing. Short ListOps
 # expressions (LRA: 500-2000 tokens) keep a CPU step cheap; Pathfinder keeps LRA's settings.
@@ -486,19 +487,8 @@ def _launch(run_dir: Path, timeout: float, threads: int | None = None,
     with open(log, "a", encoding="utf-8") as out:  # a resumed run's sittings, one after another
         proc = subprocess.Popen([*WORKER, str(run_dir)], stdout=out, stderr=subprocess.STDOUT,
                                 cwd=str(REPO), env=env, start_new_session=True)
-        rc: int | None = None
-        while True:
-            left = timeout - (time.time() - t0)
-            try:
-                rc = proc.wait(timeout=max(0.0, min(every, left)))
-                break
-            except subprocess.TimeoutExpired:
-                if time.time() - t0 >= timeout:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-                    break
-                if on_progress is not None:
-                    on_progress()
+        rc = wait_child(proc, t0 + timeout, every=every, tick=on_progress,
+                        kill=lambda: os.killpg(proc.pid, signal.SIGKILL))
     return rc, log.read_text(encoding="utf-8", errors="replace"), time.time() - t0
 
 

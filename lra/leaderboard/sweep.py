@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import math
+import subprocess
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -253,6 +255,24 @@ def pending(states: dict[Any, CellState], records: Iterable[Record], *,
                 seen.add(k)
                 out.append(r)
     return out
+
+
+def wait_child(proc: subprocess.Popen, deadline: float, *, every: float,
+               tick: Callable[[], None] | None = None,
+               kill: Callable[[], None] | None = None) -> int | None:
+    """A run's child process: its exit code, or None once ``time.time()`` passes ``deadline``
+    (then ``kill()``, default ``proc.kill()``, and the child is reaped). Every ``every`` seconds
+    while it runs, ``tick()``: how both grids show a run in flight."""
+    while True:
+        try:
+            return proc.wait(timeout=max(0.0, min(every, deadline - time.time())))
+        except subprocess.TimeoutExpired:
+            if time.time() >= deadline:
+                (kill or proc.kill)()
+                proc.wait()
+                return None
+            if tick is not None:
+                tick()
 
 
 def each_finished(fn: Callable[[Any], Any], items: Sequence[Any], jobs: int
