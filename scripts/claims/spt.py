@@ -65,6 +65,10 @@ from common import (
     run_store,
 )
 
+from lra.leaderboard.runner import SETTINGS  # after common, which puts this checkout first
+
+_EASY_BN = SETTINGS["pathfinder-easy-bn"]
+
 # (generator arguments, extra data arguments, mixers; the first mixer's scratch run is the
 # control)
 TASKS: dict[str, dict[str, Any]] = {
@@ -85,16 +89,15 @@ TASKS: dict[str, dict[str, Any]] = {
         "mixers": ["s4d", "attention"],
         "steps": 2000, "pretrain": 600,
     },
-    # the leaderboard's `pathfinder-easy-bn` (lra/leaderboard/runner.py): the first generated
+    # the leaderboard's `pathfinder-easy-bn`, taken from its definition: the first generated
     # Pathfinder that scratch training leaves chance on with a CPU (S4D 62.3 / 60.0% test after
     # about 3000 steps), the same data, model width, depth and BatchNorm; its own data folder,
     # since the loader takes any generated contour set it finds there
     "pathfinder-easy-bn": {
         "task": "pathfinder", "subdir": "pathfinder-easy",
-        "generate": ["--resolution", "32", "--contour-length", "6", "--distractors", "0",
-                     "--n-images", "80000", "--per-batch", "1000"],
-        "data": {"contour_length": 6, "distractors": 0, "batch_size": 32},
-        "model": {"d_model": 64, "norm": "batchnorm"},
+        "generate": _EASY_BN["data"]["pathfinder"],
+        "data": {**_EASY_BN["overrides"]["data"]["init_args"], "batch_size": 32},
+        "model": _EASY_BN["overrides"]["model"]["model"],
         "mixers": ["s4d"],
         "steps": 3000, "pretrain": 1000,
     },
