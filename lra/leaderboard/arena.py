@@ -791,11 +791,11 @@ def render(recs: list[dict[str, Any]], cells: list[dict[str, Any]], *, store_nam
         out.append("")
     out += ["## Missing cells", ""]
     # priced from every record of this grid's version: runs at a cell's earlier step count too
-    est = {id(c): cpu_seconds(c, current(every)) for c, _ in miss}
+    est = [cpu_seconds(c, current(every)) for c, _ in miss]
     if not miss:
         out += ["None: every run of the grid has a result."]
     else:
-        timed = [e for e in est.values() if e is not None]
+        timed = [e for e in est if e is not None]
         if timed:
             out += [f"Training time still to spend, at the pace of the CPU runs already in the "
                     f"store for the same mixer and cell (one torch thread, as the lanes ran "
@@ -804,17 +804,15 @@ def render(recs: list[dict[str, Any]], cells: list[dict[str, Any]], *, store_nam
                     f"their cell yet.", ""]
     if miss and len(miss) <= 40:
         out += [f"{len(miss)} run{'s' * (len(miss) != 1)} without a result:", ""]
-        out += [f"- {_label(c)}: {why}" + (f" (about {est[id(c)] / 60:.0f} min)"
-                                           if est[id(c)] is not None else "")
-                for c, why in miss]
+        out += [f"- {_label(c)}: {why}" + (f" (about {e / 60:.0f} min)" if e is not None else "")
+                for (c, why), e in zip(miss, est, strict=True)]
     elif miss:  # a long list says little: count the runs by mixer and reason, naming the cells
         counts: dict[tuple[str, str], dict[str, int]] = {}
         hours: dict[tuple[str, str], float] = {}
-        for c, why in miss:
+        for (c, why), e in zip(miss, est, strict=True):
             by_cell = counts.setdefault((c["mixer"], why), {})
             by_cell[cell_name(c)] = by_cell.get(cell_name(c), 0) + 1
-            hours[(c["mixer"], why)] = hours.get((c["mixer"], why), 0.0) + (
-                (est[id(c)] or 0.0) / 3600)
+            hours[(c["mixer"], why)] = hours.get((c["mixer"], why), 0.0) + (e or 0.0) / 3600
         out += [f"{len(miss)} runs have no result (cells as `--cells` names them, MQAR as "
                 f"L:pairs:d):", ""]
         out += [f"- {mixer}: {sum(c.values())} run{'s' * (sum(c.values()) != 1)}, {why}: "
