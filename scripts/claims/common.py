@@ -56,6 +56,7 @@ import torch  # noqa: E402  (after the path: this checkout's packages first)
 
 import lrm  # noqa: E402
 from lra.data.recall_tasks import mqar  # noqa: E402
+from lra.leaderboard.arena import progress_text  # noqa: E402  (the arena's progress line)
 from lra.leaderboard.store import checkpoint_file, git_commit  # noqa: E402
 from lra.leaderboard.sweep import still_improving  # noqa: E402  (shared with the arena)
 from lra.quick import fit  # noqa: E402
@@ -142,8 +143,8 @@ def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, **fit_kwargs
     named = _RUN_LABEL.get()
     if named is not None and "on_progress" not in fit_kwargs:
         (label, log), steps = named, int(fit_kwargs["steps"])
-        fit_kwargs["on_progress"] = lambda step, loss, per: log(
-            f"{label}: step {step}/{steps}, loss {loss:.3g}, {per:.2f} s/step")
+        fit_kwargs["on_progress"] = lambda step, loss, per: log(f"{label}: " + progress_text(
+            {"step": step, "steps": steps, "loss": loss, "s_per_step": per}))
         fit_kwargs["progress_every"] = max(1, steps // 4)
     t0 = time.time()
     losses = fit(model, x, y, **fit_kwargs)
