@@ -965,7 +965,7 @@ def _op_algorithms(op: str, d: int, chunks: list[int], batch: int) -> dict[str, 
     from lrm.ops import selective_scan as SS
     from lrm.ops import ssd as S
 
-    if op == "scan":  # mamba: d_inner 2d, N 16
+    if op == "scan":  # mamba: d_inner 2d, N from --d-state
         return {"dispatch": SS.selective_scan, "small": SS.selective_scan_small,
                 "lean": SS.selective_scan_lean}
     if op == "ssd":  # mamba2: heads of head_dim min(64, 2d/8), d_state min(128, max(16, d/2))
@@ -988,8 +988,9 @@ def _op_algorithms(op: str, d: int, chunks: list[int], batch: int) -> dict[str, 
     raise SystemExit(f"ops: unknown op {op!r}; known: scan, ssd, delta")
 
 
-def _op_pass(op: str, fn: Any, d: int, L: int, batch: int) -> Any:
-    """One forward+backward of ``fn`` on fixed random inputs of the op's arena shapes."""
+def _op_pass(op: str, fn: Any, d: int, L: int, batch: int, d_state: int = 16) -> Any:
+    """One forward+backward of ``fn`` on fixed random inputs of the op's arena shapes
+    (``d_state``: the scan's N)."""
     import torch
     import torch.nn.functional as F
 
@@ -999,7 +1000,7 @@ def _op_pass(op: str, fn: Any, d: int, L: int, batch: int) -> Any:
         return torch.randn(*s, generator=g).requires_grad_()
 
     if op == "scan":
-        e, n = 2 * d, 16
+        e, n = 2 * d, d_state
         u, delta, B, C, z = r(batch, e, L), r(batch, e, L), r(batch, n, L), r(batch, n, L), \
             r(batch, e, L)
         A = (-torch.rand(e, n, generator=g) * 4 - 0.1).requires_grad_()
@@ -1039,7 +1040,8 @@ def run_ops(args: argparse.Namespace) -> None:
             for d in args.d:
                 algos = _op_algorithms(op, d, args.chunks, args.batch)
                 names = list(algos)
-                fns = {k: _op_pass(op, f, d, L, args.batch) for k, f in algos.items()}
+                fns = {k: _op_pass(op, f, d, L, args.batch, args.d_state)
+                       for k, f in algos.items()}
                 t = interleaved(fns, repeats=args.repeats, warmup=args.warmup)
                 rows.append({"op": op, "d": d, "L": L, "times": t})
                 base = t["dispatch"]["median_s"]
@@ -1048,8 +1050,10 @@ def run_ops(args: argparse.Namespace) -> None:
                       flush=True)
         _ratio_table(args, f"# `{op}`: CPU algorithms against the dispatch",
                      f"Forward and backward of the bare op at the shapes an arena mixer of "
-                     f"width d gives it (batch {args.batch}); chunk columns are in the op's "
-                     f"own units.", "dispatch", rows, names, t0)
+                     f"width d gives it (batch {args.batch}"
+                     + (f", the scan's N {args.d_state}" if op == "scan" else "")
+                     + "); chunk columns are in the op's own units.", "dispatch", rows, names,
+                     t0)
 
 
 # ============================================================================ CLI
@@ -1162,6 +1166,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--chunks", nargs="+", type=int, default=[],
                    help="also the chunked reference at these chunk sizes (ssd, delta)")
     s.add_argument("--batch", type=int, default=32, help="batch size (the arena's)")
+    s.add_argument("--d-state", type=int, default=16,
+                   help="the selective scan's state size N (mamba's d_state)")
     s.add_argument("--warmup", type=int, default=1, help="untimed rounds before the timed ones")
     _add_common(s, repeats=3, threads=1)
     return p

@@ -66,6 +66,8 @@ CONV = "tests/ops/test_causal_conv.py::test_causal_conv_ref_equals_loop"
 SCAN = "tests/ops/test_selective_scan.py::test_selective_scan_ref_equals_recurrence"
 SSD = "tests/ops/test_ssd.py::test_ssd_ref_equals_recurrence"
 SMALL = "tests/ops/test_selective_scan_small.py::test_small_scan_core_gradcheck"
+SMALL_GROUPS = ("tests/ops/test_selective_scan_small.py::"
+                "test_small_groups_equal_recurrence[fp64-shared-final_state-4-3]")
 DELTA = "tests/ops/test_delta_rule.py::test_chunk_equals_recurrent"
 GDN2 = "tests/ops/test_delta_rule.py::test_gdn2_chunk_equals_recurrent"
 FA = "tests/ops/test_forgetting_attn.py::test_blockwise_equals_quadratic_outputs_and_gradients"
@@ -278,6 +280,13 @@ MUTANTS: list[Mutant] = [
     M("scan-small-shared-B-grad", "lrm/ops/selective_scan.py",
       'torch.einsum("tbgen,tbge->tbgn", X, v)', 'torch.einsum("tbgen,tbge->tbgn", X, v.abs())',
       (SMALL,), "the gradient of a B or C shared by the channels weights by |v|, not v"),
+    M("scan-small-group-entering-state", "lrm/ops/selective_scan.py",
+      "h_in = kept[c] if M == 1 else entering[c % M]", "h_in = kept[c] if M == 1 else entering[0]",
+      (SMALL_GROUPS, SMALL), "a block inside a group of blocks recomputes from the group's first "
+      "entering state, not its own"),
+    M("scan-small-group-kept-every-block", "lrm/ops/selective_scan.py",
+      "if c % M == 0:", "if c % M == M - 1:", (SMALL_GROUPS, SMALL),
+      "the forward keeps the state entering a group's last block, not its first"),
     M("scan-lean-decay-base", "lrm/ops/selective_scan.py",
       "torch.exp2(delta[..., None] * (A * LOG2E)[:, :, None, :])",
       "torch.exp2(delta[..., None] * A[:, :, None, :])",

@@ -31,9 +31,9 @@ Four implementations, one contract:
 - :func:`selective_scan_lean`: the same scan as one custom autograd function with the backward
   written out (below); it is what runs without a kernel.
 - :func:`selective_scan`: the dispatch. ``selective_scan_fn`` from mamba-ssm (CUDA, fp32/fp16/
-  bf16, real A, N ≤ 256, no initial state) when it imports; else, on small states,
-  :func:`selective_scan_small` (section "small shapes" below), and the memory-lean
-  :func:`selective_scan_lean` beyond.
+  bf16, real A, N ≤ 256, no initial state) when it imports; else, for (B, D, N) states of up
+  to 2^22 elements, :func:`selective_scan_small` (section "small shapes" below), and the
+  memory-lean :func:`selective_scan_lean` beyond.
 
 Compute dtype (:mod:`lrm.dtypes`): promote(input dtypes, float32) — half precision is scanned in
 fp32, float64 stays float64 — and the output is cast back to u's dtype.
@@ -476,9 +476,15 @@ def selective_scan_lean(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
 # 5x as long as into an existing one, and an elementwise op ran 10x faster per element on
 # tensors of 4 MiB than on 32 MiB). The small-shape scan keeps every tensor cache-sized:
 #
-# - the sequence is cut into blocks of T tokens with T·B·D·N ≈ SMALL_BLOCK_ELEMENTS (4 MiB in
-#   fp32), the unit of recomputation: the forward keeps one (B, D, N) state per block, the
-#   backward recomputes the block's decays and states from it;
+# - the sequence is cut into blocks of T tokens with T·B·D·N ≈ SMALL_BLOCK_ELEMENTS (1 MiB in
+#   fp32, at least one token), the unit of recomputation: the backward recomputes a block's
+#   decays and states from the state that entered it;
+# - the forward keeps the state entering every M-th block (a group of M blocks), M the fewest
+#   that keep at most SMALL_KEPT_PER_TOKEN = 8 state elements per token and channel
+#   (N / (T·M) ≤ 8, :func:`small_group`), so what is kept is at most 8 times u whatever N and
+#   the batch are. Where M > 1 the backward first recomputes the entering states of a group
+#   from the one kept (one more forward pass over the group's blocks but the last); at the
+#   default N = 16, with T ≥ 2, M is 1 and there is no extra pass;
 # - inside a block the recurrence is sequential, h_t = a_t ⊙ h_{t-1} + x_t, one in-place
 #   ``addcmul`` per token on a (B, D, N) slice of a time-major (T, B, G, E, N) tensor (no
 #   log-depth scan: every step does the least work, and the slice is in cache);
@@ -486,18 +492,20 @@ def selective_scan_lean(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
 #   only loop is the reversed recurrence ∂h_t = C_t ∂y_t + a_{t+1} ⊙ ∂h_{t+1}, one ``addcmul``
 #   per token, and every gradient is one pass over the block. Autograd sees one node.
 #
-# Dispatch (:func:`selective_scan` on a CPU, a test of the shape only): this path when a
-# (B, D, N) state has at most SMALL_SLICE_ELEMENTS = 2^17 elements (batch 32 × d_inner 256 ×
-# N 16), so that a block holds T ≥ 2 tokens and the states kept, L·B·D·N / T, stay within a
-# few times u and Δ; beyond that the lean path, whose memory is bounded at any size. The
-# crossover is set by memory, not time: measured with ``scripts/bench.py ops`` (forward
-# and backward of the bare scan, batch 32, N 16, one thread, docs/bench/speed.md "Small
-# shapes"), the lean path took 7x (d_inner 64) and 11x (d_inner 256) the time of this one at
-# L 128, and was never faster in any shape measured. The block budget, 2^18 elements, was the
-# fastest of 2^16 … 2^21 (d_inner 128, L 128, same run).
+# Dispatch (:func:`selective_scan` without a kernel, a test of the shape only): this path when a
+# (B, D, N) state has at most SMALL_SLICE_ELEMENTS = 2^22 elements (16 MiB in fp32; batch 32 ×
+# d_inner 2048 × N 64), else the lean path. The crossover is set by measurement: forward and
+# backward of the bare scan, batch 32, one thread (docs/bench/speed.md "Small shapes"), the
+# lean path took 7x (d_inner 64, N 16) and 11x (d_inner 256, N 16) the time of this one at
+# L 128, 11x to 14x for states of 2^17 to 2^20 elements (N 32 and 64, L 32 to 128), and 7x
+# to 9x at 2^21 and 2^22 (N 64, L 16); it was never faster in any shape measured.
+# Beyond 2^22 nothing was measured, so the lean path, whose memory is bounded at any size,
+# keeps those. The block budget, 2^18 elements, was the fastest of 2^16 … 2^21 (d_inner 128,
+# L 128, N 16).
 
 SMALL_BLOCK_ELEMENTS = 2**18  # elements of one block tensor (T, B, G, E, N): 1 MiB in fp32
-SMALL_SLICE_ELEMENTS = 2**17  # the largest (B, D, N) state for which the small path is used
+SMALL_SLICE_ELEMENTS = 2**22  # the largest (B, D, N) state for which the small path is used
+SMALL_KEPT_PER_TOKEN = 8  # state elements kept per token and channel: at most 8 times u
 LOG2E = 1.4426950408889634  # log2(e): exp(x) = 2^(x·log2 e)
 
 
@@ -543,31 +551,33 @@ class _SmallSelectiveScan(torch.autograd.Function):
     """(u, Δ, A, B, C, h0) -> (y (B, G, E, L), h_L (B, G, E, N)) on grouped tensors."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, h0, block_size: int):
-        L, T = u.shape[-1], block_size
+    def forward(ctx, u, delta, A, B, C, h0, block_size: int, group: int):
+        L, T, M = u.shape[-1], block_size, group
         d_t = delta.permute(3, 0, 1, 2).contiguous()  # (L, B, G, E): a step's slice contiguous
         u_t = u.permute(3, 0, 1, 2).contiguous()
         du_t = d_t * u_t
         B_t, C_t = B.permute(3, 0, 1, 2, 4), C.permute(3, 0, 1, 2, 4)  # (L|1, B|1, G|1, E|1, N)
         y_t = u_t.new_empty(u_t.shape)
         starts = range(0, L, T)
-        entering = h0.new_empty((len(starts), *h0.shape))  # all the backward needs of the states
+        # all the backward needs of the states: the state entering every M-th block
+        kept = h0.new_empty((-(-len(starts) // M), *h0.shape))
         A2 = A * LOG2E
         h = h0
         for c, s in enumerate(starts):
             e = min(s + T, L)
-            entering[c] = h
+            if c % M == 0:
+                kept[c // M] = h
             _, hs = _small_block(d_t[s:e], du_t[s:e], A2, _rows(B_t, s, e), h)
             y_t[s:e] = _sum_n(hs, _rows(C_t, s, e))
             h = hs[-1].clone()
-        ctx.block_size = T
-        ctx.save_for_backward(u_t, d_t, A, B, C, entering)
+        ctx.block_size, ctx.group = T, M
+        ctx.save_for_backward(u_t, d_t, A, B, C, kept)
         return y_t.permute(1, 2, 3, 0), h
 
     @staticmethod
     def backward(ctx, dy, dh_last):
-        u_t, d_t, A, B, C, entering = ctx.saved_tensors
-        L, T = u_t.shape[0], ctx.block_size
+        u_t, d_t, A, B, C, kept = ctx.saved_tensors
+        L, T, M = u_t.shape[0], ctx.block_size, ctx.group
         B_t, C_t = B.permute(3, 0, 1, 2, 4), C.permute(3, 0, 1, 2, 4)
         dy_t = (torch.zeros_like(u_t) if dy is None
                 else dy.permute(3, 0, 1, 2).contiguous())
@@ -575,19 +585,30 @@ class _SmallSelectiveScan(torch.autograd.Function):
         ddelta, du = torch.empty_like(d_t), torch.empty_like(u_t)
         dA, dB, dC = torch.zeros_like(A), torch.zeros_like(B_t), torch.zeros_like(C_t)
         # the gradient reaching the state that leaves the current block
-        carry = torch.zeros_like(entering[0]) if dh_last is None else dh_last
+        carry = torch.zeros_like(kept[0]) if dh_last is None else dh_last
         A2 = A * LOG2E
-        for c, s in reversed(list(enumerate(range(0, L, T)))):
+        starts = range(0, L, T)
+        entering = kept.new_empty((min(M, len(starts)), *kept.shape[1:]))  # one group's states
+        for c, s in reversed(list(enumerate(starts))):
             e = min(s + T, L)
+            if M > 1 and (c % M == M - 1 or c == len(starts) - 1):  # a group's last block:
+                first, h = c - c % M, kept[c // M]  # the group's entering states, recomputed
+                for j, s_j in enumerate(starts[first:c + 1]):
+                    entering[j] = h
+                    if first + j < c:
+                        e_j = min(s_j + T, L)
+                        h = _small_block(d_t[s_j:e_j], du_t[s_j:e_j], A2, _rows(B_t, s_j, e_j),
+                                         h)[1][-1]
+            h_in = kept[c] if M == 1 else entering[c % M]
             d, dy_b, B_b, C_b = d_t[s:e], dy_t[s:e], _rows(B_t, s, e), _rows(C_t, s, e)
-            a, hs = _small_block(d, du_t[s:e], A2, B_b, entering[c])  # recomputed, not kept
+            a, hs = _small_block(d, du_t[s:e], A2, B_b, h_in)  # recomputed, not kept
             dh = dy_b[..., None] * C_b  # C_t ∂y_t, turned into ∂h_t in place
             dh = dh if dh.shape == hs.shape else dh.expand_as(hs).contiguous()
             dh[-1] += carry
             for t in range(e - s - 2, -1, -1):
                 dh[t].addcmul_(a[t + 1], dh[t + 1])
             r = dh * a  # ∂h_t ⊙ a_t ⊙ h_{t-1}: the gradient of log a_t = Δ_t A
-            r[0] *= entering[c]
+            r[0] *= h_in
             r[1:] *= hs[:-1]
             w = _sum_n(dh, B_b)  # Σ_n ∂h_t B_t
             ddelta[s:e] = (r * A).sum(-1) + u_t[s:e] * w
@@ -605,7 +626,7 @@ class _SmallSelectiveScan(torch.autograd.Function):
                 dC[s:e] = dC_b
             carry = a[0] * dh[0]
         return (du.permute(1, 2, 3, 0), ddelta.permute(1, 2, 3, 0), dA,
-                dB.permute(1, 2, 3, 0, 4), dC.permute(1, 2, 3, 0, 4), carry, None)
+                dB.permute(1, 2, 3, 0, 4), dC.permute(1, 2, 3, 0, 4), carry, None, None)
 
 
 def small_block_size(u: torch.Tensor, n: int) -> int:
@@ -614,29 +635,41 @@ def small_block_size(u: torch.Tensor, n: int) -> int:
     return max(1, min(u.shape[-1], SMALL_BLOCK_ELEMENTS // max(slice_numel, 1)))
 
 
+def small_group(n: int, block_size: int) -> int:
+    """Blocks per kept state: the fewest that keep at most SMALL_KEPT_PER_TOKEN state elements
+    per token and channel, n / (block_size · group) ≤ SMALL_KEPT_PER_TOKEN."""
+    return max(1, -(-n // (block_size * SMALL_KEPT_PER_TOKEN)))
+
+
 def small_scan_core(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
-                    C: torch.Tensor, h0: torch.Tensor, block_size: int | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+                    C: torch.Tensor, h0: torch.Tensor, block_size: int | None = None,
+                    group: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The small-shape scan on grouped tensors (the layout of :func:`_prepare`), in their dtype.
-    Returns y (B, G, E, L) and the last state (B, G, E, N). Exposed for gradcheck."""
+    ``block_size``: tokens per block (default :func:`small_block_size`); ``group``: blocks per
+    kept state (default :func:`small_group`). Returns y (B, G, E, L) and the last state
+    (B, G, E, N). Exposed for gradcheck."""
     if B.dim() != 5 or C.dim() != 5:
         raise ValueError("B and C must be in the grouped layout (B|1, G|1, E|1, L|1, N)")
     if block_size is None:
         block_size = small_block_size(u, A.shape[-1])
     if block_size < 1:
         raise ValueError(f"block_size must be a positive number of tokens, got {block_size}")
-    return _SmallSelectiveScan.apply(u, delta, A, B, C, h0, int(block_size))
+    if group is None:
+        group = small_group(A.shape[-1], block_size)
+    if group < 1:
+        raise ValueError(f"group must be a positive number of blocks, got {group}")
+    return _SmallSelectiveScan.apply(u, delta, A, B, C, h0, int(block_size), int(group))
 
 
 def selective_scan_small(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                          delta_softplus=False, return_final_state=False, initial_state=None, *,
-                         block_size: int | None = None):
+                         block_size: int | None = None, group: int | None = None):
     """The selective scan for small shapes (sequential, cache-sized blocks, written-out
     backward; see the section comment above). Same contract as :func:`selective_scan_ref`."""
     dtype_in = u.dtype
     u_g, d_g, A_g, B_g, C_g, h0 = _prepare(u, delta, A, B, C, delta_bias, delta_softplus,
                                             initial_state)
-    y, h = small_scan_core(u_g, d_g, A_g, B_g, C_g, h0, block_size)
+    y, h = small_scan_core(u_g, d_g, A_g, B_g, C_g, h0, block_size, group)
     out = _finish(rearrange(y, "b g e l -> b (g e) l"), u, D, z, dtype_in)
     if return_final_state:
         return out, rearrange(h, "b g e n -> b (g e) n")

@@ -65,6 +65,36 @@ def test_small_equals_recurrence(dtype, form, softplus, with_state, final_state,
     _check(selective_scan_small, inputs, softplus, final_state, dtype, block_size=block)
 
 
+# groups of blocks per kept state (the backward recomputes a group's entering states from the
+# one kept): 37 tokens in blocks of 4 make 10 blocks, so groups of 3 leave a short last group;
+# blocks of one token in groups of 8 are the default for N = 64 at batch 32
+@pytest.mark.parametrize(("block", "group"), [(4, 3), (4, 10), (1, 8), (37, 2)])
+@pytest.mark.parametrize("final_state", [False, True], ids=["y_only", "final_state"])
+@pytest.mark.parametrize("form", ["shared", "grouped", "time_invariant"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_small_groups_equal_recurrence(dtype, form, final_state, block, group):
+    inputs = _inputs(form, True, dtype, 37)
+    _check(selective_scan_small, inputs, True, final_state, dtype, block_size=block, group=group)
+
+
+def test_small_keeps_one_state_per_group():
+    """What the backward keeps of the states: one (B, D, N) state per group of blocks, and by
+    default at most SMALL_KEPT_PER_TOKEN state elements per token and channel."""
+    u, delta, A, B, C, *_ = scan_inputs("shared", False, L=37)
+    for block, group, kept in [(4, 1, 10), (4, 3, 4), (1, 8, 5), (1, 1, 37)]:
+        y = selective_scan_small(u, delta, A, B, C, block_size=block, group=group)
+        node = next(f for f in _nodes(y) if type(f).__name__ == "_SmallSelectiveScanBackward")
+        assert node.saved_tensors[-1].shape[0] == kept, (block, group)
+    assert ss.small_group(16, 2) == 1  # batch 32, d_inner 256, N 16: a state per block
+    assert ss.small_group(64, 1) == 8  # N 64, one token per block: 64 / 8 = 8 per token
+    assert ss.small_group(32, 2) == 2
+    for n in (1, 16, 33, 64, 256):
+        for t in (1, 2, 3, 16):
+            g = ss.small_group(n, t)
+            assert n / (t * g) <= ss.SMALL_KEPT_PER_TOKEN and (g == 1 or n / (t * (g - 1))
+                                                                > ss.SMALL_KEPT_PER_TOKEN)
+
+
 @pytest.mark.parametrize("form", ["shared", "time_invariant"])
 def test_small_gradient_of_the_final_state_alone(form):
     """Only h_L is used: the output's gradient reaches the backward as None."""
@@ -92,19 +122,27 @@ def test_small_scan_core_gradcheck(form):
     B = torch.randn(*shape, generator=g, **f64).requires_grad_()
     C = torch.randn(*shape, generator=g, **f64).requires_grad_()
     h0 = torch.randn(b, G, E, N, generator=g, **f64).requires_grad_()
-    # blocks of 4: 11 tokens make 3 blocks, the last one short
-    assert torch.autograd.gradcheck(lambda *t: small_scan_core(*t, block_size=4),
-                                    (u, delta, A, B, C, h0))
+    # blocks of 4: 11 tokens make 3 blocks, the last one short; then 2 blocks per kept state
+    for group in (1, 2):
+        assert torch.autograd.gradcheck(lambda *t, g=group: small_scan_core(*t, block_size=4,
+                                                                            group=g),
+                                        (u, delta, A, B, C, h0))
+
+
+def _nodes(y) -> list:
+    """The autograd nodes behind y, one of each type."""
+    seen, out, todo = set(), [], [y.grad_fn]
+    while todo:
+        fn = todo.pop()
+        if fn is not None and type(fn).__name__ not in seen:
+            seen.add(type(fn).__name__)
+            out.append(fn)
+            todo.extend(f for f, _ in fn.next_functions)
+    return out
 
 
 def _scan_node_names(y) -> set[str]:
-    names, todo = set(), [y.grad_fn]
-    while todo:
-        fn = todo.pop()
-        if fn is not None and type(fn).__name__ not in names:
-            names.add(type(fn).__name__)
-            todo.extend(f for f, _ in fn.next_functions)
-    return names
+    return {type(f).__name__ for f in _nodes(y)}
 
 
 def test_dispatch_by_state_size(monkeypatch):
@@ -132,3 +170,5 @@ def test_small_rejects_bad_block_size():
     u, delta, A, B, C, *_ = scan_inputs("shared", False)
     with pytest.raises(ValueError, match="block_size"):
         selective_scan_small(u, delta, A, B, C, block_size=0)
+    with pytest.raises(ValueError, match="group"):
+        selective_scan_small(u, delta, A, B, C, group=0)

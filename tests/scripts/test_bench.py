@@ -145,3 +145,27 @@ def test_train_step_interleaved_count_ops_adds_a_table(tmp_path):
     assert int(ops[0]["`gdn`"].replace(",", "")) > int(ops[0]["`attention`"].replace(",", "")) > 100
     with pytest.raises(SystemExit, match="--interleaved"):
         bench.main(["train-step", "--dry-run", "--count-ops", "--mixers", "gdn"])
+
+
+def test_ops_scan_times_every_algorithm_at_the_state_size_asked(tmp_path, monkeypatch):
+    """`ops --ops scan` times the dispatch, the small and the lean scan in one table, at the
+    N of --d-state (which reaches the op: the inputs' B has N rows)."""
+    bench = load_script("bench")
+    from lrm.ops import selective_scan as SS
+
+    seen = []
+    small = SS.selective_scan_small
+
+    def spy(u, delta, A, B, *a, **k):
+        seen.append(A.shape[-1])
+        return small(u, delta, A, B, *a, **k)
+
+    monkeypatch.setattr(SS, "selective_scan_small", spy)
+    bench.main(["ops", "--ops", "scan", "--d", "4", "--lengths", "8", "--batch", "2",
+                "--d-state", "6", "--repeats", "1", "--warmup", "0", "--out", str(tmp_path)])
+    md = next(tmp_path.glob("*.md")).read_text()
+    assert "the scan's N 6" in md
+    (row,) = _table(md)
+    assert row["d"] == "4" and row["L"] == "8"
+    assert float(row["`small` ×"]) > 0 and float(row["`lean` ×"]) > 0
+    assert seen and set(seen) == {6}
