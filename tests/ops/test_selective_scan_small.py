@@ -159,6 +159,18 @@ def test_dispatch_by_state_size(monkeypatch):
     assert "_LeanSelectiveScanBackward" in _scan_node_names(y)
 
 
+def test_large_states_of_a_cpu_batch_take_the_small_path():
+    """Batch 32, d_inner 128, N 64: a 2^18-element state, where the lean path measured ~10x
+    slower (docs/bench/speed.md); the dispatch takes the small path, with groups of blocks."""
+    g = torch.Generator().manual_seed(0)
+    u, delta = torch.randn(32, 128, 3, generator=g), torch.randn(32, 128, 3, generator=g)
+    A = -torch.rand(128, 64, generator=g).requires_grad_()
+    B, C = torch.randn(32, 64, 3, generator=g), torch.randn(32, 64, 3, generator=g)
+    y = selective_scan(u, delta, A, B, C, delta_softplus=True)
+    assert "_SmallSelectiveScanBackward" in _scan_node_names(y)
+    assert ss.small_group(64, ss.small_block_size(u, 64)) == 8
+
+
 def test_block_size_follows_the_element_budget():
     u = torch.zeros(32, 64, 128)
     assert ss.small_block_size(u, 16) == ss.SMALL_BLOCK_ELEMENTS // (32 * 64 * 16)
