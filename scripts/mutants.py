@@ -281,7 +281,7 @@ MUTANTS: list[Mutant] = [
       'torch.einsum("tbgen,tbge->tbgn", X, v)', 'torch.einsum("tbgen,tbge->tbgn", X, v.abs())',
       (SMALL,), "the gradient of a B or C shared by the channels weights by |v|, not v"),
     M("scan-small-group-entering-state", "lrm/ops/selective_scan.py",
-      "h_in = kept[c] if M == 1 else entering[c % M]", "h_in = kept[c] if M == 1 else entering[0]",
+      "h_in = entering[c % M]", "h_in = entering[0]",
       (SMALL_GROUPS, SMALL), "a block inside a group of blocks recomputes from the group's first "
       "entering state, not its own"),
     M("scan-small-group-kept-every-block", "lrm/ops/selective_scan.py",

@@ -588,18 +588,15 @@ class _SmallSelectiveScan(torch.autograd.Function):
         carry = torch.zeros_like(kept[0]) if dh_last is None else dh_last
         A2 = A * LOG2E
         starts = range(0, L, T)
-        entering = kept.new_empty((min(M, len(starts)), *kept.shape[1:]))  # one group's states
         for c, s in reversed(list(enumerate(starts))):
             e = min(s + T, L)
-            if M > 1 and (c % M == M - 1 or c == len(starts) - 1):  # a group's last block:
-                first, h = c - c % M, kept[c // M]  # the group's entering states, recomputed
-                for j, s_j in enumerate(starts[first:c + 1]):
-                    entering[j] = h
-                    if first + j < c:
-                        e_j = min(s_j + T, L)
-                        h = _small_block(d_t[s_j:e_j], du_t[s_j:e_j], A2, _rows(B_t, s_j, e_j),
-                                         h)[1][-1]
-            h_in = kept[c] if M == 1 else entering[c % M]
+            if c % M == M - 1 or c == len(starts) - 1:  # a group's last block: the states
+                entering = [kept[c // M]]  # entering its blocks, recomputed from the one kept
+                for s_j in starts[c - c % M:c]:
+                    e_j = min(s_j + T, L)
+                    entering.append(_small_block(d_t[s_j:e_j], du_t[s_j:e_j], A2,
+                                                 _rows(B_t, s_j, e_j), entering[-1])[1][-1].clone())
+            h_in = entering[c % M]
             d, dy_b, B_b, C_b = d_t[s:e], dy_t[s:e], _rows(B_t, s, e), _rows(C_t, s, e)
             a, hs = _small_block(d, du_t[s:e], A2, B_b, h_in)  # recomputed, not kept
             dh = dy_b[..., None] * C_b  # C_t ∂y_t, turned into ∂h_t in place
