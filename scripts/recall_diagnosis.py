@@ -113,6 +113,12 @@ def _quarters_text(by_pos: list[float | None] | None) -> str:
     return " / ".join("–" if a is None else f"{100 * a:.0f}" for a in by_pos)
 
 
+def _seconds(r: dict[str, Any]) -> float:
+    """A run's training time over all its sittings (``fit_s``; a resumed run's ``wall_s`` is
+    only its last sitting's), else its wall time for records older than ``fit_s``."""
+    return float(r.get("fit_s") or r["wall_s"])
+
+
 def render(recs: list[dict[str, Any]], *, command: str, notes: str | None) -> str:
     ok = [r for r in recs if r.get("status") == "ok"]
     lines = ["# Recall arena: diagnoses", "",
@@ -125,7 +131,9 @@ def render(recs: list[dict[str, Any]], *, command: str, notes: str | None) -> st
              "quarter: the accuracy on the queries in each quarter "
              "of the sequence (first to last; – where a quarter holds no query, or the run "
              "predates the column). Loss curve: (step: mean training loss) at the start, "
-             "a quarter, half, three quarters and the end.", ""]
+             "a quarter, half, three quarters and the end. Training (s): the seconds of "
+             "training, every sitting of a resumed run added up (the wall time of a run "
+             "before that was recorded).", ""]
     lines += [NOTES_BEGIN + (notes if notes is not None else "\n") + NOTES_END, ""]
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in ok:
@@ -134,7 +142,7 @@ def render(recs: list[dict[str, Any]], *, command: str, notes: str | None) -> st
         what = f"MQAR L={L}, {kv} pairs" if task == "mqar" else f"{task} L={L}"
         lines += [f"## {mixer}: {what}, d={d}", "",
                   "| lr | steps | vocab | n_train | seed | other settings | acc (%) | "
-                  "by quarter (%) | still learning | loss curve | wall (s) |",
+                  "by quarter (%) | still learning | loss curve | training (s) |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         rs.sort(key=lambda r: (_settings_text(r), *(r[k] for k in SHOWN)))
         for r in rs:
@@ -147,7 +155,7 @@ def render(recs: list[dict[str, Any]], *, command: str, notes: str | None) -> st
             lines.append(f"| {r['lr']:g} | {r['steps']} | {r['vocab']} | {r['n_train']} | "
                          f"{r['seed']} | {_settings_text(r)} | {acc} | "
                          f"{_quarters_text(r.get('acc_by_position'))} | {learning} | "
-                         f"{_curve_text(r.get('loss_curve') or [])} | {r['wall_s']:.0f} |")
+                         f"{_curve_text(r.get('loss_curve') or [])} | {_seconds(r):.0f} |")
         lines.append("")
     failed = [r for r in recs if r.get("status") != "ok"]
     if failed:

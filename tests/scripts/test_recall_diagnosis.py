@@ -21,8 +21,10 @@ def test_variants_are_the_arena_run_with_the_settings_changed(tmp_path, monkeypa
         return {**c, "status": "ok", "acc": 0.9 if falling else 0.2, "wall_s": 3.0,
                 "acc_by_length": {}, "state_size": [1], "date": "2026-01-01",
                 "loss_curve": curve, "final_loss": curve[-1][1],
-                # only one variant has the per-quarter accuracy (an older record has none)
-                **({"acc_by_position": [1.0, None, 0.8, 0.5]} if falling else {})}
+                # only one variant has the per-quarter accuracy and the training time over
+                # every sitting (an older record has neither)
+                **({"acc_by_position": [1.0, None, 0.8, 0.5], "fit_s": 1234.0}
+                   if falling else {})}
 
     monkeypatch.setattr(arena, "_launch", fake)
     argv = ["gdn", "--cell", "64:4:64", "--vary", "vocab=64,256", "mixer.head_dim=8",
@@ -46,6 +48,9 @@ def test_variants_are_the_arena_run_with_the_settings_changed(tmp_path, monkeypa
     assert len(rows) == 2 and "## gdn: MQAR L=64, 4 pairs, d=64" in page
     assert any("| 64 |" in r and "| 90.0 | 100 / – / 80 / 50 | yes |" in r for r in rows)
     assert any("| 256 |" in r and "| 20.0 | – | no |" in r for r in rows)
+    # the time shown is the training over every sitting where the record has it, else the wall
+    assert any("| 64 |" in r and r.endswith("| 1234 |") for r in rows)
+    assert any("| 256 |" in r and r.endswith("| 3 |") for r in rows)
     assert all("mixer.head_dim=8, mlp_ratio=0" in r for r in rows)
     # notes written into the page survive; a rerun trains nothing new
     (tmp_path / "d.md").write_text(page.replace("<!-- notes -->\n", "<!-- notes -->\nvocab!\n"))
