@@ -23,7 +23,9 @@ does it **extrapolate**.
   sequence after L tokens: the KV cache for attention, the recurrent state otherwise), so
   accuracy can be drawn against state size.
 - **The sweep protocol** (lra/leaderboard/sweep.py, shared with the LRA grid): each cell sweeps
-  its mixer family's learning rates, a best rate at an end extends the sweep, the best rate of
+  its mixer family's learning rates (and any rate :data:`CELL_RATES` adds to one mixer's sweep
+  in one cell, where a diagnosis found its window between two rungs of the ladder), a best rate
+  at an end extends the sweep, the best rate of
   every MQAR cell is re-run on a second seed, and a run whose loss went non-finite is listed as
   diverged, never a result.
 - **Extrapolation.** Runs of the (128, 8, 64) MQAR cell and the passkey cell are tested at 2L,
@@ -154,6 +156,25 @@ CELL_MIN_STEPS: dict[tuple[int, int, int], tuple[int, str]] = {
                           "with 2000 and 99.2% with 6000, its loss leaving the plateau at step "
                           "~2000 of the longer schedule"),
 }
+
+
+# Rates added to one mixer's sweep in one MQAR cell, with the measurement behind each. The
+# family's ladder (1-3-10) leaves a 3.3x gap between 3e-3 and 1e-2; where a diagnosis found a
+# mixer's window inside such a gap, the cell sweeps that rate too, on the first seed like the
+# others, so the protocol can pick it and re-run it on the second seed. The page lists them.
+CELL_RATES: dict[tuple[str, tuple[int, int, int]], tuple[tuple[float, ...], str]] = {
+    ("mamba", (256, 16, 64)): ((5.5e-3,), "docs/recall_diagnosis.md: at 6000 steps, seed 0, "
+                                          "3e-3 recalled 6.9% and 1e-2 0.8%, 5.5e-3 91.4%"),
+}
+
+
+def cell_rates(mixer: str, cell: tuple[int, int, int]) -> list[float]:
+    """The rates the first seed sweeps in an MQAR cell: the mixer family's
+    (:func:`lra.leaderboard.sweep.rates_for`) and any :data:`CELL_RATES` adds there."""
+    from lra.leaderboard import sweep
+
+    added = CELL_RATES.get((mixer.split(":")[0], tuple(cell)), ((), ""))[0]
+    return sorted({*sweep.rates_for(mixer), *added})
 
 
 def steps_for(mixer: str, cell: tuple[int, int, int] | None = None) -> tuple[int, str]:
@@ -355,7 +376,8 @@ def grid(spec: dict[str, Any], mixers: Sequence[str], *, steps: int | None = Non
          seed: int = 0) -> list[dict[str, Any]]:
     """The first seed's runs of every cell of a grid spec (:data:`FULL`, :data:`QUICK`) for
     ``mixers``: each cell at each rate of its initial sweep (the spec's ``lr`` list, else the
-    mixer family's, :func:`lra.leaderboard.sweep.rates_for`). The protocol adds the extensions
+    mixer family's, :func:`lra.leaderboard.sweep.rates_for`, with the cell's
+    :data:`CELL_RATES`). The protocol adds the extensions
     and the second seed as results come in (:func:`run`)."""
     from lra.leaderboard import sweep
 
@@ -386,7 +408,7 @@ def grid(spec: dict[str, Any], mixers: Sequence[str], *, steps: int | None = Non
         return d == m.get("extrapolate_d")
 
     for (L, kv, d), mixer in itertools.product(mq, mixers):
-        for lr in m.get("lr") or sweep.rates_for(mixer):
+        for lr in m.get("lr") or cell_rates(mixer, (L, kv, d)):
             ext = [f * L for f in EXTRAP] if is_ext(L, kv, d) else []
             cells.append({**base(mixer, n_steps(mixer, cell=(L, kv, d))), "kind": "state",
                           "mixer": mixer,
@@ -709,7 +731,11 @@ def render(recs: list[dict[str, Any]], cells: list[dict[str, Any]], *, store_nam
                                           in sorted(ARENA_STEPS.items()))
            + f"; every other mixer {DEFAULT_STEPS} (not measured)."
            + "".join(f" The cell L={L}, {kv} pairs, d={d} trains at least {n} steps "
-                     f"({why})." for (L, kv, d), (n, why) in CELL_MIN_STEPS.items()), ""]
+                     f"({why})." for (L, kv, d), (n, why) in CELL_MIN_STEPS.items())
+           + "".join(f" In the cell L={L}, {kv} pairs, d={d} {m} also sweeps "
+                     f"{', '.join(f'{lr:g}' for lr in lrs)}, between the rungs of its ladder "
+                     f"({why}; marked \"added\" in the sweep table)."
+                     for (m, (L, kv, d)), (lrs, why) in CELL_RATES.items()), ""]
     grid_cells = [(c["L"], c["kv"], c["d"]) for c in cells if c["kind"] == "state"]
     cols = list(dict.fromkeys(grid_cells)) or sorted({k[3:] for k in best if k[0] == "state"})
     mixers = sorted({k[1] for k in summ} | {c["mixer"] for c in cells})
@@ -754,7 +780,9 @@ def render(recs: list[dict[str, Any]], cells: list[dict[str, Any]], *, store_nam
                 "| cell | rates (status; extensions marked) | best | seeds at the best |",
                 "|---|---|---|---|"]
         for k, s_ in sorted(summ.items(), key=lambda kv: str(kv[0])):
-            rates = ", ".join(f"{lr:g} {w}" for lr, w in s_.rates)
+            added = CELL_RATES.get((k[1], k[3:]), ((), ""))[0] if k[0] == "state" else ()
+            rates = ", ".join(f"{lr:g} {w}" + (" (added)" if lr in added else "")
+                              for lr, w in s_.rates)
             seeds = ", ".join(f"seed {sd}: {100 * r['acc']:.1f} ({r.get('device', '?')})"
                               for sd, r in sorted(s_.seeds.items()))
             out.append(f"| {k[1]} {k[2]} L={k[3]} kv={k[4]} d={k[5]} | {rates} | "

@@ -273,7 +273,9 @@ def test_a_long_missing_list_is_counted_by_mixer_and_names_its_cells():
     n = len(arena.missing_runs(cells, []))
     assert n > 40 and f"{n} runs have no result" in missing
     line = next(ln for ln in missing.splitlines() if ln.startswith("- mamba: "))
-    assert " 128:8:64 (3)" in line and " 256:16:64 (3)" in line and " passkey (3)" in line
+    added = len(arena.CELL_RATES.get(("mamba", (256, 16, 64)), ((), ""))[0])
+    assert " 128:8:64 (3)" in line and f" 256:16:64 ({3 + added})" in line
+    assert " passkey (3)" in line
     counted = sum(int(x) for ln in missing.splitlines() if ln.startswith("- ")
                   for x in re.findall(r"\((\d+)\)", ln))
     assert counted == n
@@ -323,3 +325,41 @@ def test_missing_runs_carry_the_cpu_time_their_cell_took():
                         notes=None)
     missing = page[page.index("## Missing cells"):]
     assert "(about 8 min)" in missing and "about 0.1 CPU-hours for 1 of the 1 runs" in missing
+
+
+def test_a_rate_added_to_one_cell_is_swept_can_win_and_gets_the_second_seed(tmp_path,
+                                                                            monkeypatch):
+    """CELL_RATES: a rate between the ladder's rungs, added to one mixer's sweep in one cell, is
+    run on the first seed beside the family's rates, can be the cell's best, is then re-run on
+    the second seed, and is marked on the page; no other cell or mixer gets it."""
+    from lra.leaderboard import sweep
+
+    monkeypatch.setattr(arena, "CELL_RATES", {("gdn", (64, 4, 64)): ((5.5e-3,), "a window")})
+    cells = arena.select_cells(arena.grid(arena.FULL, ["gdn", "attention"]),
+                               ["64:4:64", "128:8:64"])
+
+    def rates(mixer, name):
+        return sorted(c["lr"] for c in cells if c["mixer"] == mixer
+                      and arena.cell_name(c) == name)
+    assert rates("gdn", "64:4:64") == [1e-3, 3e-3, 5.5e-3, 1e-2]
+    assert rates("gdn", "128:8:64") == sweep.rates_for("gdn")
+    assert rates("attention", "64:4:64") == sweep.rates_for("attention")
+
+    launched = []
+
+    def fake(c, t, **_):
+        launched.append((c["lr"], c["seed"]))
+        return {**c, "status": "ok", "acc": 0.9 if c["lr"] == 5.5e-3 else 0.1,
+                "acc_by_length": {str(c["L"]): 0.5}, "wall_s": 1.0, "state_size": [1],
+                "date": "2026-01-01", "final_loss": 1.0, "loss_curve": [[1, 1.0], [2, 1.0]]}
+    monkeypatch.setattr(arena, "_launch", fake)
+    mine = [c for c in cells if c["mixer"] == "gdn" and arena.cell_name(c) == "64:4:64"]
+    arena.run(mine, tmp_path / "runs.json", jobs=1, progress=False, protocol=sweep.PROTOCOL)
+    # the best rate is in the middle of the four, so no extension: its second seed only
+    assert sorted(launched) == [(1e-3, 0), (3e-3, 0), (5.5e-3, 0), (5.5e-3, 1), (1e-2, 0)]
+    page = arena.render(load_store(tmp_path / "runs.json"), mine, store_name="runs.json",
+                        plots=("a.png",), notes=None)
+    row = next(ln for ln in page.splitlines() if ln.startswith("| gdn |"))
+    assert "90.0 (90.0 / 90.0) @ 0.0055" in row
+    assert "0.0055 ok (added)" in page and "0.003 ok," in page
+    assert "gdn also sweeps 0.0055, between the rungs of its ladder (a window;" in page
