@@ -203,7 +203,11 @@ def main(argv: list[str] | None = None) -> None:
             for values in itertools.product(*(v for _, v in vary)):
                 runs.append(variant(base, dict(zip(names, values, strict=True))))
         arena.run(runs, args.store, jobs=args.jobs, command=command)
-    page = render(load_store(args.store), command=command, notes=read_notes(args.out))
+    recs = load_store(args.store)
+    if args.render:  # the page names the command that made its newest run, not this one
+        dated = [r for r in recs if r.get("grid_command") and r.get("date")]
+        command = max(dated, key=lambda r: r["date"])["grid_command"] if dated else command
+    page = render(recs, command=command, notes=read_notes(args.out))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(page, encoding="utf-8")
     print(f"wrote {args.out}")

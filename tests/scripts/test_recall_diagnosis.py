@@ -56,6 +56,11 @@ def test_variants_are_the_arena_run_with_the_settings_changed(tmp_path, monkeypa
     (tmp_path / "d.md").write_text(page.replace("<!-- notes -->\n", "<!-- notes -->\nvocab!\n"))
     diag.main(argv)
     assert len(launched) == 2 and "vocab!" in (tmp_path / "d.md").read_text()
+    # a render alone names the command that made the runs, not itself
+    diag.main(["gdn", "--render", "--store", str(tmp_path / "s.json"), "--out",
+               str(tmp_path / "d.md")])
+    last = (tmp_path / "d.md").read_text().splitlines()[-1]
+    assert "--vary vocab=64,256" in last and "--render" not in last
 
 
 def test_a_setting_that_is_no_field_or_option_is_refused(tmp_path):
