@@ -827,9 +827,11 @@ def render(recs: list[dict[str, Any]], cells: list[dict[str, Any]], *, store_nam
         if timed:
             out += [f"Training time still to spend, at the pace of the CPU runs already in the "
                     f"store for the same mixer and cell (one torch thread, as the lanes ran "
-                    f"them): about {sum(timed) / 3600:.1f} CPU-hours for {len(timed)} of the "
-                    f"{len(miss)} runs; the other {len(miss) - len(timed)} have no CPU run of "
-                    f"their cell yet.", ""]
+                    f"them): about {sum(timed) / 3600:.1f} CPU-hours for "
+                    + (f"the {len(miss)} run{'s' * (len(miss) != 1)}." if len(timed) == len(miss)
+                       else f"{len(timed)} of the {len(miss)} runs; the other "
+                            f"{len(miss) - len(timed)} have no CPU run of their cell yet."),
+                    ""]
     if miss and len(miss) <= 40:
         out += [f"{len(miss)} run{'s' * (len(miss) != 1)} without a result:", ""]
         out += [f"- {_label(c)}: {why}" + (f" (about {e / 60:.0f} min)" if e is not None else "")

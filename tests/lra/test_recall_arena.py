@@ -324,7 +324,7 @@ def test_missing_runs_carry_the_cpu_time_their_cell_took():
     page = arena.render(done, [todo], store_name="runs.json", plots=("a.png", "b.png"),
                         notes=None)
     missing = page[page.index("## Missing cells"):]
-    assert "(about 8 min)" in missing and "about 0.1 CPU-hours for 1 of the 1 runs" in missing
+    assert "(about 8 min)" in missing and "about 0.1 CPU-hours for the 1 run." in missing
 
 
 def test_a_rate_added_to_one_cell_is_swept_can_win_and_gets_the_second_seed(tmp_path,
