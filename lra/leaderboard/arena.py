@@ -168,13 +168,17 @@ CELL_RATES: dict[tuple[str, tuple[int, int, int]], tuple[tuple[float, ...], str]
 }
 
 
+def added_rates(mixer: str, cell: tuple[int, int, int]) -> tuple[float, ...]:
+    """The rates :data:`CELL_RATES` adds to ``mixer``'s sweep in the MQAR cell (L, pairs, d)."""
+    return CELL_RATES.get((mixer.split(":")[0], tuple(cell)), ((), ""))[0]
+
+
 def cell_rates(mixer: str, cell: tuple[int, int, int]) -> list[float]:
     """The rates the first seed sweeps in an MQAR cell: the mixer family's
     (:func:`lra.leaderboard.sweep.rates_for`) and any :data:`CELL_RATES` adds there."""
     from lra.leaderboard import sweep
 
-    added = CELL_RATES.get((mixer.split(":")[0], tuple(cell)), ((), ""))[0]
-    return sorted({*sweep.rates_for(mixer), *added})
+    return sorted({*sweep.rates_for(mixer), *added_rates(mixer, cell)})
 
 
 def steps_for(mixer: str, cell: tuple[int, int, int] | None = None) -> tuple[int, str]:
@@ -780,7 +784,7 @@ def render(recs: list[dict[str, Any]], cells: list[dict[str, Any]], *, store_nam
                 "| cell | rates (status; extensions marked) | best | seeds at the best |",
                 "|---|---|---|---|"]
         for k, s_ in sorted(summ.items(), key=lambda kv: str(kv[0])):
-            added = CELL_RATES.get((k[1], k[3:]), ((), ""))[0] if k[0] == "state" else ()
+            added = added_rates(k[1], k[3:]) if k[0] == "state" else ()
             rates = ", ".join(f"{lr:g} {w}" + (" (added)" if lr in added else "")
                               for lr, w in s_.rates)
             seeds = ", ".join(f"seed {sd}: {100 * r['acc']:.1f} ({r.get('device', '?')})"
