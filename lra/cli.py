@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> None:
             print(trainer_help(name))
             return None
         argv = ["--help" if a == "--help-all" else a for a in argv]
+    from lra.allocator import keep_freed_memory
+
+    keep_freed_memory()  # large freed tensors stay mapped: see lra/allocator.py
     module, function = SUBCOMMANDS[name].target.split(":")
     run = getattr(importlib.import_module(module), function)
     if SUBCOMMANDS[name].target == _TRAINER:

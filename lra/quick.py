@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from lra.allocator import keep_freed_memory
 from lra.objective import IGNORE, cross_entropy, warmup_cosine
 from lra.resumable import save_atomic
 from lra.step_guard import StepGuard, grad_norm
@@ -72,6 +73,7 @@ def fit(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, 
     if checkpoint_every < 1 or progress_every < 1:
         raise ValueError(f"checkpoint_every and progress_every must be >= 1, got "
                          f"{checkpoint_every} and {progress_every}")
+    keep_freed_memory()  # large freed tensors stay mapped (lra/allocator.py)
     warmup = max(1, steps // 10) if warmup is None else warmup
     opt = torch.optim.AdamW(param_groups(model, lr=lr, weight_decay=weight_decay),
                             betas=(0.9, 0.98))

@@ -34,7 +34,9 @@ Modes (``scaling`` when none is named):
   that ran before the by-size dispatch, or ``titans:no-memory`` / ``titans:no-memory-read``,
   the Titans block with parts taken out to show where its step goes (``PATHS``);
   ``--count-ops`` adds the number of ATen ops each step dispatches, which does not depend
-  on the machine or its load.
+  on the machine or its load. The allocator is set as the harness sets it
+  (``lra/allocator.py``: large freed blocks stay mapped); ``--malloc system`` times glibc's
+  defaults instead.
 - ``ops``: forward+backward of a bare op at the shapes the arena's mixers give it (batch 32),
   every CPU algorithm against the dispatch, interleaved in one process: the measurements
   behind the size crossovers of the ops' CPU paths (docs/bench/speed.md, "Small shapes").
@@ -697,6 +699,7 @@ PATHS: dict[tuple[str, str], list[tuple[str, str, Any]]] = {
     ("mamba", "lean"): [("lrm.ops.selective_scan", "SMALL_SLICE_ELEMENTS", 0)],
     ("mamba2", "lean"): [("lrm.ops.ssd", "SMALL_ELEMENTS", 0),
                          ("lrm.ops.ssd", "cpu_chunk_size", lambda P, N, chunk: chunk)],
+    ("mamba2", "ref"): [("lrm.ops.ssd", "SMALL_ELEMENTS", 2**62)],
     ("gdn", "lean"): [("lrm.ops.delta_rule", "SMALL_ELEMENTS", 0),
                       ("lrm.ops.delta_rule", "cpu_chunk_size", lambda K, rows=32: 64)],
 }
@@ -717,6 +720,15 @@ PATHS.update({
         ("lrm.mixers.titans", "neural_memory", _memory_stand_in),
         ("lrm.mixers.titans", "memory_forward", lambda weights, x, **_: x)],
 })
+
+
+# what the report says of the C allocator (--malloc)
+MALLOC_NOTE = {
+    "harness": "The allocator as the harness sets it (`lra/allocator.py`: large freed blocks "
+               "stay mapped).",
+    "system": "glibc's default allocator (`--malloc system`: blocks above 32 MiB are fresh "
+              "pages at every step).",
+}
 
 
 def split_path(spec: str) -> tuple[str, str]:
@@ -759,6 +771,10 @@ def train_step_case(cfg: dict[str, Any]) -> measure.Case:
     from lra.quick import IGNORE
     from lrm.optim import param_groups
 
+    if cfg.get("malloc", "harness") == "harness":  # before the model's first tensors
+        from lra.allocator import keep_freed_memory
+
+        keep_freed_memory()
     torch.manual_seed(0)
     (mixer, path), d, L = split_path(cfg["mixer"]), cfg["d"], cfg["L"]
     opts = ARENA_KWARGS.get(mixer)
@@ -822,7 +838,7 @@ def run_train_step(args: argparse.Namespace) -> None:
             base = None
             for mixer in order:
                 cfg = dict(mixer=mixer, d=d, L=L, batch=args.batch, repeats=args.repeats,
-                           warmup=args.warmup, threads=args.threads)
+                           warmup=args.warmup, threads=args.threads, malloc=args.malloc)
                 r = {"mixer": mixer, "d": d, "L": L,
                      **measure.run_fresh("bench:train_step_case", cfg, timeout=args.timeout)}
                 if mixer == "attention":
@@ -841,8 +857,8 @@ def run_train_step(args: argparse.Namespace) -> None:
         f"per-mixer options, an MQAR batch of {args.batch}; each case in a fresh process, "
         f"{args.warmup} warm-up step(s) untimed, then {args.repeats} timed. Ratio = median "
         f"time / attention's median at the same L and d in this run; its range combines the "
-        f"two interquartile ranges. Wall {time.time() - t0:.0f} s.", "",
-        "| mixer | d | L | step (ms), median | min-max (ms) | ratio to attention | "
+        f"two interquartile ranges. {MALLOC_NOTE[args.malloc]} Wall {time.time() - t0:.0f} s.",
+        "", "| mixer | d | L | step (ms), median | min-max (ms) | ratio to attention | "
         "ratio range | peak mem (MB) | params |",
         "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -920,7 +936,8 @@ def run_train_step_interleaved(args: argparse.Namespace, order: list[str]) -> No
     for d in args.d:
         for L in args.lengths:
             fns = {m: train_step_case(dict(mixer=m, d=d, L=L, batch=args.batch,
-                                           compile=args.compile)).step for m in order}
+                                           compile=args.compile, malloc=args.malloc)).step
+                   for m in order}
             first = {}
             if args.compile:  # the first step compiles: timed on its own, not in the ratios
                 for m, fn in fns.items():
@@ -937,7 +954,7 @@ def run_train_step_interleaved(args: argparse.Namespace, order: list[str]) -> No
                   + ", ".join(f"{m} x{t[m]['median_s'] / t['attention']['median_s']:.2f}"
                               for m in order[1:]), flush=True)
     what = (f"One optimizer step of the recall arena's model (as in `train-step`), batch "
-            f"{args.batch}.")
+            f"{args.batch}. {MALLOC_NOTE[args.malloc]}")
     if args.compile:
         what += (" Every model compiled in place (`nn.Module.compile`, Inductor's default mode, "
                  "as `lra fit --model.compile true`); its first step, which compiles, was timed "
@@ -1149,6 +1166,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--count-ops", action="store_true",
                    help="with --interleaved: also count the ATen ops one step dispatches "
                         "(machine-independent; the count runs after the timing)")
+    s.add_argument("--malloc", choices=("harness", "system"), default="harness",
+                   help="the C allocator: as the harness sets it (lra/allocator.py: large "
+                        "freed blocks stay mapped) or glibc's defaults")
     _add_timeout(s, 1200)
     _add_common(s, repeats=5, threads=1)
 

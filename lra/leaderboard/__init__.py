@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "--worker":
+        from lra.allocator import keep_freed_memory
+
+        keep_freed_memory()  # a worker is its own process (see lra/allocator.py)
         return worker(argv[1])
     if "--suite" in argv:
         i = argv.index("--suite")
