@@ -1038,10 +1038,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "--cell":
-        from lra.allocator import keep_freed_memory
-
-        keep_freed_memory()  # a run is its own process (see lra/allocator.py)
+    if argv and argv[0] == "--cell":  # a run: lra.quick.fit sets the allocator (lra/allocator.py)
         progress = argv[argv.index("--progress") + 1] if "--progress" in argv else None
         return _child(argv[1], argv[argv.index("--result") + 1], progress)
     from lra.leaderboard import store as st

@@ -144,6 +144,15 @@ def test_every_lra_module_name_is_distinct():
     assert not [n for n, k in names.items() if k > 1], names
 
 
+def test_lrm_imports_nothing_of_lra():
+    # the design's first rule: no training code in lrm, so nothing of the harness either
+    # (its process-wide settings, lra/allocator.py, included)
+    graph = import_graph()
+    reach = {m: sorted(t for t in targets if t.split(".")[0] == "lra")
+             for m, targets in graph.items() if m.split(".")[0] == "lrm"}
+    assert not {m: t for m, t in reach.items() if t}
+
+
 if __name__ == "__main__":
     graph = import_graph()
     found = circles(graph)
