@@ -6,8 +6,8 @@ hands it back to the kernel on ``free``. The threshold adapts up to 32 MiB, so a
 than that (at L = 2048 and batch 32, a (B, L, 256) activation is 64 MiB) is new, unmapped memory
 every step, and every one of its 4 KiB pages is zeroed by the kernel on its first touch (a minor
 page fault). At the sizes people train on a CPU this is no small tax: one training step of the
-recall arena's Mamba-2 model at d = 128, L = 2048 took 3.6 million page faults and spent more
-time in the kernel than in PyTorch (docs/bench/speed.md, "The allocator").
+recall arena's Mamba-2 model at d = 128, L = 2048 took 3.8 million page faults and spent more
+time in the kernel than in PyTorch (docs/bench/speed.md, "The allocator", with the command).
 
 What. :func:`keep_freed_memory` raises the threshold (``mallopt(M_MMAP_THRESHOLD, 1 GiB)``), so
 blocks up to 1 GiB come from the heap and go back to it, and the trim threshold with it
