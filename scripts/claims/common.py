@@ -182,13 +182,18 @@ def protocol_options(p: argparse.ArgumentParser, *, lrs: Sequence[float]) -> Non
                         "read back instead of trained (default: runs/claims/<check>.jsonl)")
     p.add_argument("--fresh", action="store_true",
                    help="train every run again (the store is still appended to)")
+    p.add_argument("--only-run", nargs=2, action="append", type=float, default=None,
+                   metavar=("LR", "SEED"),
+                   help="train only this run (rate, seed) of every model of the check into the "
+                        "store and judge nothing (repeatable): lets a second process fill a "
+                        "long sweep beside the first, which then reads the run back")
 
 
 # settings that do not change what a run computes: left out of a stored run's key. The last
 # four choose which models, mixers, parts or tasks of a check run, not how any one run trains
 # (the check's name carries its part or task), so a check run in pieces reuses its runs.
 _NOT_IN_KEY = {"threads", "json", "out", "store", "fresh", "lrs", "seeds", "max_extend", "jobs",
-               "command", "t_start", "runs_dir", "worker",
+               "command", "t_start", "runs_dir", "worker", "only_run",
                "models", "mixers", "part", "tasks"}
 
 
@@ -216,8 +221,10 @@ class RunStore:
     script's settings (its options, less those that only say how to run it), so a run is read
     back only where it would be trained the same way. A line cut short by a kill is skipped."""
 
-    def __init__(self, path: Path, settings: dict[str, Any], *, fresh: bool = False) -> None:
+    def __init__(self, path: Path, settings: dict[str, Any], *, fresh: bool = False,
+                 only: Sequence[tuple[float, int]] = ()) -> None:
         self.path, self.settings = Path(path), _key_settings(settings)
+        self.only = [(float(lr), int(seed)) for lr, seed in only]  # --only-run: these alone
         self.commit = git_commit()  # of the code the runs of this invocation train with
         self._runs: dict[str, Run] = {}
         self._lock = threading.Lock()  # checks with jobs > 1 finish runs from several threads
@@ -271,7 +278,15 @@ def run_store(args: argparse.Namespace) -> RunStore:
     stem = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else "check"
     path = args.store or REPO / "runs" / "claims" / (
         stem + ("-smoke" if getattr(args, "smoke", False) else "") + ".jsonl")
-    return RunStore(path, vars(args), fresh=getattr(args, "fresh", False))
+    only = getattr(args, "only_run", None) or []
+    for lr, seed in only:
+        if lr <= 0 or seed != int(seed):
+            raise SystemExit(f"--only-run {lr:g} {seed:g}: give a positive learning rate and "
+                             "an integer seed, e.g. --only-run 0.003 1")
+    if only and (getattr(args, "out", None) or getattr(args, "json", None)):
+        raise SystemExit("--only-run judges nothing, so it writes no report: leave out --out "
+                         "and --json (the check's full command writes them from the store)")
+    return RunStore(path, vars(args), fresh=getattr(args, "fresh", False), only=only)
 
 
 @dataclass
@@ -365,11 +380,40 @@ class CheckResult:
     control_ok: bool
     verdicts: list[tuple[str, str, list[str]]]  # (claim, verdict, one line per comparison)
     wall_s: float
+    only_runs: bool = False  # --only-run: the named runs were trained, nothing was judged
 
 
 def _score(run: Run, metric: str) -> float:
     v = run.scores.get(metric, float("nan"))
     return -math.inf if math.isnan(v) else v
+
+
+def train_one(check: Check, model: str, lr: float, seed: int) -> Run:
+    """One run of ``model`` at rate ``lr`` and ``seed``: read back from the check's store, or
+    trained (from its last checkpoint if a killed run left one) and appended to it."""
+    key = check.store.key(check.name, model, lr, seed) if check.store else ""
+    run = check.store.get(key) if check.store else None
+    stored = run is not None
+    if stored:
+        run.from_store = True
+    else:
+        t0 = time.time()
+        token = _RUN_CHECKPOINT.set((check.store.checkpoint_base(key), [0])
+                                    if check.store else None)
+        named = _RUN_LABEL.set((f"[{check.name}] {model} lr {lr:.3g} seed {seed}",
+                                check.log))
+        try:
+            run = check.train(model, lr, seed)
+        finally:
+            _RUN_LABEL.reset(named)
+            _RUN_CHECKPOINT.reset(token)
+        run.secs, run.lr, run.seed = run.secs or time.time() - t0, lr, seed
+        if check.store:
+            check.store.add(key, run)
+    check.log(f"[{check.name}] {model} lr {lr:.3g} seed {seed}: "
+              + ", ".join(f"{k} {v:.3f}" for k, v in run.scores.items())
+              + f" ({run.secs:.0f} s{', from the store' if stored else ''})")
+    return run
 
 
 def sweep_model(check: Check, model: str) -> ModelResult:
@@ -384,29 +428,7 @@ def sweep_model(check: Check, model: str) -> ModelResult:
     seed0 = check.seeds[0]
 
     def one(lr: float, seed: int) -> Run:
-        key = check.store.key(check.name, model, lr, seed) if check.store else ""
-        run = check.store.get(key) if check.store else None
-        stored = run is not None
-        if stored:
-            run.from_store = True
-        else:
-            t0 = time.time()
-            token = _RUN_CHECKPOINT.set((check.store.checkpoint_base(key), [0])
-                                        if check.store else None)
-            named = _RUN_LABEL.set((f"[{check.name}] {model} lr {lr:.3g} seed {seed}",
-                                    check.log))
-            try:
-                run = check.train(model, lr, seed)
-            finally:
-                _RUN_LABEL.reset(named)
-                _RUN_CHECKPOINT.reset(token)
-            run.secs, run.lr, run.seed = run.secs or time.time() - t0, lr, seed
-            if check.store:
-                check.store.add(key, run)
-        check.log(f"[{check.name}] {model} lr {lr:.3g} seed {seed}: "
-                  + ", ".join(f"{k} {v:.3f}" for k, v in run.scores.items())
-                  + f" ({run.secs:.0f} s{', from the store' if stored else ''})")
-        return run
+        return train_one(check, model, lr, seed)
 
     if check.jobs > 1:
         from concurrent.futures import ThreadPoolExecutor
@@ -471,6 +493,14 @@ def run_check(check: Check) -> CheckResult:
     t0 = time.time()
     order = [check.control.model] + [m for m in check.models if m != check.control.model]
     models: dict[str, ModelResult] = {}
+    if check.store is not None and check.store.only:  # --only-run: these runs, no verdict
+        for m in order:
+            runs = [train_one(check, m, lr, seed) for lr, seed in check.store.only]
+            models[m] = ModelResult(sweep={r.lr: r for r in runs}, best_lr=runs[0].lr,
+                                    at_end=False, runs=runs,
+                                    metric=check.select.get(m, check.metric))
+        return CheckResult(check.name, models, check.control, [], False, [],
+                           time.time() - t0, only_runs=True)
     for m in order:
         models[m] = sweep_model(check, m)
     ctrl = models[check.control.model].values(check.control.metric)
@@ -508,6 +538,16 @@ def render(res: CheckResult, metrics: Sequence[str] | None = None) -> str:
     def show(vals: list[float]) -> str:
         return " / ".join("–" if math.isnan(v) else f"{v:.3f}" for v in vals)
 
+    if res.only_runs:
+        lines = [f"## {res.name}", "", "Only the runs named by `--only-run` were trained (into "
+                 "the run store); nothing is judged. The check's full command reads them back.",
+                 "", "| model | lr | seed | " + " | ".join(metrics) + " | train s |",
+                 "|---|---|---|" + "---|" * len(metrics) + "---|"]
+        for m, r in res.models.items():
+            for run in r.runs:
+                cells = " | ".join(show([run.scores.get(k, float("nan"))]) for k in metrics)
+                lines.append(f"| {m} | {run.lr:.3g} | {run.seed} | {cells} | {run.secs:.0f} |")
+        return "\n".join(lines)
     c = res.control
     lines = [f"## {res.name}", "",
              f"Control: {c.model} {c.metric} {' / '.join(f'{v:.3f}' for v in res.control_values)}"

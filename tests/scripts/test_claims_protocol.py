@@ -31,6 +31,7 @@ from common import (
     dump,
     render,
     run_check,
+    run_store,
     still_improving,
 )
 
@@ -336,3 +337,40 @@ def test_a_protocol_run_logs_its_progress_under_its_name(tmp_path):
     before = len(logged)
     common.train(net, x, y, steps=4, batch_size=8)
     assert len(logged) == before
+
+
+def test_only_run_trains_the_named_runs_and_the_full_check_reads_them_back(tmp_path):
+    """--only-run (a second process filling a long sweep): exactly the named (rate, seed) runs
+    of every model train into the store, nothing is judged, and the full check then trains
+    only what is missing; bad values and a report path are refused."""
+    import argparse
+
+    from common import protocol_options
+
+    models = {"ctrl": (peaked(3e-3, 0.99), {1: -0.01}), "m": (peaked(3e-3, 0.7), {1: 0.02})}
+    path = tmp_path / "runs.jsonl"
+    p = argparse.ArgumentParser()
+    protocol_options(p, lrs=(1e-3, 3e-3, 1e-2))
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(["--store", str(path), "--only-run", "0.003", "1",
+                         "--only-run", "0.01", "0"])
+    store = run_store(args)
+    assert store.only == [(3e-3, 1), (1e-2, 0)]
+    some: list = []
+    claim = Claim("m beats nothing", [Cmp(("m", "acc"), 0.5, 0.0)])
+    res = run_check(check(models, [claim], calls=some, store=store))
+    assert some == [("ctrl", 3e-3, 1), ("ctrl", 1e-2, 0), ("m", 3e-3, 1), ("m", 1e-2, 0)]
+    assert res.only_runs and not res.verdicts and not res.control_ok
+    text = render(res)
+    assert "nothing is judged" in text and "| m | 0.003 | 1 |" in text and "passed" not in text
+    rest: list = []
+    full = run_check(check(models, [claim], calls=rest,
+                           store=run_store(p.parse_args(["--store", str(path)]))))
+    assert rest == [("ctrl", 1e-3, 0), ("ctrl", 3e-3, 0), ("m", 1e-3, 0), ("m", 3e-3, 0)]
+    assert full.verdicts and full.control_ok
+    assert full.models["m"].runs[1].from_store  # the second seed came from the other process
+    for bad in (["--only-run", "0", "1"], ["--only-run", "0.003", "1.5"],
+                ["--only-run", "0.003", "1", "--out", str(tmp_path / "r.md")]):
+        with pytest.raises(SystemExit):
+            run_store(p.parse_args(["--store", str(path), *bad]))
+
