@@ -228,16 +228,33 @@ class RunStore:
         self.commit = git_commit()  # of the code the runs of this invocation train with
         self._runs: dict[str, Run] = {}
         self._lock = threading.Lock()  # checks with jobs > 1 finish runs from several threads
-        if self.path.is_file() and not fresh:
-            for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
-                try:
-                    rec = json.loads(line)
-                    run = Run(**rec["run"])
-                    run.curve = [tuple(x) for x in run.curve]
-                    self._runs[self._normal(rec["key"])] = run
-                except (ValueError, KeyError, TypeError):
-                    print(f"[store] {self.path}:{n}: not a stored run (cut short?), skipped",
-                          file=sys.stderr)
+        self._read_to = 0  # bytes of the file read so far (runs that other processes append
+        self._lines = 0  # after it are read on a miss, see get); lines read, for messages
+        if self.path.is_file() and fresh:
+            self._read_to = self.path.stat().st_size  # --fresh: what is there now is not reused
+        self._read_new()
+
+    def _read_new(self) -> None:
+        """Read the runs appended to the file since the last read (whole lines only: a line
+        another process is still writing is read next time; one cut short by a kill is
+        skipped)."""
+        if not self.path.is_file() or self.path.stat().st_size <= self._read_to:
+            return
+        with self.path.open("rb") as f:
+            f.seek(self._read_to)
+            data = f.read()
+        data = data[:data.rfind(b"\n") + 1]
+        self._read_to += len(data)
+        for line in data.decode("utf-8").splitlines():
+            self._lines += 1
+            try:
+                rec = json.loads(line)
+                run = Run(**rec["run"])
+                run.curve = [tuple(x) for x in run.curve]
+                self._runs[self._normal(rec["key"])] = run
+            except (ValueError, KeyError, TypeError):
+                print(f"[store] {self.path}:{self._lines}: not a stored run (cut short?), "
+                      "skipped", file=sys.stderr)
 
     @staticmethod
     def _normal(key: str) -> str:
@@ -252,7 +269,12 @@ class RunStore:
                            "settings": self.settings}, sort_keys=True, default=str)
 
     def get(self, key: str) -> Run | None:
-        return self._runs.get(key)
+        """The stored run of ``key``, or None; on a miss the file is read again first, so a
+        run that another process (``--only-run``, ``--models``) finished since is found."""
+        with self._lock:
+            if key not in self._runs:
+                self._read_new()
+            return self._runs.get(key)
 
     def checkpoint_base(self, key: str) -> Path:
         """Where the run ``key`` keeps its checkpoints while it trains (:func:`train` numbers

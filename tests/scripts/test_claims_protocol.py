@@ -374,3 +374,27 @@ def test_only_run_trains_the_named_runs_and_the_full_check_reads_them_back(tmp_p
         with pytest.raises(SystemExit):
             run_store(p.parse_args(["--store", str(path), *bad]))
 
+
+def test_a_store_sees_runs_another_process_appends_after_it_opened(tmp_path):
+    """Two processes filling one check (--only-run beside the full command) share the store
+    file: a run appended by one after the other opened it is found on the other's next miss,
+    and a line still being written is read only once it is whole."""
+    path = tmp_path / "runs.jsonl"
+    first, second = RunStore(path, {"steps": 10}), RunStore(path, {"steps": 10})
+    key = first.key("c", "m", 3e-3, 1)
+    assert second.get(key) is None
+    first.add(key, Run({"acc": 0.75}, [(1, 2.0)], 5.0, 3e-3, 1))
+    got = second.get(key)
+    assert got is not None and got.scores == {"acc": 0.75} and got.curve == [(1, 2.0)]
+    other = first.key("c", "m", 1e-2, 0)
+    line = json.dumps({"key": other, "run": asdict(Run({"acc": 0.5}, [], 1.0, 1e-2, 0))})
+    with path.open("a") as f:  # half a line: the writer has not finished it
+        f.write(line[:20])
+    assert second.get(other) is None
+    with path.open("a") as f:
+        f.write(line[20:] + "\n")
+    assert second.get(other).scores == {"acc": 0.5}
+    # --fresh: the runs in the file when it opened are not reused, later ones are
+    fresh = RunStore(path, {"steps": 10}, fresh=True)
+    assert fresh.get(key) is None and fresh.get(other) is None
+
