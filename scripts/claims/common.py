@@ -228,8 +228,8 @@ class RunStore:
         self.commit = git_commit()  # of the code the runs of this invocation train with
         self._runs: dict[str, Run] = {}
         self._lock = threading.Lock()  # checks with jobs > 1 finish runs from several threads
-        self._read_to = 0  # bytes of the file read so far (runs that other processes append
-        self._lines = 0  # after it are read on a miss, see get); lines read, for messages
+        self._read_to = 0  # bytes of the file read so far (later appends: read on a miss)
+        self._lines = 0  # lines read so far, for the messages
         if self.path.is_file() and fresh:
             self._read_to = self.path.stat().st_size  # --fresh: what is there now is not reused
         self._read_new()
