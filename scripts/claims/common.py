@@ -230,8 +230,9 @@ class RunStore:
         self._lock = threading.Lock()  # checks with jobs > 1 finish runs from several threads
         self._read_to = 0  # bytes of the file read so far (later appends: read on a miss)
         self._lines = 0  # lines read so far, for the messages
-        if self.path.is_file() and fresh:
-            self._read_to = self.path.stat().st_size  # --fresh: what is there now is not reused
+        if self.path.is_file() and fresh:  # --fresh: what is there now is not reused
+            data = self.path.read_bytes()
+            self._read_to, self._lines = len(data), data.count(b"\n")  # messages keep numbering
         self._read_new()
 
     def _read_new(self) -> None:
