@@ -34,6 +34,11 @@ N = 3000, P = 1000 (about 40 minutes a run on one thread). Models: the quick con
 (configs/lra/quick/<task>.yaml: bidirectional, 2 layers, layer norm) at d_model 32 unless the
 task sets its own, composed with configs/model/<mixer>.yaml. ``--smoke`` generates a few
 hundred examples into ``<data-dir>/smoke``.
+
+Stopping and starting again: finished runs are read back from the run store (``--store``), and a
+run killed mid-way goes on from its last checkpoint (written at each of its ten validations)
+when the same command runs again, since its folder under ``--runs-dir`` is named by its
+settings; ``--fresh`` trains everything anew.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ import csv
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -109,13 +115,15 @@ CONTROL_GAP = 0.05  # scratch above the majority class
 
 def _run(commands: list[list[str]], cwd: Path, log: Path) -> list[float]:
     """Run ``lra`` commands one after the other in one child process (one import of torch and
-    Lightning for the chain); returns the wall seconds of each."""
+    Lightning for the chain); returns the wall seconds of each (a resumed run's commands only
+    count the sitting that finished them)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1",
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     times = cwd / "times.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(commands),
            str(times)]
-    with open(log, "w", encoding="utf-8") as out:
+    with open(log, "a", encoding="utf-8") as out:  # a resumed run's sittings, one after another
+        out.write(f"# sitting started {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
         for c in commands:
             out.write("$ lra " + shlex.join(c) + "\n")
         out.flush()
@@ -131,12 +139,37 @@ def worker(commands: list[list[str]], times: Path) -> None:
     from lra.cli import main as lra
 
     torch.set_num_threads(1)
-    walls = []
+    walls = json.loads(times.read_text()) if times.is_file() else []
     for c in commands:
         t0 = time.time()
         lra(c)
         walls.append(round(time.time() - t0, 1))
-    times.write_text(json.dumps(walls))
+        times.write_text(json.dumps(walls))  # after each command: a killed chain keeps these
+
+
+def _step_of(ckpt: Path) -> int | None:
+    """The global step a checkpoint was saved at, or None when there is none."""
+    import torch
+
+    if not ckpt.is_file():
+        return None
+    return int(torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"])
+
+
+def _stage(name: str, run: Path, steps: int, first: list[str]) -> list[list[str]]:
+    """The command that brings one stage (``pretrain`` or ``fit``) of a chain to ``steps``:
+    ``first`` when it has not started; the same run from its saved config and ``last.ckpt``
+    when a killed sitting left a checkpoint (Lightning resumes exactly, mid-epoch); nothing
+    when it is done. A stage killed before its first checkpoint starts again from nothing."""
+    last = run / "checkpoints" / "last.ckpt"
+    done = _step_of(last)
+    if done is not None and done >= steps:
+        return []
+    if done is not None:
+        return [[name, "--config", str(run / "config.yaml"), "--ckpt_path", str(last)]]
+    if run.parent.exists():  # a folder without a checkpoint: the next run would be version_1
+        shutil.rmtree(run.parent)
+    return [first]
 
 
 def _metrics(path: Path, column: str) -> list[tuple[int, float]]:
@@ -147,12 +180,19 @@ def _metrics(path: Path, column: str) -> list[tuple[int, float]]:
 
 
 def chain(task: str, mixer: str, spt: bool, *, lr: float, seed: int, steps: int,
-          pretrain: int, data_dir: Path, out: Path) -> Run:
+          pretrain: int, data_dir: Path, out: Path, fresh: bool = False) -> Run:
     """One run: scratch (fit N) or SPT (pretrain P, fit N - P) at fine-tuning rate ``lr``; then
     test the last weights. Scores: best validation and test accuracy; the curve is the
-    validation error along the whole budget."""
+    validation error along the whole budget.
+
+    The run's folder under ``out`` is named by its settings, so a chain killed mid-way (a
+    40-minute Pathfinder run, say) goes on from its last checkpoint (every validation, a tenth
+    of each stage) when the check runs again; ``fresh`` starts it anew."""
     spec, lra_task = TASKS[task], lra_task_of(task)
-    cwd = out / f"{task}-{mixer}-{'spt' if spt else 'scratch'}-lr{lr:g}-seed{seed}"
+    kind = "spt" if spt else "scratch"
+    cwd = out / f"{task}-N{steps}-P{pretrain if spt else 0}-{mixer}-{kind}-lr{lr:g}-seed{seed}"
+    if fresh and cwd.exists():
+        shutil.rmtree(cwd)
     cwd.mkdir(parents=True, exist_ok=True)
     base = ["--config", str(REPO / "configs" / "lra" / "quick" / f"{lra_task}.yaml")]
     common = ["--config", str(REPO / "configs" / "model" / f"{mixer}.yaml"),
@@ -163,22 +203,34 @@ def chain(task: str, mixer: str, spt: bool, *, lr: float, seed: int, steps: int,
         common += [f"--data.init_args.{k}", str(v)]
 
     def budget(n: int) -> list[str]:
+        every = max(1, n // 10)  # ten validations, each followed by a checkpoint
         return ["--trainer.max_steps", str(n), "--trainer.val_check_interval",
-                str(max(1, n // 10)), "--trainer.check_val_every_n_epoch", "null",
+                str(every), "--trainer.check_val_every_n_epoch", "null",
                 "--model.warmup_steps", str(max(1, min(10, n // 10))),
-                "--checkpoint.every_n_train_steps", str(n)]
+                "--checkpoint.every_n_train_steps", str(every)]
 
     pre_run, run = cwd / "runs" / "pretrain" / "version_0", cwd / "runs" / "lra" / "version_0"
     commands, fit_steps, init = [], steps, []
     if spt:
         pre_cfg = ["--config", str(REPO / "configs" / "pretrain" / "quick" / f"{lra_task}.yaml")]
-        commands.append(["pretrain", *base, *pre_cfg, *common, *budget(pretrain)])
+        commands += _stage("pretrain", pre_run, pretrain,
+                           ["pretrain", *base, *pre_cfg, *common, *budget(pretrain)])
         init = ["--model.init_from", str(pre_run / "checkpoints" / "last.ckpt")]
         fit_steps = steps - pretrain
-    commands.append(["fit", *base, *common, *budget(fit_steps), "--model.lr", str(lr), *init])
+    commands += _stage("fit", run, fit_steps,
+                       ["fit", *base, *common, *budget(fit_steps), "--model.lr", str(lr), *init])
     commands.append(["test", "--config", str(run / "config.yaml"), "--ckpt_path",
                      str(run / "checkpoints" / "last.ckpt")])
-    walls = _run(commands, cwd, cwd / "log.txt")
+    _run(commands, cwd, cwd / "log.txt")
+    # Lightning ends a run it was signalled to stop (SIGTERM) as if it were done: count only a
+    # run that reached its last step, and let the next sitting resume the rest
+    for name, folder, n in ([("pretrain", pre_run, pretrain)] if spt else []) + [
+            ("fit", run, fit_steps)]:
+        reached = _step_of(folder / "checkpoints" / "last.ckpt") or 0
+        if reached < n:
+            raise RuntimeError(f"{cwd.name}: {name} stopped at step {reached} of {n}; run the "
+                               f"check again to resume it from its last checkpoint")
+    walls = json.loads((cwd / "times.json").read_text())
     val = _metrics(run / "metrics.csv", "val/acc")
     test = _metrics(run / "metrics.csv", "test/acc")  # `lra test` logs into the same folder
     offset = pretrain if spt else 0
@@ -187,7 +239,13 @@ def chain(task: str, mixer: str, spt: bool, *, lr: float, seed: int, steps: int,
     if spt:
         pre = _metrics(pre_run / "metrics.csv", "val/acc")
         scores["pretrain token acc"] = pre[-1][1] if pre else float("nan")
-    return Run(scores, [(s + 1 + offset, 1 - a) for s, a in val], sum(walls))
+    return Run(scores, [(s + 1 + offset, 1 - a) for s, a in _last_per_step(val)], sum(walls))
+
+
+def _last_per_step(rows: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """One row per step, the last logged (a resumed stage logs the steps between its checkpoint
+    and the kill again, with the same values)."""
+    return sorted(dict(rows).items())
 
 
 def lra_task_of(task: str) -> str:
@@ -269,7 +327,8 @@ def main(argv: list[str] | None = None) -> None:
         args.data_dir = args.data_dir / "smoke"
     ensure_data(args.data_dir, args.tasks, smoke=args.smoke)
     store = run_store(args)  # finished runs are read back: a stopped check resumes
-    out_dir = args.runs_dir / time.strftime("%Y%m%d-%H%M%S")
+    # named by the settings, not the time: a run killed mid-way resumes in its own folder
+    out_dir = args.runs_dir / ("smoke" if args.smoke else "runs")
     parts = []
     for task in args.tasks:
         spec = TASKS[task]
@@ -282,7 +341,8 @@ def main(argv: list[str] | None = None) -> None:
         def train(label: str, lr: float, seed: int, task=task, n=n, pre=pre) -> Run:
             mixer, kind = label.split(" ")
             return chain(task, mixer, kind == "SPT", lr=lr, seed=seed, steps=n, pretrain=pre,
-                         data_dir=data_dir_of(task, args.data_dir).resolve(), out=out_dir)
+                         data_dir=data_dir_of(task, args.data_dir).resolve(), out=out_dir,
+                         fresh=args.fresh)
 
         models = [f"{m} {kind}" for m in mixers for kind in ("scratch", "SPT")]
         # the split sizes are in the name, so runs on other data are never read back

@@ -27,13 +27,80 @@ def _opts(cmd: list[str]) -> dict[str, str]:
     return {a: b for a, b in itertools.pairwise(cmd) if a.startswith("--")}
 
 
+def _fake_run(seen: list, stop_at: dict[str, int] | None = None):
+    """A stand-in for ``spt._run``: records the commands and leaves what the real ones leave
+    (``last.ckpt`` at the step each stage reaches, ``stop_at[stage]`` if given, and the
+    chain's ``times.json``)."""
+    import json
+
+    import torch
+
+    def run(cmds, cwd, log):
+        seen.extend(cmds)
+        for c in cmds:
+            if c[0] == "test":
+                continue
+            o = _opts(c)
+            if "--ckpt_path" in o:  # a resumed stage: its folder is its config's
+                folder = Path(o["--config"]).parent
+                steps = int(folder.joinpath("max_steps").read_text())
+            else:
+                folder = cwd / "runs" / ("pretrain" if c[0] == "pretrain" else "lra") / "version_0"
+                steps = int(o["--trainer.max_steps"])
+                folder.mkdir(parents=True, exist_ok=True)
+                folder.joinpath("max_steps").write_text(str(steps))
+                folder.joinpath("config.yaml").write_text("")
+            (folder / "checkpoints").mkdir(exist_ok=True)
+            step = min(steps, (stop_at or {}).get(c[0], steps))
+            torch.save({"global_step": step}, folder / "checkpoints" / "last.ckpt")
+        (cwd / "times.json").write_text(json.dumps([1.0] * len(cmds)))
+        return [1.0] * len(cmds)
+
+    return run
+
+
+def test_a_killed_chain_resumes_each_stage_from_its_last_checkpoint(monkeypatch, tmp_path):
+    spt = _spt()
+    seen = []
+    kw = dict(lr=3e-3, seed=0, steps=3000, pretrain=1000, data_dir=tmp_path, out=tmp_path)
+    # the first sitting stops inside the fit (Lightning ends a SIGTERM-ed run quietly): not a run
+    monkeypatch.setattr(spt, "_run", _fake_run(seen, {"fit": 600}))
+    with pytest.raises(RuntimeError, match="fit stopped at step 600 of 2000; run the check again"):
+        spt.chain("pathfinder-easy-bn", "s4d", True, **kw)
+    assert [c[0] for c in seen] == ["pretrain", "fit", "test"]
+    # the second goes on from the fit's checkpoint and does not pretrain again
+    seen.clear()
+    monkeypatch.setattr(spt, "_run", _fake_run(seen))
+    spt.chain("pathfinder-easy-bn", "s4d", True, **kw)
+    fit, test = seen
+    assert test[0] == "test" and fit[0] == "fit" and _opts(fit)["--ckpt_path"].endswith(
+        "lra/version_0/checkpoints/last.ckpt") and _opts(fit)["--config"].endswith(
+        "lra/version_0/config.yaml")
+    # a stage killed before its first checkpoint starts again from nothing, in version_0
+    folder = tmp_path / "pathfinder-easy-bn-N3000-P0-s4d-scratch-lr0.003-seed0" / "runs" / "lra"
+    (folder / "version_0").mkdir(parents=True)
+    (folder / "version_0" / "metrics.csv").write_text("step,val/acc\n99,0.9\n")  # stale rows
+    seen.clear()
+    spt.chain("pathfinder-easy-bn", "s4d", False, **kw)
+    assert seen[0][0] == "fit" and "--ckpt_path" not in seen[0]
+    assert sorted(p.name for p in folder.iterdir()) == ["version_0"]
+    assert not (folder / "version_0" / "metrics.csv").exists()
+    # a finished chain (killed between its test and the store) only tests again; --fresh restarts
+    seen.clear()
+    spt.chain("pathfinder-easy-bn", "s4d", False, **kw)
+    assert [c[0] for c in seen] == ["test"]
+    seen.clear()
+    spt.chain("pathfinder-easy-bn", "s4d", False, **kw, fresh=True)
+    assert [c[0] for c in seen] == ["fit", "test"] and "--ckpt_path" not in seen[0]
+
+
 def test_the_easy_bn_variant_runs_the_leaderboard_setting_through_pretrain_fit_and_test(
         monkeypatch, tmp_path):
     from lra.leaderboard.runner import SETTINGS
 
     spt = _spt()
     seen = []
-    monkeypatch.setattr(spt, "_run", lambda cmds, cwd, log: seen.extend(cmds) or [1.0] * len(cmds))
+    monkeypatch.setattr(spt, "_run", _fake_run(seen))
     spt.chain("pathfinder-easy-bn", "s4d", True, lr=3e-3, seed=1, steps=3000, pretrain=1000,
               data_dir=tmp_path, out=tmp_path / "out")
     pre, fit, test = seen
