@@ -4,7 +4,7 @@ makes tasks learnable where scratch training stays at chance.
 
     python scripts/claims/spt.py --tasks listops --jobs 3 --out docs/claims/spt_run.md
     python scripts/claims/spt.py --tasks pathfinder --jobs 3        # see "To run": a GPU check
-    python scripts/claims/spt.py --tasks pathfinder-easy-bn --jobs 1 # ~40 min a run, one thread
+    python scripts/claims/spt.py --tasks pathfinder-easy-bn --jobs 2 # ~1 h a run, two at a time
     python scripts/claims/spt.py --smoke                            # the plumbing, ~1 minute
 
 For each task x mixer two kinds of run of the real harness, each run a child process with one
