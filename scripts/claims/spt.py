@@ -221,7 +221,7 @@ def chain(task: str, mixer: str, spt: bool, *, lr: float, seed: int, steps: int,
                        ["fit", *base, *common, *budget(fit_steps), "--model.lr", str(lr), *init])
     commands.append(["test", "--config", str(run / "config.yaml"), "--ckpt_path",
                      str(run / "checkpoints" / "last.ckpt")])
-    _run(commands, cwd, cwd / "log.txt")
+    walls = _run(commands, cwd, cwd / "log.txt")
     # Lightning ends a run it was signalled to stop (SIGTERM) as if it were done: count only a
     # run that reached its last step, and let the next sitting resume the rest
     for name, folder, n in ([("pretrain", pre_run, pretrain)] if spt else []) + [
@@ -230,7 +230,6 @@ def chain(task: str, mixer: str, spt: bool, *, lr: float, seed: int, steps: int,
         if reached < n:
             raise RuntimeError(f"{cwd.name}: {name} stopped at step {reached} of {n}; run the "
                                f"check again to resume it from its last checkpoint")
-    walls = json.loads((cwd / "times.json").read_text())
     val = _metrics(run / "metrics.csv", "val/acc")
     test = _metrics(run / "metrics.csv", "test/acc")  # `lra test` logs into the same folder
     offset = pretrain if spt else 0
