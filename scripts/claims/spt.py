@@ -38,12 +38,15 @@ hundred examples into ``<data-dir>/smoke``.
 Stopping and starting again: finished runs are read back from the run store (``--store``), and a
 run killed mid-way goes on from its last checkpoint (written at each of its ten validations)
 when the same command runs again, since its folder under ``--runs-dir`` is named by its
-settings; ``--fresh`` trains everything anew.
+settings; ``--fresh`` trains everything anew. A second process may fill the same sweep
+(``--only-run LR SEED``): each run folder is held by one process at a time (its ``lock`` file),
+and a process that asks for a run another one holds waits, then reads its ``result.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -187,13 +190,80 @@ def chain(task: str, mixer: str, spt: bool, *, lr: float, seed: int, steps: int,
 
     The run's folder under ``out`` is named by its settings, so a chain killed mid-way (a
     40-minute Pathfinder run, say) goes on from its last checkpoint (every validation, a tenth
-    of each stage) when the check runs again; ``fresh`` starts it anew."""
-    spec, lra_task = TASKS[task], lra_task_of(task)
+    of each stage) when the check runs again; ``fresh`` starts it anew. One process at a time
+    trains a run: another one asking for it waits, then reuses it."""
     kind = "spt" if spt else "scratch"
     cwd = out / f"{task}-N{steps}-P{pretrain if spt else 0}-{mixer}-{kind}-lr{lr:g}-seed{seed}"
-    if fresh and cwd.exists():
-        shutil.rmtree(cwd)
     cwd.mkdir(parents=True, exist_ok=True)
+    with _exclusive(cwd):
+        if fresh:
+            for f in cwd.iterdir():
+                if f.name != _LOCK:
+                    shutil.rmtree(f) if f.is_dir() else f.unlink()
+        done = cwd / "result.json"  # a finished run: another process trained it, say
+        if done.is_file():
+            r = json.loads(done.read_text())
+            return Run(r["scores"], [tuple(p) for p in r["curve"]], r["secs"])
+        run = _chain(task, mixer, spt, lr=lr, seed=seed, steps=steps, pretrain=pretrain,
+                     data_dir=data_dir, cwd=cwd)
+        done.write_text(json.dumps({"scores": run.scores, "curve": run.curve, "secs": run.secs}))
+        return run
+
+
+_LOCK = "lock"  # a run folder's lock file: the process id of the process training it
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _exclusive(cwd: Path, poll: float = 30.0):
+    """Hold ``cwd`` for this process while it trains the run there. A second process that wants
+    the same run (``--only-run`` beside the full command, say) waits until the first lets go,
+    then finds the stages done and only tests; a lock left by a killed process is taken over."""
+    lock, said = cwd / _LOCK, False
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                text, age = lock.read_text().strip(), time.time() - lock.stat().st_mtime
+            except OSError:  # let go this instant: try again
+                continue
+            if not text.isdigit():  # being written now, or its writer died before writing
+                if age > 60:
+                    lock.unlink(missing_ok=True)
+                time.sleep(0.1)
+                continue
+            pid = int(text)
+            if not _alive(pid):
+                lock.unlink(missing_ok=True)  # its process is gone: a stale lock
+                continue
+            if not said:
+                print(f"{cwd.name}: process {pid} is training this run; waiting for it",
+                      flush=True)
+                said = True
+            time.sleep(poll)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _chain(task: str, mixer: str, spt: bool, *, lr: float, seed: int, steps: int,
+           pretrain: int, data_dir: Path, cwd: Path) -> Run:
+    spec, lra_task = TASKS[task], lra_task_of(task)
     base = ["--config", str(REPO / "configs" / "lra" / "quick" / f"{lra_task}.yaml")]
     common = ["--config", str(REPO / "configs" / "model" / f"{mixer}.yaml"),
               "--data.init_args.data_dir", str(data_dir), "--seed_everything", str(seed)]

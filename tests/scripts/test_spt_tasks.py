@@ -85,7 +85,9 @@ def test_a_killed_chain_resumes_each_stage_from_its_last_checkpoint(monkeypatch,
     assert seen[0][0] == "fit" and "--ckpt_path" not in seen[0]
     assert sorted(p.name for p in folder.iterdir()) == ["version_0"]
     assert not (folder / "version_0" / "metrics.csv").exists()
-    # a finished chain (killed between its test and the store) only tests again; --fresh restarts
+    # a chain killed after its stages, before it wrote its result, only tests again; --fresh
+    # restarts
+    (folder.parent.parent / "result.json").unlink()
     seen.clear()
     spt.chain("pathfinder-easy-bn", "s4d", False, **kw)
     assert [c[0] for c in seen] == ["test"]
@@ -148,3 +150,51 @@ def test_smoke_data_is_small_and_kept_apart_from_the_real_data(monkeypatch, tmp_
         spt.main(["--smoke", "--tasks", "pathfinder-easy-bn", "--data-dir", str(tmp_path),
                   "--store", str(tmp_path / "s.jsonl")])
     assert seen.value.args == (tmp_path / "smoke",)
+
+
+def test_a_finished_run_is_reused_not_trained_or_tested_again(monkeypatch, tmp_path):
+    spt = _spt()
+    seen = []
+    monkeypatch.setattr(spt, "_run", _fake_run(seen))
+    kw = dict(lr=1e-3, seed=1, steps=300, pretrain=100, data_dir=tmp_path, out=tmp_path)
+    first = spt.chain("pathfinder-easy-bn", "s4d", False, **kw)
+    assert [c[0] for c in seen] == ["fit", "test"]
+    seen.clear()
+    again = spt.chain("pathfinder-easy-bn", "s4d", False, **kw)
+    assert seen == [] and again.secs == first.secs == 2.0
+    # --fresh trains it anew
+    spt.chain("pathfinder-easy-bn", "s4d", False, fresh=True, **kw)
+    assert [c[0] for c in seen] == ["fit", "test"]
+
+
+def test_one_process_at_a_time_trains_a_run(tmp_path):
+    """A second process asking for a run that a live one holds waits until it lets go; a lock
+    whose process is gone is taken over at once."""
+    import subprocess
+    import threading
+    import time
+
+    spt = _spt()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "lock").write_text(str(dead.pid))
+    with spt._exclusive(tmp_path, poll=0.05):
+        assert (tmp_path / "lock").read_text() == str(__import__("os").getpid())
+    assert not (tmp_path / "lock").exists()  # let go on the way out
+
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    (tmp_path / "lock").write_text(str(holder.pid))
+    entered = threading.Event()
+
+    def second():
+        with spt._exclusive(tmp_path, poll=0.05):
+            entered.set()
+
+    t = threading.Thread(target=second)
+    t.start()
+    time.sleep(0.5)
+    assert not entered.is_set()  # the holder is alive: the second waits
+    holder.kill()
+    holder.wait()
+    t.join(10)
+    assert entered.is_set()
