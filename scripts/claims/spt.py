@@ -13,7 +13,9 @@ torch thread (``--jobs`` runs of a sweep at a time):
 - scratch: ``lra fit`` for N steps, then ``lra test`` on its last checkpoint;
 - SPT: ``lra pretrain`` for P steps (masked denoising, half the tokens masked, constant
   learning rate after warmup: configs/pretrain/quick/<task>.yaml), then ``lra fit
-  --model.init_from <pretrain last.ckpt>`` for N - P steps, then ``lra test``.
+  --model.init_from <pretrain last.ckpt>`` for N - P steps, then ``lra test``. The pretraining
+  has no fine-tuning rate in it, so a sweep pretrains once per seed and every rate fine-tunes
+  from the same weights (each run's time still counts the pretraining).
 
 The protocol of ``common.py``: the fine-tuning learning rate is swept per model (chosen by the
 best validation accuracy, never the test), the best rate re-run on a second seed (the harness's
@@ -205,7 +207,7 @@ def chain(task: str, mixer: str, spt: bool, *, lr: float, seed: int, steps: int,
             r = json.loads(done.read_text())
             return Run(r["scores"], [tuple(p) for p in r["curve"]], r["secs"])
         run = _chain(task, mixer, spt, lr=lr, seed=seed, steps=steps, pretrain=pretrain,
-                     data_dir=data_dir, cwd=cwd)
+                     data_dir=data_dir, cwd=cwd, fresh=fresh)
         done.write_text(json.dumps({"scores": run.scores, "curve": run.curve, "secs": run.secs}))
         return run
 
@@ -262,7 +264,7 @@ def _exclusive(cwd: Path, poll: float = 30.0):
 
 
 def _chain(task: str, mixer: str, spt: bool, *, lr: float, seed: int, steps: int,
-           pretrain: int, data_dir: Path, cwd: Path) -> Run:
+           pretrain: int, data_dir: Path, cwd: Path, fresh: bool) -> Run:
     spec, lra_task = TASKS[task], lra_task_of(task)
     base = ["--config", str(REPO / "configs" / "lra" / "quick" / f"{lra_task}.yaml")]
     common = ["--config", str(REPO / "configs" / "model" / f"{mixer}.yaml"),
@@ -279,27 +281,35 @@ def _chain(task: str, mixer: str, spt: bool, *, lr: float, seed: int, steps: int
                 "--model.warmup_steps", str(max(1, min(10, n // 10))),
                 "--checkpoint.every_n_train_steps", str(every)]
 
-    pre_run, run = cwd / "runs" / "pretrain" / "version_0", cwd / "runs" / "lra" / "version_0"
-    commands, fit_steps, init = [], steps, []
+    run, fit_steps, init, pre_secs = cwd / "runs" / "lra" / "version_0", steps, [], 0.0
     if spt:
+        # the pretraining has no fine-tuning rate in it: every rate of one seed starts from the
+        # same pretrained weights, trained once in a folder of their own
+        pre_dir = cwd.parent / f"{task}-P{pretrain}-{mixer}-pretrain-seed{seed}"
+        pre_dir.mkdir(parents=True, exist_ok=True)
+        pre_run = pre_dir / "runs" / "pretrain" / "version_0"
         pre_cfg = ["--config", str(REPO / "configs" / "pretrain" / "quick" / f"{lra_task}.yaml")]
-        commands += _stage("pretrain", pre_run, pretrain,
-                           ["pretrain", *base, *pre_cfg, *common, *budget(pretrain)])
+        with _exclusive(pre_dir):
+            if fresh and pre_dir not in _FRESHENED:  # once per process, not once per rate
+                _FRESHENED.add(pre_dir)
+                for f in pre_dir.iterdir():
+                    if f.name != _LOCK:
+                        shutil.rmtree(f) if f.is_dir() else f.unlink()
+            pre = _stage("pretrain", pre_run, pretrain,
+                         ["pretrain", *base, *pre_cfg, *common, *budget(pretrain)])
+            if pre:
+                _run(pre, pre_dir, pre_dir / "log.txt")
+            _reached(pre_dir, "pretrain", pre_run, pretrain)
+            times = pre_dir / "times.json"  # every sitting's pretraining wall: part of the run's
+            pre_secs = sum(json.loads(times.read_text())) if times.is_file() else 0.0
         init = ["--model.init_from", str(pre_run / "checkpoints" / "last.ckpt")]
         fit_steps = steps - pretrain
-    commands += _stage("fit", run, fit_steps,
-                       ["fit", *base, *common, *budget(fit_steps), "--model.lr", str(lr), *init])
+    commands = _stage("fit", run, fit_steps,
+                      ["fit", *base, *common, *budget(fit_steps), "--model.lr", str(lr), *init])
     commands.append(["test", "--config", str(run / "config.yaml"), "--ckpt_path",
                      str(run / "checkpoints" / "last.ckpt")])
     walls = _run(commands, cwd, cwd / "log.txt")
-    # Lightning ends a run it was signalled to stop (SIGTERM) as if it were done: count only a
-    # run that reached its last step, and let the next sitting resume the rest
-    for name, folder, n in ([("pretrain", pre_run, pretrain)] if spt else []) + [
-            ("fit", run, fit_steps)]:
-        reached = _step_of(folder / "checkpoints" / "last.ckpt") or 0
-        if reached < n:
-            raise RuntimeError(f"{cwd.name}: {name} stopped at step {reached} of {n}; run the "
-                               f"check again to resume it from its last checkpoint")
+    _reached(cwd, "fit", run, fit_steps)
     val = _metrics(run / "metrics.csv", "val/acc")
     test = _metrics(run / "metrics.csv", "test/acc")  # `lra test` logs into the same folder
     offset = pretrain if spt else 0
@@ -308,7 +318,20 @@ def _chain(task: str, mixer: str, spt: bool, *, lr: float, seed: int, steps: int
     if spt:
         pre = _metrics(pre_run / "metrics.csv", "val/acc")
         scores["pretrain token acc"] = pre[-1][1] if pre else float("nan")
-    return Run(scores, [(s + 1 + offset, 1 - a) for s, a in _last_per_step(val)], sum(walls))
+    return Run(scores, [(s + 1 + offset, 1 - a) for s, a in _last_per_step(val)],
+               pre_secs + sum(walls))
+
+
+_FRESHENED: set[Path] = set()  # pretraining folders this process has cleared for --fresh
+
+
+def _reached(cwd: Path, name: str, folder: Path, n: int) -> None:
+    """Lightning ends a run it was signalled to stop (SIGTERM) as if it were done: count only a
+    stage that reached its last step, and let the next sitting resume the rest."""
+    reached = _step_of(folder / "checkpoints" / "last.ckpt") or 0
+    if reached < n:
+        raise RuntimeError(f"{cwd.name}: {name} stopped at step {reached} of {n}; run the "
+                           f"check again to resume it from its last checkpoint")
 
 
 def _last_per_step(rows: list[tuple[int, float]]) -> list[tuple[int, float]]:

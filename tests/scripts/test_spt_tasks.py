@@ -198,3 +198,28 @@ def test_one_process_at_a_time_trains_a_run(tmp_path):
     holder.wait()
     t.join(10)
     assert entered.is_set()
+
+
+def test_the_rates_of_one_seed_share_one_pretraining(monkeypatch, tmp_path):
+    """The pretraining has no fine-tuning rate in it: a sweep pretrains once per seed, every
+    rate fine-tunes from those weights, and each run's time counts the pretraining."""
+    spt = _spt()
+    seen = []
+    monkeypatch.setattr(spt, "_run", _fake_run(seen))
+    kw = dict(steps=300, pretrain=100, data_dir=tmp_path, out=tmp_path)
+    a = spt.chain("pathfinder-easy-bn", "s4d", True, lr=1e-3, seed=0, **kw)
+    assert [c[0] for c in seen] == ["pretrain", "fit", "test"]
+    init = _opts(seen[1])["--model.init_from"]
+    seen.clear()
+    b = spt.chain("pathfinder-easy-bn", "s4d", True, lr=1e-2, seed=0, **kw)
+    assert [c[0] for c in seen] == ["fit", "test"] and _opts(seen[0])["--model.init_from"] == init
+    assert a.secs == b.secs == 3.0  # 1 s of pretraining (the fake's) + fit + test
+    seen.clear()
+    spt.chain("pathfinder-easy-bn", "s4d", True, lr=1e-2, seed=1, **kw)  # another seed
+    assert [c[0] for c in seen] == ["pretrain", "fit", "test"]
+    assert _opts(seen[1])["--model.init_from"] != init
+    # --fresh pretrains again, once for all the rates one process runs
+    seen.clear()
+    spt.chain("pathfinder-easy-bn", "s4d", True, lr=1e-3, seed=0, fresh=True, **kw)
+    spt.chain("pathfinder-easy-bn", "s4d", True, lr=1e-2, seed=0, fresh=True, **kw)
+    assert [c[0] for c in seen] == ["pretrain", "fit", "test", "fit", "test"]
