@@ -431,7 +431,9 @@ def train_one(check: Check, model: str, lr: float, seed: int) -> Run:
             _RUN_LABEL.reset(named)
             _RUN_CHECKPOINT.reset(token)
         run.secs, run.lr, run.seed = run.secs or time.time() - t0, lr, seed
-        if check.store:
+        # a process beside this one may have trained and stored the same run while this one
+        # waited for it (spt.py's run lock): one line per run in the store
+        if check.store and check.store.get(key) is None:
             check.store.add(key, run)
     check.log(f"[{check.name}] {model} lr {lr:.3g} seed {seed}: "
               + ", ".join(f"{k} {v:.3f}" for k, v in run.scores.items())

@@ -229,7 +229,8 @@ def _alive(pid: int) -> bool:
 def _exclusive(cwd: Path, poll: float = 30.0):
     """Hold ``cwd`` for this process while it trains the run there. A second process that wants
     the same run (``--only-run`` beside the full command, say) waits until the first lets go,
-    then finds the stages done and only tests; a lock left by a killed process is taken over."""
+    then reads the finished run back (its ``result.json``); a lock left by a killed process is
+    taken over. Threads of one process wait for each other too (their lock holds the same pid)."""
     lock, said = cwd / _LOCK, False
     while True:
         try:

@@ -398,3 +398,21 @@ def test_a_store_sees_runs_another_process_appends_after_it_opened(tmp_path):
     fresh = RunStore(path, {"steps": 10}, fresh=True)
     assert fresh.get(key) is None and fresh.get(other) is None
 
+
+
+def test_a_run_another_process_stored_meanwhile_is_not_stored_twice(tmp_path):
+    """spt.py's second process may train a run that the full command was waiting for; the
+    waiting process gets the same run back and must not append a second line for it."""
+    path = tmp_path / "runs.jsonl"
+    other = RunStore(path, {})
+
+    def train(model: str, lr: float, seed: int) -> Run:
+        acc = 0.95 if lr == 3e-3 else 0.9  # the best rate inside the sweep: no extension
+        if lr == 1e-3 and seed == 0:  # finished beside us meanwhile
+            other.add(other.key("dup", model, lr, seed), Run({"acc": acc}, [], 7.0, lr, seed))
+        return Run({"acc": acc}, [(1, 0.1)], 7.0)
+
+    run_check(Check("dup", ["ctrl"], [1e-3, 3e-3, 1e-2], train, Control("ctrl", 0.0), [],
+                    log=lambda msg: None, seeds=(0, 1), store=RunStore(path, {})))
+    keys = [json.loads(line)["key"] for line in path.read_text().splitlines()]
+    assert len(keys) == len(set(keys)) == 4  # three rates on seed 0, the best on seed 1
