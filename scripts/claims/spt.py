@@ -199,9 +199,7 @@ def chain(task: str, mixer: str, spt: bool, *, lr: float, seed: int, steps: int,
     cwd.mkdir(parents=True, exist_ok=True)
     with _exclusive(cwd):
         if fresh:
-            for f in cwd.iterdir():
-                if f.name != _LOCK:
-                    shutil.rmtree(f) if f.is_dir() else f.unlink()
+            _clear(cwd)
         done = cwd / "result.json"  # a finished run: another process trained it, say
         if done.is_file():
             r = json.loads(done.read_text())
@@ -213,6 +211,13 @@ def chain(task: str, mixer: str, spt: bool, *, lr: float, seed: int, steps: int,
 
 
 _LOCK = "lock"  # a run folder's lock file: the process id of the process training it
+
+
+def _clear(folder: Path) -> None:
+    """Empty a run folder this process holds (all but its lock): ``--fresh``."""
+    for f in folder.iterdir():
+        if f.name != _LOCK:
+            shutil.rmtree(f) if f.is_dir() else f.unlink()
 
 
 def _alive(pid: int) -> bool:
@@ -293,9 +298,7 @@ def _chain(task: str, mixer: str, spt: bool, *, lr: float, seed: int, steps: int
         with _exclusive(pre_dir):
             if fresh and pre_dir not in _FRESHENED:  # once per process, not once per rate
                 _FRESHENED.add(pre_dir)
-                for f in pre_dir.iterdir():
-                    if f.name != _LOCK:
-                        shutil.rmtree(f) if f.is_dir() else f.unlink()
+                _clear(pre_dir)
             pre = _stage("pretrain", pre_run, pretrain,
                          ["pretrain", *base, *pre_cfg, *common, *budget(pretrain)])
             if pre:
