@@ -289,6 +289,11 @@ class RunStore:
         rec.pop("from_store")
         line = json.dumps({"key": key, "run": rec, "commit": self.commit}) + "\n"
         with self._lock:
+            # a process beside this one may have stored the same run while this one waited
+            # for it (spt.py's run lock): one line per run, the first one kept
+            self._read_new()
+            if key in self._runs:
+                return
             self._runs[key] = run
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a", encoding="utf-8") as f:  # a kill loses at most this line
@@ -431,9 +436,7 @@ def train_one(check: Check, model: str, lr: float, seed: int) -> Run:
             _RUN_LABEL.reset(named)
             _RUN_CHECKPOINT.reset(token)
         run.secs, run.lr, run.seed = run.secs or time.time() - t0, lr, seed
-        # a process beside this one may have trained and stored the same run while this one
-        # waited for it (spt.py's run lock): one line per run in the store
-        if check.store and check.store.get(key) is None:
+        if check.store:
             check.store.add(key, run)
     check.log(f"[{check.name}] {model} lr {lr:.3g} seed {seed}: "
               + ", ".join(f"{k} {v:.3f}" for k, v in run.scores.items())

@@ -211,6 +211,7 @@ def chain(task: str, mixer: str, spt: bool, *, lr: float, seed: int, steps: int,
 
 
 _LOCK = "lock"  # a run folder's lock file: the process id of the process training it
+_FRESHENED: set[Path] = set()  # pretraining folders this process has cleared for --fresh
 
 
 def _clear(folder: Path) -> None:
@@ -324,9 +325,6 @@ def _chain(task: str, mixer: str, spt: bool, *, lr: float, seed: int, steps: int
         scores["pretrain token acc"] = pre[-1][1] if pre else float("nan")
     return Run(scores, [(s + 1 + offset, 1 - a) for s, a in _last_per_step(val)],
                pre_secs + sum(walls))
-
-
-_FRESHENED: set[Path] = set()  # pretraining folders this process has cleared for --fresh
 
 
 def _reached(cwd: Path, name: str, folder: Path, n: int) -> None:

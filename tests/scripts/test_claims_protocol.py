@@ -399,7 +399,6 @@ def test_a_store_sees_runs_another_process_appends_after_it_opened(tmp_path):
     assert fresh.get(key) is None and fresh.get(other) is None
 
 
-
 def test_a_run_another_process_stored_meanwhile_is_not_stored_twice(tmp_path):
     """spt.py's second process may train a run that the full command was waiting for; the
     waiting process gets the same run back and must not append a second line for it."""
