@@ -280,6 +280,21 @@ def test_a_cell_whose_validation_rose_at_its_last_evaluation_says_so():
         assert "(still rising)" not in row, flat_or_falling
 
 
+def test_a_rise_within_the_validation_noise_is_not_called_rising():
+    # 8,000 validation images at 50%: one standard error is 0.56 points
+    def row(curve, n_val):
+        rec = {"mixer": "s4d", "task": "pathfinder", "setting": "s", "status": "ok",
+               "lr": 1e-3, "seed": 0, "test": 0.5, "best_val": max(a for _, a in curve),
+               "date": "2026", "val_curve": curve, "sizes": {"val": n_val}}
+        return next(ln for ln in render.render_markdown([rec]).splitlines()
+                    if ln.startswith("| s4d | 50.0"))
+
+    assert "(still rising)" not in row([[1000, .5035], [1016, .50425]], 8000)
+    assert "(still rising)" in row([[1000, .5035], [1016, .515]], 8000)
+    # the same 1.15-point rise on 250 expressions (3.2 points of noise) is noise again
+    assert "(still rising)" not in row([[1000, .5035], [1016, .515]], 250)
+
+
 def _args(**kw):
     return argparse.Namespace(**{"out": None, "store": None, "publish": False, "quick": False,
                                  **kw})
