@@ -281,7 +281,7 @@ def test_a_cell_whose_validation_rose_at_its_last_evaluation_says_so():
 
 
 def test_a_rise_within_the_validation_noise_is_not_called_rising():
-    # 8,000 validation images at 50%: one standard error is 0.56 points
+    # 8,000 validation images at 50%: two standard errors are 1.1 points
     def row(curve, n_val):
         rec = {"mixer": "s4d", "task": "pathfinder", "setting": "s", "status": "ok",
                "lr": 1e-3, "seed": 0, "test": 0.5, "best_val": max(a for _, a in curve),
@@ -289,10 +289,15 @@ def test_a_rise_within_the_validation_noise_is_not_called_rising():
         return next(ln for ln in render.render_markdown([rec]).splitlines()
                     if ln.startswith("| s4d | 50.0"))
 
-    assert "(still rising)" not in row([[1000, .5035], [1016, .50425]], 8000)
-    assert "(still rising)" in row([[1000, .5035], [1016, .515]], 8000)
-    # the same 1.15-point rise on 250 expressions (3.2 points of noise) is noise again
-    assert "(still rising)" not in row([[1000, .5035], [1016, .515]], 250)
+    assert "(still rising)" not in row([[500, .5035], [1000, .5115]], 8000)
+    assert "(still rising)" in row([[500, .5035], [1000, .52]], 8000)
+    # the same 1.65-point rise on 250 expressions (6.3 points of noise) is noise again
+    assert "(still rising)" not in row([[500, .5035], [1000, .52]], 250)
+    # the time cap's extra reading one step after a scheduled one: the trend is read from the
+    # scheduled readings before it (54.7 -> 60.3), not from the last pair (60.26 -> 60.28)
+    assert "(still rising)" in row([[2000, .547], [3000, .6026], [3001, .6028]], 8000)
+    # a single stretch of 16 steps is no trend at all
+    assert "(still rising)" not in row([[1000, .40], [1016, .60]], 8000)
 
 
 def _args(**kw):
