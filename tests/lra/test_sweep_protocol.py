@@ -263,41 +263,35 @@ def test_a_run_cut_short_by_its_time_cap_says_so(tmp_path, monkeypatch, capsys):
     assert runner.cut_short({**rec, "max_time": None}) is None
 
 
-def test_a_cell_whose_validation_rose_at_its_last_evaluation_says_so():
-    def page(curve):
-        rec = {"mixer": "s4d", "task": "listops", "setting": "s", "status": "ok", "lr": 1e-3,
-               "seed": 0, "test": 0.4, "best_val": max(a for _, a in curve), "date": "2026",
-               "val_curve": curve}
-        return render.render_markdown([rec])
+def _cell_row(curve, n_val=None):
+    """The page's row for one s4d run (test 40.0%) with this validation curve."""
+    rec = {"mixer": "s4d", "task": "listops", "setting": "s", "status": "ok", "lr": 1e-3,
+           "seed": 0, "test": 0.4, "best_val": max(a for _, a in curve), "date": "2026",
+           "val_curve": curve}
+    if n_val is not None:
+        rec["sizes"] = {"val": n_val}
+    return next(ln for ln in render.render_markdown([rec]).splitlines()
+                if ln.startswith("| s4d | 40.0"))
 
-    row = next(ln for ln in page([[250, .3], [500, .4]]).splitlines()
-               if ln.startswith("| s4d | 40.0"))
-    assert "(still rising)" in row
+
+def test_a_cell_whose_validation_rose_at_its_last_evaluation_says_so():
+    assert "(still rising)" in _cell_row([[250, .3], [500, .4]])
     for flat_or_falling in ([[250, .4], [500, .4]], [[250, .5], [500, .4]],
                             [[250, .5], [500, .3], [750, .4]], [[250, .4]]):
-        row = next(ln for ln in page(flat_or_falling).splitlines()
-                   if ln.startswith("| s4d | 40.0"))
-        assert "(still rising)" not in row, flat_or_falling
+        assert "(still rising)" not in _cell_row(flat_or_falling), flat_or_falling
 
 
 def test_a_rise_within_the_validation_noise_is_not_called_rising():
     # 8,000 validation images at 50%: two standard errors are 1.1 points
-    def row(curve, n_val):
-        rec = {"mixer": "s4d", "task": "pathfinder", "setting": "s", "status": "ok",
-               "lr": 1e-3, "seed": 0, "test": 0.5, "best_val": max(a for _, a in curve),
-               "date": "2026", "val_curve": curve, "sizes": {"val": n_val}}
-        return next(ln for ln in render.render_markdown([rec]).splitlines()
-                    if ln.startswith("| s4d | 50.0"))
-
-    assert "(still rising)" not in row([[500, .5035], [1000, .5115]], 8000)
-    assert "(still rising)" in row([[500, .5035], [1000, .52]], 8000)
+    assert "(still rising)" not in _cell_row([[500, .5035], [1000, .5115]], 8000)
+    assert "(still rising)" in _cell_row([[500, .5035], [1000, .52]], 8000)
     # the same 1.65-point rise on 250 expressions (6.3 points of noise) is noise again
-    assert "(still rising)" not in row([[500, .5035], [1000, .52]], 250)
+    assert "(still rising)" not in _cell_row([[500, .5035], [1000, .52]], 250)
     # the time cap's extra reading one step after a scheduled one: the trend is read from the
     # scheduled readings before it (54.7 -> 60.3), not from the last pair (60.26 -> 60.28)
-    assert "(still rising)" in row([[2000, .547], [3000, .6026], [3001, .6028]], 8000)
+    assert "(still rising)" in _cell_row([[2000, .547], [3000, .6026], [3001, .6028]], 8000)
     # a single stretch of 16 steps is no trend at all
-    assert "(still rising)" not in row([[1000, .40], [1016, .60]], 8000)
+    assert "(still rising)" not in _cell_row([[1000, .40], [1016, .60]], 8000)
 
 
 def _args(**kw):
