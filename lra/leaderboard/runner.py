@@ -11,7 +11,8 @@ A killed grid loses at most 100 steps of each run in flight: ``last.ckpt`` is wr
 steps (after the validation where one falls on the step), and the next invocation finds the
 folder of an unfinished run of the same experiment (:func:`unfinished_run`) and resumes it
 there (:func:`worker`): exactly, with the metrics logged before the kill kept and the time cap
-counting the time before it.
+counting the time before it. A run killed during its test pass resumes with nothing left to
+train and is tested again from the start.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import datetime as _dt
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -435,6 +437,10 @@ def worker(run_dir: str | Path) -> None:
         raise RuntimeError(f"fit wrote no checkpoint to {ckpts} (did validation ever run?)")
     ckpt = best[-1] if best else last
     info["ckpt"] = str(ckpt)
+    # A sitting killed during its test left test/ behind (config.yaml, perhaps a partial
+    # metrics.csv); `lra test` would then write into test/test/, where the parent does not look.
+    # The test of a fixed checkpoint is repeatable, so the old folder is dropped, not kept.
+    shutil.rmtree(run_dir / "test", ignore_errors=True)
     t0 = time.time()
     lra(["test", "--config", str(run_dir / "test.yaml"), "--ckpt_path", str(ckpt)])
     info["test_s"] = round(time.time() - t0, 1)

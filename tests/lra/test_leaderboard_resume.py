@@ -29,6 +29,21 @@ from lra.leaderboard.runner import worker
 worker(sys.argv[1])
 """]
 
+# the worker, ended abruptly after the first test batch: fit finished, its test pass did not
+KILLED_IN_TEST = [sys.executable, "-c", """
+import os, sys
+from lra.module import LRAModule
+
+hook = LRAModule.on_test_batch_end
+def kill_after_test_batch(self, *args):
+    hook(self, *args)
+    os._exit(9)
+LRAModule.on_test_batch_end = kill_after_test_batch
+
+from lra.leaderboard.runner import worker
+worker(sys.argv[1])
+"""]
+
 
 def one(tmp_path, runs: str):
     return lb.run_one("attention", "listops", setting="t", quick=True,
@@ -93,3 +108,27 @@ def test_a_finished_or_different_run_is_never_resumed(tmp_path):
     for other in (other_lr, other_seed, other_model):
         assert lb.runner.unfinished_run(parent, "attention", "listops", other) is None
     assert lb.runner.unfinished_run(parent, "fox", "listops", cfg) is None
+
+
+def test_a_run_killed_during_its_test_is_tested_again_and_recorded(tmp_path, monkeypatch):
+    # the planted failure: the killed sitting's test/ folder sends the next sitting's metrics
+    # elsewhere, and the run records "no test/acc" although its test passed
+    write_listops(tmp_path / "data", n=(32, 8, 8))
+    straight = one(tmp_path, "straight")
+    assert straight["status"] == "ok", straight["error"]
+
+    real = lb.runner.WORKER
+    monkeypatch.setattr(lb.runner, "WORKER", KILLED_IN_TEST)
+    killed = one(tmp_path, "runs")
+    assert killed["status"] == "error" and "worker exited 9" in killed["error"]
+    assert killed["steps"] == 4  # fit had finished
+    folder = tmp_path / "runs" / "t" / killed["run_dir"].rsplit("/", 1)[-1]
+    assert (folder / "test").is_dir()  # what the killed test pass left behind
+
+    monkeypatch.setattr(lb.runner, "WORKER", real)
+    resumed = one(tmp_path, "runs")
+    assert resumed["status"] == "ok", resumed["error"]
+    assert resumed["run_dir"] == killed["run_dir"]
+    assert resumed["resumed_from_step"] == 4  # nothing left to train
+    assert resumed["test"] == straight["test"]
+    assert not (folder / "test" / "test").exists()
