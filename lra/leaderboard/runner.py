@@ -423,13 +423,19 @@ def worker(run_dir: str | Path) -> None:
     last = run_dir / "checkpoints" / "last.ckpt"
     resume = ["--ckpt_path", str(last)] if last.is_file() else []
     if resume:
-        info["resumed_from_step"] = int(torch.load(last, map_location="cpu",
-                                                   weights_only=True)["global_step"])
+        state = torch.load(last, map_location="cpu", weights_only=True)
+        info["resumed_from_step"] = int(state["global_step"])
+        # the sittings before the kill, by Lightning's Timer (it counts the validations in
+        # fit); a run without a time cap has none, and its fit_s is this sitting's alone
+        timer = state.get("callbacks", {}).get("Timer", {}).get("time_elapsed", {})
+        if "train" in timer:
+            info["fit_s_before"] = round(float(timer["train"]), 1)
     t0 = time.time()
     # a grid cell trains its full budget and is tested below, on the checkpoint it names
     lra(["fit", "--config", str(run_dir / "fit.yaml"), "--test_after_fit", "false",
          "--early_stopping.stopping_threshold", "null", *resume])
-    info["fit_s"] = round(time.time() - t0, 1)  # this sitting's
+    # every sitting's: the time before the kill plus this sitting's
+    info["fit_s"] = round(info.get("fit_s_before", 0.0) + time.time() - t0, 1)
     ckpts = run_dir / "checkpoints"
     best = sorted(ckpts.glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
     last = ckpts / "last.ckpt"

@@ -4,6 +4,7 @@ same result as a run that was never stopped."""
 
 from __future__ import annotations
 
+import json
 import sys
 
 import torch
@@ -45,9 +46,9 @@ worker(sys.argv[1])
 """]
 
 
-def one(tmp_path, runs: str):
+def one(tmp_path, runs: str, budget_minutes: float | None = None):
     return lb.run_one("attention", "listops", setting="t", quick=True,
-                      data_dir=tmp_path / "data", max_steps=4, budget_minutes=None,
+                      data_dir=tmp_path / "data", max_steps=4, budget_minutes=budget_minutes,
                       runs_dir=tmp_path / runs,
                       overrides={"model": {"model": {"d_model": 16}},
                                  "data": {"init_args": {"batch_size": 4}}},
@@ -114,21 +115,32 @@ def test_a_run_killed_during_its_test_is_tested_again_and_recorded(tmp_path, mon
     # the planted failure: the killed sitting's test/ folder sends the next sitting's metrics
     # elsewhere, and the run records "no test/acc" although its test passed
     write_listops(tmp_path / "data", n=(32, 8, 8))
-    straight = one(tmp_path, "straight")
+    # a time cap far beyond 4 steps: it brings Lightning's Timer, whose count fit_s resumes
+    straight = one(tmp_path, "straight", budget_minutes=30)
     assert straight["status"] == "ok", straight["error"]
 
     real = lb.runner.WORKER
     monkeypatch.setattr(lb.runner, "WORKER", KILLED_IN_TEST)
-    killed = one(tmp_path, "runs")
+    killed = one(tmp_path, "runs", budget_minutes=30)
     assert killed["status"] == "error" and "worker exited 9" in killed["error"]
     assert killed["steps"] == 4  # fit had finished
     folder = tmp_path / "runs" / "t" / killed["run_dir"].rsplit("/", 1)[-1]
     assert (folder / "test").is_dir()  # what the killed test pass left behind
+    # the killed sitting's training time, by the Timer in its checkpoint, set to 1000 s: as if
+    # it had trained long, so that this sitting's few seconds cannot pass for it
+    ckpt = folder / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, weights_only=True)
+    assert state["callbacks"]["Timer"]["time_elapsed"]["train"] > 0
+    state["callbacks"]["Timer"]["time_elapsed"]["train"] = 1000.0
+    torch.save(state, ckpt)
 
     monkeypatch.setattr(lb.runner, "WORKER", real)
-    resumed = one(tmp_path, "runs")
+    resumed = one(tmp_path, "runs", budget_minutes=30)
     assert resumed["status"] == "ok", resumed["error"]
     assert resumed["run_dir"] == killed["run_dir"]
     assert resumed["resumed_from_step"] == 4  # nothing left to train
     assert resumed["test"] == straight["test"]
     assert not (folder / "test" / "test").exists()
+    # the fit time counts the killed sitting's training, not only this sitting's restore-and-stop
+    assert json.loads((folder / "worker.json").read_text())["fit_s_before"] == 1000.0
+    assert 1000.0 < resumed["fit_s"] < 1000.0 + resumed["wall_s"]
