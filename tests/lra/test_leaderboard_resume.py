@@ -13,37 +13,30 @@ import yaml
 from lra import leaderboard as lb
 from lra.data.fixtures import write_listops
 
-# the worker, with a hook that ends the process abruptly (no cleanup, as kill -9) after the
-# third optimizer step, one step before the end
-KILLED_WORKER = [sys.executable, "-c", """
+
+def killing_worker(hook: str, when: str) -> list[str]:
+    """The worker, with ``LRAModule.<hook>`` patched to end the process abruptly (no cleanup,
+    as kill -9) once the expression ``when`` holds after the hook has run."""
+    return [sys.executable, "-c", f"""
 import os, sys
 from lra.module import LRAModule
 
-hook = LRAModule.on_train_batch_end
-def kill_after_step_3(self, *args):
+hook = LRAModule.{hook}
+def kill_when(self, *args):
     hook(self, *args)
-    if self.trainer.global_step == 3:
+    if {when}:
         os._exit(9)
-LRAModule.on_train_batch_end = kill_after_step_3
+LRAModule.{hook} = kill_when
 
 from lra.leaderboard.runner import worker
 worker(sys.argv[1])
 """]
 
-# the worker, ended abruptly after the first test batch: fit finished, its test pass did not
-KILLED_IN_TEST = [sys.executable, "-c", """
-import os, sys
-from lra.module import LRAModule
 
-hook = LRAModule.on_test_batch_end
-def kill_after_test_batch(self, *args):
-    hook(self, *args)
-    os._exit(9)
-LRAModule.on_test_batch_end = kill_after_test_batch
-
-from lra.leaderboard.runner import worker
-worker(sys.argv[1])
-"""]
+# after the third optimizer step, one step before the end
+KILLED_WORKER = killing_worker("on_train_batch_end", "self.trainer.global_step == 3")
+# after the first test batch: fit finished, its test pass did not
+KILLED_IN_TEST = killing_worker("on_test_batch_end", "True")
 
 
 def one(tmp_path, runs: str, budget_minutes: float | None = None):
