@@ -20,6 +20,7 @@ run).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -28,6 +29,20 @@ import torch
 log = logging.getLogger(__name__)
 
 MAX_IN_A_ROW = 25
+
+# the stop's message (StepGuard.allows) and its parser (stopped_at) stay side by side
+_STOP = "the gradients were not finite at {n} steps in a row (the last at step {step})"
+_STOP_RE = re.compile(r"the gradients were not finite at (\d+) steps in a row "
+                      r"\(the last at step (\d+)\)")
+
+
+def stopped_at(text: str | None) -> int | None:
+    """The first step of the streak of refused steps that stopped a run, read from the stop's
+    message anywhere in ``text`` (a record's error, a worker's log tail); None when ``text``
+    holds no such message. A run stopped so diverged: its store records count it as such
+    (:func:`lra.leaderboard.sweep.diverged`)."""
+    m = _STOP_RE.search(text or "")
+    return None if m is None else int(m.group(2)) - int(m.group(1)) + 1
 
 
 def grad_norm(parameters: Iterable[torch.nn.Parameter]) -> torch.Tensor:
@@ -64,9 +79,9 @@ class StepGuard:
                     "(%d skipped so far)", step, self.skipped)
         if self.max_in_a_row is not None and self.in_a_row >= self.max_in_a_row:
             raise FloatingPointError(
-                f"the gradients were not finite at {self.in_a_row} steps in a row (the last at "
-                f"step {step}), so the run has stopped learning; lower the learning rate, "
-                f"enable gradient clipping (trainer.gradient_clip_val) or train in fp32")
+                _STOP.format(n=self.in_a_row, step=step) + ", so the run has stopped "
+                "learning; lower the learning rate, "
+                "enable gradient clipping (trainer.gradient_clip_val) or train in fp32")
         return False
 
     def summary(self) -> str | None:

@@ -17,6 +17,7 @@ from lra.leaderboard.store import (
     row_label,
     save_store,
 )
+from lra.leaderboard.sweep import diverged
 
 NOTES_BEGIN, NOTES_END = "<!-- notes -->", "<!-- /notes -->"
 
@@ -181,7 +182,7 @@ def ours_table(recs: list[dict[str, Any]]) -> str:
                              + (f" ({cut})" if cut else ""))
             elif r is None:
                 cells.append("")
-            elif r.get("status") != "ok":
+            elif r.get("status") != "ok" and diverged(r) is None:
                 cells.append("error: " + str(r.get("error", "?")).split(":")[0][:40])
             else:
                 cells.append("diverged")
@@ -201,6 +202,7 @@ def details_table(recs: list[dict[str, Any]]) -> str:
     for r in sorted(recs, key=lambda r: (TASK_ORDER.index(r["task"])
                                          if r["task"] in TASK_ORDER else 99, row_label(r))):
         status = "ok" if r.get("status") == "ok" else \
+            ("diverged, " if diverged(r) is not None else "") + \
             "error: " + str(r.get("error")).replace("|", "\\|").replace("\n", " ")[:300]
         wall = "–" if r.get("wall_s") is None else \
             f"{r['wall_s']:.0f} ({r.get('fit_s') or '–'} / {r.get('test_s') or '–'})"

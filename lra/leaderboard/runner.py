@@ -782,7 +782,7 @@ def run_grid(mixers: Sequence[str], tasks: Sequence[str], *, setting: str, quick
     if protocol is None:
         todo = [{"mixer": m, "task": t} for t in tasks for m in mixers]
         if resume:  # skip the runs (same config, rate and seed) the store holds finished
-            done = {lra_key(r) for r in load_store(store) if r.get("status") == "ok"}
+            done = {lra_key(r) for r in load_store(store) if sweep.finished(r)}
             keep = []
             for spec in todo:
                 cfg = config_of(spec["task"], spec["mixer"])

@@ -12,8 +12,9 @@ The protocol, as the efficient-sequence-model literature reports its numbers:
    task solved at every rate (MQAR by attention) is not extended for nothing.
 3. The best rate of every headline cell is re-run on the other seeds (:attr:`Protocol.seeds`);
    the page shows every seed and their mean.
-4. A run whose training loss went non-finite is never a result (:func:`diverged`): it is listed
-   as diverged and it is never the best rate.
+4. A run whose training loss went non-finite, or that the step guard stopped, is never a
+   result (:func:`diverged`): it is listed as diverged, it is never the best rate, and it is
+   not retried.
 
 The state of a sweep is derived from the run store alone (:func:`plan`), so a grid can be filled
 over several runs of the command: a rerun skips finished runs and continues where the store
@@ -110,7 +111,12 @@ PROTOCOL = Protocol()
 def diverged(r: Record) -> int | None:
     """The first step whose training loss was not finite (NaN or inf), or None (-1: the final
     loss was not finite, step unknown). Such a run's accuracy means nothing: it is never a
-    result, never the best rate, and the page lists it as diverged."""
+    result, never the best rate, and the page lists it as diverged.
+
+    A run that the step guard stopped (:mod:`lra.step_guard`: its gradients were not finite
+    for many steps in a row) diverged too, from the first step of that streak, although its
+    worker failed and its record is an error: retrying it at the same rate and seed would
+    only diverge again, so the sweep counts it as tried (:func:`finished`)."""
     if r.get("diverged_at"):
         return int(r["diverged_at"])
     curve = r.get("loss_curve") or []
@@ -118,6 +124,10 @@ def diverged(r: Record) -> int | None:
     final = r.get("final_loss", 0.0)
     if bad or (final is not None and not math.isfinite(final)):
         return bad[0] if bad else -1
+    if r.get("error"):
+        from lra.step_guard import stopped_at  # here: the rest of this module needs no torch
+
+        return stopped_at(r["error"])
     return None
 
 
@@ -147,6 +157,12 @@ def still_improving(curve: Sequence[Sequence[float]], rel: float = 0.05, *,
 def is_result(r: Record) -> bool:
     """A finished run that counts: status ok and not diverged."""
     return r.get("status") == "ok" and diverged(r) is None
+
+
+def finished(r: Record) -> bool:
+    """A run that needs no retry: a result, or a diverged run (a failure of the rate, not of
+    the machine: an error such as a timeout or a crash is retried)."""
+    return is_result(r) or diverged(r) is not None
 
 
 def newest_by(records: Iterable[Record], key_of: Callable[[Record], Any]) -> dict[Any, Record]:
@@ -196,7 +212,7 @@ def plan(base_runs: Sequence[Record], records: Iterable[Record], *,
     result, or a diverged run) or ``attempted(key)`` says so (an error in this invocation); a
     cell is extended, or its best rate re-seeded, only once every run it has is attempted.
     """
-    newest = newest_by((r for r in records if r.get("status") == "ok"), key_of)
+    newest = newest_by((r for r in records if finished(r)), key_of)
 
     def tried(run: Record) -> bool:
         k = key_of(run)
@@ -245,8 +261,8 @@ def plan(base_runs: Sequence[Record], records: Iterable[Record], *,
 def pending(states: dict[Any, CellState], records: Iterable[Record], *,
             key_of: Callable[[Record], Any],
             attempted: Callable[[Any], bool] | None = None) -> list[Record]:
-    """The runs of ``states`` without an ok record in the store, not yet attempted."""
-    ok = {key_of(r) for r in records if r.get("status") == "ok"}
+    """The runs of ``states`` without a finished record in the store, not yet attempted."""
+    ok = {key_of(r) for r in records if finished(r)}
     out, seen = [], set()
     for st in states.values():
         for r in st.runs:
@@ -378,7 +394,7 @@ def summarize(records: Iterable[Record], *, cell_of: Callable[[Record], Any],
                   and score(r) is not None}
         rates = []
         for r in sorted(sweep, key=lambda r: r.get("lr") or 0):
-            what = "diverged" if r.get("status") == "ok" and not is_result(r) else \
+            what = "diverged" if diverged(r) is not None else \
                 ("error" if r.get("status") != "ok" else "ok")
             rates.append((r.get("lr"), what + (f" ({r['extension']})" if r.get("extension")
                                                 else "")))

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from lra import quick
 from lra.lightning_cli import run_summary
 from lra.module import LRAModule
-from lra.step_guard import StepGuard, grad_norm
+from lra.step_guard import StepGuard, grad_norm, stopped_at
 from lrm import LRModel, ModelConfig
 
 POISONED_STEP = 2
@@ -44,6 +44,17 @@ def test_guard_counts_and_stops_after_too_many_in_a_row():
         guard.allows(False, 6)
     unbounded = StepGuard(max_in_a_row=None)
     assert not any(unbounded.allows(False, i) for i in range(100))
+
+
+def test_the_stop_message_gives_back_the_first_step_of_the_streak():
+    # the store reads a stopped run's divergence from its error text (a worker's log tail)
+    guard = StepGuard(max_in_a_row=3)
+    guard.allows(False, 4), guard.allows(False, 5)
+    with pytest.raises(FloatingPointError) as err:
+        guard.allows(False, 6)
+    assert stopped_at(f"worker exited 1: FloatingPointError: {err.value}") == 4
+    assert stopped_at("worker exited 1: RuntimeError: out of memory") is None
+    assert stopped_at(None) is None
 
 
 def test_grad_norm_is_not_finite_when_one_gradient_is_nan():

@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 
 from lra.leaderboard import arena, render, runner, store, sweep
+from lra.step_guard import StepGuard
 
 
 def _drive(score_of, rates=(1e-3, 3e-3, 1e-2), protocol=sweep.PROTOCOL, records=None,
-           diverge=()):
-    """Run one cell's sweep with stub runs; returns (every launched run, the store)."""
+           diverge=(), fail=None):
+    """Run one cell's sweep with stub runs; returns (every launched run, the store). ``fail``
+    maps rates to the error their runs end in (an error record, no score)."""
     recs = list(records or [])
     launched = []
 
@@ -27,6 +29,8 @@ def _drive(score_of, rates=(1e-3, 3e-3, 1e-2), protocol=sweep.PROTOCOL, records=
                "date": f"2026-01-01T00:00:{len(recs):02d}"}
         if r["lr"] in diverge:
             rec["final_loss"] = math.nan
+        if r["lr"] in (fail or {}):
+            rec.update(status="error", error=fail[r["lr"]], acc=None)
         return rec
 
     base = [{"cell": "c", "lr": lr, "seed": 0} for lr in rates]
@@ -73,6 +77,33 @@ def test_a_diverged_run_is_never_the_best_rate():
     assert (3e-3, 1) in {(r["lr"], r["seed"]) for r in launched}
     assert not sweep.is_result(next(r for r in recs if r["lr"] == 1e-2))
     assert sweep.diverged({"loss_curve": [[1, 2.0], [5, math.inf]]}) == 5
+
+
+def test_a_run_the_step_guard_stopped_is_diverged_and_never_retried():
+    # its worker failed (an error record), but the rate diverged: a later invocation must not
+    # spend the run again, and the sweep goes on as for any diverged rate
+    guard = StepGuard(max_in_a_row=2)
+    guard.allows(False, 63)
+    with pytest.raises(FloatingPointError) as err:
+        guard.allows(False, 64)
+    stop = f"worker exited 1: FloatingPointError: {err.value}"
+    scores = {1e-3: 0.2, 3e-3: 0.5, 1e-2: 0.99}
+    launched, recs = _drive(lambda lr, s: scores[lr], fail={1e-2: stop})
+    stopped = next(r for r in recs if r["lr"] == 1e-2)
+    assert sweep.diverged(stopped) == 63 and sweep.finished(stopped)
+    assert not sweep.is_result(stopped)
+    assert (3e-3, 1) in {(r["lr"], r["seed"]) for r in launched}  # best 3e-3, re-seeded
+    again, _ = _drive(lambda lr, s: scores[lr], records=recs)
+    assert again == []
+    (summ,) = sweep.summarize(recs, cell_of=lambda r: r["cell"],
+                              key_of=lambda r: (r["cell"], r["lr"], r["seed"]),
+                              score=lambda r: r["acc"]).values()
+    assert (1e-2, "diverged") in summ.rates
+    # an error of the machine (a timeout) is retried: the rate has not been tried
+    timeout = {1e-2: "timeout: killed after 60 s"}
+    _, recs = _drive(lambda lr, s: scores[lr], fail=timeout)
+    again, _ = _drive(lambda lr, s: scores[lr], records=recs, fail=timeout)
+    assert [r["lr"] for r in again] == [1e-2]
 
 
 def test_resumption_skips_finished_runs_and_continues_the_sweep():
