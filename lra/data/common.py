@@ -206,7 +206,7 @@ class LRADataModule(pl.LightningDataModule):
         data_dir: str,
         batch_size: int,
         num_workers: int | None,
-        seed: int,
+        seed: int | None,
         limit_train: int | None,
         limit_val: int | None,
         limit_test: int | None,
@@ -265,8 +265,14 @@ class LRADataModule(pl.LightningDataModule):
             # a seeded order per epoch whose position is saved in checkpoints, so that a killed
             # run resumes mid-epoch on the very next batch (lra/resumable.py)
             return ResumableLoader(self.datasets[split], self.batch_size, shuffle=True,
-                                   seed=self.seed, **common)
+                                   seed=self.shuffle_seed(), **common)
         return DataLoader(self.datasets[split], batch_size=self.batch_size, **common)
+
+    def shuffle_seed(self) -> int:
+        """The seed of the training set's batch order: ``seed`` where given, else the run's seed
+        (what ``seed_everything`` gave torch, read when the loader is made: Lightning seeds
+        before it asks for loaders, on a resume too, so a resumed run gets the same order)."""
+        return self.seed if self.seed is not None else torch.initial_seed() % 2**32
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

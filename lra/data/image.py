@@ -64,7 +64,9 @@ class CIFAR10DataModule(LRADataModule):
         num_workers: DataLoader worker processes; None (the default) uses what the machine
             has (lra.data.common.default_num_workers).
         seq_len: must be 1024 (32 x 32); accepted for a uniform interface.
-        seed: seeds the shuffling of the training set.
+        seed: seeds the shuffling of the training set; None (the default) takes the run's seed
+            (``seed_everything``), so that a second seed changes the batch order as well as
+            the initialisation.
         val_fraction: the last fraction of the training images used for validation (LRA: 0.1).
         grayscale: ``"lra"`` or ``"pil"`` (see the module docstring).
         limit_train / limit_val / limit_test: keep only the first N images of a split.
@@ -82,7 +84,7 @@ class CIFAR10DataModule(LRADataModule):
         batch_size: int = 50,
         num_workers: int | None = None,
         seq_len: int = 1024,
-        seed: int = 0,
+        seed: int | None = None,
         val_fraction: float = 0.1,
         grayscale: str = "lra",
         limit_train: int | None = None,

@@ -124,7 +124,9 @@ class ListOpsDataModule(LRADataModule):
         num_workers: DataLoader worker processes; None (the default) uses what the machine
             has (lra.data.common.default_num_workers).
         seq_len: maximum tokens per example, ``<eos>`` included (S4 repo: 2048).
-        seed: seeds the shuffling of the training set.
+        seed: seeds the shuffling of the training set; None (the default) takes the run's seed
+            (``seed_everything``), so that a second seed changes the batch order as well as
+            the initialisation.
         append_eos: append ``<eos>`` (id 2) as the S4 repo does.
         fixed_length: pad every batch to ``seq_len`` instead of its longest example.
         limit_train / limit_val / limit_test: keep only the first N examples of a split.
@@ -141,7 +143,7 @@ class ListOpsDataModule(LRADataModule):
         batch_size: int = 32,
         num_workers: int | None = None,
         seq_len: int = 2048,
-        seed: int = 0,
+        seed: int | None = None,
         append_eos: bool = True,
         fixed_length: bool = False,
         limit_train: int | None = None,

@@ -125,7 +125,9 @@ class PathfinderDataModule(LRADataModule):
         num_workers: DataLoader worker processes; None (the default) uses what the machine
             has (lra.data.common.default_num_workers).
         seq_len: ``resolution**2`` (or None); accepted for a uniform interface.
-        seed: seeds the shuffling of the training set.
+        seed: seeds the shuffling of the training set; None (the default) takes the run's seed
+            (``seed_everything``), so that a second seed changes the batch order as well as
+            the initialisation.
         split_seed: seeds the 80/10/10 split (S4 repo: 42).
         val_fraction / test_fraction: sizes of the validation and test splits.
         prep_workers: processes decoding PNGs on the first load (default: cores, at most 16).
@@ -146,7 +148,7 @@ class PathfinderDataModule(LRADataModule):
         batch_size: int = 64,
         num_workers: int | None = None,
         seq_len: int | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         split_seed: int = 42,
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,

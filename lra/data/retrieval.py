@@ -70,7 +70,9 @@ class AANDataModule(LRADataModule):
         num_workers: DataLoader worker processes; None (the default) uses what the machine
             has (lra.data.common.default_num_workers).
         seq_len: maximum tokens per document, ``<eos>`` included (LRA: 4000).
-        seed: seeds the shuffling of the training set.
+        seed: seeds the shuffling of the training set; None (the default) takes the run's seed
+            (``seed_everything``), so that a second seed changes the batch order as well as
+            the initialisation.
         append_eos: append ``<eos>`` (id 1) to each document, as the S4 repo does.
         fixed_length: pad every batch to ``seq_len`` instead of its longest document.
         limit_train / limit_val / limit_test: keep only the first N pairs of a split.
@@ -88,7 +90,7 @@ class AANDataModule(LRADataModule):
         batch_size: int = 64,
         num_workers: int | None = None,
         seq_len: int = 4000,
-        seed: int = 0,
+        seed: int | None = None,
         append_eos: bool = True,
         fixed_length: bool = False,
         limit_train: int | None = None,

@@ -63,7 +63,10 @@ class IMDBDataModule(LRADataModule):
         num_workers: DataLoader worker processes; None (the default) uses what the machine
             has (lra.data.common.default_num_workers).
         seq_len: maximum tokens per example, ``<eos>`` included (LRA: 4096 bytes).
-        seed: seeds the shuffling and the ``val_split`` hold-out.
+        seed: seeds the shuffling of the training set and the ``val_split`` hold-out; None
+            (the default) shuffles with the run's seed (``seed_everything``), so that a second
+            seed changes the batch order, and holds out with 0, so that every seed validates
+            on the same examples.
         val_split: fraction of train held out for validation; 0 validates on test (LRA).
         append_eos: append ``<eos>`` (id 1).
         fixed_length: pad every batch to ``seq_len`` instead of its longest example.
@@ -82,7 +85,7 @@ class IMDBDataModule(LRADataModule):
         batch_size: int = 16,
         num_workers: int | None = None,
         seq_len: int = 4096,
-        seed: int = 0,
+        seed: int | None = None,
         val_split: float = 0.0,
         append_eos: bool = True,
         fixed_length: bool = False,
@@ -99,9 +102,12 @@ class IMDBDataModule(LRADataModule):
         self.dataset, self.seq_len, self.val_split = dataset, seq_len, val_split
         self.append_eos = append_eos
 
+    def _holdout_seed(self) -> int:
+        return 0 if self.seed is None else self.seed
+
     def cache_key(self) -> dict[str, Any]:
         return {"source": _source_stamp(self.dataset), "seq_len": self.seq_len,
-                "eos": self.append_eos, "val_split": self.val_split, "seed": self.seed}
+                "eos": self.append_eos, "val_split": self.val_split, "seed": self._holdout_seed()}
 
     def _read(self, split: str) -> tuple[list[str], np.ndarray]:
         from lra.data.hf import read_split
@@ -119,7 +125,7 @@ class IMDBDataModule(LRADataModule):
         test_text, test_y = self._read("test")
         splits = {"train": (train_text, train_y), "test": (test_text, test_y)}
         if self.val_split > 0:
-            perm = np.random.default_rng(self.seed).permutation(len(train_text))
+            perm = np.random.default_rng(self._holdout_seed()).permutation(len(train_text))
             n_val = round(self.val_split * len(train_text))
             val_idx, tr_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
             splits["val"] = ([train_text[i] for i in val_idx], train_y[val_idx])
