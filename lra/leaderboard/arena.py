@@ -514,7 +514,7 @@ def run(cells: list[dict[str, Any]], store: Path, *, jobs: int, timeout: float =
             "device_type": device or "cpu"}
     n_skip = sum(1 for c in cells if c.get("skip"))
     live = [c for c in cells if not c.get("skip")]
-    done = {cell_key(r) for r in load_store(store) if r.get("status") == "ok"}
+    done = {cell_key(r) for r in load_store(store) if sweep.finished(r)}
     print(f"[recall] {len(cells)} first-seed runs, {sum(cell_key(c) in done for c in live)} "
           f"already in {store}, {n_skip} left out by the grid, {jobs} at a time"
           + ("; the sweep protocol adds extensions and seeds as results come in"

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from lra.leaderboard import sweep
 from lra.leaderboard.store import (
     REPO,
     TASK_NAMES,
@@ -17,7 +18,6 @@ from lra.leaderboard.store import (
     row_label,
     save_store,
 )
-from lra.leaderboard.sweep import diverged
 
 NOTES_BEGIN, NOTES_END = "<!-- notes -->", "<!-- /notes -->"
 
@@ -101,7 +101,6 @@ def _cell(recs: list[dict[str, Any]]) -> dict[tuple, Any]:
     """{(row label, task): CellSummary} over a setting's records (the sweep protocol's best rate
     on validation accuracy, and every seed there); records made before the protocol are cells
     of one rate and one seed."""
-    from lra.leaderboard import sweep
     from lra.leaderboard.runner import lra_cell, lra_key, lra_score
 
     def cell(r: dict[str, Any]) -> tuple:
@@ -182,7 +181,7 @@ def ours_table(recs: list[dict[str, Any]]) -> str:
                              + (f" ({cut})" if cut else ""))
             elif r is None:
                 cells.append("")
-            elif r.get("status") != "ok" and diverged(r) is None:
+            elif r.get("status") != "ok" and sweep.diverged(r) is None:
                 cells.append("error: " + str(r.get("error", "?")).split(":")[0][:40])
             else:
                 cells.append("diverged")
@@ -202,7 +201,7 @@ def details_table(recs: list[dict[str, Any]]) -> str:
     for r in sorted(recs, key=lambda r: (TASK_ORDER.index(r["task"])
                                          if r["task"] in TASK_ORDER else 99, row_label(r))):
         status = "ok" if r.get("status") == "ok" else \
-            ("diverged, " if diverged(r) is not None else "") + \
+            ("diverged, " if sweep.diverged(r) is not None else "") + \
             "error: " + str(r.get("error")).replace("|", "\\|").replace("\n", " ")[:300]
         wall = "–" if r.get("wall_s") is None else \
             f"{r['wall_s']:.0f} ({r.get('fit_s') or '–'} / {r.get('test_s') or '–'})"
@@ -245,7 +244,6 @@ def render_markdown(runs: list[dict[str, Any]], notes: str | None = None,
                     plot_name: str | None = "leaderboard.png", store_name: str = "",
                     curves_name: str | None = None) -> str:
     """The whole leaderboard page from the store's records."""
-    from lra.leaderboard import sweep
     from lra.leaderboard.runner import lra_key
 
     newest = list(sweep.newest_by(runs, lambda r: (row_label(r), *lra_key(r))).values())
