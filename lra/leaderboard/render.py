@@ -234,10 +234,25 @@ def settings_section() -> list[str]:
            "own recipe)."]
     for name, spec in SETTINGS.items():
         cmd = spec.get("command") or f"lra leaderboard --setting {name} --publish --jobs 2"
-        out.append(f"- `{name}`: {spec['about']}: `{cmd}` (two runs at a time, one thread "
-                   "each, on a 2-core machine; resumable: finished runs are skipped, and a run "
-                   "killed mid-way goes on from its last checkpoint in its own folder).")
+        out.append(f"- `{name}`: {spec['about']}: `{cmd}` ({_how(cmd)}; resumable: finished "
+                   "runs are skipped, and a run killed mid-way goes on from its last checkpoint "
+                   "in its own folder).")
     return [*out, ""]
+
+
+def _how(cmd: str) -> str:
+    """How a setting's command shares the CPU, in words, from its --jobs and --threads (the
+    leaderboard's defaults for a setting: one run at a time, one torch thread)."""
+    words = cmd.split()
+
+    def opt(name: str) -> int:
+        return int(words[words.index(name) + 1]) if name in words else 1
+
+    jobs, threads = opt("--jobs"), opt("--threads")
+    num = {1: "one", 2: "two"}
+    runs = f"{num.get(jobs, jobs)} run{'s' if jobs > 1 else ''} at a time"
+    each = f"{num.get(threads, threads)} thread{'s' if threads > 1 else ''}"
+    return f"{runs}, {each} each" if jobs > 1 else f"{runs} with {each}"
 
 
 def render_markdown(runs: list[dict[str, Any]], notes: str | None = None,

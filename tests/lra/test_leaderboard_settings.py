@@ -154,3 +154,33 @@ def test_the_cpu_setting_leaves_pathfinder_to_the_batchnorm_probe():
     assert cpu["tasks"] == ["listops"]
     assert "pathfinder-easy-bn" in cpu["about"]
     assert "pathfinder" in runner.SETTINGS["pathfinder-easy-bn"]["tasks"]
+
+
+@pytest.mark.parametrize("name", [n for n, s in runner.SETTINGS.items() if s.get("command")])
+def test_a_settings_command_parses_names_it_and_the_page_says_how_it_shares_the_cpu(name):
+    """The page prints each setting's command and, beside it, how many runs it starts at a time
+    with how many threads each; both must be the command's own, not a fixed sentence."""
+    from lra.leaderboard import build_parser
+    from lra.leaderboard.render import settings_section
+
+    cmd = runner.SETTINGS[name]["command"]
+    assert cmd.startswith("lra leaderboard ")
+    args = build_parser().parse_args(cmd.split()[2:])
+    assert args.setting == name
+    line = next(x for x in settings_section() if x.startswith(f"- `{name}`:"))
+    words = {1: "one", 2: "two"}
+    threads = args.threads or 1  # a setting's runs default to one thread
+    plural = "s" if threads > 1 else ""
+    how = (f"{words[args.jobs]} runs at a time, {words[threads]} thread{plural} each"
+           if args.jobs > 1 else f"one run at a time with {words[threads]} thread{plural}")
+    assert f"`{cmd}` ({how};" in line
+
+
+def test_listops_at_lra_lengths_runs_one_run_at_a_time_on_both_cores():
+    """Two single-thread runs side by side make 2.1 s steps and stop at the 60-minute cap
+    before step 2000; the command the page gives must not start two."""
+    from lra.leaderboard import build_parser
+
+    args = build_parser().parse_args(runner.SETTINGS["listops-lra"]["command"].split()[2:])
+    assert (args.jobs, args.threads) == (1, 2)
+    assert set(args.mixers) == {"s4d", "s4"}
