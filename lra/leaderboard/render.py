@@ -205,6 +205,10 @@ def details_table(recs: list[dict[str, Any]]) -> str:
             "error: " + str(r.get("error")).replace("|", "\\|").replace("\n", " ")[:300]
         wall = "–" if r.get("wall_s") is None else \
             f"{r['wall_s']:.0f} ({r.get('fit_s') or '–'} / {r.get('test_s') or '–'})"
+        if r.get("wall_s") is not None and r.get("resumed_from_step") is not None:
+            # a killed run that went on from its checkpoint: its fit time counts every sitting
+            # (Lightning's Timer), its wall time and date the last sitting only
+            wall += f"; wall and date: the sitting resumed at step {r['resumed_from_step']}"
         sizes = r.get("sizes") or {}
         size = "/".join(str(sizes.get(s, "?")) for s in ("train", "val", "test"))
         best = "–" if r.get("best_val") is None else \

@@ -234,3 +234,16 @@ def test_the_plot_shows_the_tables_numbers_not_the_newest_run(tmp_path):
     assert rows[1]["acc"] == pytest.approx(25.0) and rows[1]["majority"] == pytest.approx(15.0)
     plot(runs, tmp_path / "lb.png")
     assert (tmp_path / "lb.png").stat().st_size > 1000
+
+
+def test_a_resumed_runs_wall_time_is_marked_as_its_last_sittings():
+    """A run resumed from its checkpoint stores every sitting's fit time but only the last
+    sitting's wall time and date; the page must not show the smaller wall as the run's."""
+    resumed = _rec("s4", "listops", wall_s=243.0, fit_s=2284.6, test_s=22.1,
+                   resumed_from_step=1800)
+    straight = _rec("s4", "listops", lr=0.01, wall_s=2108.0, fit_s=2083.7, test_s=21.9)
+    table = lb.render.details_table([resumed, straight])
+    row = next(x for x in table.splitlines() if "| 0.003 |" in x)
+    assert "243 (2284.6 / 22.1); wall and date: the sitting resumed at step 1800" in row
+    other = next(x for x in table.splitlines() if "| 0.01 |" in x)
+    assert "2108 (2083.7 / 21.9) |" in other and "resumed" not in other
