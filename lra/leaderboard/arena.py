@@ -72,6 +72,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from lra.leaderboard import sweep
 from lra.leaderboard.store import (
     REPO,
     add_runs,
@@ -176,8 +177,6 @@ def added_rates(mixer: str, cell: tuple[int, int, int]) -> tuple[float, ...]:
 def cell_rates(mixer: str, cell: tuple[int, int, int]) -> list[float]:
     """The rates the first seed sweeps in an MQAR cell: the mixer family's
     (:func:`lra.leaderboard.sweep.rates_for`) and any :data:`CELL_RATES` adds there."""
-    from lra.leaderboard import sweep
-
     return sorted({*sweep.rates_for(mixer), *added_rates(mixer, cell)})
 
 
@@ -383,8 +382,6 @@ def grid(spec: dict[str, Any], mixers: Sequence[str], *, steps: int | None = Non
     mixer family's, :func:`lra.leaderboard.sweep.rates_for`, with the cell's
     :data:`CELL_RATES`). The protocol adds the extensions
     and the second seed as results come in (:func:`run`)."""
-    from lra.leaderboard import sweep
-
     def n_steps(mixer: str, own: int | None = None,
                 cell: tuple[int, int, int] | None = None) -> int:
         # --steps sets every cell's count; else the spec's; else the mixer's measured count
@@ -466,8 +463,6 @@ def _headline(c: dict[str, Any]) -> bool:
 def plan(cells: list[dict[str, Any]], recs: list[dict[str, Any]], protocol: Any = None
          ) -> dict[str, Any]:
     """Every cell's runs under the sweep protocol given the store (lra/leaderboard/sweep.py)."""
-    from lra.leaderboard import sweep
-
     return sweep.plan([c for c in cells if not c.get("skip")], recs, cell_of=cell_of,
                       key_of=cell_key, score=_score, protocol=protocol or sweep.PROTOCOL,
                       headline=_headline)
@@ -507,8 +502,6 @@ def run(cells: list[dict[str, Any]], store: Path, *, jobs: int, timeout: float =
     """Run the cells the store does not hold yet, ``jobs`` at a time, each record saved as it
     finishes. With a ``protocol`` (the CLI always passes one) the sweep goes on as results come
     in: extensions at an end, then the other seeds on the best rate. Returns the new records."""
-    from lra.leaderboard import sweep
-
     # the commit is taken at each launch (one below): a run's process imports the code anew
     prov = {"device": device_name(device), "grid_command": command,
             "device_type": device or "cpu"}
@@ -602,8 +595,6 @@ def run(cells: list[dict[str, Any]], store: Path, *, jobs: int, timeout: float =
 def diverged(r: dict[str, Any]) -> int | None:
     """The first step whose training loss was not finite (:func:`lra.leaderboard.sweep.diverged`,
     shared with the LRA grid)."""
-    from lra.leaderboard import sweep
-
     return sweep.diverged(r)
 
 
@@ -631,8 +622,6 @@ def _short(r: dict[str, Any]) -> tuple:
 def summaries(recs: Iterable[dict[str, Any]]) -> dict[tuple, Any]:
     """{(kind, mixer, task, L, kv, d): CellSummary} of this grid's records: the best rate of the
     first seed (ties to the middle of the sweep) and every seed's result there."""
-    from lra.leaderboard import sweep
-
     recs = current(recs)
     any_rec = {cell_of(r): r for r in recs}
     out = sweep.summarize(recs, cell_of=cell_of, key_of=cell_key, score=_score)
@@ -660,7 +649,7 @@ def missing_runs(cells: list[dict[str, Any]], recs: list[dict[str, Any]]
     error, diverged, or left out by the grid; a cell whose sweep is not settled says so."""
     recs = current(recs) if any(r.get("version") for r in recs) else recs
     last_err = {cell_key(r): r.get("error") for r in recs if r.get("status") != "ok"}
-    ok = {cell_key(r) for r in recs if r.get("status") == "ok" and diverged(r) is None}
+    ok = {cell_key(r) for r in recs if sweep.is_result(r)}
     for r in recs:
         step = diverged(r) if r.get("status") == "ok" else None
         if step is not None:
@@ -711,7 +700,6 @@ def _cell_text(s: Any) -> str:
 
 def render(recs: list[dict[str, Any]], cells: list[dict[str, Any]], *, store_name: str,
            plots: tuple[str, ...], notes: str | None) -> str:
-    from lra.leaderboard import sweep
     from lra.leaderboard.render import NOTES_BEGIN, NOTES_END
 
     every = recs
@@ -864,8 +852,6 @@ def cpu_seconds(c: dict[str, Any], recs: Iterable[dict[str, Any]]) -> float | No
     """The training seconds run ``c`` should take on a CPU: the median seconds per step of the
     finished CPU runs of the same mixer and cell (any rate, seed or step count) times its steps;
     None when there is none."""
-    from lra.leaderboard import sweep
-
     per = sorted(r["fit_s"] / r["steps"] for r in recs
                  if sweep.is_result(r) and _short(r) == _short(c) and r.get("fit_s")
                  and r.get("steps") and (r.get("device_type") or "cpu") == "cpu")
@@ -968,8 +954,6 @@ def plot_extrapolation(recs: list[dict[str, Any]], path: Path) -> None:
 def plot_lr(recs: list[dict[str, Any]], path: Path) -> None:
     """MQAR accuracy against learning rate (log x), one panel per cell, one line per mixer over
     the rates it swept (the first seed; diverged runs are left out)."""
-    from lra.leaderboard import sweep
-
     rs = [r for r in current(recs) if r.get("kind") == "state" and sweep.is_result(r)
           and r.get("seed") in (0, None)]
     newest = sweep.newest_by(rs, cell_key)
@@ -1042,8 +1026,6 @@ def main(argv: list[str] | None = None) -> None:
         progress = argv[argv.index("--progress") + 1] if "--progress" in argv else None
         return _child(argv[1], argv[argv.index("--result") + 1], progress)
     from lra.leaderboard import store as st
-    from lra.leaderboard import sweep
-
     args = build_parser().parse_args(argv)
     import lrm
 
